@@ -144,7 +144,8 @@ def publish_stream(
     import pyarrow.parquet as pq
 
     from .protect import Protect, _bank_ref
-    from .publish import _check_target, _guard_secrets, dataset_card
+    from .card import _guard_secrets, dataset_card
+    from .publish import _check_target
 
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be at least 1, got {shard_rows}")
