@@ -175,3 +175,68 @@ def test_protect_push_is_private_by_default(tmp_path, tiny_parquet, monkeypatch)
     (repo, kw), (what, card) = calls
     assert repo == "me/tiny" and kw["private"] is True and kw["token"] == "hf_x"
     assert what == "card" and card["path_or_fileobj"] == (tmp_path / "pub" / "README.md").read_bytes()
+
+
+# ---------------------------------------------------------------------------- first-run ergonomics (issue 9)
+def test_fit_prints_a_quality_line_and_warns_when_visible(tmp_path, tiny_parquet, capsys):
+    assert main(["fit", "cuda", tiny_parquet, "--image-column", "img", "--out", str(tmp_path / "c.arrow")]) == 0
+    cap = capsys.readouterr()
+    line = next(ln for ln in cap.out.splitlines() if ln.startswith("quality:"))
+    assert "PSNR" in line and "SSIM" in line and "L-inf" in line and "on 6 images" in line
+    assert "likely visible" in cap.err  # a blur of random pixels is far from invisible
+    assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(tmp_path / "r.arrow"),
+                 "--param", "epsilon=2/255"]) == 0
+    cap = capsys.readouterr()
+    assert "L-inf 2/255" in cap.out and "likely visible" not in cap.err
+
+
+def test_limit_fits_and_protects_only_the_first_rows(tmp_path, tiny_parquet, capsys):
+    bank = tmp_path / "b.arrow"
+    assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(bank), "--limit", "2"]) == 0
+    cap = capsys.readouterr()
+    assert "fitting 'random' on 2 images" in cap.err and "on 2 images" in cap.out  # fit and its quality probe
+    out = tmp_path / "pub"
+    assert main(["protect", tiny_parquet, "--bank", str(bank), "--out", str(out), "--image-column", "img",
+                 "--label-column", "label", "--limit", "2"]) == 0
+    assert datasets.load_dataset(str(out))["train"]["label"] == [0, 1]
+    assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(tmp_path / "z.arrow"),
+                 "--limit", "0"]) == 2
+    assert "--limit must be a positive" in capsys.readouterr().err
+
+
+def test_splits_are_chosen_and_announced(tmp_path, tiny_parquet, capsys):
+    src = datasets.Dataset.from_parquet(tiny_parquet)
+    datasets.DatasetDict({"train": src, "test": src.select(range(3))}).save_to_disk(str(tmp_path / "dd"))
+    bank = tmp_path / "b.arrow"
+    assert main(["fit", "random", str(tmp_path / "dd"), "--image-column", "img", "--out", str(bank)]) == 0
+    assert "fit: using split 'train' of ['train', 'test']" in capsys.readouterr().err
+    out = tmp_path / "pub"
+    assert main(["protect", str(tmp_path / "dd"), "--bank", str(bank), "--out", str(out), "--image-column", "img",
+                 "--splits", "test"]) == 0
+    assert "protect: splits test (3 rows)" in capsys.readouterr().err
+    assert list(datasets.load_dataset(str(out))) == ["test"]
+    assert main(["protect", str(tmp_path / "dd"), "--bank", str(bank), "--out", str(tmp_path / "all"),
+                 "--image-column", "img"]) == 0
+    assert "protect: splits train (6 rows), test (3 rows) (all; choose with --splits)" in capsys.readouterr().err
+    assert main(["protect", str(tmp_path / "dd"), "--bank", str(bank), "--out", str(tmp_path / "x"),
+                 "--image-column", "img", "--splits", "validation"]) == 2
+    assert "--splits names ['validation']" in capsys.readouterr().err
+
+
+def test_errors_speak_cli_flags_not_python_arguments(tmp_path, tiny_parquet, capsys):
+    # The library says "pass image_column=<name>"; the CLI user must read the flag to type.
+    assert main(["fit", "cuda", tiny_parquet, "--out", str(tmp_path / "x.arrow")]) == 2
+    err = capsys.readouterr().err
+    assert "--image-column" in err and "image_column=" not in err
+
+
+def test_every_option_has_help_text():
+    from uetransforms.cli import build_parser
+
+    for command in ("fit", "protect", "demo", "methods"):
+        parser = build_parser([command])
+        sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+        for action in sub._actions:
+            if action.dest in ("help",):
+                continue
+            assert action.help, f"`uetransforms {command}` option {action.option_strings or action.dest} has no help"

@@ -67,8 +67,12 @@ def _looks_like_path(spec: str) -> bool:
             or (os.sep != "/" and os.sep in spec))
 
 
-def select_split(ds: Any, split: str | None, *, need_one: bool = False) -> Any:
-    """``ds[split]`` for a ``DatasetDict``; with ``need_one`` pick ``train`` or the only split."""
+def select_split(ds: Any, split: str | None, *, need_one: bool = False, what: str = "") -> Any:
+    """``ds[split]`` for a ``DatasetDict``; with ``need_one`` pick ``train`` or the only split.
+
+    Whenever a split is picked for the user (not named with ``--split``), ``what`` (e.g. "fit")
+    is used to say so on stderr: a silent choice is how a test split gets protected by mistake.
+    """
     import datasets
 
     if not isinstance(ds, datasets.DatasetDict):
@@ -82,8 +86,40 @@ def select_split(ds: Any, split: str | None, *, need_one: bool = False) -> Any:
     if len(ds) == 1:
         return next(iter(ds.values()))
     if "train" in ds:
+        if what:
+            print(f"{what}: using split 'train' of {list(ds)} (choose another with --split)", file=sys.stderr)
         return ds["train"]
     raise ValueError(f"this dataset has splits {list(ds)}; choose one with --split")
+
+
+def choose_splits(ds: Any, splits: str | None, *, what: str) -> Any:
+    """Keep the comma-separated ``--splits`` of a ``DatasetDict`` (default: all) and say which."""
+    import datasets
+
+    if not isinstance(ds, datasets.DatasetDict):
+        if splits:
+            raise ValueError("--splits applies only to DATA with several splits; this one has a single split")
+        return ds
+    names = list(ds) if not splits else [s.strip() for s in splits.split(",") if s.strip()]
+    missing = [n for n in names if n not in ds]
+    if missing:
+        raise KeyError(f"--splits names {missing}, but this dataset has splits {list(ds)}")
+    if not names:
+        raise ValueError(f"--splits is empty; this dataset has splits {list(ds)}")
+    print(f"{what}: splits {', '.join(f'{n} ({len(ds[n]):,} rows)' for n in names)}"
+          + ("" if splits else " (all; choose with --splits)"), file=sys.stderr)
+    return datasets.DatasetDict({n: ds[n] for n in names})
+
+
+def limit_rows(ds: Any, limit: int | None) -> Any:
+    """The first ``--limit`` rows of a Dataset (of each split of a DatasetDict), in order."""
+    if limit is None:
+        return ds
+    if limit < 1:
+        raise ValueError(f"--limit must be a positive number of rows, got {limit}")
+    if hasattr(ds, "keys") and hasattr(ds, "values") and not hasattr(ds, "select"):
+        return type(ds)({k: v.select(range(min(limit, len(v)))) for k, v in ds.items()})
+    return ds.select(range(min(limit, len(ds))))
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -122,9 +158,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    import secrets
-
     import uetransforms as ue
+    from . import quality
     from .methods import get
 
     get(args.method)  # an unknown method fails before any data is read
@@ -133,17 +168,27 @@ def cmd_fit(args: argparse.Namespace) -> int:
             f"{args.out!r} exists; a bank is a secret key, so it is not replaced unless you pass --overwrite"
         )
     params = dict(parse_param(p) for p in args.param or [])
-    ds = select_split(load_data(args.data, split=args.split), args.split, need_one=True)
-    # The seed is the private key: a fixed default would make every user's bank the same.
-    seed = args.seed if args.seed is not None else secrets.randbits(62)
+    ds = select_split(load_data(args.data, split=args.split), args.split, need_one=True, what="fit")
+    ds = limit_rows(ds, args.limit)
     print(f"fitting {args.method!r} on {len(ds):,} images"
-          + (f" (seed {seed})" if args.seed is not None else " (random seed, kept only in the bank)"), file=sys.stderr)
+          + (f" (seed {args.seed})" if args.seed is not None else " (fresh secret seed, kept only in the bank)"),
+          file=sys.stderr)
     start = time.perf_counter()
-    bank = ue.fit(args.method, ds, image_column=args.image_column, label_column=_label_column(args.label_column),
-                  id_column=args.id_column, seed=seed, device=args.device, convert=args.convert, **params)
+    label_column = _label_column(args.label_column)
+    # seed=None: ue.fit draws the private key itself (secrets), so the CLI and Python agree.
+    bank = ue.fit(args.method, ds, image_column=args.image_column, label_column=label_column,
+                  id_column=args.id_column, seed=args.seed, device=args.device, convert=args.convert, **params)
+    seconds = time.perf_counter() - start
     bank.save(args.out)
     print(f"wrote {args.out}: {bank.method} bank, {bank.kind}, {bank.num_keys} {bank.keying} keys, "
-          f"image shape {bank.image_shape}, {time.perf_counter() - start:.1f}s. Keep it private: it is the key.")
+          f"image shape {bank.image_shape}, {seconds:.1f}s. Keep it private: it is the key.")
+    if hasattr(ds, "select") and len(ds):
+        q = quality.probe(bank, ds, image_column=args.image_column, label_column=label_column,
+                          id_column=args.id_column, n=64)
+        print(f"quality: {quality.describe(q)}")
+        if quality.visible(q):
+            print(f"warning: the change is likely visible (PSNR < {quality.VISIBLE_PSNR_DB:g} dB or SSIM < "
+                  f"{quality.VISIBLE_SSIM:g}); look at a few images before publishing", file=sys.stderr)
     return 0
 
 
@@ -152,6 +197,11 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
     bank = ue.NoiseBank.load(args.bank)
     ds = load_data(args.data, split=args.split)
+    if args.split is None:
+        ds = choose_splits(ds, args.splits, what="protect")
+    elif args.splits:
+        raise ValueError("pass either --split (one split) or --splits (several), not both")
+    ds = limit_rows(ds, args.limit)
     common = dict(image_column=args.image_column, max_shard_size=args.max_shard_size)
     prot = ue.publish(ds, bank, args.out, label_column=_label_column(args.label_column), id_column=args.id_column,
                       batch_size=args.batch_size, num_proc=args.num_proc, device=args.device,
@@ -223,8 +273,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bank file to write, e.g. cifar10-cuda.bank.arrow")
     columns(p)
     p.add_argument("--seed", type=int, default=None, help="private key (default: a fresh random one)")
-    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="method parameter, repeatable")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="method parameter, repeatable; `uetransforms methods METHOD` lists them "
+                        "(fractions allowed: --param epsilon=8/255)")
     p.add_argument("--convert", action="store_true", help="convert RGBA/palette/... images instead of refusing them")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="fit on the first N rows only (a quick try)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bank file")
     p.set_defaults(handler=cmd_fit)
 
@@ -233,9 +286,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--bank", required=True, help="bank file from `uetransforms fit`")
     p.add_argument("--out", required=True, help="output directory (README.md + data/*.parquet)")
     columns(p)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map")
-    p.add_argument("--max-shard-size", default="500MB")
+    p.add_argument("--splits", default=None, metavar="A,B",
+                   help="splits to protect when DATA has several (default: all of them, listed on stderr)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="protect only the first N rows of each split (a quick try)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per kernel call (default: 256)")
+    p.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map (default: one)")
+    p.add_argument("--max-shard-size", default="500MB", help="largest Parquet shard, e.g. 500MB (default) or 2GB")
     p.add_argument("--overwrite", action="store_true", help="replace the card and shards in a non-empty --out")
     p.add_argument("--push", metavar="REPO_ID", default=None, help="also push to this Hub dataset repo")
     p.add_argument("--public", action="store_true", help="make the pushed repo public (default: private)")
@@ -262,12 +319,45 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+#: Python keyword arguments named in library errors, and the CLI flag that does the same job.
+_FLAGS = {
+    "image_column": "--image-column ", "label_column": "--label-column ", "id_column": "--id-column ",
+    "device": "--device ", "seed": "--seed ", "split": "--split ", "batch_size": "--batch-size ",
+    "num_proc": "--num-proc ", "token": "--token ", "clean_train": "--clean-train ",
+    "overwrite=True": "--overwrite", "convert=True": "--convert", "push=True": "--push REPO_ID",
+    "allow_double=True": "--allow-double", "private=False": "--public", "label_column=None": "--label-column none",
+    "protected=True": "ue.publish(..., protected=True) from Python (the CLI always adds the noise)",
+}
+_ANY_FLAG = re.compile(r"\b(image_column|label_column|id_column|clean_train|num_proc|batch_size)=")
+_KWARG = re.compile(r"\b(pass|use|set|with|or) ([a-z][a-z0-9_]*)=(True|False|None)?")
+
+
+def cli_terms(text: str) -> str:
+    """Rewrite "pass image_column=<name>" as "pass --image-column <name>" and a method parameter
+    "use mode=..." as "use --param mode=...": the library speaks Python, the CLI user types flags."""
+
+    def swap(m: re.Match) -> str:
+        verb, name, flag_value = m.group(1), m.group(2), m.group(3) or ""
+        flag = _FLAGS.get(f"{name}={flag_value}") if flag_value else None
+        if flag is None:
+            flag = _FLAGS.get(name)
+            if flag is not None and flag_value:
+                flag = flag + flag_value
+        if flag is None:
+            flag = f"--param {name}={flag_value}"
+        return f"{verb} {flag}"
+
+    text = _KWARG.sub(swap, text)
+    # Column and size arguments named anywhere else ("image_column='image' is not a column").
+    return _ANY_FLAG.sub(lambda m: _FLAGS[m.group(1)], text)
+
+
 def _message(err: BaseException) -> str:
     if isinstance(err, KeyError) and err.args:
         text = str(err.args[0])
     else:
         text = str(err) or type(err).__name__
-    return " ".join(text.split())
+    return cli_terms(" ".join(text.split()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

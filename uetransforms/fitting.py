@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import methods as _methods
@@ -40,7 +42,7 @@ def fit(
     image_column: str = "image",
     label_column: str | None = "label",
     id_column: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     device: str | torch.device | None = None,
     convert: bool = False,
     **params: Any,
@@ -53,7 +55,9 @@ def fit(
         image_column / label_column / id_column: columns to read; ``label_column=None`` for
             label-agnostic methods; ``id_column`` gives sample-wise banks stable keys (else
             content hashes of the pixels).
-        seed: the private key: the same seed and data give the same bank.
+        seed: the private key: the same seed and data give the same bank. ``None`` (the default)
+            draws a fresh secret one from :mod:`secrets`; it is recorded in the bank (``bank.params
+            ["seed"]``, never on a dataset card), so keep the bank private and backed up.
         device: where fitting runs (``"cuda"`` for a GPU); CPU by default.
         **params: method parameters (``epsilon``, ``kernel_size``...), see each method's docs.
 
@@ -64,6 +68,12 @@ def fit(
         2
     """
     module = _methods.get(method)
+    if seed is None:
+        # A fixed default would be a public key shared by every user who omits it.
+        seed = secrets.randbits(62)
+    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer (the private key) or None for a fresh secret one, "
+                         f"got {seed!r}")
     if isinstance(dataset, FitData):
         data = dataset
     else:

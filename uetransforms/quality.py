@@ -119,4 +119,43 @@ def summary(clean: Any, protected: Any, *, batch_size: int = 1024) -> dict[str, 
     }
 
 
-__all__ = ["l2", "linf", "psnr", "ssim", "summary"]
+def probe(bank: Any, dataset: Any, *, image_column: str = "image", label_column: str | None = "label",
+          id_column: str | None = None, n: int = 64) -> dict[str, float]:
+    """:func:`summary` of what ``bank`` does to the first ``n`` rows of a ``datasets.Dataset``.
+
+    The rows go through :class:`~uetransforms.Protect` exactly as a user's ``map`` would (so
+    class, cluster and sample keying all work), then both sides are decoded and compared. It is
+    how ``uetransforms fit`` prints a quality line: a number to read before publishing.
+    """
+    from .images import to_chw
+    from .protect import Protect
+
+    batch = dataset[: max(1, int(n))]  # a plain batch dict, as datasets.map(batched=True) passes it
+    clean = list(batch[image_column])
+    prot = Protect(bank, image_column=image_column, label_column=label_column, id_column=id_column)(dict(batch))
+    c = bank.channels
+
+    def stack(values: Any) -> np.ndarray:
+        return np.stack([to_chw(v, channels=c, convert=True, column=image_column) for v in values])
+
+    return summary(stack(clean), stack(prot[image_column]))
+
+
+def describe(q: dict[str, float]) -> str:
+    """One line for a person: ``PSNR 19.5 dB, SSIM 0.81, L-inf 219/255 (mean 150/255) on 64 images``."""
+    psnr_txt = "inf" if math.isinf(q["psnr_mean"]) else f"{q['psnr_mean']:.1f}"
+    return (f"PSNR {psnr_txt} dB, SSIM {q['ssim_mean']:.3f}, L-inf {q['linf_max']:.0f}/255 "
+            f"(mean {q['linf_mean']:.1f}/255) on {q['n']} images")
+
+
+#: Below either bound a change is usually visible side by side (a rule of thumb, not a guarantee).
+VISIBLE_PSNR_DB = 30.0
+VISIBLE_SSIM = 0.9
+
+
+def visible(q: dict[str, float]) -> bool:
+    """Whether a :func:`summary` is past the rule-of-thumb visibility bounds above."""
+    return q["psnr_mean"] < VISIBLE_PSNR_DB or q["ssim_mean"] < VISIBLE_SSIM
+
+
+__all__ = ["describe", "l2", "linf", "probe", "psnr", "ssim", "summary", "visible"]
