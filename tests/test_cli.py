@@ -240,3 +240,13 @@ def test_every_option_has_help_text():
             if action.dest in ("help",):
                 continue
             assert action.help, f"`uetransforms {command}` option {action.option_strings or action.dest} has no help"
+
+
+def test_protect_card_flags(tmp_path, tiny_parquet):
+    bank = tmp_path / "b.arrow"
+    assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(bank)]) == 0
+    out = tmp_path / "pub"
+    assert main(["protect", tiny_parquet, "--bank", str(bank), "--out", str(out), "--image-column", "img",
+                 "--license", "cc-by-4.0", "--source-dataset", "me/src"]) == 0
+    card = (out / "README.md").read_text()
+    assert "license: cc-by-4.0" in card and "- me/src" in card

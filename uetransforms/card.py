@@ -41,12 +41,20 @@ def dataset_card(splits: Mapping[str, Any], bank: NoiseBank, *, image_column: st
     }
     if method_info is not None:
         ue_block["paper"] = method_info.paper
-    front: dict[str, Any] = {}
+    citation = getattr(method_info, "citation", "") or ""
+    if citation:
+        ue_block["citation"] = citation
+    source = _source_fields(first, image_column)
+    # What the Hub expects of a derived dataset; the caller's card_extra has the last word.
+    front: dict[str, Any] = {key: value for key, value in source.items() if value}
     extra = dict(card_extra or {})
     clash = sorted(set(extra) & set(_CARD_RESERVED))
     if clash:
         raise ValueError(f"card_extra may not set {clash}: publish writes those fields itself")
     front.update(extra)
+    front.setdefault("license", "unknown")
+    total = sum(len(ds) for ds in splits.values())
+    front.setdefault("size_categories", [_size_category(total)])
     front["tags"] = sorted(set(front.get("tags", [])) | {"unlearnable-examples", "uetransforms"})
     front["configs"] = [{
         "config_name": "default",
@@ -63,14 +71,28 @@ def dataset_card(splits: Mapping[str, Any], bank: NoiseBank, *, image_column: st
     budget = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "see the method's defaults"
     paper = f" ({method_info.paper})" if method_info is not None else ""
     rows = ", ".join(f"{name}: {len(ds):,} rows" for name, ds in splits.items())
+    licence = front["license"]
+    if licence == "unknown":
+        licence_text = ("The source's licence could not be read from the data, so this card says `unknown`. "
+                        "The source's licence and terms still apply: state them with "
+                        "`card_extra={\"license\": ...}` (CLI: `--license`).")
+    else:
+        licence_text = f"Licence: `{licence}`, as the source's; the source's terms still apply to this copy."
+    srcs = front.get("source_datasets") or []
+    source_text = (f"Derived from {', '.join(f'`{s}`' for s in srcs)}." if srcs else
+                   "Derived from a source dataset that could not be named from the data; name it with "
+                   "`card_extra={\"source_datasets\": [...]}` (CLI: `--source-dataset`).")
+    cite = f"\n## Citation of the method\n\n```\n{citation.strip()}\n```\n" if citation else ""
     prose = f"""
 # Unlearnable copy ({bank.method})
 
-The images in column `{image_column}` carry a small, deliberate perturbation made with the
-`{bank.method}` method{paper}: a {bank.kind} perturbation keyed by {bank.keying}, {budget}.
-A person sees the same pictures, but a model trained on this copy learns the perturbation as a
-shortcut instead of the content, and does poorly on clean images. Every other column, the row
-count and the row order are those of the source ({rows}).
+The images in column `{image_column}` carry a deliberate perturbation made with the
+`{bank.method}` method{paper}: {_what_changes(bank.kind, params)} ({bank.kind}, keyed by {bank.keying},
+{budget}). A model trained on this copy is meant to learn the perturbation as a shortcut
+instead of the content, and to do poorly on clean images. Every other column, the row count and
+the row order are those of the source ({rows}).
+
+{source_text} {licence_text}
 
 Made with uetransforms {__version__}.
 
@@ -79,6 +101,17 @@ Made with uetransforms {__version__}.
 Images are stored as PNG. They must not be re-encoded lossily (JPEG, lossy WebP) or resized:
 that weakens the protection. Convert, crop or augment only at training time.
 
+## Limitations
+
+- Protection is measured, not guaranteed: it depends on the trainer. Defences published against
+  unlearnable examples include adversarial training, image shortcut squeezing (grayscale,
+  JPEG-10, bit-depth reduction; Liu et al., ICML 2023), heavy augmentation (UEraser; Qin et al.,
+  2023), orthogonal projection against class-wise noise (Sandoval-Segura et al., 2023) and, for
+  convolution-based noise, sharpening and filtering (arXiv 2411.01742). Mixing in clean images of
+  the same classes weakens most methods.
+- A model fine-tuned from strong pretrained features may still learn the content.
+- The perturbation is not encryption: it does not hide what the pictures show.
+{_measured_text(bank.method)}
 ## How to verify
 
 - Every image is PNG: `PIL.Image.open(io.BytesIO(row["{image_column}"]["bytes"])).format == "PNG"`
@@ -90,8 +123,63 @@ that weakens the protection. Convert, crop or augment only at training time.
 
 The noise bank, seed and key that made this copy are not published: with them an additive
 perturbation can be subtracted again.
-"""
+{cite}"""
     return f"---\n{yaml_text}---\n{prose}"
+
+
+#: Builder names that say how data was read, not which dataset it is.
+_GENERIC_BUILDERS = {"", "parquet", "arrow", "csv", "json", "text", "imagefolder", "audiofolder", "generator",
+                     "webdataset", "in_memory", "pandas", "sql", "default"}
+
+
+def _source_fields(ds: Any, image_column: str) -> dict[str, Any]:
+    """``license``, ``source_datasets`` and ``task_categories`` read from the source's own info/features."""
+    info = getattr(ds, "info", None)
+    fields: dict[str, Any] = {}
+    licence = (getattr(info, "license", "") or "").strip()
+    if licence:
+        fields["license"] = licence
+    name = (getattr(info, "dataset_name", "") or "").strip()
+    if name and name.lower() not in _GENERIC_BUILDERS:
+        fields["source_datasets"] = [name]
+    features = getattr(ds, "features", None) or {}
+    has_classes = any(type(f).__name__ == "ClassLabel" for k, f in features.items() if k != image_column)
+    if has_classes:
+        fields["task_categories"] = ["image-classification"]
+    return fields
+
+
+def _size_category(n: int) -> str:
+    """The Hub's size bucket for ``n`` rows (n<1K, 1K<n<10K, ...)."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    return next((label for bound, label in bounds if n < bound), "n>1T")
+
+
+def _what_changes(kind: str, params: Mapping[str, Any]) -> str:
+    """What a person would notice, by bank kind: honest about visible methods (a blur is not invisible)."""
+    if kind == "conv":
+        return "every image is filtered with a random per-class blur kernel, a visible change (softer, recoloured)"
+    if kind == "pixel":
+        return "a few pixels per image are set to fixed values"
+    eps = params.get("epsilon")
+    norm = params.get("norm", "linf")
+    if eps is not None and str(norm).lower() in ("linf", "l-inf", "inf"):
+        return f"every pixel changes by at most {_fmt(eps)} of the intensity range, usually hard to see"
+    if eps is not None:
+        return f"small noise of {norm} norm at most {_fmt(eps)} is added"
+    return "small noise is added"
+
+
+def _measured_text(method: str) -> str:
+    """Measured facts about ``method`` when the package ships them (``uetransforms.measured``)."""
+    try:
+        from .measured import for_method
+    except ImportError:  # the measurements module is optional data, not a requirement of a card
+        return ""
+    facts = for_method(method) or {}
+    text = facts.get("summary") if isinstance(facts, Mapping) else None
+    return f"- Measured with uetransforms: {text}\n" if text else ""
 
 
 def _fmt(v: Any) -> str:

@@ -202,7 +202,17 @@ def cmd_protect(args: argparse.Namespace) -> int:
     elif args.splits:
         raise ValueError("pass either --split (one split) or --splits (several), not both")
     ds = limit_rows(ds, args.limit)
-    common = dict(image_column=args.image_column, max_shard_size=args.max_shard_size)
+    card_extra: dict[str, Any] = {}
+    if args.license:
+        card_extra["license"] = args.license
+    sources = list(args.source_dataset or [])
+    if not sources and not os.path.exists(args.data) and not glob.has_magic(args.data) \
+            and not _looks_like_path(args.data):
+        sources = [args.data]  # DATA was a Hub dataset id: the protected copy derives from it
+    if sources:
+        card_extra["source_datasets"] = sources
+    common = dict(image_column=args.image_column, max_shard_size=args.max_shard_size,
+                  card_extra=card_extra or None)
     prot = ue.publish(ds, bank, args.out, label_column=_label_column(args.label_column), id_column=args.id_column,
                       batch_size=args.batch_size, num_proc=args.num_proc, device=args.device,
                       overwrite=args.overwrite, **common)
@@ -294,6 +304,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map (default: one)")
     p.add_argument("--max-shard-size", default="500MB", help="largest Parquet shard, e.g. 500MB (default) or 2GB")
     p.add_argument("--overwrite", action="store_true", help="replace the card and shards in a non-empty --out")
+    p.add_argument("--license", default=None, metavar="ID",
+                   help="the source's licence for the card, e.g. mit or cc-by-4.0 (default: read from DATA, else unknown)")
+    p.add_argument("--source-dataset", action="append", metavar="REPO_ID",
+                   help="source dataset named on the card, repeatable (default: DATA when it is a Hub id)")
     p.add_argument("--push", metavar="REPO_ID", default=None, help="also push to this Hub dataset repo")
     p.add_argument("--public", action="store_true", help="make the pushed repo public (default: private)")
     p.add_argument("--token", default=None, help="Hub token (default: your saved login / HF_TOKEN)")

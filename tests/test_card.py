@@ -1,0 +1,66 @@
+"""The dataset card: complete for the Hub (licence, source, task, size), honest, and secret-free."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import yaml
+
+import uetransforms as ue
+from uetransforms.card import dataset_card
+
+
+def _ds(n: int = 6, *, license: str = "", name: str = "") -> datasets.Dataset:
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    info = datasets.DatasetInfo(license=license, dataset_name=name or None, features=features)
+    return datasets.Dataset.from_dict(
+        {"img": list(rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)), "label": [i % 3 for i in range(n)]},
+        features=features, info=info,
+    )
+
+
+def _front(card: str) -> dict:
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_card_has_what_the_hub_expects_of_a_derived_dataset():
+    ds = _ds(license="cc-by-4.0", name="owner-cifar")
+    card = dataset_card({"train": ds}, ue.fit("random", ds, image_column="img", seed=3), image_column="img")
+    front = _front(card)
+    assert front["license"] == "cc-by-4.0"
+    assert front["source_datasets"] == ["owner-cifar"]
+    assert front["task_categories"] == ["image-classification"]
+    assert front["size_categories"] == ["n<1K"]
+    assert "## Limitations" in card and "JPEG" in card and "adversarial training" in card
+    assert "lossily" in card
+
+
+def test_unknown_licence_is_said_and_overridable():
+    ds = _ds()
+    bank = ue.fit("random", ds, image_column="img", seed=3)
+    card = dataset_card({"train": ds}, bank, image_column="img")
+    assert _front(card)["license"] == "unknown" and "could not be read" in card
+    assert "source_datasets" not in _front(card)  # "parquet"/in-memory builders name no dataset
+    card = dataset_card({"train": ds}, bank, image_column="img",
+                        card_extra={"license": "mit", "source_datasets": ["me/src"]})
+    assert _front(card)["license"] == "mit" and _front(card)["source_datasets"] == ["me/src"]
+
+
+def test_card_is_honest_about_visible_methods():
+    ds = _ds()
+    conv = dataset_card({"train": ds}, ue.fit("cuda", ds, image_column="img", seed=1), image_column="img")
+    assert "visible change" in conv and "A person sees the same pictures" not in conv
+    add = dataset_card({"train": ds}, ue.fit("random", ds, image_column="img", seed=1), image_column="img")
+    assert "at most 8/255" in add
+
+
+@pytest.mark.parametrize("method", ["random", "cuda", "ar"])
+def test_card_never_holds_seed_or_bank_identity(method, tmp_path):
+    ds = _ds()
+    bank = ue.fit(method, ds, image_column="img", seed=987654321)
+    bank.save(tmp_path / "k.bank.arrow")
+    card = dataset_card({"train": ds}, bank, image_column="img")
+    assert "987654321" not in card and bank.sha256 not in card and "k.bank.arrow" not in card
+    assert "seed" not in _front(card)["uetransforms"]
