@@ -246,13 +246,53 @@ class Budget:
         return None
 
 
-def progress(iterable: Any = None, *, total: int | None = None, desc: str = "", enabled: bool | None = None) -> Any:
-    """A tqdm bar; ``enabled=None`` shows it only when stderr is a terminal."""
+#: How each budget is named to the user: the parameter that sets it.
+_BUDGET_PARAMS = {"steps": "max_steps", "time": "max_seconds", "max_rounds": "max_rounds"}
+
+
+def warn_budget_stop(method: str, why: str, *, wanted: str, reached: str, limit: Any = None,
+                     stacklevel: int = 5) -> None:
+    """A ``UserWarning`` saying a budget, not the method's own criterion, ended the fit.
+
+    The bank is still valid (every row has noise), but weaker than the method's paper promises;
+    the message names the parameter to raise. ``why`` is ``"steps"``, ``"time"`` or
+    ``"max_rounds"``; ``wanted`` the criterion that was not met, ``reached`` where the fit got to;
+    ``stacklevel`` points the warning at the caller of ``ue.fit``.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     warn_budget_stop("em", "time", wanted="surrogate error < 0.01", reached="error 0.03", limit=60)
+        >>> "max_seconds=60" in str(w[0].message)
+        True
+    """
+    import warnings
+
+    name = _BUDGET_PARAMS.get(why, why)
+    shown = f"{name}={limit!r}" if limit is not None else name
+    warnings.warn(
+        f"{method}: the fit was stopped by its budget ({shown}) before {wanted} (it reached {reached}); "
+        f"the bank is usable but weaker than the method intends. Raise {name}"
+        + (" (or pass None)" if name != "max_rounds" else "") + " to let it finish.",
+        UserWarning, stacklevel=stacklevel,
+    )
+
+
+def progress(iterable: Any = None, *, total: float | None = None, desc: str = "", enabled: bool | None = None,
+             unit: str = "it") -> Any:
+    """A tqdm bar with rate and ETA; ``enabled=None`` shows it only when stderr is a terminal.
+
+    Every model-based fit passes its ``progress`` parameter here, so ``progress=False`` keeps a
+    fit quiet and ``progress=True`` forces a bar (in a log file, for instance).
+    """
     from tqdm.auto import tqdm
 
     if enabled is None:
         enabled = sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False)
+    fmt = "{l_bar}{bar}| {n:.3g}/{total_fmt} [{elapsed}<{remaining}{postfix}]" if total else None
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False, unit=unit,
+                **({"bar_format": fmt} if fmt else {}))
 
 
 class ImageSource:
@@ -305,4 +345,4 @@ class ImageSource:
             yield from self.batches(batch_size, shuffle=True, rng=rng)
 
 
-__all__ = ["BUILTIN", "Budget", "ImageSource", "Surrogate", "Trainer", "build", "progress"]
+__all__ = ["BUILTIN", "Budget", "ImageSource", "Surrogate", "Trainer", "build", "progress", "warn_budget_stop"]

@@ -13,6 +13,9 @@ from uetransforms.methods import bayes
 
 EPS = 8 / 255
 
+# Tiny fits stop on their round/step budgets on purpose; the tests that check the warning use pytest.warns.
+pytestmark = pytest.mark.filterwarnings("ignore:.*stopped by its budget:UserWarning")
+
 
 def tiny(n=16, hw=8, k=2, seed=0):
     rng = np.random.default_rng(seed)
@@ -20,7 +23,16 @@ def tiny(n=16, hw=8, k=2, seed=0):
 
 
 def fast(**kw):
-    return {"surrogate": "cnn-tiny", "batch_size": 8, "steps": 3, "pretrain_epochs": 1, **kw}
+    return {"surrogate": "cnn-tiny", "batch_size": 8, "steps": 3, "retrain_epochs": 1, **kw}
+
+
+def separable(n=32, hw=8, seed=0):
+    """Two classes told apart by brightness only (a 12-level gap, inside an eps of 16/255)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    base = np.where(labels == 0, 116, 128)[:, None, None, None]
+    images = np.clip(base + rng.integers(-6, 7, (n, hw, hw, 3)), 0, 255).astype(np.uint8)
+    return images, labels
 
 
 # ------------------------------------------------------------------ the estimator
@@ -56,13 +68,13 @@ def test_gradient_matches_finite_differences():
 
 
 # ------------------------------------------------------------------ the method
-def test_ascent_raises_the_estimate_and_respects_the_budget():
+def test_ascent_respects_the_budget_and_is_applied_as_stored():
     images, labels = tiny(24, k=2)
     data = FitData.from_arrays(images, labels)
     bank = ue.fit("bayes", data, seed=0, **fast(steps=4, sigma=0.5))
     info = bank.info
-    assert info["bayes_error_final"] > info["bayes_error_clean"]
-    assert len(info["bayes_error_history"]) == 5 and info["steps"] == 4
+    assert [s for s, _ in info["bayes_error_history"]] == [0, 1, 2, 3] and info["steps"] == 4
+    assert info["stopped_by"] == "completed" and info["retrains"] == 4  # a fresh extractor every step
     d = bank.tensors["delta"]
     assert d.dtype == np.float16 and (np.abs(d.astype(np.float64)) <= EPS).all() and np.abs(d).max() > 0
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
@@ -71,6 +83,75 @@ def test_ascent_raises_the_estimate_and_respects_the_budget():
     assert change.abs().max() <= 8
     rows = bank.rows_for(data.sample_ids)
     assert torch.equal(change, torch.from_numpy(np.rint(d[rows].astype(np.float64) * 255)).int())  # never clipped
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_retraining_uses_the_current_perturbed_set_and_changes_the_extractor(monkeypatch, fresh):
+    images, labels = separable()
+    data = FitData.from_arrays(images, labels)
+    seen = []  # (model object, weights after training, noise it was trained on)
+    real = bayes.train_extractor
+
+    def spy(model, src, delta, **kw):
+        out = real(model, src, delta, **kw)
+        seen.append((model, torch.cat([q.detach().flatten().clone() for q in model.parameters()]),
+                     np.asarray(delta, np.float32).copy()))
+        return out
+
+    monkeypatch.setattr(bayes, "train_extractor", spy)
+    bank = ue.fit("bayes", data, seed=0, epsilon=16 / 255, fresh=fresh, **fast(steps=3, retrain_every=1))
+    assert len(seen) == 3 == bank.info["retrains"]
+    assert not np.abs(seen[0][2]).any()  # step 0: the extractor learns the clean data
+    assert np.abs(seen[1][2]).max() > 0 and np.abs(seen[2][2] - seen[1][2]).max() > 0  # then the perturbed set
+    assert not torch.equal(seen[1][1], seen[2][1])  # a retrained extractor, not the same weights
+    assert (seen[1][0] is not seen[2][0]) == fresh  # fresh: new weights each time; else trained on
+
+
+def test_cadence_of_retraining(monkeypatch):
+    images, labels = tiny(12)
+    calls = []
+    real = bayes.train_extractor
+    monkeypatch.setattr(bayes, "train_extractor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    bank = ue.fit("bayes", FitData.from_arrays(images, labels), seed=0, **fast(steps=5, retrain_every=2))
+    assert len(calls) == 3 == bank.info["retrains"]  # steps 0, 2, 4
+
+
+@pytest.mark.parametrize("protected", [1.0, 0.5])
+def test_noise_raises_the_estimate_also_when_mixed_with_clean_rows(protected):
+    """The estimate under a fresh extractor trained on the (partly) protected set, against clean.
+
+    Partial protection is the paper's headline setting: half the rows keep their clean pixels."""
+    images, labels = separable(48)
+    data = FitData.from_arrays(images, labels)
+    bank = ue.fit("bayes", data, seed=0, epsilon=16 / 255, sigma=0.5,
+                  **fast(steps=6, retrain_epochs=3, step_size=4 / 255))
+    delta = bank.tensors["delta"][bank.rows_for(data.sample_ids)].astype(np.float32)
+    delta[np.random.default_rng(1).permutation(len(delta))[: int(round((1 - protected) * len(delta)))]] = 0
+    kw = dict(surrogate="cnn-tiny", epochs=3, sigma=0.5, batch_size=8, seed=5)
+    clean = bayes.estimate(data, None, **kw)
+    mixed = bayes.estimate(data, delta, **kw)
+    assert mixed > clean + 0.05, (clean, mixed)
+
+
+def test_profiles():
+    paper = bayes._check({"profile": "paper"})
+    assert (paper["surrogate"], paper["steps"], paper["retrain_every"], paper["retrain_epochs"], paper["ascent"],
+            paper["step_size"]) == ("resnet18", 2000, 1, 30, "adamw", 1e-3)
+    cpu = bayes._check({})
+    assert cpu["profile"] == "cpu" and cpu["surrogate"] == "cnn-tiny" and cpu["retrain_every"] == 1
+    assert bayes._check({"profile": "paper", "steps": 3})["steps"] == 3  # explicit values win
+
+
+def test_paper_profile_runs_on_a_tiny_shape_and_a_step_budget_warns():
+    images, labels = tiny(8)
+    with pytest.warns(UserWarning, match=r"max_steps=1"):
+        bank = ue.fit("bayes", FitData.from_arrays(images, labels), seed=0, profile="paper", max_steps=1,
+                      batch_size=8)
+    assert bank.info["surrogate"] == "resnet18" and bank.info["steps"] == 1 and bank.info["stopped_by"] == "steps"
+    assert bank.params["retrain_epochs"] == 30 and len(bank.info["bayes_error_history"]) == 1
+    # one AdamW step of the paper's lr 1e-3 moves a pixel by about 1e-3 < half a grey level: the
+    # quantised bank is still zero (the paper takes 2000 such steps)
+    assert not np.abs(bank.tensors["delta"]).any()
 
 
 def test_keys_survive_shuffle_and_select():
@@ -87,12 +168,15 @@ def test_keys_survive_shuffle_and_select():
         assert np.array_equal(np.asarray(b), ref[np.asarray(a).tobytes()])
 
 
-def test_time_budget_and_bad_parameters():
+def test_time_budget_warns_and_bad_parameters():
     images, labels = tiny(8)
     data = FitData.from_arrays(images, labels)
-    bank = ue.fit("bayes", data, seed=0, max_seconds=0, **fast())
+    with pytest.warns(UserWarning, match="max_seconds=0"):
+        bank = ue.fit("bayes", data, seed=0, max_seconds=0, **fast())
     assert bank.info["stopped_by"] == "time" and bank.info["steps"] == 0
     assert not np.abs(bank.tensors["delta"]).any()  # no step taken: no noise, and it says so
-    for bad, match in (({"sigma": 0}, "sigma"), ({"chunk": 0}, "chunk"), ({"norm": "l2"}, "linf")):
+    for bad, match in (({"sigma": 0}, "sigma"), ({"chunk": 0}, "chunk"), ({"norm": "l2"}, "linf"),
+                       ({"profile": "gpu"}, "profile"), ({"ascent": "adam"}, "ascent"), ({"fresh": 1}, "fresh"),
+                       ({"retrain_every": 0}, "retrain_every")):
         with pytest.raises(ValueError, match=match):
             ue.fit("bayes", data, **bad)

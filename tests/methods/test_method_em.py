@@ -14,6 +14,9 @@ from uetransforms.methods import em
 
 EPS = 8 / 255
 
+# Tiny fits stop on their round/step budgets on purpose; the tests that check the warning use pytest.warns.
+pytestmark = pytest.mark.filterwarnings("ignore:.*stopped by its budget:UserWarning")
+
 
 def tiny(n=24, hw=8, k=3, seed=0):
     rng = np.random.default_rng(seed)
@@ -180,11 +183,61 @@ def test_same_seed_same_bank():
     assert np.array_equal(a.tensors["delta"], b.tensors["delta"])
 
 
-def test_time_budget_still_perturbs_every_sample():
+def test_time_budget_still_perturbs_every_sample_and_warns():
     images, labels = tiny(12)
-    bank = ue.fit("em", FitData.from_arrays(images, labels), seed=0, max_seconds=0, **fast(max_rounds=5))
+    with pytest.warns(UserWarning, match=r"max_seconds=0\).*stop_error=0\.01"):
+        bank = ue.fit("em", FitData.from_arrays(images, labels), seed=0, max_seconds=0, **fast(max_rounds=5))
     assert bank.info["stopped_by"] == "time" and bank.info["rounds"] == 1
     assert (np.abs(bank.tensors["delta"].astype(np.float32)).reshape(12, -1).max(1) > 0).all()
+
+
+@pytest.mark.parametrize("budget, match", [({"max_rounds": 1}, "max_rounds=1"), ({"max_steps": 2}, "max_steps=2")])
+def test_round_and_step_budgets_warn(budget, match):
+    images, labels = tiny(8)
+    with pytest.warns(UserWarning, match=match):
+        bank = ue.fit("em", FitData.from_arrays(images, labels), seed=0, stop_error=0.0, **{**fast(), **budget})
+    assert bank.info["stopped_by"] == {"max_rounds": "max_rounds", "max_steps": "steps"}[next(iter(budget))]
+
+
+class _Brightness(torch.nn.Module):
+    """A fixed classifier: class 0 when the mean red value is above 0.5 (the scale is ~frozen by lr)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(1000.0))
+
+    def forward(self, x):
+        s = self.scale * (x[:, 0].mean((1, 2)) - 0.5)
+        return torch.stack([s, -s], 1)
+
+
+def test_stop_is_judged_on_a_full_pass_after_the_update():
+    """Class-wise noise fixes every image but one, which no eps-bounded noise can fix. The error
+    on the few batches just perturbed is often 0; on the full set it is 1/24, so the fit must not
+    stop on the error criterion, and must say that its round budget stopped it."""
+    n = 24
+    labels = np.arange(n) % 2
+    images = np.where(labels == 0, 126, 129)[:, None, None, None].repeat(8, 1).repeat(8, 2).repeat(3, 3)
+    images = images.astype(np.uint8)
+    images[0] = 60  # a class-0 image far below the threshold: unfixable within 8/255
+    with pytest.warns(UserWarning, match="max_rounds=4"):
+        bank = ue.fit("em", FitData.from_arrays(images, labels), seed=0, mode="class", surrogate=_Brightness(),
+                      lr=1e-12, batch_size=4, class_batches=1, steps=5, step_size=4 / 255, train_steps=1,
+                      max_rounds=4, stop_error=0.01)
+    assert bank.info["stopped_by"] == "max_rounds"
+    assert bank.info["train_error_history"] == [round(1 / n, 4)] * 4
+    # and with a criterion the full set can meet, it stops on the error at once
+    bank = ue.fit("em", FitData.from_arrays(images, labels), seed=0, mode="class", surrogate=_Brightness(),
+                  lr=1e-12, batch_size=4, class_batches=1, steps=5, step_size=4 / 255, train_steps=1,
+                  max_rounds=4, stop_error=0.05)
+    assert bank.info["stopped_by"] == "error" and bank.info["rounds"] == 1
+
+
+def test_resnet18_surrogate_by_name():
+    images, labels = tiny(8)
+    bank = ue.fit("em", FitData.from_arrays(images, labels), seed=0, mode="class", stop_error=0.9,
+                  **fast(surrogate="resnet18", max_rounds=1, steps=1, train_steps=1))
+    assert bank.info["surrogate"] == "resnet18" and bank.params["surrogate"] == "resnet18"
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -6,7 +6,7 @@ poorly, and, unlike error-minimising noise, the effect does not need every train
 carry a shortcut: protected samples push the class posteriors of their clean neighbours too, so
 the method is meant to stay effective when protected and clean data are mixed.
 
-The Bayes error is estimated on surrogate features by local averaging of the class posteriors
+The Bayes error is estimated on extractor features by local averaging of the class posteriors
 (a Gaussian kernel over the other samples, as in the authors' estimator):
 
     z_i = phi(x_i + delta_i) / max |z|          (features, scaled to [-1, 1] by the global max)
@@ -14,35 +14,47 @@ The Bayes error is estimated on surrogate features by local averaging of the cla
     eta_c(i) = sum_j w_ij [y_j = c] / sum_j w_ij
     BE = mean_i (1 - max_c eta_c(i))
 
-and maximised by projected sign-gradient ascent under the L-inf budget:
-``delta <- clip_eps(delta + step_size * sign(dBE/ddelta))``, kept inside the pixel box.
+**The loop, as the authors run it** (their script ``cifar10-retrain.py``, METHOD-NOTES section 4):
+at every ascent step a *fresh* extractor is trained from scratch on the *current perturbed set*
+(ResNet-18, 30 epochs, SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine, batch 128, no
+augmentation); its penultimate features give ``BE`` and, back through the extractor, the full
+gradient ``dBE/dx'`` over every pixel of the set; one AdamW step (``maximize``, lr 1e-3, weight
+decay 0.01 on the pixels) follows, projected onto the eps-ball around the clean image and the
+pixel box. Here:
 
-Each ascent step is batched and streams over the data: the kernel gradient ``dBE/dz`` is
-computed from the current features in row chunks of ``chunk`` (O(N^2 D) time, O(chunk * N)
-memory, never the N x N matrix), then every batch is pushed through ``phi`` once with that
-gradient (a vector-Jacobian product) to get ``dBE/ddelta``, stepped, and re-embedded so the
-next step sees the new features.
+* ``retrain_every`` (1) sets the cadence of the retraining, ``retrain_epochs`` its length and
+  ``fresh`` (True) whether each extractor starts from new random weights (``False``: keep
+  training the previous one, cheaper);
+* ``ascent="adamw"`` is the authors' optimiser on the pixels (``step_size`` is its lr);
+  ``ascent="sign"`` is projected sign-gradient ascent;
+* ``profile="paper"`` gives the authors' settings (ResNet-18, 30 epochs every step, 2000 AdamW
+  steps of lr 1e-3): GPU work, days for CIFAR-10. ``profile="cpu"`` (the default) is the same
+  loop scaled down to fit a CPU: cnn-tiny, 4 fresh epochs every step, 12 AdamW steps of lr
+  eps/6. Any parameter given explicitly overrides its profile's value.
 
-The feature extractor ``phi`` is the surrogate's backbone, first trained ``pretrain_epochs``
-on the clean data, and optionally refreshed for ``retrain_steps`` SGD steps on the current
-*perturbed* data every ``retrain_every`` ascent steps (the authors retrain a fresh ResNet-18
-for 30 epochs each time; that is out of reach on a CPU, so this is a simplification, see
-METHOD-NOTES). Noise is sample-wise, keyed by stable sample ids and quantised to whole grey
-levels exactly like ``em`` sample-wise banks (float16, ``|q| <= floor(255 eps)``).
+Each ascent step streams over the data: ``dBE/dz`` is computed from the current features in
+row chunks of ``chunk`` (O(N^2 D) time, O(chunk * N) memory, never the N x N matrix), then every
+batch goes through ``phi`` once with that gradient (a vector-Jacobian product). The AdamW state
+and the noise live in work arrays that are memory-mapped when large. Noise is sample-wise, keyed
+by stable sample ids and quantised to whole grey levels exactly like ``em`` sample-wise banks
+(float16, ``|q| <= floor(255 eps)``).
 
-Parameters: ``epsilon`` (8/255), ``norm`` ("linf"), ``surrogate`` ("cnn-small"), ``sigma``
-(0.3), ``steps`` (10 ascent steps), ``step_size`` (eps/4), ``pretrain_epochs`` (2),
-``retrain_every`` (0: never), ``retrain_steps`` (50), ``batch_size`` (128), ``chunk`` (512),
-``lr`` (0.1), ``max_steps`` / ``max_seconds`` (ascent steps / wall time; None), ``progress``.
-``bank.info`` records the Bayes-error estimate before and after and after each step.
+A tqdm bar (steps, current estimate, ETA) shows on a terminal or with ``progress=True``.
+``max_steps`` / ``max_seconds`` stop the fit early (checked between steps and between the
+retraining epochs) with a ``UserWarning``; the bank then holds the noise reached so far.
+
+``bank.info`` records the estimate at every step (``bayes_error_history``: ``[step, BE]``
+pairs, thinned to at most 100), the estimate of the final quantised noise under the last
+extractor (``bayes_error_final``), the clean estimate (step 0, an extractor trained on clean
+data), the extractors' training accuracy, the steps taken and why the fit stopped.
 
 Example:
     >>> import numpy as np, uetransforms as ue
     >>> rng = np.random.default_rng(0)
     >>> ds = {"image": list(rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)), "label": [0, 1] * 4}
-    >>> bank = ue.fit("bayes", ds, surrogate="cnn-tiny", steps=2, pretrain_epochs=1)
-    >>> bank.keying, bank.tensors["delta"].dtype, len(bank.info["bayes_error_history"])
-    ('sample', dtype('float16'), 3)
+    >>> bank = ue.fit("bayes", ds, seed=0, steps=2, retrain_epochs=1)
+    >>> bank.keying, bank.tensors["delta"].dtype, [s for s, _ in bank.info["bayes_error_history"]]
+    ('sample', dtype('float16'), [0, 1])
 """
 
 from __future__ import annotations
@@ -71,13 +83,16 @@ INFO = MethodInfo(
 DEFAULTS: dict[str, Any] = {
     "epsilon": 8 / 255,
     "norm": "linf",
-    "surrogate": "cnn-small",
+    "profile": "cpu",
+    "surrogate": None,
     "sigma": 0.3,
-    "steps": 10,
+    "steps": None,
+    "ascent": None,
     "step_size": None,
-    "pretrain_epochs": 2,
-    "retrain_every": 0,
-    "retrain_steps": 50,
+    "ascent_weight_decay": 0.01,
+    "retrain_every": None,
+    "retrain_epochs": None,
+    "fresh": True,
     "batch_size": 128,
     "chunk": 512,
     "lr": 0.1,
@@ -85,6 +100,17 @@ DEFAULTS: dict[str, Any] = {
     "max_seconds": None,
     "progress": None,
 }
+
+#: Values a profile gives to the parameters left at ``None``. "paper": the authors' script
+#: (cifar10-retrain.py); "cpu": the same loop scaled down so 10k CIFAR images fit in minutes.
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {"surrogate": "resnet18", "steps": 2000, "ascent": "adamw", "step_size": 1e-3,
+              "retrain_every": 1, "retrain_epochs": 30},
+    "cpu": {"surrogate": "cnn-tiny", "steps": 12, "ascent": "adamw", "step_size": (8 / 255) / 6,
+            "retrain_every": 1, "retrain_epochs": 4},
+}
+ASCENTS = ("adamw", "sign")
+HISTORY_MAX = 100
 
 
 def bayes_error(z: torch.Tensor, y: torch.Tensor, num_classes: int, *, sigma: float, chunk: int = 1024,
@@ -128,105 +154,198 @@ def bayes_error(z: torch.Tensor, y: torch.Tensor, num_classes: int, *, sigma: fl
 
 
 def _check(params: dict[str, Any]) -> dict[str, Any]:
-    p = _em.check_params("bayes", DEFAULTS, params)
-    if params.get("step_size") is None:
-        p["step_size"] = p["epsilon"] / 4
+    profile = params.get("profile", DEFAULTS["profile"])
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r}; expected one of {sorted(PROFILES)} ('cpu': scaled down, the "
+                         "default; 'paper': the authors' ResNet-18 loop, for a GPU)")
+    filled = dict(params)
+    for name, value in PROFILES[profile].items():
+        if filled.get(name) is None:
+            filled[name] = value
+    p = _em.check_params("bayes", DEFAULTS, filled)
+    if p["ascent"] not in ASCENTS:
+        raise ValueError(f"ascent={p['ascent']!r}; expected one of {ASCENTS}")
     for name in ("sigma", "step_size", "lr"):
         v = p[name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             raise ValueError(f"{name} must be a positive number, got {v!r}")
-    for name in ("pretrain_epochs", "retrain_every", "retrain_steps", "chunk"):
+    v = p["ascent_weight_decay"]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise ValueError(f"ascent_weight_decay must be a non-negative number, got {v!r}")
+    for name in ("steps", "retrain_every", "retrain_epochs", "chunk", "batch_size"):
         v = p[name]
-        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "chunk" else 0):
-            raise ValueError(f"{name} must be a {'positive' if name == 'chunk' else 'non-negative'} integer, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if not isinstance(p["fresh"], bool):
+        raise ValueError(f"fresh must be True or False, got {p['fresh']!r}")
     return p
 
 
-def _embed(model: sg.Surrogate, src: sg.ImageSource, delta: np.ndarray, batch_size: int) -> torch.Tensor:
+def _perturbed(x: torch.Tensor, delta: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    d = torch.from_numpy(np.asarray(delta[rows], np.float32)).to(x.device)
+    return (x + d).clamp(0, 1)
+
+
+def embed(model: sg.Surrogate, src: sg.ImageSource, delta: np.ndarray, batch_size: int) -> torch.Tensor:
+    """Features ``[N, D]`` of every ``x + delta`` (eval mode, no gradient)."""
+    model.eval()
     parts = []
     with torch.no_grad():
         for rows, x in src.batches(batch_size):
-            d = torch.from_numpy(np.asarray(delta[rows], np.float32)).to(x.device)
-            parts.append(model.features((x + d).clamp(0, 1)))
+            parts.append(model.features(_perturbed(x, delta, rows)))
     return torch.cat(parts)
 
 
-def _train(trainer: sg.Trainer, src: sg.ImageSource, delta: np.ndarray, steps: int, batch_size: int,
-           rng: np.random.Generator) -> None:
-    feed = src.cycle(batch_size, rng)
-    for _ in range(steps):
-        rows, x = next(feed)
-        d = torch.from_numpy(np.asarray(delta[rows], np.float32)).to(x.device)
-        trainer.step((x + d).clamp(0, 1), src.labels(rows))
+def train_extractor(model: sg.Surrogate, src: sg.ImageSource, delta: np.ndarray, *, epochs: int, batch_size: int,
+                    lr: float, rng: np.random.Generator, budget: sg.Budget | None = None) -> tuple[float, bool]:
+    """Train ``model`` ``epochs`` epochs on ``x + delta`` (SGD, cosine per epoch, no augmentation).
+
+    Returns (training accuracy of the last epoch, whether it finished: ``False`` when
+    ``budget`` ran out between epochs).
+    """
+    trainer = sg.Trainer(model, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(trainer.opt, T_max=epochs)
+    acc = 0.0
+    for _ in range(epochs):
+        if budget is not None and budget.exhausted():
+            return acc, False
+        correct = seen = 0
+        for rows, x in src.batches(batch_size, shuffle=True, rng=rng):
+            _, a = trainer.step(_perturbed(x, delta, rows), src.labels(rows))
+            correct += a * len(rows)
+            seen += len(rows)
+        sched.step()
+        acc = correct / max(1, seen)
+    model.eval()
+    return acc, True
+
+
+def estimate(data: FitData, delta: np.ndarray | None = None, *, surrogate: Any = "cnn-tiny", epochs: int = 4,
+             sigma: float = 0.3, batch_size: int = 128, lr: float = 0.1, seed: int = 0, chunk: int = 512,
+             device: torch.device | str | None = None) -> float:
+    """The Bayes-error estimate of ``x + delta`` under a fresh extractor trained ``epochs`` on it.
+
+    ``delta`` is ``[N, C, H, W]`` in rows of ``data`` (``None``: the clean data). This is how the
+    fit judges each step, offered on its own to compare, e.g., a 50/50 mix of protected and
+    clean rows with the clean set.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    n, k = len(data), data.num_classes
+    if delta is None:
+        delta = np.zeros((n, *data.image_shape), np.float32)
+    src = sg.ImageSource(data, device)
+    labels = torch.from_numpy(data.labels.astype(np.int64)).to(device)
+    model = sg.build(surrogate, num_classes=k, image_shape=data.image_shape, device=device, seed=seed)
+    train_extractor(model, src, delta, epochs=epochs, batch_size=batch_size, lr=lr, rng=np.random.default_rng(seed))
+    z = embed(model, src, delta, batch_size)
+    be, _ = bayes_error(z / z.abs().max().clamp_min(1e-12), labels, k, sigma=sigma, chunk=chunk)
+    return be
+
+
+def _thin(history: list[list[float]]) -> list[list[float]]:
+    """At most HISTORY_MAX entries, evenly spread, first and last kept."""
+    if len(history) <= HISTORY_MAX:
+        return history
+    pick = np.unique(np.linspace(0, len(history) - 1, HISTORY_MAX).round().astype(int))
+    return [history[i] for i in pick]
 
 
 def fit(data: FitData, *, seed: int, device: torch.device, **params: Any) -> NoiseBank:
-    """Maximise the kernel Bayes-error estimate by projected sign-gradient ascent (module docs)."""
+    """Maximise the kernel Bayes-error estimate with a periodically retrained extractor (module docs)."""
     p = _check(params)
-    rng = np.random.default_rng(seed)
     n, k = len(data), data.num_classes
     if n < 2:
         raise ValueError("bayes needs at least two samples: the estimate compares each sample with the others")
     src = sg.ImageSource(data, device)
-    labels = torch.from_numpy(data.labels).to(device)
+    labels = torch.from_numpy(data.labels.astype(np.int64)).to(device)
     if int(labels.max()) >= k:
         raise ValueError(f"label {int(labels.max())} is outside the {k} classes the dataset declares")
-    model = sg.build(p["surrogate"], num_classes=k, image_shape=data.image_shape, device=device, seed=seed)
-    trainer = sg.Trainer(model, lr=p["lr"])
-    delta = _em.workspace((n, *data.image_shape), np.float16)
-    bs = p["batch_size"]
-    epoch_steps = -(-n // bs)
-    _train(trainer, src, delta, p["pretrain_epochs"] * epoch_steps, bs, rng)
-    model.eval()
-    z = _embed(model, src, delta, bs)
-    eps, alpha, sigma, chunk = p["epsilon"], p["step_size"], p["sigma"], p["chunk"]
+    shape = (n, *data.image_shape)
+    delta = _em.workspace(shape, np.float16)
+    adam = p["ascent"] == "adamw"
+    if adam:  # AdamW state over every pixel of the set, as torch.optim.AdamW keeps it
+        m1, m2 = _em.workspace(shape, np.float32), _em.workspace(shape, np.float32)
+    eps, lr_px, wd, sigma, chunk, bs = (p["epsilon"], p["step_size"], p["ascent_weight_decay"], p["sigma"],
+                                        p["chunk"], p["batch_size"])
+    b1, b2, adam_eps = 0.9, 0.999, 1e-8  # torch.optim.AdamW's defaults, which the authors keep
     budget = sg.Budget(p["max_steps"], p["max_seconds"])
-    history: list[float] = []
-    stopped = "steps"
-    bar = sg.progress(total=p["steps"], desc="bayes ascent", enabled=p["progress"])
+    history: list[list[float]] = []
+    extractor_acc: list[float] = []
+    retrains = 0
+    model: sg.Surrogate | None = None
+    stopped = "completed"
+    bar = sg.progress(total=p["steps"], desc="bayes ascent", enabled=p["progress"], unit="step")
     for step in range(p["steps"]):
         why = budget.exhausted()
         if why:
             stopped = why
             break
-        if p["retrain_every"] and step and step % p["retrain_every"] == 0:
-            _train(trainer, src, delta, p["retrain_steps"], bs, rng)
-            model.eval()
-            z = _embed(model, src, delta, bs)
-        scale = z.abs().max().clamp_min(1e-12)  # the estimator's global scaling, held fixed per step
+        rng = np.random.default_rng([seed, step])  # per step: a resumed or re-run step draws the same
+        if model is None or step % p["retrain_every"] == 0:
+            if model is None or p["fresh"]:
+                model = sg.build(p["surrogate"], num_classes=k, image_shape=data.image_shape, device=device,
+                                 seed=seed + 7919 * step)
+            acc, done = train_extractor(model, src, delta, epochs=p["retrain_epochs"], batch_size=bs, lr=p["lr"],
+                                        rng=rng, budget=budget)
+            retrains += 1
+            extractor_acc.append(round(acc, 4))
+            if not done:
+                stopped = budget.exhausted() or "time"
+                break
+        z = embed(model, src, delta, bs)
+        scale = z.abs().max().clamp_min(1e-12)  # the estimator's global scaling, held fixed for the step
         be, gz = bayes_error(z / scale, labels, k, sigma=sigma, chunk=chunk, grad=True)
-        history.append(round(be, 5))
+        del z
+        history.append([step, round(be, 5)])
+        t = step + 1  # AdamW's bias correction counts the steps taken
         for rows, x in src.batches(bs):
             d = torch.from_numpy(np.asarray(delta[rows], np.float32)).to(device).requires_grad_(True)
             feats = model.features((x + d).clamp(0, 1))
             sel = torch.from_numpy(rows).to(device)
             (g,) = torch.autograd.grad((feats / scale * gz[sel]).sum(), d)
             with torch.no_grad():
-                d = (d + alpha * g.sign()).clamp_(-eps, eps)
+                if adam:
+                    # torch.optim.AdamW(maximize=True) on the perturbed pixels x' = x + d
+                    m = torch.from_numpy(np.asarray(m1[rows])).to(device).mul_(b1).add_(g, alpha=1 - b1)
+                    v = torch.from_numpy(np.asarray(m2[rows])).to(device).mul_(b2).addcmul_(g, g, value=1 - b2)
+                    m1[rows], m2[rows] = m.cpu().numpy(), v.cpu().numpy()
+                    xp = (x + d) * (1 - lr_px * wd)
+                    xp = xp + lr_px * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + adam_eps)
+                    d = xp - x
+                else:
+                    d = d + lr_px * g.sign()
+                d = d.clamp_(-eps, eps)
                 d = (x + d).clamp_(0, 1) - x  # stay inside the pixel box: applying never clips
                 delta[rows] = d.cpu().numpy().astype(np.float16)
-                z[sel] = model.features(x + d)
         budget.tick()
         bar.update(1)
         bar.set_postfix(bayes_error=f"{be:.3f}")
     bar.close()
     _em.quantise(delta, eps, np.float16, out=delta)
-    z = _embed(model, src, delta, bs)  # the estimate for what the bank actually holds
-    final, _ = bayes_error(z / z.abs().max().clamp_min(1e-12), labels, k, sigma=sigma, chunk=chunk)
-    history.append(round(final, 5))
+    final = None
+    if model is not None:  # the estimate for what the bank actually holds, under the last extractor
+        z = embed(model, src, delta, bs)
+        final, _ = bayes_error(z / z.abs().max().clamp_min(1e-12), labels, k, sigma=sigma, chunk=chunk)
+        final = round(final, 5)
+    if stopped != "completed":
+        limit = p["max_seconds"] if stopped == "time" else p["max_steps"]
+        sg.warn_budget_stop("bayes", stopped, wanted=f"its {p['steps']} ascent steps",
+                            reached=f"{budget.steps} step(s)", limit=limit, stacklevel=4)
     stored = {name: v for name, v in p.items() if name != "progress"}
     if not isinstance(stored["surrogate"], str):
-        stored["surrogate"] = model.name
+        stored["surrogate"] = model.name if model is not None else type(stored["surrogate"]).__name__
     return NoiseBank(
         method="bayes", kind="additive", keying="sample", keys=data.sample_ids, tensors={"delta": delta},
         params={**stored, "seed": int(seed)}, image_shape=data.image_shape,
         info={
             "steps": budget.steps,
             "stopped_by": stopped,
-            "bayes_error_clean": history[0] if budget.steps else None,
+            "retrains": retrains,
+            "extractor_train_accuracy": extractor_acc[-HISTORY_MAX:],
+            "bayes_error_clean": history[0][1] if history else None,
             "bayes_error_final": final,
-            "bayes_error_history": history,
-            "surrogate": model.name,
+            "bayes_error_history": _thin(history),
+            "surrogate": model.name if model is not None else str(stored["surrogate"]),
             "quantised": "whole grey levels q/255, |q| <= floor(255*epsilon)",
         },
     )

@@ -10,8 +10,15 @@ noise (a shortcut that fits the labels perfectly) instead of the content. Bi-lev
    ``steps`` steps on each batch visited (``mode="sample"``: every sample, one full pass;
    ``mode="class"``: ``class_batches`` random batches, one universal delta per class, whose
    gradient is the sum over that class's samples in the batch);
-3. stop when the surrogate's error on the perturbed data is below ``stop_error`` (it has found
-   the shortcut), or when ``max_rounds`` / ``max_steps`` / ``max_seconds`` run out.
+3. stop when the surrogate's error on the perturbed data, judged (eval mode) on one full pass
+   over the data *after* the noise update, is below ``stop_error`` (it has found the shortcut),
+   or when ``max_rounds`` / ``max_steps`` / ``max_seconds`` run out; a budget stop raises a
+   ``UserWarning`` naming the parameter to raise, and ``bank.info["stopped_by"]`` says which.
+
+The surrogate can be any name :func:`uetransforms.surrogates.build` knows; ``"resnet18"`` is
+the paper's ResNet-18 (CIFAR stem for images up to 64 px), ``"cnn-tiny"`` the CPU-friendly one.
+A tqdm bar (rounds, with the current error and an ETA to ``max_rounds``) shows on a terminal,
+or always with ``progress=True``; ``progress=False`` keeps it quiet.
 
 Sample-wise noise is keyed by each sample's stable id (``data.sample_ids``: an id column, or a
 hash of the pixels), never by its row or its label, so shuffling or selecting rows of the
@@ -238,7 +245,11 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
     feed = src.cycle(p["batch_size"], rng)
     history: list[float] = []
     stopped = "max_rounds"
-    bar = sg.progress(total=p["max_rounds"], desc=f"{method} rounds", enabled=p["progress"])
+    bs = p["batch_size"]
+    visits_per_round = -(-len(data) // bs) if p["mode"] == "sample" else p["class_batches"]
+    # One unit per round; each round advances in visits_per_round pieces, so the ETA moves within
+    # a (long) sample-wise round too. It is the time to max_rounds: an error stop comes earlier.
+    bar = sg.progress(total=p["max_rounds"], desc=f"{method} rounds", enabled=p["progress"], unit="round")
     for _ in range(p["max_rounds"]):
         # (1) the surrogate learns from the current noise
         for _ in range(p["train_steps"]):
@@ -253,9 +264,7 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
             budget.tick()
         # (2) the noise descends the surrogate's loss
         model.eval()
-        correct = seen = 0
-        visits = (src.batches(p["batch_size"]) if p["mode"] == "sample"
-                  else (next(feed) for _ in range(p["class_batches"])))
+        visits = (src.batches(bs) if p["mode"] == "sample" else (next(feed) for _ in range(p["class_batches"])))
         for rows, x in visits:
             if budget.exhausted() and (p["mode"] == "class" or noise.visited.all()):
                 break  # out of budget mid-pass; a first pass always completes so every sample has noise
@@ -279,13 +288,12 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
                     if idx is None:  # sample-wise noise stays inside the pixel box: no clipping later
                         d = (x + d).clamp_(0, 1) - x
                 budget.tick()
-            with torch.no_grad():
-                correct += int((model(_perturbed(x, d, idx, m)).argmax(1) == y).sum())
-                seen += len(y)
             noise.write(keys, d)
-        error = 1 - correct / max(1, seen)
+            bar.update(1 / visits_per_round)
+        # (3) the stop is judged on the whole perturbed set *after* the update, as Huang et al.
+        # evaluate it: the error on the batch just perturbed is optimistic and could stop too early.
+        error = full_error(model, src, noise, bs)
         history.append(round(error, 4))
-        bar.update(1)
         bar.set_postfix(error=f"{error:.3f}")
         if error < p["stop_error"]:
             stopped = "error"
@@ -295,6 +303,11 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
             stopped = why
             break
     bar.close()
+    if stopped != "error":
+        limit = {"max_rounds": p["max_rounds"], "steps": p["max_steps"], "time": p["max_seconds"]}[stopped]
+        sg.warn_budget_stop(method, stopped, wanted=f"the surrogate error on the perturbed set fell below "
+                            f"stop_error={p['stop_error']}", reached=f"error {history[-1]:.4f} after "
+                            f"{len(history)} round(s)", limit=limit)
     info = {
         "rounds": len(history),
         "steps": budget.steps,
@@ -307,6 +320,21 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
     if noise.mode == "sample" and not noise.visited.all():
         raise RuntimeError("internal error: some samples were never perturbed")
     return noise.table, info, noise.mask
+
+
+def full_error(model: sg.Surrogate, src: sg.ImageSource, noise: _Noise, batch_size: int) -> float:
+    """The surrogate's error (eval mode) on one full pass over the data with the current noise."""
+    model.eval()
+    wrong = seen = 0
+    with torch.no_grad():
+        for rows, x in src.batches(batch_size):
+            y = src.labels(rows)
+            keys = noise.keys(rows, y)
+            idx = torch.from_numpy(keys).to(x.device) if noise.mode == "class" else None
+            xa = _perturbed(x, noise.read(keys), idx, noise.masks(keys))
+            wrong += int((model(xa).argmax(1) != y).sum())
+            seen += len(y)
+    return wrong / max(1, seen)
 
 
 def _draw_masks(noise: _Noise, model: sg.Surrogate, rule: MaskRule, keys: np.ndarray, x: torch.Tensor,
