@@ -1,0 +1,356 @@
+"""codecs: lossless PNG round trips, decoding equal to PIL, the fallback, the marker, errors."""
+
+from __future__ import annotations
+
+import doctest
+import glob
+import io
+import os
+import struct
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from uetransforms import codecs, images
+from uetransforms.codecs import ImageModeError, decode, encode_png, is_marked, mark
+
+HAVE_FPNG = codecs._optional("fpng") is not None
+HAVE_IC = codecs._optional("imagecodecs") is not None
+CIFAR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "cifar10")
+
+
+@pytest.fixture
+def no_fast(monkeypatch):
+    """As if neither fast package were installed: ``import`` of either fails."""
+    monkeypatch.setitem(sys.modules, "fpng", None)
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)
+    monkeypatch.setattr(codecs, "_OPTIONAL", {})
+    monkeypatch.setattr(codecs, "_FAST_JPEG", [])
+
+
+def _pil_pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def _jpeg(arr: np.ndarray, **opts) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", **opts)
+    return buf.getvalue()
+
+
+def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth gradients plus noise: the IDCT and chroma upsampling both matter on it."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([yy * 255 // max(h, 1), xx * 255 // max(w, 1), (yy + xx) % 256], -1)
+    return np.clip(base + rng.integers(-30, 31, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _available_encoders(channels: int) -> list[str]:
+    out = ["pil"] + (["imagecodecs"] if HAVE_IC else [])
+    return out + (["fpng"] if HAVE_FPNG and channels in (3, 4) else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# PNG round trip
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 37), w=st.integers(1, 37), channels=st.sampled_from([1, 3]),
+       kind=st.sampled_from(["random", "flat", "gradient"]), seed=st.integers(0, 2**32 - 1))
+def test_png_round_trip_is_lossless_and_deterministic(h, w, channels, kind, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        hwc = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    elif kind == "flat":
+        hwc = np.full((h, w, channels), rng.integers(0, 256), np.uint8)
+    else:
+        hwc = (np.add.outer(np.arange(h), np.arange(w))[..., None] * (1 + np.arange(channels))).astype(np.uint8)
+    for enc in [None, *_available_encoders(channels)]:
+        png = encode_png(hwc, encoder=enc)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        pil = _pil_pixels(png)
+        assert pil.shape == ((h, w) if channels == 1 else (h, w, 3)), enc
+        np.testing.assert_array_equal(pil.reshape(h, w, channels), hwc, err_msg=str(enc))
+        np.testing.assert_array_equal(decode(png).transpose(1, 2, 0), hwc, err_msg=str(enc))
+        # Same pixels -> same bytes, whatever the memory layout they come in.
+        assert encode_png(np.asfortranarray(hwc), encoder=enc) == png, enc
+    assert encode_png(hwc[..., 0] if channels == 1 else hwc) == encode_png(hwc)  # [H, W] == [H, W, 1]
+
+
+@pytest.mark.parametrize("encoder", ["pil", "imagecodecs", "fpng"])
+def test_each_encoder_is_readable_by_datasets(encoder):
+    if codecs._optional(codecs._PACKAGE[encoder]) is None:
+        pytest.skip(f"{encoder} not installed")
+    import datasets
+
+    hwc = _photo(21, 34)
+    png = encode_png(hwc, encoder=encoder)
+    decoded = datasets.Image().decode_example({"bytes": png, "path": None})
+    assert decoded.format == "PNG"
+    np.testing.assert_array_equal(np.asarray(decoded), hwc)
+
+
+def test_levels_change_size_not_pixels():
+    hwc = _photo(40, 40)
+    for enc in ["pil"] + (["imagecodecs"] if HAVE_IC else []):
+        sizes = {}
+        for level in (0, 1, 9):
+            png = encode_png(hwc, encoder=enc, level=level)
+            np.testing.assert_array_equal(_pil_pixels(png), hwc)
+            sizes[level] = len(png)
+        assert sizes[0] > sizes[1] >= sizes[9], (enc, sizes)
+
+
+def test_pil_default_writes_the_bytes_datasets_writes():
+    from datasets.features.image import image_to_bytes
+
+    for hwc in (_photo(19, 23), _photo(19, 23)[..., :1]):
+        ours = encode_png(hwc, encoder="pil")
+        assert ours == image_to_bytes(Image.fromarray(hwc.squeeze(-1) if hwc.shape[2] == 1 else hwc))
+
+
+@pytest.mark.skipif(not HAVE_FPNG, reason="fpng not installed")
+def test_auto_picks_fpng_for_rgb_and_a_grey_capable_encoder_for_l():
+    hwc = _photo(16, 16)
+    assert encode_png(hwc) == encode_png(hwc, encoder="fpng")
+    grey = hwc[..., 0]
+    assert encode_png(grey) == encode_png(grey, encoder="imagecodecs" if HAVE_IC else "pil")
+    assert _pil_pixels(encode_png(grey)).ndim == 2  # stays a 1-channel (L) PNG
+
+
+def test_fallback_without_fast_packages(no_fast):
+    hwc = _photo(13, 17)
+    png = encode_png(hwc)
+    assert png == encode_png(hwc, encoder="pil", level=6)
+    np.testing.assert_array_equal(_pil_pixels(png), hwc)
+    assert codecs.info()["png_encoder_rgb"].startswith("pil")
+    assert codecs.info()["jpeg_decoder"].startswith("pil")
+    jpg = _jpeg(_photo(30, 30), quality=90)
+    np.testing.assert_array_equal(decode(jpg).transpose(1, 2, 0), _pil_pixels(jpg))
+    for enc in ("fpng", "imagecodecs"):
+        with pytest.raises(ImportError, match=r"uetransforms\[fast\]"):
+            encode_png(hwc, encoder=enc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (32, 32), (37, 29), (64, 48)])
+@pytest.mark.parametrize("opts", [
+    {"quality": 90}, {"quality": 75, "subsampling": 0}, {"quality": 95, "subsampling": 1},
+    {"quality": 50, "subsampling": 2}, {"quality": 90, "progressive": True}, {"quality": 100, "optimize": True},
+])
+def test_jpeg_decode_equals_pil(size, opts):
+    rgb = _photo(*size, seed=size[0])
+    for arr in (rgb, np.asarray(Image.fromarray(rgb).convert("L"))):
+        data = _jpeg(arr, **opts)
+        want = _pil_pixels(data)
+        got = decode(data)
+        assert got.dtype == np.uint8 and got.shape[0] == (1 if arr.ndim == 2 else 3)
+        np.testing.assert_array_equal(got[0] if arr.ndim == 2 else got.transpose(1, 2, 0), want)
+        np.testing.assert_array_equal(decode({"bytes": data, "path": None}, channels=got.shape[0]), got)
+
+
+@pytest.mark.skipif(not HAVE_IC, reason="imagecodecs not installed")
+def test_fast_jpeg_path_is_used_and_checked(monkeypatch):
+    assert codecs._fast_jpeg() is not None  # the self-check passed on this machine
+    calls = []
+    real = codecs._FAST_JPEG[0]
+    monkeypatch.setattr(codecs, "_FAST_JPEG", [lambda b: calls.append(1) or real(b)])
+    decode(_jpeg(_photo(20, 20), quality=90))
+    assert calls == [1]
+    # A fast decoder that disagreed with PIL is refused at the self-check, with a warning.
+    ic = codecs._optional("imagecodecs")
+    monkeypatch.setattr(codecs, "_FAST_JPEG", [])
+    monkeypatch.setattr(ic, "jpeg8_decode", lambda b, *a, **k: np.zeros((37, 29, 3), np.uint8))
+    with pytest.warns(RuntimeWarning, match="does not return PIL's pixels"):
+        assert codecs._fast_jpeg() is None
+    data = _jpeg(_photo(20, 20), quality=90)
+    np.testing.assert_array_equal(decode(data).transpose(1, 2, 0), _pil_pixels(data))
+
+
+@pytest.mark.skipif(not glob.glob(os.path.join(CIFAR, "test-*.parquet")), reason="no local CIFAR-10")
+def test_cifar_jpeg_bytes_decode_like_datasets():
+    import datasets
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(glob.glob(os.path.join(CIFAR, "test-*.parquet"))[0]).slice(0, 300)
+    feature = datasets.Image()
+    for rec in table.column(0).to_pylist():
+        want = np.asarray(feature.decode_example(rec))
+        np.testing.assert_array_equal(decode(rec, channels=3).transpose(1, 2, 0), want)
+
+
+def test_exif_orientation_is_applied_like_datasets():
+    import datasets
+
+    img = Image.fromarray(_photo(12, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    data = buf.getvalue()
+    want = np.asarray(datasets.Image().decode_example({"bytes": data, "path": None}))
+    assert want.shape == (20, 12, 3)
+    np.testing.assert_array_equal(decode(data).transpose(1, 2, 0), want)
+
+
+def test_modes_through_bytes():
+    rgb = _photo(9, 11)
+    cmyk = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(cmyk, format="JPEG", quality=90)
+    with pytest.raises(ImageModeError, match="CMYK image.*convert=True"):
+        decode(cmyk.getvalue(), channels=3)
+    with pytest.warns(UserWarning, match="CMYK"):
+        got = decode(cmyk.getvalue(), channels=3, convert=True)
+    np.testing.assert_array_equal(got.transpose(1, 2, 0), np.asarray(Image.open(cmyk).convert("RGB")))
+    grey = _jpeg(rgb[..., 0], quality=90)
+    with pytest.raises(ImageModeError, match="L image but the bank is for RGB"):
+        decode(grey, channels=3)
+    with pytest.warns(UserWarning):
+        np.testing.assert_array_equal(decode(grey, channels=3, convert=True).transpose(1, 2, 0),
+                                      np.asarray(Image.open(io.BytesIO(grey)).convert("RGB")))
+    rgba = io.BytesIO()
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(rgba, format="PNG")
+    with pytest.raises(ImageModeError, match="RGBA"):
+        decode(rgba.getvalue())
+    p16 = io.BytesIO()
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(p16, format="PNG")
+    with pytest.raises(ImageModeError, match="16-bit"):
+        decode(p16.getvalue(), channels=1, convert=True)
+    assert decode(encode_png(rgb[..., 0])).shape == (1, 9, 11)  # channels=None keeps L as one channel
+
+
+def test_decode_reads_paths(tmp_path):
+    hwc = _photo(6, 8)
+    path = tmp_path / "x.png"
+    path.write_bytes(encode_png(hwc))
+    np.testing.assert_array_equal(decode({"bytes": None, "path": str(path)}).transpose(1, 2, 0), hwc)
+    with pytest.raises(ImageModeError, match="cannot be read here"):
+        decode({"bytes": None, "path": str(tmp_path / "missing.png")})
+
+
+@pytest.mark.parametrize("bad, phrase", [
+    (b"not an image at all", "not a readable image"),
+    (b"\xff\xd8\xff\xe0 truncated jpeg", "not a readable image"),
+    ({"bytes": None, "path": None}, "empty image record"),
+    (None, "missing image"),
+    (1.5, "holds float, not an image"),
+])
+def test_decode_errors(bad, phrase):
+    with pytest.raises(ImageModeError, match=phrase):
+        decode(bad, channels=3)
+
+
+@pytest.mark.parametrize("bad, err, phrase", [
+    (np.zeros((4, 4, 3), np.float32), ValueError, "uint8"),
+    (np.zeros((3, 8, 9), np.uint8), ValueError, r"looks like \[C, H, W\]"),
+    (np.zeros((2, 4, 4, 3), np.uint8), ValueError, "shape"),
+    (np.zeros((0, 4, 3), np.uint8), ValueError, "shape"),
+    ([[0, 1]], TypeError, "numpy array"),
+])
+def test_encode_errors(bad, err, phrase):
+    with pytest.raises(err, match=phrase):
+        encode_png(bad)
+
+
+def test_encoder_option_errors():
+    hwc = _photo(4, 4)
+    with pytest.raises(ValueError, match="unknown encoder 'png'"):
+        encode_png(hwc, encoder="png")
+    for level in (-1, 10, 2.5, True):
+        with pytest.raises(ValueError, match="level must be an integer 0..9"):
+            encode_png(hwc, encoder="pil", level=level)
+    if HAVE_FPNG:
+        with pytest.raises(ValueError, match="single compression level"):
+            encode_png(hwc, encoder="fpng", level=3)
+        with pytest.raises(ValueError, match="RGB/RGBA PNGs only"):
+            encode_png(hwc[..., 0], encoder="fpng")
+
+
+# ---------------------------------------------------------------------------------------------
+# The "protected by uetransforms" marker
+
+
+def _chunks(png: bytes) -> list[tuple[bytes, bytes, int]]:
+    out, pos = [], 8
+    while pos < len(png):
+        (length,) = struct.unpack_from(">I", png, pos)
+        kind, body = png[pos + 4:pos + 8], png[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack_from(">I", png, pos + 8 + length)
+        out.append((kind, body, crc))
+        pos += 12 + length
+    return out
+
+
+@settings(max_examples=20, deadline=None)
+@given(h=st.integers(1, 20), w=st.integers(1, 20), channels=st.sampled_from([1, 3]), seed=st.integers(0, 999))
+def test_mark_round_trip(h, w, channels, seed):
+    hwc = np.random.default_rng(seed).integers(0, 256, (h, w, channels), dtype=np.uint8)
+    png = encode_png(hwc)
+    marked = mark(png, method="cuda")
+    assert not is_marked(png) and is_marked(marked)
+    assert mark(marked, method="other") == marked  # marking twice changes nothing
+    chunks = _chunks(marked)
+    assert [c[0] for c in chunks[:2]] == [b"IHDR", b"tEXt"]  # right after IHDR
+    for kind, body, crc in chunks:
+        assert zlib.crc32(kind + body) == crc
+    assert [c for c in chunks if c[0] != b"tEXt"] == _chunks(png)  # nothing else changed
+    img = Image.open(io.BytesIO(marked))
+    img.verify()  # PIL checks every chunk's CRC
+    img = Image.open(io.BytesIO(marked))
+    np.testing.assert_array_equal(np.asarray(img).reshape(h, w, channels), hwc)
+    assert is_marked(img) and is_marked({"bytes": marked, "path": None})
+
+
+def test_marker_text_is_public_and_readable_by_datasets():
+    import datasets
+
+    marked = mark(encode_png(_photo(8, 8)), method="cuda")
+    text = Image.open(io.BytesIO(marked)).info[codecs.MARK_KEYWORD]
+    assert text.startswith("protected by uetransforms ") and text.endswith("; method=cuda")
+    assert mark(encode_png(_photo(8, 8))) != marked  # only the method name and version vary it
+    decoded = datasets.Image().decode_example({"bytes": marked, "path": None})
+    np.testing.assert_array_equal(np.asarray(decoded), _photo(8, 8))
+
+
+def test_is_marked_on_other_things(tmp_path):
+    png = encode_png(_photo(5, 5))
+    path = tmp_path / "m.png"
+    path.write_bytes(mark(png))
+    assert is_marked({"bytes": None, "path": str(path)})
+    assert not is_marked({"bytes": None, "path": str(tmp_path / "none.png")})
+    for other in (png, _jpeg(_photo(5, 5)), b"", b"garbage", np.zeros((5, 5, 3), np.uint8), None,
+                  Image.fromarray(_photo(5, 5)), {"bytes": None, "path": None}):
+        assert not is_marked(other)
+    # A text chunk with another keyword is not the marker.
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "protected by uetransforms")
+    buf = io.BytesIO()
+    Image.fromarray(_photo(5, 5)).save(buf, format="PNG", pnginfo=info)
+    assert not is_marked(buf.getvalue())
+
+
+def test_mark_errors():
+    with pytest.raises(ValueError, match="not a PNG"):
+        mark(_jpeg(_photo(4, 4)))
+    with pytest.raises(ValueError, match="Latin-1"):
+        mark(encode_png(_photo(4, 4)), method="ключ")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", [codecs, images])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
