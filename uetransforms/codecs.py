@@ -111,20 +111,8 @@ def decode(value: Any, *, channels: int | None = None, convert: bool = False, co
         ImageModeError: the value is not an image, or its mode or layout cannot be protected
             faithfully (the message names the fix).
     """
-    if isinstance(value, dict) and ("bytes" in value or "path" in value):
-        if value.get("bytes") is not None:
-            value = value["bytes"]
-        elif value.get("path"):
-            try:
-                with open(value["path"], "rb") as f:
-                    value = f.read()
-            except OSError as e:
-                raise ImageModeError(
-                    f"column {column!r} points to {value['path']!r}, which cannot be read here ({e}); "
-                    "load the dataset where its files are, or embed the bytes"
-                ) from None
-        else:
-            raise ImageModeError(f"column {column!r} holds an empty image record (no bytes, no path)")
+    if _is_record(value):
+        value = _record_bytes(value, column)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _decode_bytes(bytes(value), channels=channels, convert=convert, column=column)
     from PIL import Image
@@ -144,6 +132,26 @@ def decode(value: Any, *, channels: int | None = None, convert: bool = False, co
         f"column {column!r} holds {type(value).__name__}, not an image; pass the image column "
         "(PIL images, datasets Image() feature, or uint8 arrays) as image_column"
     )
+
+
+def _is_record(value: Any) -> bool:
+    return isinstance(value, dict) and ("bytes" in value or "path" in value)
+
+
+def _record_bytes(record: dict, column: str) -> bytes:
+    """The encoded bytes of a ``datasets`` ``{"bytes", "path"}`` record (read from a local path)."""
+    if record.get("bytes") is not None:
+        return record["bytes"]
+    if record.get("path"):
+        try:
+            with open(record["path"], "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise ImageModeError(
+                f"column {column!r} points to {record['path']!r}, which cannot be read here ({e}); "
+                "load the dataset where its files are, or embed the bytes"
+            ) from None
+    raise ImageModeError(f"column {column!r} holds an empty image record (no bytes, no path)")
 
 
 def _decode_bytes(data: bytes, *, channels: int | None, convert: bool, column: str) -> np.ndarray:
@@ -443,16 +451,10 @@ def is_marked(data: Any) -> bool:
     Takes PNG bytes, a ``datasets`` ``{"bytes", "path"}`` record, or a PIL image (whose ``info``
     keeps PNG text). Decoded pixels (arrays, tensors) carry no marker: False. Other formats: False.
     """
-    if isinstance(data, dict) and ("bytes" in data or "path" in data):
-        if data.get("bytes") is not None:
-            data = data["bytes"]
-        elif data.get("path"):
-            try:
-                with open(data["path"], "rb") as f:
-                    data = f.read()
-            except OSError:
-                return False
-        else:
+    if _is_record(data):
+        try:
+            data = _record_bytes(data, "image")
+        except ImageModeError:  # an empty record or an unreadable path shows no marker
             return False
     if isinstance(data, (bytes, bytearray, memoryview)):
         return _png_has_mark(bytes(data) if isinstance(data, memoryview) else data)
