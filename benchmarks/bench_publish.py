@@ -1,0 +1,200 @@
+"""``ue.publish`` against the plain ``datasets`` identity map, at 32 px and at 384 px.
+
+Both pipelines start from the same memory-mapped ``datasets.Dataset`` (images stored as encoded
+bytes, decoded by ``datasets`` on access) and end with Parquet files on disk:
+
+* ``identity`` -- what a user pays to re-publish a dataset losslessly without protection:
+  ``ds.map(lambda b: {"img": [im.copy() ...]}, batched=True)`` (decode; the copies have no format,
+  so ``datasets`` re-encodes them as PNG with PIL, its own ``Image`` encoding) then ``to_parquet``.
+* ``publish``  -- ``ue.publish(ds, bank, out_dir)``: decode, noise, lossless encode, Parquet shards
+  and the card.
+
+They run in the same process, alternated (identity, publish, publish, identity, ...), with
+``datasets`` caching off so no run reuses another's output. Reported: images/s, the time ratio
+publish/identity (target <= 0.33 at 32 px, <= 0.10 at 384 px), PNG bytes per image against PIL
+level 6 on the *same published pixels* (target <= 1.25x), and the codec floor: decode + encode
+alone on the source bytes, with this installation's codecs (``uetransforms.codecs``) and with PIL.
+
+Sources: CIFAR-10 train prefix (32 px, as stored: JPEG), and the same images upscaled to 384 px
+(bicubic) and stored as JPEG q90 -- built in a temporary directory, never in the repository.
+
+Run:
+    OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --n32 4000 --n384 240 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+DEFAULT_SRC = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10",
+                           "train-00000-of-00001.parquet")
+
+
+def build_sources(src: str, tmp: str, n32: int, n384: int) -> dict[str, str]:
+    """The two source Parquet files (``img`` as a datasets Image column, ``label``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    table = pq.read_table(src)
+    out = {}
+    if n32:
+        out["32px"] = os.path.join(tmp, "src32.parquet")
+        pq.write_table(table.slice(0, n32), out["32px"])
+    if n384:
+        imgs = table.column("img").combine_chunks().field("bytes").to_pylist()[:n384]
+        jpgs = []
+        for b in imgs:
+            buf = io.BytesIO()
+            Image.open(io.BytesIO(b)).convert("RGB").resize((384, 384), Image.BICUBIC).save(buf, "JPEG", quality=90)
+            jpgs.append(buf.getvalue())
+        img_type = table.schema.field("img").type
+        big = pa.table({"img": pa.array([{"bytes": j, "path": None} for j in jpgs], type=img_type),
+                        "label": table.column("label").slice(0, n384)}).replace_schema_metadata(table.schema.metadata)
+        out["384px"] = os.path.join(tmp, "src384.parquet")
+        pq.write_table(big, out["384px"])
+    return out
+
+
+def parquet_image_bytes(files: list[str]) -> list[bytes]:
+    import pyarrow.parquet as pq
+
+    return [b for f in sorted(files) for b in pq.read_table(f).column("img").combine_chunks().field("bytes").to_pylist()]
+
+
+def run_identity(ds, out: str) -> None:
+    def identity(batch):
+        # A copy has no format, so datasets encodes it as PNG (PIL, level 6), as it would any new image.
+        return {"img": [im.copy() for im in batch["img"]]}
+
+    ds.map(identity, batched=True, batch_size=256).to_parquet(out)
+
+
+def run_publish(ds, bank, out: str) -> None:
+    import uetransforms as ue
+
+    ue.publish(ds, bank, out, image_column="img", label_column="label")
+
+
+def codec_floor(byte_rows: list[bytes]) -> dict[str, float]:
+    """images/s of decode + lossless encode alone, this installation's codecs vs PIL at level 6."""
+    from PIL import Image
+
+    from uetransforms import codecs
+
+    def ours(b):
+        return codecs.encode_png(codecs.decode(b, channels=3).transpose(1, 2, 0))
+
+    def pil(b):
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(b)).copy().save(buf, "PNG")
+        return buf.getvalue()
+
+    res = {}
+    for name, fn in (("codecs", ours), ("pil", pil)):
+        start = time.perf_counter()
+        for b in byte_rows:
+            fn(b)
+        res[name] = len(byte_rows) / (time.perf_counter() - start)
+    return res
+
+
+def pil6_ratio(png_rows: list[bytes]) -> tuple[float, float]:
+    """Mean bytes per published image, and its ratio to PIL level 6 on the same pixels."""
+    from PIL import Image
+
+    ours = pil = 0
+    for b in png_rows:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(b)).save(buf, "PNG", compress_level=6)
+        ours += len(b)
+        pil += len(buf.getvalue())
+    return ours / len(png_rows), ours / pil
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--src", default=DEFAULT_SRC, help="CIFAR-10 train Parquet (img, label)")
+    p.add_argument("--n32", type=int, default=4000, help="32-px images (0 skips)")
+    p.add_argument("--n384", type=int, default=240, help="384-px images (0 skips)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each pipeline per size (alternated)")
+    p.add_argument("--method", default="cuda", help="protection method of the bank")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+
+    import datasets
+    import torch
+
+    import uetransforms as ue
+    from uetransforms import codecs
+
+    torch.set_num_threads(args.threads)
+    datasets.disable_caching()  # no run may load another's map output from the cache
+    datasets.disable_progress_bars()
+    results: dict = {"codecs": codecs.info(), "load": os.getloadavg(), "sizes": {}}
+    with tempfile.TemporaryDirectory(prefix="bench_publish_") as tmp:
+        sources = build_sources(args.src, tmp, args.n32, args.n384)
+        fit_ds = datasets.Dataset.from_parquet(sources.get("32px") or sources["384px"], cache_dir=os.path.join(tmp, "c"))
+        bank = ue.fit(args.method, fit_ds.select(range(min(len(fit_ds), 1000))), image_column="img", seed=1)
+        for size, src in sources.items():
+            ds = datasets.Dataset.from_parquet(src, cache_dir=os.path.join(tmp, "c"))
+            n = len(ds)
+            times: dict[str, list[float]] = {"identity": [], "publish": []}
+            out_files: dict[str, list[str]] = {}
+            order = []
+            for r in range(args.repeats):
+                order += ["identity", "publish"] if r % 2 == 0 else ["publish", "identity"]
+            for i, name in enumerate(order):
+                out = os.path.join(tmp, f"{size}-{name}-{i}")
+                start = time.perf_counter()
+                if name == "identity":
+                    os.makedirs(out)
+                    run_identity(ds, os.path.join(out, "data.parquet"))
+                else:
+                    run_publish(ds, bank, out)
+                times[name].append(time.perf_counter() - start)
+                out_files[name] = glob.glob(os.path.join(out, "**", "*.parquet"), recursive=True)
+            src_bytes = parquet_image_bytes([src])
+            pub = parquet_image_bytes(out_files["publish"])
+            ident = parquet_image_bytes(out_files["identity"])
+            per_img, ratio_pil6 = pil6_ratio(pub)
+            floor = codec_floor(src_bytes)
+            t_id, t_pub = statistics.median(times["identity"]), statistics.median(times["publish"])
+            results["sizes"][size] = {
+                "images": n, "times_s": times,
+                "identity_img_s": n / t_id, "publish_img_s": n / t_pub, "ratio": t_pub / t_id,
+                "publish_bytes_per_image": per_img, "publish_vs_pil6_same_pixels": ratio_pil6,
+                "identity_bytes_per_image": sum(map(len, ident)) / len(ident),
+                "floor_img_s": floor, "png": pub[0][:8] == b"\x89PNG\r\n\x1a\n", "marked": codecs.is_marked(pub[0]),
+            }
+            print(f"[{size}] done: {json.dumps(results['sizes'][size])}", file=sys.stderr, flush=True)
+    results["load_after"] = os.getloadavg()
+
+    print(f"codecs: {results['codecs']}; load avg before {results['load']}, after {results['load_after']}")
+    print("| size | images | identity img/s | publish img/s | publish/identity time | target | "
+          "bytes/img (publish) | vs PIL-6 same pixels | floor img/s (codecs / PIL) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size, r in results["sizes"].items():
+        target = 0.33 if size == "32px" else 0.10
+        print(f"| {size} | {r['images']} | {r['identity_img_s']:.0f} | {r['publish_img_s']:.0f} | {r['ratio']:.2f}x | "
+              f"<= {target:.2f}x {'met' if r['ratio'] <= target else 'MISSED'} | {r['publish_bytes_per_image']:.0f} | "
+              f"{r['publish_vs_pil6_same_pixels']:.3f}x | {r['floor_img_s']['codecs']:.0f} / {r['floor_img_s']['pil']:.0f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
