@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import stat
 
 import numpy as np
 import pyarrow as pa
@@ -278,7 +279,7 @@ def test_pickle_of_saved_bank_refuses_a_changed_file(tmp_path):
     bank = additive_bank()
     bank.save(tmp_path / "b.arrow")
     blob = pickle.dumps(bank)
-    additive_bank(seed=5).save(tmp_path / "b.arrow")  # a different bank at the same path
+    additive_bank(seed=5).save(tmp_path / "b.arrow", overwrite=True)  # a different bank at the same path
     with pytest.raises(BankError, match="changed"):
         pickle.loads(blob)
 
@@ -398,3 +399,26 @@ def test_unserialisable_params_fail_early():
 
 def test_rows_for_empty_batch():
     assert additive_bank().rows_for([]).tolist() == []
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_save_is_private_whatever_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = additive_bank().save(tmp_path / "k.bank.arrow")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["k.bank.arrow"]  # no temp file left
+
+
+def test_save_refuses_to_replace_a_bank_unless_overwrite(tmp_path):
+    path = tmp_path / "k.bank.arrow"
+    first = additive_bank()
+    first.save(path)
+    with pytest.raises(FileExistsError, match=r"overwrite=True \(--overwrite on the command line\)"):
+        additive_bank(seed=5).save(path)
+    assert NoiseBank.load(path).sha256 == first.sha256  # the secret key is intact
+    additive_bank(seed=5).save(path, overwrite=True)
+    assert NoiseBank.load(path).sha256 == additive_bank(seed=5).sha256
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

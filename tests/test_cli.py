@@ -165,8 +165,10 @@ def test_protect_push_is_private_by_default(tmp_path, tiny_parquet, monkeypatch)
     import huggingface_hub
 
     calls = []
-    monkeypatch.setattr(datasets.Dataset, "push_to_hub", lambda self, repo_id, **kw: calls.append((repo_id, kw)))
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, **kw: calls.append(("card", kw)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **kw: {"name": "me"})
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: calls.append((repo_id, {**kw, "token": self.token})))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("folder", kw)))
     bank = tmp_path / "b.arrow"
     assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(bank)]) == 0
     rc = main(["protect", tiny_parquet, "--bank", str(bank), "--out", str(tmp_path / "pub"), "--image-column", "img",
@@ -174,7 +176,25 @@ def test_protect_push_is_private_by_default(tmp_path, tiny_parquet, monkeypatch)
     assert rc == 0
     (repo, kw), (what, card) = calls
     assert repo == "me/tiny" and kw["private"] is True and kw["token"] == "hf_x"
-    assert what == "card" and card["path_or_fileobj"] == (tmp_path / "pub" / "README.md").read_bytes()
+    # The folder written to --out is what is uploaded, card and shards, in one commit.
+    assert what == "folder" and card["folder_path"] == str(tmp_path / "pub") and card["repo_id"] == "me/tiny"
+
+
+def test_protect_push_offline_fails_in_cli_terms_before_writing(tmp_path, tiny_parquet, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    def offline(self, *a, **kw):
+        raise errors.OfflineModeIsEnabled("offline mode is enabled")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", offline)
+    bank = tmp_path / "b.arrow"
+    assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(bank)]) == 0
+    rc = main(["protect", tiny_parquet, "--bank", str(bank), "--out", str(tmp_path / "pub"), "--image-column", "img",
+               "--push", "me/tiny"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "--push" in err and "HF_HUB_OFFLINE" in err and "push=True" not in err
+    assert not (tmp_path / "pub").exists()  # failed before protecting or writing anything
 
 
 # ---------------------------------------------------------------------------- first-run ergonomics (issue 9)

@@ -170,32 +170,101 @@ def test_dataset_dict_one_shard_set_per_split(tmp_path, secret_bank):
     assert {k: len(v) for k, v in loaded.items()} == {"train": 6, "test": 4}
 
 
-def test_push_uses_push_to_hub_and_uploads_the_same_card(tmp_path, secret_bank, monkeypatch):
-    import huggingface_hub
+class FakeHub:
+    """Stands in for huggingface_hub.HfApi: records calls, never touches the network."""
 
-    calls: list[tuple[str, dict]] = []
+    def __init__(self, monkeypatch, *, whoami=None, upload=None):
+        import huggingface_hub
 
-    def fake_push(self, repo_id, **kw):
-        calls.append(("push_to_hub", {"repo_id": repo_id, "rows": len(self), **kw}))
+        self.calls: list[tuple[str, dict]] = []
+        self.uploaded: dict[str, bytes] = {}
+        hub = self
 
-    def fake_upload(self, **kw):
-        calls.append(("upload_file", {**kw, "token": self.token}))
+        def fake_whoami(api, *a, **kw):
+            hub.calls.append(("whoami", {"token": api.token}))
+            if whoami is not None:
+                raise whoami
+            return {"name": "me", "auth": {"accessToken": {"role": "write"}}}
 
-    monkeypatch.setattr(datasets.Dataset, "push_to_hub", fake_push)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", fake_upload)
+        def fake_create(api, repo_id, **kw):
+            hub.calls.append(("create_repo", {"repo_id": repo_id, "token": api.token, **kw}))
+
+        def fake_upload(api, *, folder_path, **kw):
+            hub.calls.append(("upload_folder", {"token": api.token, **kw}))
+            if upload is not None:
+                raise upload
+            for root, _, files in os.walk(folder_path):
+                for f in files:
+                    full = os.path.join(root, f)
+                    hub.uploaded[os.path.relpath(full, folder_path)] = open(full, "rb").read()
+
+        monkeypatch.setattr(huggingface_hub.HfApi, "whoami", fake_whoami)
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fake_create)
+        monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload)
+
+
+def test_push_uploads_the_local_layout_in_one_commit(tmp_path, secret_bank, monkeypatch):
+    hub = FakeHub(monkeypatch)
     ds = _dataset()
     monkeypatch.chdir(tmp_path)
     prot = ue.publish(ds, secret_bank, "me/tiny-unlearnable", push=True, private=True, token="hf_test_token")
-    assert os.listdir(tmp_path) == ["hidden-bank-folder"]  # pushing writes nothing locally
-    assert [c[0] for c in calls] == ["push_to_hub", "upload_file"]
-    push = calls[0][1]
-    assert push["repo_id"] == "me/tiny-unlearnable" and push["private"] is True
-    assert push["token"] == "hf_test_token" and push["split"] == "train" and push["rows"] == 6
-    up = calls[1][1]
-    assert up["path_in_repo"] == "README.md" and up["repo_type"] == "dataset"
-    assert up["repo_id"] == "me/tiny-unlearnable" and up["token"] == "hf_test_token"
-    ue.publish(prot, secret_bank, tmp_path / "local", protected=True)
-    assert up["path_or_fileobj"] == (tmp_path / "local" / "README.md").read_bytes()
+    assert os.listdir(tmp_path) == ["hidden-bank-folder"]  # pushing writes nothing in the working directory
+    assert [c[0] for c in hub.calls] == ["whoami", "create_repo", "upload_folder"]
+    create, up = hub.calls[1][1], hub.calls[2][1]
+    assert create["repo_id"] == "me/tiny-unlearnable" and create["private"] is True
+    assert create["repo_type"] == "dataset" and create["token"] == "hf_test_token"
+    assert up["repo_id"] == "me/tiny-unlearnable" and up["repo_type"] == "dataset"
+    assert up["delete_patterns"] == ["data/train-*"]  # a stale shard set on the Hub is replaced, not mixed in
+    assert sorted(hub.uploaded) == ["README.md", "data/train-00000-of-00001.parquet"]
+    assert len(prot) == 6
+    local = tmp_path / "local"
+    ue.publish(ds, secret_bank, local)
+    # Byte for byte what a local publish writes: card and shard.
+    assert hub.uploaded["README.md"] == (local / "README.md").read_bytes()
+    assert hub.uploaded["data/train-00000-of-00001.parquet"] == (local / "data/train-00000-of-00001.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("failure", ["offline", "no-token", "unreachable", "read-only"])
+def test_push_fails_fast_before_protecting(tmp_path, secret_bank, monkeypatch, failure):
+    """Offline, no token, DNS failure, read-only token: a clear error before any image is protected."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    raised = {"offline": errors.OfflineModeIsEnabled("offline mode is enabled"),
+              "no-token": errors.LocalTokenNotFoundError("no token"),
+              "unreachable": OSError(-2, "Name or service not known")}.get(failure)
+    hub = FakeHub(monkeypatch, whoami=raised)
+    if failure == "read-only":
+        monkeypatch.setattr(huggingface_hub.HfApi, "whoami",
+                            lambda api, *a, **kw: {"name": "me", "auth": {"accessToken": {"role": "read"}}})
+    protected = []
+    real_call = ue.Protect.__call__
+    monkeypatch.setattr(ue.Protect, "__call__", lambda self, *a, **kw: protected.append(1) or real_call(self, *a, **kw))
+    from uetransforms.publish import PushError
+
+    with pytest.raises(PushError) as info:
+        ue.publish(_dataset(), secret_bank, "me/x", push=True)
+    msg = str(info.value)
+    want = {"offline": "HF_HUB_OFFLINE", "no-token": "token=", "unreachable": "cannot reach", "read-only": "read-only"}
+    assert want[failure] in msg and "push=True" in msg and "Nothing was protected" in msg.replace("nothing", "Nothing")
+    assert not protected and not [c for c in hub.calls if c[0] != "whoami"]
+
+
+def test_push_failure_says_what_was_uploaded_and_how_to_resume(tmp_path, secret_bank, monkeypatch):
+    FakeHub(monkeypatch, upload=ConnectionError("connection reset"))
+    from uetransforms.publish import PushError
+
+    with pytest.raises(PushError) as info:
+        ue.publish(_dataset(), secret_bank, "me/x", push=True)
+    msg = str(info.value)
+    assert "none of this copy's files are on the Hub" in msg and "upload_folder(folder_path=" in msg
+    folder = msg.split("The complete protected copy is in '")[1].split("'")[0]
+    try:  # the kept copy is complete: it loads with every row, ready to upload without protecting again
+        assert len(datasets.load_dataset(folder, split="train")) == 6
+    finally:
+        import shutil
+
+        shutil.rmtree(os.path.dirname(folder))
 
 
 def test_push_needs_a_repo_id(secret_bank):
@@ -251,3 +320,46 @@ def test_card_is_a_function_of_data_and_public_params(secret_bank):
     a = dataset_card({"train": prot}, secret_bank)
     b = dataset_card({"train": prot}, ue.NoiseBank.load(secret_bank.path))
     assert a == b
+
+
+def test_output_carries_the_non_secret_marker(tmp_path, secret_bank):
+    from uetransforms.writer import MARKER, SCHEMA_KEY
+
+    out = tmp_path / "pub"
+    prot = ue.publish(_dataset(), secret_bank, out)
+    assert _front_matter(out / "README.md")["dataset_info"]["description"] == MARKER
+    meta = pq.read_schema(out / "data" / "train-00000-of-00001.parquet").metadata
+    assert MARKER in meta[SCHEMA_KEY].decode() and b"huggingface" in meta
+    assert prot.info.description == MARKER
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_refuses_to_protect_a_published_copy_twice(tmp_path, secret_bank, streaming):
+    from uetransforms.streaming import publish_stream
+
+    out = tmp_path / "pub"
+    ue.publish(_dataset(), secret_bank, out)
+    again = datasets.load_dataset(str(out), split="train", streaming=streaming)
+    run = (lambda **kw: publish_stream(again, secret_bank, tmp_path / "twice", **kw)) if streaming else \
+        (lambda **kw: ue.publish(again, secret_bank, tmp_path / "twice", **kw))
+    with pytest.raises(ValueError, match="already protected.*protected=True.*allow_double=True"):
+        run()
+    assert not (tmp_path / "twice").exists()
+    run(protected=True)  # as it is: the same bytes
+    first = _png_images(out / "data" / "train-00000-of-00001.parquet")
+    twice = _png_images(tmp_path / "twice" / "data" / "train-00000-of-00001.parquet")
+    assert first == twice
+    run(allow_double=True, overwrite=True)  # really meant: a second layer
+    assert _png_images(tmp_path / "twice" / "data" / "train-00000-of-00001.parquet") != first
+
+
+def test_refuses_bank_files_in_the_output_directory(tmp_path, secret_bank):
+    out = tmp_path / "pub"
+    ue.publish(_dataset(), secret_bank, out)
+    secret_bank.save(out / "key.arrow")  # named innocently, found by its metadata
+    with pytest.raises(ValueError, match="noise bank"):
+        ue.publish(_dataset(), secret_bank, out, overwrite=True)
+    os.remove(out / "key.arrow")
+    (out / "x.bank.arrow").write_bytes(b"not even arrow")  # found by its name
+    with pytest.raises(ValueError, match="x.bank.arrow"):
+        ue.publish(_dataset(), secret_bank, out, overwrite=True)

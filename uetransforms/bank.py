@@ -251,17 +251,47 @@ class NoiseBank:
         meta = json.dumps(self.metadata(), sort_keys=True, default=_json_default).encode()
         return table.replace_schema_metadata({META_KEY: meta})
 
-    def save(self, path: str | os.PathLike) -> str:
-        """Write the bank as one Arrow IPC file (atomically) and return its path.
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
+        """Write the bank as one Arrow IPC file (atomically, mode 0600) and return its path.
 
-        The file is the secret: whoever holds it can subtract additive noise again.
+        The file is the secret: whoever holds it can subtract additive noise again. So it is
+        readable by its owner only, whatever the umask, and an existing file is not replaced
+        unless ``overwrite=True`` (the CLI's ``--overwrite``).
         """
         path = os.fspath(path)
+        if not overwrite and os.path.lexists(path):
+            raise FileExistsError(_exists_message(path))
         table = self.to_table()
         tmp = f"{path}.tmp-{os.getpid()}"
-        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=max(1, table.num_rows))
-        os.replace(tmp, path)
+        # Created 0600 (os.open's mode is filtered by the umask, which can only remove bits) and
+        # chmod-ed again in case the file pre-existed with other bits from a crashed save.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, 0o600)
+            with open(fd, "wb", closefd=False) as f:
+                with pa.ipc.new_file(f, table.schema) as writer:
+                    writer.write_table(table, max_chunksize=max(1, table.num_rows))
+                f.flush()
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.remove(tmp)
+            raise
+        os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() refuses an existing name atomically: a bank saved meanwhile is not replaced either.
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                os.remove(tmp)
+                raise FileExistsError(_exists_message(path)) from None
+            except OSError:  # no hard links here (some network/Windows file systems)
+                os.replace(tmp, path)
+            else:
+                os.remove(tmp)
         self.path = os.path.abspath(path)
         return path
 
@@ -428,3 +458,8 @@ def _digest(meta: dict[str, Any], keys: np.ndarray, tensors: Mapping[str, np.nda
         h.update(name.encode())
         h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
     return h.hexdigest()
+
+
+def _exists_message(path: str) -> str:
+    return (f"{path!r} exists; a bank is a secret key, so it is not replaced unless you pass overwrite=True "
+            "(--overwrite on the command line)")

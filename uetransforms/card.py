@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .bank import NoiseBank
+from .writer import MARKER
 
 _CARD_RESERVED = ("configs", "dataset_info", "tags", "uetransforms")
 
@@ -61,6 +62,9 @@ def dataset_card(splits: Mapping[str, Any], bank: NoiseBank, *, image_column: st
         "data_files": [{"split": name, "path": f"data/{name}-*"} for name in splits],
     }]
     front["dataset_info"] = {
+        # Non-secret: datasets keeps it in ds.info.description, and publish refuses such input
+        # unless protected=True (no second layer of noise by accident).
+        "description": MARKER,
         "features": first.features._to_yaml_list(),
         "splits": [{"name": name, "num_bytes": int(ds.data.nbytes), "num_examples": len(ds)}
                    for name, ds in splits.items()],

@@ -179,7 +179,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     bank = ue.fit(args.method, ds, image_column=args.image_column, label_column=label_column,
                   id_column=args.id_column, seed=args.seed, device=args.device, convert=args.convert, **params)
     seconds = time.perf_counter() - start
-    bank.save(args.out)
+    bank.save(args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {bank.method} bank, {bank.kind}, {bank.num_keys} {bank.keying} keys, "
           f"image shape {bank.image_shape}, {seconds:.1f}s. Keep it private: it is the key.")
     if hasattr(ds, "select") and len(ds):
@@ -195,6 +195,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_protect(args: argparse.Namespace) -> int:
     import uetransforms as ue
 
+    from .publish import check_hub, upload
+
+    if args.push:  # before anything is protected or written: offline or a bad token fails in seconds
+        check_hub(args.push, args.token, cli=True)
     bank = ue.NoiseBank.load(args.bank)
     ds = load_data(args.data, split=args.split)
     if args.split is None:
@@ -221,8 +225,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     card = os.path.join(args.out, "README.md")
     print(f"wrote {rows:,} protected rows in {len(shards)} shard(s) to {args.out} (card: {card})")
     if args.push:
-        ue.publish(prot, bank, args.push, push=True, protected=True, private=not args.public, token=args.token,
-                   **common)
+        upload(args.out, args.push, token=args.token, private=not args.public, cli=True)
         print(f"pushed to https://huggingface.co/datasets/{args.push} ({'public' if args.public else 'private'})")
     return 0
 

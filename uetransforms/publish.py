@@ -29,20 +29,21 @@ Example:
 
 from __future__ import annotations
 
-import glob
-import math
+import json
 import os
 import re
+import shutil
+import tempfile
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from .bank import NoiseBank
 from .card import _guard_secrets, dataset_card
+from .writer import PNG_SIGNATURE, Split, dataset_tables, output_features, refuse_double, shard_count, write
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+__all__ = ["IMAGE_FORMATS", "PNG_SIGNATURE", "PUBLIC_PARAMS", "PushError", "check_hub", "num_shards_for",
+           "public_params", "publish", "upload"]
 
 #: Output encodings ``publish`` writes. Only lossless ones belong here, and PNG is the one
 #: ``datasets`` produces for new uint8 images, so it is the one offered.
@@ -103,28 +104,38 @@ def publish(
     protected: bool = False,
     image_format: str = "PNG",
     overwrite: bool = False,
+    allow_double: bool = False,
 ) -> Any:
     """Protect ``dataset`` with ``bank`` and write (or push) it as lossless Parquet shards plus a card.
 
+    The copy is written into a temporary sibling directory and moved into place only when every
+    shard and the card are complete (see :mod:`uetransforms.writer`): after a crash the output
+    directory holds the previous copy or nothing, never a partial one.
+
     Args:
-        dataset: a ``datasets.Dataset`` or ``DatasetDict`` (one shard set per split).
+        dataset: a ``datasets.Dataset`` or ``DatasetDict`` (one shard set per split). It is read in
+            batches, never copied whole.
         bank: the :class:`NoiseBank` (or its file) that protects it. Only its public parameters
             reach the card (see :data:`PUBLIC_PARAMS`).
         path_or_repo_id: output directory, or the Hub repo id when ``push=True``.
-        push: upload with ``push_to_hub`` (shards) and ``HfApi.upload_file`` (this card)
-            instead of writing a local directory.
+        push: upload to the Hub (one commit) instead of writing a local directory. The token and
+            the Hub's reachability are checked before anything is protected.
         image_column / label_column / id_column: passed to :class:`~uetransforms.Protect`.
-        batch_size / num_proc / device: how ``dataset.map`` runs the protection.
+        batch_size / num_proc / device: rows protected together; ``num_proc > 1`` protects with
+            ``dataset.map(num_proc=...)`` first (a cached copy), then writes it.
         max_shard_size: target uncompressed size of one Parquet shard (``"500MB"``, bytes...).
         private / token: Hub repository visibility and credentials (``push=True`` only).
         card_extra: extra YAML front-matter fields (``license``, ``pretty_name``...).
         protected: the dataset is already protected (e.g. by ``map(Protect(bank))``): write it
             as it is. Its images must then already be stored as PNG.
         image_format: output image encoding; only ``"PNG"`` (lossless) is accepted.
-        overwrite: allow a non-empty output directory; stale shards and the card are replaced.
+        overwrite: replace a non-empty output directory's card and shards (files publish did not
+            write are kept). The old copy is swapped out only once the new one is complete.
+        allow_double: protect a dataset that already carries the uetransforms marker anyway
+            (noise on top of noise). Without it such input is refused.
 
     Returns:
-        The protected ``Dataset``/``DatasetDict`` that was written.
+        The protected ``Dataset``/``DatasetDict``, read back from the written shards.
     """
     import datasets
 
@@ -141,7 +152,8 @@ def publish(
     if not is_dict and not isinstance(dataset, datasets.Dataset):
         raise TypeError(
             f"publish takes a datasets.Dataset or DatasetDict, got {type(dataset).__name__}; "
-            "build one with datasets.Dataset.from_dict / load_dataset first"
+            "build one with datasets.Dataset.from_dict / load_dataset first "
+            "(for an IterableDataset or a generator use uetransforms.streaming.publish_stream)"
         )
     splits: dict[str, Any] = dict(dataset) if is_dict else {_split_name(dataset): dataset}
     for name, ds in splits.items():
@@ -150,52 +162,90 @@ def publish(
                 f"image_column={image_column!r} is not a column of split {name!r} "
                 f"(columns: {ds.column_names}); pass image_column=<name>"
             )
+        if protected:
+            _require_image_feature(ds, image_column, name)
+        elif not allow_double:
+            refuse_double(ds, image_column, where=f"split {name!r}")
     if push:
         repo_id = os.fspath(path_or_repo_id)
         if not _REPO_ID.match(repo_id):
             raise ValueError(f"push=True needs a Hub repo id like 'user/name', got {repo_id!r}")
-    else:
-        out_dir = os.fspath(path_or_repo_id)
-        _check_target(out_dir, overwrite)
-
-    if not protected:
-        fn = Protect(bank, image_column=image_column, label_column=label_column, id_column=id_column, device=device)
-        # One GPU per worker: Protect maps the rank to cuda:<rank % n_gpus>.
-        with_rank = bool(num_proc and num_proc > 1 and device is not None and str(device).startswith("cuda"))
-        splits = {
-            name: ds.map(fn, batched=True, batch_size=batch_size, num_proc=num_proc, with_rank=with_rank,
-                         desc=f"Protecting {name} ({bank.method})")
-            for name, ds in splits.items()
-        }
-    for name, ds in splits.items():
-        _require_png(ds, image_column, name, protected=protected)
-
-    card = dataset_card(splits, bank, image_column=image_column, card_extra=card_extra)
-    _guard_secrets(card, bank)
-    result = datasets.DatasetDict(splits) if is_dict else next(iter(splits.values()))
-
-    if push:
-        _push(splits, card, repo_id, private=private, token=token, max_shard_size=max_shard_size)
-        return result
+        check_hub(repo_id, token)  # before any protection: offline or a bad token fails in seconds
+    # The card is built once up front from the input, so a bad card_extra fails before any work.
+    _guard_secrets(dataset_card(splits, bank, image_column=image_column, card_extra=card_extra), bank)
 
     from datasets.utils.py_utils import convert_file_size_to_int
 
+    from . import __version__
+
     max_bytes = convert_file_size_to_int(max_shard_size)
-    os.makedirs(os.path.join(out_dir, "data"), exist_ok=True)
-    for name, ds in splits.items():
-        n = num_shards_for(ds, max_bytes)
-        for i in range(n):
-            shard = ds.shard(num_shards=n, index=i, contiguous=True)
-            shard.to_parquet(os.path.join(out_dir, "data", f"{name}-{i:05d}-of-{n:05d}.parquet"))
-    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(card)
+    fn = None if protected else Protect(bank, image_column=image_column, label_column=label_column,
+                                        id_column=id_column, device=device)
+    if fn is not None and num_proc and num_proc > 1:
+        # One GPU per worker: Protect maps the rank to cuda:<rank % n_gpus>.
+        with_rank = device is not None and str(device).startswith("cuda")
+        splits = {name: ds.map(fn, batched=True, batch_size=batch_size, num_proc=num_proc, with_rank=with_rank,
+                               desc=f"Protecting {name} ({bank.method})")
+                  for name, ds in splits.items()}
+        fn = None
+    job = [bank.sha256, image_column, label_column, id_column, protected, __version__]
+    parts = [
+        Split(name=name, tables=dataset_tables(ds, fn, image_column, batch_size, check_marker=not allow_double),
+              num_rows=len(ds), max_shard_bytes=max_bytes,
+              nbytes_hint=int(ds.data.nbytes) if fn is None and ds._indices is None else None,
+              empty_schema=output_features(ds.features, image_column).arrow_schema,
+              fingerprint=_fingerprint(ds, job))
+        for name, ds in splits.items()
+    ]
+
+    def card(written: Mapping[str, Any]) -> str:
+        text = dataset_card(written, bank, image_column=image_column, card_extra=card_extra)
+        _guard_secrets(text, bank)
+        return text
+
+    marker_info = {"method": bank.method, "library_version": __version__}
+    if not push:
+        out_dir = os.fspath(path_or_repo_id)
+        write(parts, out_dir, image_column=image_column, card=card, overwrite=overwrite, protected=protected,
+              marker_info=marker_info, on_recover=_warn)
+        return _load_back(out_dir, list(splits), is_dict)
+    staging = tempfile.mkdtemp(prefix="uetransforms-push-")
+    folder = os.path.join(staging, repo_id.split("/")[-1])
+    try:
+        write(parts, folder, image_column=image_column, card=card, overwrite=False, protected=protected,
+              marker_info=marker_info)
+        result = _load_back(folder, list(splits), is_dict)
+        upload(folder, repo_id, token=token, private=private, splits=list(splits))
+    except PushError:
+        raise  # the complete copy stays in staging: the message says where and how to resume
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     return result
 
 
 def num_shards_for(ds: Any, max_shard_bytes: int) -> int:
     """How many Parquet shards keep each under ``max_shard_bytes`` (uncompressed), as ``push_to_hub`` counts."""
-    nbytes = ds.data.nbytes
-    return max(1, min(len(ds), int(math.ceil(nbytes / max(1, max_shard_bytes)))))
+    return shard_count(ds.data.nbytes, len(ds), max_shard_bytes)
+
+
+def _fingerprint(ds: Any, job: list[Any]) -> str | None:
+    """What identifies this input and job for a resume: datasets' own fingerprint of ``ds``."""
+    fp = getattr(ds, "_fingerprint", None)
+    return None if fp is None else json.dumps([fp, *job], default=str)
+
+
+def _load_back(out_dir: str, names: list[str], is_dict: bool) -> Any:
+    import datasets
+
+    if is_dict:
+        return datasets.load_dataset(out_dir)
+    return datasets.load_dataset(out_dir, split=names[0])
+
+
+def _warn(note: str) -> None:
+    warnings.warn(f"uetransforms publish: {note}", stacklevel=3)
 
 
 def _split_name(ds: Any) -> str:
@@ -204,89 +254,106 @@ def _split_name(ds: Any) -> str:
     return name if re.fullmatch(r"[\w.-]+", name) else "train"
 
 
-def _check_target(out_dir: str, overwrite: bool) -> None:
-    if os.path.isfile(out_dir):
-        raise FileExistsError(f"{out_dir!r} is a file; publish writes a directory (README.md + data/)")
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        if not overwrite:
-            raise FileExistsError(
-                f"output directory {out_dir!r} is not empty; choose a new directory or pass overwrite=True "
-                "(--overwrite on the command line), which replaces its README.md and data/*-of-*.parquet shards"
-            )
-        # Only what publish itself writes is removed: a stale shard set would otherwise be read
-        # together with the new one by the card's data/<split>-* pattern.
-        for path in glob.glob(os.path.join(out_dir, "data", "*-of-*.parquet")):
-            os.remove(path)
-        card = os.path.join(out_dir, "README.md")
-        if os.path.exists(card):
-            os.remove(card)
-
-
-def _require_png(ds: Any, column: str, split: str, *, protected: bool) -> None:
-    """Every image of ``column`` must be stored as PNG bytes; say which format it is otherwise."""
+def _require_image_feature(ds: Any, column: str, split: str) -> None:
     import datasets
 
     feature = ds.features[column]
     if not isinstance(feature, datasets.Image):
         raise TypeError(
             f"column {column!r} of split {split!r} is {type(feature).__name__}, not a datasets Image column; "
-            + ("protect it with Protect (it writes PNG images) before publishing with protected=True"
-               if protected else "cast it with dataset.cast_column(column, datasets.Image())")
-        )
-    arrow = ds.with_format("arrow")
-    missing = n_bad = 0
-    first_bad: bytes | None = None
-    # In slices: only the first bytes of each image are compared, and nothing is decoded.
-    for start in range(0, len(ds), 8192):
-        data = arrow[start:start + 8192].column(column).combine_chunks()
-        raw = data.field("bytes")
-        missing += (pc.sum(pc.is_null(raw)).as_py() or 0) - data.null_count
-        heads = pc.binary_slice(raw.fill_null(PNG_SIGNATURE), 0, len(PNG_SIGNATURE))
-        bad = pc.invert(pc.equal(heads, pa.scalar(PNG_SIGNATURE, pa.binary())))
-        count = pc.sum(bad).as_py() or 0
-        if count and first_bad is None:
-            first_bad = raw.filter(bad)[0].as_py()
-        n_bad += count
-    if missing:
-        raise ValueError(
-            f"{missing} image(s) in split {split!r} are stored as file paths, not bytes; a published copy must "
-            "carry its pixels. Protect the dataset with publish(...) (protected=False), which writes PNG bytes."
-        )
-    if n_bad:
-        raise ValueError(
-            f"{n_bad} image(s) in split {split!r} are stored as {_sniff(first_bad or b'')}, not PNG. "
-            + ("A dataset that was protected and then re-encoded lossily has lost much of its protection: "
-               "protect the clean original again and publish that (protected=False)."
-               if protected else "Protect writes PNG; was the image column changed after protection?")
+            "protect it with Protect (it writes PNG images) before publishing with protected=True"
         )
 
 
-def _sniff(head: bytes) -> str:
-    if head.startswith(b"\xff\xd8"):
-        return "JPEG (lossy)"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "TIFF"
-    if head.startswith(b"GIF8"):
-        return "GIF"
-    if head.startswith(b"BM"):
-        return "BMP"
-    return "an unrecognised format"
+# ---------------------------------------------------------------------------- hub
+class PushError(RuntimeError):
+    """Pushing to the Hub cannot start, or failed; the message says what was uploaded and how to go on."""
 
 
-def _push(splits: Mapping[str, Any], card: str, repo_id: str, *, private: bool, token: str | None,
-          max_shard_size: int | str) -> None:
+def _terms(cli: bool) -> dict[str, str]:
+    if cli:
+        return {"push": "--push", "token": "--token <hf_...>", "local": "leave out --push (the copy in --out is "
+                "complete) and upload it later with `hf upload <repo> <out> --repo-type dataset`"}
+    return {"push": "push=True", "token": "token='hf_...'", "local": "publish to a local directory (push=False) "
+            "and upload it later with HfApi().upload_folder(..., repo_type='dataset')"}
+
+
+def check_hub(repo_id: str, token: str | None = None, *, cli: bool = False) -> dict[str, Any]:
+    """Fail fast, before anything is protected, when a push cannot work; return ``whoami``'s answer.
+
+    Checks that the Hub is reachable (not offline), and that the token exists, is valid and may
+    write. ``cli=True`` words the errors in the command line's flags.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub import errors as hub_errors
+
+    t = _terms(cli)
+    try:
+        who = HfApi(token=token).whoami()
+    except hub_errors.OfflineModeIsEnabled:
+        raise PushError(
+            f"{t['push']} needs the Hugging Face Hub, but huggingface_hub is in offline mode (HF_HUB_OFFLINE is "
+            f"set); nothing was protected or uploaded. Unset HF_HUB_OFFLINE, or {t['local']}"
+        ) from None
+    except hub_errors.LocalTokenNotFoundError:
+        raise PushError(
+            f"{t['push']} needs a Hugging Face token with write access and none was found; pass {t['token']} or "
+            "log in once with `hf auth login`. Nothing was protected or uploaded."
+        ) from None
+    except hub_errors.HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status == 401:
+            raise PushError(
+                f"the Hugging Face token was rejected (401: invalid or expired); pass a valid {t['token']} or run "
+                "`hf auth login`. Nothing was protected or uploaded."
+            ) from None
+        raise PushError(f"the Hugging Face Hub answered {status or err}; nothing was protected or uploaded. "
+                        f"Try again later, or {t['local']}") from err
+    except Exception as err:  # DNS, refused connection, TLS, proxy: all mean "cannot reach it"
+        raise PushError(
+            f"{t['push']}: cannot reach the Hugging Face Hub ({type(err).__name__}: {err}); nothing was protected "
+            f"or uploaded. Check the network, or {t['local']}"
+        ) from None
+    role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise PushError(f"the Hugging Face token is read-only; {t['push']} needs a token with write access "
+                        f"({t['token']}). Nothing was protected or uploaded.")
+    return who
+
+
+def upload(folder: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool = True,
+           splits: list[str] | None = None, cli: bool = False) -> None:
+    """Upload a published folder to the Hub dataset repo ``repo_id`` in one commit.
+
+    The commit is all or nothing; it replaces the card and, for each split written, the repo's old
+    ``data/<split>-*`` shards (a stale shard would otherwise be read with the new ones).
+    """
     from huggingface_hub import HfApi
 
-    for name, ds in splits.items():
-        # push_to_hub writes data/<split>-XXXXX-of-YYYYY.parquet and a README of its own ...
-        ds.push_to_hub(repo_id, split=name, private=private, token=token, max_shard_size=max_shard_size)
-    # ... which is then replaced by this card, byte for byte the one a local publish writes.
-    HfApi(token=token).upload_file(
-        path_or_fileobj=card.encode("utf-8"),
-        path_in_repo="README.md",
-        repo_id=repo_id,
-        repo_type="dataset",
-        commit_message="uetransforms: dataset card",
-    )
+    folder = os.fspath(folder)
+    api = HfApi(token=token)
+    t = _terms(cli)
+    if splits is None:
+        splits = sorted({n.rsplit("-", 3)[0] for n in os.listdir(os.path.join(folder, "data"))
+                         if n.endswith(".parquet") and "-of-" in n})
+    resume = (f"`hf upload {repo_id} {folder} . --repo-type dataset`" if cli else
+              f"HfApi().upload_folder(folder_path={folder!r}, repo_id={repo_id!r}, repo_type='dataset')")
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    except Exception as err:
+        raise PushError(
+            f"could not create or open the dataset repo {repo_id!r} ({type(err).__name__}: {err}); nothing was "
+            f"uploaded. The complete protected copy is in {folder!r}: upload it with {resume} (no need to "
+            "protect again)"
+        ) from err
+    try:
+        api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset",
+                          commit_message="uetransforms: publish a protected copy",
+                          delete_patterns=[f"data/{name}-*" for name in splits])
+    except Exception as err:
+        raise PushError(
+            f"uploading to {repo_id!r} failed ({type(err).__name__}: {err}). A Hub commit is all or nothing, so "
+            f"none of this copy's files are on the Hub (the repo exists, as before or created empty; {t['push']} "
+            f"changed nothing else). The complete protected copy is in {folder!r}: upload it with {resume} (no need "
+            "to protect again)"
+        ) from err
