@@ -11,13 +11,15 @@ What a crash can leave (a process killed at any point, an exception, a full disk
 * Everything is written into a temporary sibling ``.<name>.uetransforms-tmp`` and renamed into
   place only once every shard and the card are complete and flushed to disk. Before that, the
   target is untouched; a new publish that dies leaves no ``<dir>`` at all.
-* An overwrite renames the old copy aside (``.<name>.uetransforms-old``), the new one in, then
-  deletes the old one. Only the instant between the two renames has no ``<dir>``; the next run
-  (or :func:`recover`) puts the old copy back.
+* An overwrite swaps the new copy in only once it is complete: on Linux with one atomic exchange
+  of the two directories (``renameat2``), so ``<dir>`` is never missing; elsewhere by renaming
+  the old copy aside (``.<name>.uetransforms-old``) and the new one in, the instant between the
+  two renames being the one moment without ``<dir>``: the next run puts the old copy back.
+  The old copy is deleted last.
 * Files in ``<dir>`` that publish did not write are carried into the new copy (hard links).
-* A lock (``.<name>.uetransforms-lock``, removed at the end) keeps two publishes from writing
-  the same target; leftovers of a dead run are removed by the next one, which knows they are
-  dead because their lock is free.
+* A lock file inside the temporary copy keeps two publishes from writing the same target; a dead
+  run's leftovers are removed (or resumed) by the next one, which knows they are dead because
+  their lock is free.
 * In-memory datasets resume: shards completed by a killed run whose sha256 and row count match
   its manifest are kept, and protection restarts after them (same input, bank and options only).
 """
@@ -25,11 +27,13 @@ What a crash can leave (a process killed at any point, an exception, a full disk
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,8 +58,9 @@ def checkpoint(event: str, **info: Any) -> None:
     """Called at each commit point of a publish; does nothing.
 
     Events: ``"shard"`` (a shard file is complete; ``split``, ``index``), ``"card"`` (the card is
-    written, nothing is in place yet), ``"swap"`` (an overwrite's old copy is aside, the new one
-    not yet in). The fault tests replace it to kill or fail the process at an exact point.
+    written, nothing is in place yet), ``"swapped"`` (the new copy is in place, the old one not
+    yet deleted), ``"swap"`` (two-rename fallback only: the old copy is aside, the new one not
+    yet in). The fault tests replace it to kill or fail the process at an exact point.
     """
 
 
@@ -284,24 +289,21 @@ def raise_double(why: str) -> None:
 
 # ---------------------------------------------------------------------------- target
 class Target:
-    """The output directory and its clearly named siblings (temp copy, old copy, lock)."""
+    """The output directory and its clearly named siblings: the temporary copy and (fallback) the old one."""
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         path = os.path.abspath(os.fspath(out_dir))
-        self.path = path.rstrip(os.sep) or path
-        self.parent, self.name = os.path.split(self.path)
+        self.parent, self.name = os.path.split(path)
         if not self.name:
             raise ValueError(f"cannot publish into the root directory {out_dir!r}; name a folder")
-        self.tmp = self._sibling(_TMP)
-        self.old = self._sibling(_OLD)
-        self.lock_path = self._sibling(_LOCK)
+        self.path = path
+        self.tmp = os.path.join(self.parent, f".{self.name}{_TMP}")
+        self.old = os.path.join(self.parent, f".{self.name}{_OLD}")
         self._lock_fd: int | None = None
-
-    def _sibling(self, tag: str) -> str:
-        return os.path.join(self.parent, f".{self.name}{tag}")
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
+        """Own the temporary copy: a lock file inside it, so a killed run leaves nothing else behind."""
         os.makedirs(self.parent, exist_ok=True)
         self._acquire()
         try:
@@ -312,41 +314,46 @@ class Target:
     def _acquire(self) -> None:
         try:
             import fcntl
-        except ImportError:  # pragma: no cover - Windows: no advisory lock, one publish per target is on you
+        except ImportError:  # pragma: no cover - Windows: no advisory lock; one publish per target is on you
+            os.makedirs(self.tmp, exist_ok=True)
             return
-        while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        lock = os.path.join(self.tmp, _LOCK)
+        for _ in range(100):
+            os.makedirs(self.tmp, exist_ok=True)
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            except FileNotFoundError:  # the directory was just moved into place by the holder: try again
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
                 raise PublishConflict(
-                    f"another publish is writing {self.path!r} right now (it holds {self.lock_path!r}); "
+                    f"another publish is writing {self.path!r} right now (it holds {self.tmp!r}); "
                     "wait for it to finish, or choose another output directory"
                 ) from None
-            # The holder before us may have removed the file after we opened it: then our lock is on
-            # a deleted inode and a third process could lock a new file. Retry until they agree.
+            # The holder may have moved its copy into place after we opened the file: then our lock
+            # is on a file that is no longer ``lock``. Retry until path and descriptor agree.
             try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
+                same = os.path.samestat(os.fstat(fd), os.stat(lock))
             except FileNotFoundError:
                 same = False
             if same:
                 self._lock_fd = fd
                 return
             os.close(fd)
+        raise PublishConflict(f"could not lock {self.tmp!r}: other publishes keep replacing it")
 
     def _release(self) -> None:
-        if self._lock_fd is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.lock_path)  # while still held: see _acquire
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def recover(self) -> str | None:
-        """Finish what a dead run left (lock held): put an old copy back, drop a half-swapped one.
+        """Finish what a dead run left (lock held): put an old copy back, drop a swapped-out one.
 
-        Returns a sentence saying what was done, or ``None``.
+        Only the two-rename fallback of :meth:`commit` can leave an old copy. Returns a sentence
+        saying what was done, or ``None``.
         """
         if not os.path.lexists(self.old):
             return None
@@ -361,7 +368,7 @@ class Target:
 
     def check(self, overwrite: bool) -> bool:
         """Refuse what must not be replaced; return whether an existing copy will be replaced."""
-        if os.path.isfile(self.path):
+        if os.path.lexists(self.path) and not os.path.isdir(self.path):
             raise FileExistsError(f"{self.path!r} is a file; publish writes a directory (README.md + data/)")
         if not (os.path.isdir(self.path) and os.listdir(self.path)):
             return False
@@ -379,23 +386,37 @@ class Target:
         return True
 
     def begin(self, fingerprint: str | None) -> dict[str, Any]:
-        """A temp directory to write into; returns the resumable manifest (empty unless resuming)."""
+        """Prepare the temporary copy; returns the resumable manifest (empty unless resuming)."""
         manifest: dict[str, Any] = {}
-        if os.path.isdir(self.tmp) and fingerprint is not None:
+        if fingerprint is not None:
             with contextlib.suppress(OSError, ValueError):
                 with open(os.path.join(self.tmp, _MANIFEST), encoding="utf-8") as f:
                     old = json.load(f)
                 if old.get("fingerprint") == fingerprint:
                     manifest = old
         if not manifest:
-            if os.path.lexists(self.tmp):
-                shutil.rmtree(self.tmp)  # a dead run's leftovers (we hold the lock)
-            os.makedirs(os.path.join(self.tmp, "data"))
+            self.clear()
             manifest = {"fingerprint": fingerprint, "splits": {}}
+        os.makedirs(os.path.join(self.tmp, "data"), exist_ok=True)
         return manifest
 
+    def clear(self) -> None:
+        """Empty the temporary copy (a dead run's leftovers, or our own after a failure), keeping the lock."""
+        for entry in os.listdir(self.tmp):
+            path = os.path.join(self.tmp, entry)
+            if entry == _LOCK:
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+
+    def discard(self) -> None:
+        """Remove the temporary copy altogether (lock file included: we are leaving)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
     def carry_foreign(self, overwriting: bool) -> None:
-        """Hard-link (or copy) into the temp copy what ``<dir>`` holds that publish did not write."""
+        """Hard-link (or copy) into the temporary copy what ``<dir>`` holds that publish did not write."""
         if not overwriting:
             return
         for root, dirs, files in os.walk(self.path):
@@ -406,8 +427,7 @@ class Target:
                 relpath = os.path.normpath(os.path.join(rel, name))
                 if _is_ours(relpath):
                     continue
-                dst = os.path.join(self.tmp, relpath)
-                src = os.path.join(root, name)
+                src, dst = os.path.join(root, name), os.path.join(self.tmp, relpath)
                 if os.path.islink(src):
                     os.symlink(os.readlink(src), dst)
                     continue
@@ -417,25 +437,64 @@ class Target:
                     shutil.copy2(src, dst)
 
     def commit(self, overwriting: bool) -> None:
-        """Move the complete temp copy into place (swapping an old copy out, if any)."""
+        """Move the complete temporary copy into place.
+
+        Where the OS can exchange two directories atomically (Linux ``renameat2``), ``<dir>`` is
+        never missing: the old copy lands in the temporary name and is deleted. Elsewhere it is two
+        renames with the old copy aside in between (see :meth:`recover`).
+        """
         _fsync_tree(self.tmp)
+        lock = os.path.join(self.path, _LOCK)
+        if os.path.isdir(self.path) and _exchange(self.tmp, self.path):
+            _fsync_dir(self.parent)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+            # The previous copy (or the empty directory that was there) now has the temporary name;
+            # moved aside first so the name is free at once, then deleted (recover() drops it if killed).
+            os.rename(self.tmp, self.old)
+            checkpoint("swapped", path=self.path)
+            shutil.rmtree(self.old)
+            return
         if overwriting:
             os.rename(self.path, self.old)
             checkpoint("swap", path=self.path)
             os.rename(self.tmp, self.path)
             _fsync_dir(self.parent)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
             shutil.rmtree(self.old)
-        else:
-            if os.path.isdir(self.path):
-                os.rmdir(self.path)  # empty (checked); rename cannot replace a directory everywhere
-            os.rename(self.tmp, self.path)
-            _fsync_dir(self.parent)
+            return
+        if os.path.isdir(self.path):
+            os.rmdir(self.path)  # empty (checked)
+        os.rename(self.tmp, self.path)
+        _fsync_dir(self.parent)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swap two directories (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # glibc < 2.28, musl
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):  # kernel or file system says no
+        return False
+    raise OSError(err, os.strerror(err), b)
 
 
 def _is_ours(relpath: str) -> bool:
     """The files a publish writes (and an overwrite replaces): the card, the shard sets."""
     parts = relpath.split(os.sep)
-    if parts == [_CARD]:
+    if parts in ([_CARD], [_LOCK]):
         return True
     return len(parts) == 2 and parts[0] == "data" and parts[1].endswith(".parquet") and "-of-" in parts[1]
 
@@ -496,11 +555,11 @@ def write(
                                                    protected=protected, marker_info=marker_info)
             text = card(written)
             for name, w in written.items():
-                _finish(name, w)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(target.tmp, _MANIFEST))
+                _finish(name, w, manifest["splits"][name]["shards"])
+            _save_manifest(target.tmp, manifest)  # the final names: a run killed from here on resumes with no work
             _write_text(os.path.join(target.tmp, _CARD), text)
             checkpoint("card", path=target.path)
+            os.remove(os.path.join(target.tmp, _MANIFEST))
             target.carry_foreign(overwriting)
             target.commit(overwriting)
         except BaseException as err:
@@ -508,7 +567,7 @@ def write(
             # now (a killed process cannot do this: the next run will).
             kept = sum(len(v.get("shards", ())) for v in manifest.get("splits", {}).values())
             if fingerprint is None or not kept or not os.path.exists(os.path.join(target.tmp, _MANIFEST)):
-                shutil.rmtree(target.tmp, ignore_errors=True)
+                target.discard()
             elif hasattr(err, "add_note"):
                 err.add_note(f"uetransforms: {kept} complete shard(s) are kept in {target.tmp!r}; the same publish "
                              "run again resumes after them (any other publish to this directory removes them)")
@@ -602,13 +661,14 @@ def _write_split(split: Split, tmp: str, manifest: dict[str, Any], *, image_colu
     return result
 
 
-def _finish(name: str, written: Written) -> None:
+def _finish(name: str, written: Written, entries: list[dict[str, Any]]) -> None:
     """Give a split's part files their Hub names, ``<split>-XXXXX-of-YYYYY.parquet``."""
     n = len(written.shards)
     finals = []
-    for i, part in enumerate(written.shards):
+    for i, (part, entry) in enumerate(zip(written.shards, entries)):
         final = os.path.join(os.path.dirname(part), f"{name}-{i:05d}-of-{n:05d}.parquet")
         os.replace(part, final)
+        entry["file"] = os.path.basename(final)
         finals.append(final)
     written.shards = finals
 
