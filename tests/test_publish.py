@@ -363,3 +363,25 @@ def test_refuses_bank_files_in_the_output_directory(tmp_path, secret_bank):
     (out / "x.bank.arrow").write_bytes(b"not even arrow")  # found by its name
     with pytest.raises(ValueError, match="x.bank.arrow"):
         ue.publish(_dataset(), secret_bank, out, overwrite=True)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_refuses_images_carrying_the_codec_marker(tmp_path, secret_bank, streaming):
+    """Protected images keep the PNG marker wherever they travel (a concatenation, a re-saved copy)."""
+    from uetransforms import codecs
+    from uetransforms.streaming import publish_stream
+
+    ds = _dataset()
+    rows = [np.asarray(im) for im in ds["image"]]
+    marked = [{"bytes": codecs.mark(codecs.encode_png(r)), "path": None} for r in rows]
+    tainted = ds.cast_column("image", datasets.Image(decode=False))
+    tainted = datasets.Dataset.from_dict({"image": [marked[0]] + [{"bytes": codecs.encode_png(r), "path": None}
+                                                                  for r in rows[1:]],
+                                          "label": ds["label"], "caption": ds["caption"]}, features=tainted.features)
+    tainted = tainted.cast_column("image", datasets.Image())
+    with pytest.raises(ValueError, match="marker.*protected=True.*allow_double=True"):
+        if streaming:
+            publish_stream(tainted.to_iterable_dataset(), secret_bank, tmp_path / "x")
+        else:
+            ue.publish(tainted, secret_bank, tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -268,15 +268,11 @@ def refuse_double(data: Any, image_column: str, *, where: str) -> None:
 
 
 def _refuse_marked_bytes(values: Any, where: str) -> None:
-    """Refuse images whose PNG bytes carry the codec's protection marker (when the codec offers one)."""
-    try:
-        from .codecs import is_marked
-    except ImportError:  # the marker in the bytes comes with uetransforms.codecs
-        return
-    for v in values:
-        raw = v.get("bytes") if isinstance(v, Mapping) else v if isinstance(v, (bytes, bytearray)) else None
-        if raw and is_marked(raw):
-            raise_double(f"{where}: its images carry the uetransforms protection marker")
+    """Refuse images that carry the codec's non-secret protection marker (PNG bytes, records, PIL)."""
+    from .codecs import is_marked
+
+    if any(is_marked(v) for v in values):
+        raise_double(f"{where}: its images carry the uetransforms protection marker")
 
 
 def raise_double(why: str) -> None:
