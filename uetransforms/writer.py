@@ -715,11 +715,9 @@ def _write_text(path: str, text: str) -> None:
 
 
 def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from .clip import file_sha256  # the one chunked file hash of the package
+
+    return file_sha256(path)
 
 
 def _fsync_file(path: str) -> None:
