@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from . import ops
 from .bank import BankError, NoiseBank
 from .data import DataError, FitData
-from .fitting import fit, methods
+from . import methods  # the subpackage, callable: ue.methods() is its table
+from .fitting import fit
 from .images import ImageModeError
 from .ops import SizeMismatchError
 

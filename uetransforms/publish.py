@@ -49,17 +49,30 @@ __all__ = ["IMAGE_FORMATS", "PNG_SIGNATURE", "PUBLIC_PARAMS", "PushError", "chec
 #: ``datasets`` produces for new uint8 images, so it is the one offered.
 IMAGE_FORMATS = ("PNG",)
 
-#: Bank parameters that may appear on a public card, per bank kind. Everything else stays in the
-#: bank: an allow-list (not a deny-list) so a method that adds a secret parameter later cannot
-#: leak it by accident. Seeds, salts, keys and paths are deliberately absent.
-PUBLIC_PARAMS: dict[str, tuple[str, ...]] = {
-    "additive": ("epsilon", "norm", "patch_size", "pattern", "sparsity", "fraction", "num_clusters", "steps",
-                 "step_size"),
-    "conv": ("kernel_size", "blur_parameter", "center_parameter", "normalise"),
-    "pixel": ("epsilon", "norm", "num_pixels", "objective"),
-    # AR's coefficients and salt are the key; its search settings and budget are not.
-    "synth": ("epsilon", "norm", "synth", "min_response", "max_norm", "max_candidates"),
-}
+class _PublicParams(Mapping):
+    """Method key -> the bank parameters that may appear on a public card, read from each method's
+    declaration (``Param(public=True)``, see :mod:`uetransforms.methods`). An allow-list, not a
+    deny-list: a parameter is secret unless its method says otherwise, and a bank of a method
+    this installation does not know publishes none. Seeds, salts, keys and paths can never be
+    declared public."""
+
+    def __getitem__(self, key: str) -> tuple[str, ...]:
+        from . import methods
+
+        return methods.get(key).public_names
+
+    def __iter__(self) -> Any:
+        from . import methods
+
+        return iter([m.key for m in methods.all_methods()])
+
+    def __len__(self) -> int:
+        from . import methods
+
+        return len(methods.all_methods())
+
+
+PUBLIC_PARAMS: Mapping[str, tuple[str, ...]] = _PublicParams()
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -75,7 +88,9 @@ def public_params(bank: NoiseBank) -> dict[str, Any]:
         >>> public_params(bank)
         {'epsilon': 0.03, 'norm': 'linf'}
     """
-    allowed = PUBLIC_PARAMS.get(bank.kind, ())
+    from .methods import public_names
+
+    allowed = public_names(bank.method)
     out: dict[str, Any] = {}
     for name in allowed:
         value = bank.params.get(name)

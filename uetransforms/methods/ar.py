@@ -75,57 +75,57 @@ import torch
 
 from ..bank import NoiseBank
 from ..data import FitData
-from . import MethodInfo
+from . import Choice, Method, Number, Param, ParameterError
 
-INFO = MethodInfo(
+
+def _resolve(p: dict[str, Any], data: FitData | None) -> dict[str, Any]:
+    """The budget's default and ceiling follow the norm; the search size follows the classes."""
+    norm = p["norm"]
+    if p["epsilon"] is None:
+        p["epsilon"] = 1.0 if norm == "l2" else 8 / 255
+    if norm == "linf" and p["epsilon"] > 1:
+        raise ParameterError(f"epsilon={p['epsilon']!r} is not valid for method 'ar': with norm='linf' it must be "
+                             f"in (0, 1] ([0, 1] pixel units)")
+    if data is None:
+        return p
+    k = data.num_classes
+    if p["max_candidates"] is None:
+        p["max_candidates"] = max(10_000, 1000 * k)
+    elif p["max_candidates"] < k:
+        raise ParameterError(f"max_candidates={p['max_candidates']!r} is not valid for method 'ar': it must be an "
+                             f"integer >= the number of classes ({k})")
+    return p
+
+
+METHOD = Method(
     key="ar",
     paper="Autoregressive Perturbations for Data Poisoning (Sandoval-Segura et al., NeurIPS 2022)",
+    citation="P. Sandoval-Segura, V. Singla, J. Geiping, M. Goldblum, T. Goldstein, D. W. Jacobs, Autoregressive "
+             "Perturbations for Data Poisoning, NeurIPS 2022, arXiv:2206.03693",
     keyed_by="class",
     needs="nothing",
     kind="synth",
     summary="per-class autoregressive noise processes, synthesised per image from a seed",
+    order=70,
+    params=(
+        Param("epsilon", None, Number(0, lo_open=True, none=True), paper=1.0, public=True, budget="l2",
+              help="budget in [0, 1] pixel units (None: 1.0 for norm='l2', 8/255 for 'linf')"),
+        Param("norm", "l2", Choice(("l2", "linf")), paper="l2", public=True, help="budget norm"),
+        Param("min_response", 3.0, Number(0), paper="10 (10 classes), 3 (100 classes)", public=True,
+              help="least response of a new process to every kept one's filter (higher: more distinct)"),
+        Param("max_norm", 50.0, Number(0, lo_open=True), paper=50.0, public=True,
+              help="a candidate whose L2 norm on the search canvas exceeds this diverges and is dropped"),
+        Param("max_candidates", None, Number(1, integer=True, none=True), public=True,
+              help="candidates tried before giving up (None: max(10000, 1000 * classes))"),
+    ),
+    public_extra=("synth",),  # the synthesiser's name, recorded by the fit
+    resolve=_resolve,
 )
-
-DEFAULTS: dict[str, Any] = {
-    "epsilon": None,
-    "norm": "l2",
-    "min_response": 3.0,
-    "max_norm": 50.0,
-    "max_candidates": None,
-}
 
 # The search canvas of the authors' code: 36x36, cropped by 4 (CIFAR), 3 trial patterns.
 _CANVAS, _CROP, _TRIALS = 36, 4, 3
 # Window offsets (row, col) relative to the current pixel, raster order, current pixel last.
 _OFFSETS = [(di, dj) for di in (-2, -1, 0) for dj in (-2, -1, 0)][:-1]
-
-
-def _number(name: str, value: Any, *, lo: float, lo_open: bool, hint: str) -> float:
-    bad = isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-    if bad or not math.isfinite(value) or (value <= lo if lo_open else value < lo):
-        raise ValueError(f"{name} must be a finite number {'>' if lo_open else '>='} {lo:g} ({hint}), got {value!r}")
-    return float(value)
-
-
-def _check(params: dict[str, Any], num_classes: int) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for method 'ar'; valid: {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **params}
-    norm = p["norm"]
-    if norm not in ("l2", "linf"):
-        raise ValueError(f"norm must be 'l2' (the paper) or 'linf', got {norm!r}")
-    eps = p["epsilon"] if p["epsilon"] is not None else (1.0 if norm == "l2" else 8 / 255)
-    eps = _number("epsilon", eps, lo=0, lo_open=True, hint="[0, 1] pixel units; paper: 1.0 in L2")
-    if norm == "linf" and eps > 1:
-        raise ValueError(f"epsilon must be in (0, 1] for norm='linf', got {eps!r}")
-    resp = _number("min_response", p["min_response"], lo=0, lo_open=False,
-                   hint="authors: 10 for 10 classes, 3 for 100")
-    max_norm = _number("max_norm", p["max_norm"], lo=0, lo_open=True, hint="authors: 50")
-    cand = p["max_candidates"] if p["max_candidates"] is not None else max(10_000, 1000 * num_classes)
-    if isinstance(cand, bool) or not isinstance(cand, (int, np.integer)) or cand < num_classes:
-        raise ValueError(f"max_candidates must be an integer >= the number of classes ({num_classes}), got {cand!r}")
-    return {"epsilon": eps, "norm": norm, "min_response": resp, "max_norm": max_norm, "max_candidates": int(cand)}
 
 
 def _generate(coef: np.ndarray, start: np.ndarray, max_norm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -239,10 +239,10 @@ def find_coefficients(
     return np.stack(kept)
 
 
-def fit(data: FitData, *, seed: int, device: torch.device, **params: Any) -> NoiseBank:
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
     """Search one AR process per class; reads only the label column."""
     num_classes = data.num_classes
-    p = _check(params, num_classes)
     rng = np.random.default_rng(seed)
     salt = int(rng.integers(0, 2**53))  # JSON-safe; seeds each sample's noise with the sample id
     c, h, w = data.image_shape

@@ -68,38 +68,7 @@ import torch.nn.functional as F
 from .. import surrogates as sg
 from ..bank import NoiseBank
 from ..data import FitData
-from . import MethodInfo
-from . import em as _em
-
-INFO = MethodInfo(
-    key="bayes",
-    paper="Towards Provably Unlearnable Examples via Bayes Error Optimisation (AAAI 2026, arXiv 2511.08191)",
-    keyed_by="sample",
-    needs="a feature extractor (surrogate, trained briefly on the fly)",
-    kind="additive",
-    summary="projected gradient ascent on a kernel estimate of the Bayes error of surrogate features",
-)
-
-DEFAULTS: dict[str, Any] = {
-    "epsilon": 8 / 255,
-    "norm": "linf",
-    "profile": "cpu",
-    "surrogate": None,
-    "sigma": 0.3,
-    "steps": None,
-    "ascent": None,
-    "step_size": None,
-    "ascent_weight_decay": 0.01,
-    "retrain_every": None,
-    "retrain_epochs": None,
-    "fresh": True,
-    "batch_size": 128,
-    "chunk": 512,
-    "lr": 0.1,
-    "max_steps": None,
-    "max_seconds": None,
-    "progress": None,
-}
+from . import Choice, Flag, Method, Number, Param, _common
 
 #: Values a profile gives to the parameters left at ``None``. "paper": the authors' script
 #: (cifar10-retrain.py); "cpu": the same loop scaled down so 10k CIFAR images fit in minutes.
@@ -109,8 +78,60 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"surrogate": "cnn-tiny", "steps": 12, "ascent": "adamw", "step_size": (8 / 255) / 6,
             "retrain_every": 1, "retrain_epochs": 4},
 }
+
 ASCENTS = ("adamw", "sign")
 HISTORY_MAX = 100
+
+
+def _fill_profile(p: dict[str, Any], data: Any) -> dict[str, Any]:
+    """Parameters left at ``None`` take their profile's value; explicit ones override it."""
+    for name, value in PROFILES[p["profile"]].items():
+        if p[name] is None:
+            p[name] = value
+    return p
+
+
+_PAPER = PROFILES["paper"]
+_FROM_PROFILE = " (None: the profile's value)"
+
+METHOD = Method(
+    key="bayes",
+    paper="Towards Provably Unlearnable Examples via Bayes Error Optimisation (AAAI 2026, arXiv 2511.08191)",
+    citation="R. Zhang, J. Sun, E.-P. Lim, P. Zhang, Towards Provably Unlearnable Examples via Bayes Error "
+             "Optimisation, AAAI 2026, arXiv:2511.08191",
+    keyed_by="sample",
+    needs="a feature extractor (surrogate, retrained on the fly)",
+    kind="additive",
+    summary="projected gradient ascent on a kernel estimate of the Bayes error of surrogate features",
+    order=50,
+    params=(
+        *_common.LINF_BUDGET,
+        Param("profile", "cpu", Choice(tuple(PROFILES)), paper="paper",
+              help="'cpu': the loop scaled down for a CPU (default); 'paper': the authors' settings, for a GPU"),
+        Param("surrogate", None, _common.SURROGATE_CHECK, paper=_PAPER["surrogate"],
+              help="feature extractor, a uetransforms.surrogates.build name or an nn.Module" + _FROM_PROFILE),
+        _common.positive("sigma", 0.3, "Gaussian kernel width on features scaled to [-1, 1]"),
+        Param("steps", None, Number(1, integer=True, none=True, cast=False), paper=_PAPER["steps"], public=True,
+              help="ascent steps" + _FROM_PROFILE),
+        Param("ascent", None, Choice((*ASCENTS, None)), paper=_PAPER["ascent"],
+              help="'adamw' (the authors' optimiser on the pixels) or 'sign' (projected sign ascent)" + _FROM_PROFILE),
+        _common.positive("step_size", None, "ascent step (AdamW's lr)" + _FROM_PROFILE, paper=_PAPER["step_size"],
+                         none=True, public=True),
+        Param("ascent_weight_decay", 0.01, Number(0, cast=False), help="AdamW weight decay on the pixels"),
+        Param("retrain_every", None, Number(1, integer=True, none=True, cast=False), paper=_PAPER["retrain_every"],
+              help="retrain the extractor every N ascent steps" + _FROM_PROFILE),
+        Param("retrain_epochs", None, Number(1, integer=True, none=True, cast=False),
+              paper=_PAPER["retrain_epochs"], help="epochs of each retraining" + _FROM_PROFILE),
+        Param("fresh", True, Flag(), paper=True, help="each extractor starts from new random weights"),
+        _common.BATCH_SIZE,
+        _common.count("chunk", 512, "rows per chunk of the kernel estimate (memory O(chunk * N))"),
+        _common.LR,
+        _common.MAX_STEPS,
+        _common.MAX_SECONDS,
+        _common.PROGRESS,
+    ),
+    resolve=_fill_profile,
+)
 
 
 def bayes_error(z: torch.Tensor, y: torch.Tensor, num_classes: int, *, sigma: float, chunk: int = 1024,
@@ -151,34 +172,6 @@ def bayes_error(z: torch.Tensor, y: torch.Tensor, num_classes: int, *, sigma: fl
             part.backward()
         total += float(part.detach())
     return total, (zd.grad if grad else None)
-
-
-def _check(params: dict[str, Any]) -> dict[str, Any]:
-    profile = params.get("profile", DEFAULTS["profile"])
-    if profile not in PROFILES:
-        raise ValueError(f"profile={profile!r}; expected one of {sorted(PROFILES)} ('cpu': scaled down, the "
-                         "default; 'paper': the authors' ResNet-18 loop, for a GPU)")
-    filled = dict(params)
-    for name, value in PROFILES[profile].items():
-        if filled.get(name) is None:
-            filled[name] = value
-    p = _em.check_params("bayes", DEFAULTS, filled)
-    if p["ascent"] not in ASCENTS:
-        raise ValueError(f"ascent={p['ascent']!r}; expected one of {ASCENTS}")
-    for name in ("sigma", "step_size", "lr"):
-        v = p[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"{name} must be a positive number, got {v!r}")
-    v = p["ascent_weight_decay"]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-        raise ValueError(f"ascent_weight_decay must be a non-negative number, got {v!r}")
-    for name in ("steps", "retrain_every", "retrain_epochs", "chunk", "batch_size"):
-        v = p[name]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if not isinstance(p["fresh"], bool):
-        raise ValueError(f"fresh must be True or False, got {p['fresh']!r}")
-    return p
 
 
 def _perturbed(x: torch.Tensor, delta: np.ndarray, rows: np.ndarray) -> torch.Tensor:
@@ -250,9 +243,9 @@ def _thin(history: list[list[float]]) -> list[list[float]]:
     return [history[i] for i in pick]
 
 
-def fit(data: FitData, *, seed: int, device: torch.device, **params: Any) -> NoiseBank:
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
     """Maximise the kernel Bayes-error estimate with a periodically retrained extractor (module docs)."""
-    p = _check(params)
     n, k = len(data), data.num_classes
     if n < 2:
         raise ValueError("bayes needs at least two samples: the estimate compares each sample with the others")
@@ -261,10 +254,10 @@ def fit(data: FitData, *, seed: int, device: torch.device, **params: Any) -> Noi
     if int(labels.max()) >= k:
         raise ValueError(f"label {int(labels.max())} is outside the {k} classes the dataset declares")
     shape = (n, *data.image_shape)
-    delta = _em.workspace(shape, np.float16)
+    delta = _common.workspace(shape, np.float16)
     adam = p["ascent"] == "adamw"
     if adam:  # AdamW state over every pixel of the set, as torch.optim.AdamW keeps it
-        m1, m2 = _em.workspace(shape, np.float32), _em.workspace(shape, np.float32)
+        m1, m2 = _common.workspace(shape, np.float32), _common.workspace(shape, np.float32)
     eps, lr_px, wd, sigma, chunk, bs = (p["epsilon"], p["step_size"], p["ascent_weight_decay"], p["sigma"],
                                         p["chunk"], p["batch_size"])
     b1, b2, adam_eps = 0.9, 0.999, 1e-8  # torch.optim.AdamW's defaults, which the authors keep
@@ -321,7 +314,7 @@ def fit(data: FitData, *, seed: int, device: torch.device, **params: Any) -> Noi
         bar.update(1)
         bar.set_postfix(bayes_error=f"{be:.3f}")
     bar.close()
-    _em.quantise(delta, eps, np.float16, out=delta)
+    _common.quantise(delta, eps, np.float16, out=delta)
     final = None
     if model is not None:  # the estimate for what the bank actually holds, under the last extractor
         z = embed(model, src, delta, bs)

@@ -53,16 +53,50 @@ from ..assign import embed_batch, embed_images, encoder_identity, normalise
 from ..bank import NoiseBank
 from ..data import FitData
 from ..kmeans import assign, kmeans
-from . import MethodInfo
+from . import Choice, Flag, Free, Method, Number, Param, ParameterError, _common
 
-INFO = MethodInfo(
+
+def _resolve(p: dict[str, Any], data: FitData | None) -> dict[str, Any]:
+    if data is not None and p["n_clusters"] > len(data):
+        raise ParameterError(f"n_clusters={p['n_clusters']} is not valid for method 'clusters': it must be between 2 "
+                             f"and the number of images ({len(data)})")
+    return p
+
+
+METHOD = Method(
     key="clusters",
     paper="Unlearnable Clusters (Zhang et al., CVPR 2023)",
+    citation="J. Zhang, X. Ma, Q. Yi, J. Sang, Y.-G. Jiang, Y. Wang, C. Xu, Unlearnable Clusters: Towards "
+             "Label-agnostic Unlearnable Examples, CVPR 2023, arXiv:2301.01217",
     keyed_by="cluster",
     needs="a surrogate image encoder (open_clip CLIP or any nn.Module); no labels",
     kind="additive",
     summary="K-means clusters of surrogate features; per-cluster noise pushes features to another cluster's centre",
     label_free=True,
+    order=20,
+    params=(
+        *_common.clip_surrogate("RN50"),
+        Param("encoder", None, Free("an nn.Module or None"),
+              help="any nn.Module mapping [0, 1] images to features, instead of model/pretrained"),
+        Param("n_clusters", 10, Number(2, integer=True), paper=10, public=True, help="K, the number of clusters"),
+        Param("epsilon", 16 / 255, Number(0, 1, lo_open=True), paper=16 / 255, public=True, budget="linf",
+              help="L-inf budget in [0, 1] pixel units"),
+        Param("steps", 200, Number(0, integer=True), public=True,
+              help="Adam steps on all K noises at once (the paper trains generators for 50 epochs)"),
+        Param("lr", 0.05, Number(0, lo_open=True), help="Adam learning rate"),
+        Param("per_cluster", 16, Number(1, integer=True), help="images of each cluster in every step's batch"),
+        Param("target_offset", 1, Number(integer=True), paper=1,
+              help="cluster i is pushed to centre (i + target_offset) mod K"),
+        Param("loss", "kl", Choice(("kl", "cosine")), paper="kl", help="'kl' (the paper's) or 'cosine'"),
+        Param("augment", True, Flag(), help="random flips and small shifts while optimising"),
+        Param("feature_norm", "l2", Choice(("l2", "none")),
+              help="'l2' (cosine K-means) or 'none' on the surrogate features"),
+        Param("kmeans_batch_size", None, Number(1, integer=True, none=True),
+              help="mini-batch K-means with this batch for very large data (None: full-batch Lloyd)"),
+        Param("kmeans_iter", 100, Number(1, integer=True), help="K-means iterations at most"),
+        Param("embed_batch_size", 256, Number(1, integer=True), help="images per surrogate forward pass"),
+    ),
+    resolve=_resolve,
 )
 
 _RANDOM = (None, "none", "random")
@@ -91,29 +125,11 @@ def _augment(x: torch.Tensor, gen: torch.Generator, shift: int) -> torch.Tensor:
     return x
 
 
-def fit(
-    data: FitData,
-    *,
-    seed: int,
-    device: torch.device,
-    model: str = "RN50",
-    pretrained: str | None = "openai",
-    encoder: torch.nn.Module | None = None,
-    init_seed: int | None = None,
-    n_clusters: int = 10,
-    epsilon: float = 16 / 255,
-    steps: int = 200,
-    lr: float = 0.05,
-    per_cluster: int = 16,
-    target_offset: int = 1,
-    loss: str = "kl",
-    augment: bool = True,
-    feature_norm: str = "l2",
-    kmeans_batch_size: int | None = None,
-    kmeans_iter: int = 100,
-    embed_batch_size: int = 256,
-    **unknown: Any,
-) -> NoiseBank:
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, model: str, pretrained: str | None,
+        encoder: torch.nn.Module | None, init_seed: int | None, n_clusters: int, epsilon: float, steps: int,
+        lr: float, per_cluster: int, target_offset: int, loss: str, augment: bool, feature_norm: str,
+        kmeans_batch_size: int | None, kmeans_iter: int, embed_batch_size: int) -> NoiseBank:
     """Fit Unlearnable Clusters noise.
 
     Args:
@@ -133,16 +149,7 @@ def fit(
         kmeans_batch_size: mini-batch K-means with this batch (for very large data); ``None``
             runs full-batch Lloyd.
     """
-    if unknown:
-        raise TypeError(f"unknown parameter(s) for 'clusters': {sorted(unknown)}; see help(uetransforms.methods.clusters.fit)")
-    if loss not in ("kl", "cosine"):
-        raise ValueError(f"loss={loss!r}; expected 'kl' (the paper's) or 'cosine'")
-    if not 0 < epsilon <= 1:
-        raise ValueError(f"epsilon={epsilon} must be in (0, 1] (pixel units in [0, 1]; 16/255 is the paper's)")
-    n = len(data)
-    k = int(n_clusters)
-    if not 2 <= k <= n:
-        raise ValueError(f"n_clusters={k} must be between 2 and the number of images ({n})")
+    k = n_clusters  # checked against the data by the method's declaration (2 <= K <= N)
     gen = torch.Generator().manual_seed(int(seed))
     enc = _surrogate(model, pretrained, encoder, init_seed, device)
 

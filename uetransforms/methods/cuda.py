@@ -46,7 +46,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -54,48 +53,29 @@ import torch
 
 from ..bank import NoiseBank
 from ..data import FitData
-from . import MethodInfo
+from . import Choice, Method, Number, Param
 
-INFO = MethodInfo(
+METHOD = Method(
     key="cuda",
     paper="Convolution-based Unlearnable DAtasets (Sadasivan et al., CVPR 2023)",
+    citation="V. S. Sadasivan, M. Soltanolkotabi, S. Feizi, CUDA: Convolution-based Unlearnable Datasets, "
+             "CVPR 2023, arXiv:2303.04278",
     keyed_by="class",
     needs="a private key only",
     kind="conv",
     summary="one random k x k blur filter per class; images are filtered, not noised",
+    order=10,
+    params=(
+        Param("blur_parameter", 0.3, Number(0, lo_open=True), paper=0.3, public=True,
+              help="upper bound p_b of the uniform filter entries (smaller for high-resolution data)"),
+        Param("center_parameter", 1.0, Number(0, none=True), paper=1.0, public=True,
+              help="value of the one random centre entry (None: all entries uniform)"),
+        Param("kernel_size", 3, Number(1, integer=True, odd=True), paper=3, public=True,
+              help="filter side k"),
+        Param("normalise", "max", Choice(("max", "none")), paper="max", public=True,
+              help="'max': divide each filtered image by its maximum (the paper); 'none': clip only"),
+    ),
 )
-
-DEFAULTS: dict[str, Any] = {
-    "blur_parameter": 0.3,
-    "center_parameter": 1.0,
-    "kernel_size": 3,
-    "normalise": "max",
-}
-
-
-def _check(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for method 'cuda'; valid: {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **params}
-    pb = p["blur_parameter"]
-    if isinstance(pb, bool) or not isinstance(pb, (int, float)) or not math.isfinite(pb) or pb <= 0:
-        raise ValueError(f"blur_parameter must be a finite number > 0 (paper: 0.3 for CIFAR-10), got {pb!r}")
-    pc = p["center_parameter"]
-    if pc is not None and (isinstance(pc, bool) or not isinstance(pc, (int, float)) or not math.isfinite(pc)
-                           or pc < 0):
-        raise ValueError(f"center_parameter must be a finite number >= 0 or None, got {pc!r}")
-    k = p["kernel_size"]
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or k % 2 == 0:
-        raise ValueError(f"kernel_size must be an odd integer >= 1 (paper: 3), got {k!r}")
-    if p["normalise"] not in ("max", "none"):
-        raise ValueError(f"normalise must be 'max' (the paper) or 'none', got {p['normalise']!r}")
-    return {
-        "blur_parameter": float(pb),
-        "center_parameter": None if pc is None else float(pc),
-        "kernel_size": int(k),
-        "normalise": p["normalise"],
-    }
 
 
 def _below(limit: float) -> np.float32:
@@ -106,9 +86,9 @@ def _below(limit: float) -> np.float32:
     return v
 
 
-def fit(data: FitData, *, seed: int, device: torch.device, **params: Any) -> NoiseBank:
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
     """One random filter per class; reads only the label column (``data.num_classes``)."""
-    p = _check(params)
     num_classes = data.num_classes
     c, _, _ = data.image_shape
     k = p["kernel_size"]

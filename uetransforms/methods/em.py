@@ -53,8 +53,6 @@ Example:
 
 from __future__ import annotations
 
-import math
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -65,104 +63,49 @@ import torch.nn.functional as F
 from .. import surrogates as sg
 from ..bank import NoiseBank
 from ..data import FitData
-from . import MethodInfo
+from . import Choice, Method, Number, Param, _common
+from ._common import level_limit, quantise  # noqa: F401 - part of this module's API (tests, bayes)
+from ._common import workspace as _workspace
 
-INFO = MethodInfo(
+
+METHOD = Method(
     key="em",
     paper="Unlearnable Examples: error-minimising noise (Huang et al., ICLR 2021)",
+    citation="H. Huang, X. Ma, S. M. Erfani, J. Bailey, Y. Wang, Unlearnable Examples: Making Personal Data "
+             "Unexploitable, ICLR 2021, arXiv:2101.04898",
     keyed_by="class/sample",
     needs="a surrogate classifier (trained on the fly)",
     kind="additive",
     summary="min-min bi-level noise that makes the training loss trivially small (class- or sample-wise)",
+    order=60,
+    params=(
+        *_common.SURROGATE_LINF,
+        _common.count("steps", 20, "PGD steps on the noise per batch visited", paper=20, public=True),
+        _common.positive("step_size", None, "PGD step (None: epsilon/10)", paper="epsilon/10", none=True,
+                         public=True),
+        Param("mode", "sample", Choice(("sample", "class")), paper="sample", public=True,
+              help="'sample' (one delta per image) or 'class' (one per class)"),
+        _common.count("train_steps", 10, "surrogate SGD steps per round", lo=0, paper=10),
+        Param("stop_error", 0.01, Number(0, 1, hi_open=True, cast=False), paper=0.01,
+              help="stop when the surrogate's error on the perturbed data is below this"),
+        _common.count("class_batches", 20, "random batches per round (mode='class')"),
+        _common.BATCH_SIZE,
+        _common.LR,
+        _common.count("max_rounds", 30, "at most this many train/perturb rounds"),
+        _common.MAX_STEPS,
+        _common.MAX_SECONDS,
+        _common.PROGRESS,
+    ),
+    resolve=_common.step_size_from_epsilon(1 / 10),
 )
 
-DEFAULTS: dict[str, Any] = {
-    "epsilon": 8 / 255,
-    "norm": "linf",
-    "mode": "sample",
-    "surrogate": "cnn-small",
-    "steps": 20,
-    "step_size": None,
-    "train_steps": 10,
-    "stop_error": 0.01,
-    "class_batches": 20,
-    "batch_size": 128,
-    "lr": 0.1,
-    "max_rounds": 30,
-    "max_steps": None,
-    "max_seconds": None,
-    "progress": None,
-}
-
-#: Work arrays above this size are memory-mapped from a temporary file instead of held in RAM.
-RAM_LIMIT_BYTES = 256 * 2**20
-
-
-# ---------------------------------------------------------------------------- shared helpers
-def check_params(method: str, defaults: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``params`` over ``defaults`` and validate the ones every budgeted method shares."""
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for method {method!r}; valid: {sorted(defaults)}")
-    p = {**defaults, **params}
-    eps = p["epsilon"]
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps <= 1:
-        raise ValueError(f"epsilon must be in (0, 1] (L-inf, [0, 1] pixel units; default 8/255), got {eps!r}")
-    if eps * 255 < 1 - 1e-6:
-        raise ValueError(f"epsilon={eps!r} is below one grey level (1/255): uint8 images could not change at all")
-    if p["norm"] != "linf":
-        raise ValueError(f"norm={p['norm']!r}: method {method!r} supports only norm='linf'")
-    if "mode" in p and p["mode"] not in ("sample", "class"):
-        raise ValueError(f"mode={p['mode']!r}; expected 'sample' (one delta per image) or 'class' (one per class)")
-    for name in ("steps", "batch_size", "max_rounds", "train_steps", "class_batches"):
-        if name in p and (not isinstance(p[name], int) or isinstance(p[name], bool) or p[name] < (0 if name == "train_steps" else 1)):
-            raise ValueError(f"{name} must be a positive integer, got {p[name]!r}")
-    p["epsilon"] = float(eps)
-    if p.get("step_size") is None and "step_size" in p:
-        p["step_size"] = p["epsilon"] / 10
-    for name in ("step_size", "lr"):
-        v = p.get(name, 1.0)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"{name} must be a positive number, got {v!r}")
-    stop = p.get("stop_error", 0.0)
-    if isinstance(stop, bool) or not isinstance(stop, (int, float)) or not 0 <= stop < 1:
-        raise ValueError(f"stop_error must be in [0, 1) (surrogate error at which to stop), got {stop!r}")
-    return p
-
-
-def level_limit(epsilon: float) -> int:
-    """The largest whole number of grey levels within ``epsilon``: ``floor(255 * eps)``."""
-    return int(math.floor(255 * epsilon + 1e-6))
-
-
-def quantise(delta: np.ndarray, epsilon: float, dtype: Any = np.float16, out: np.ndarray | None = None) -> np.ndarray:
-    """Whole grey levels ``q / 255`` (``|q| <= floor(255 eps)``), rounded towards zero in ``dtype``.
-
-    ``255 * result`` rounds back to ``q`` exactly and ``|result| <= epsilon`` holds in float64,
-    which a plain cast of ``q / 255`` to float16/float32 does not guarantee (it may round up).
-    ``out`` may be ``delta`` itself (chunked, in place, for memory-mapped arrays).
-    """
-    dtype = np.dtype(dtype)
-    out = np.empty(delta.shape, dtype) if out is None else out
-    lim = level_limit(epsilon)
-    step = max(1, (1 << 24) // max(1, int(np.prod(delta.shape[1:]))))  # ~16M values per chunk
-    for s in range(0, len(delta), step):
-        q = np.clip(np.rint(np.asarray(delta[s : s + step], np.float64) * 255), -lim, lim) / 255
-        d = q.astype(dtype)
-        outward = np.abs(d.astype(np.float64)) > np.abs(q)
-        d[outward] = np.nextafter(d[outward], dtype.type(0))
-        out[s : s + step] = d
-    return out
+#: Work arrays above this size are memory-mapped (read at call time, so a test can lower it).
+RAM_LIMIT_BYTES = _common.RAM_LIMIT_BYTES
 
 
 def workspace(shape: tuple[int, ...], dtype: Any, *, limit: int | None = None) -> np.ndarray:
-    """A zeroed array, memory-mapped from an anonymous temporary file when bigger than ``limit``."""
-    limit = RAM_LIMIT_BYTES if limit is None else limit
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if nbytes <= limit:
-        return np.zeros(shape, dtype)
-    # TemporaryFile is already unlinked: the pages vanish when the last mapping (the bank) goes.
-    return np.memmap(tempfile.TemporaryFile(prefix="uetransforms-"), dtype=dtype, mode="w+", shape=shape)
+    """:func:`uetransforms.methods._common.workspace` with this module's :data:`RAM_LIMIT_BYTES`."""
+    return _workspace(shape, dtype, limit=RAM_LIMIT_BYTES if limit is None else limit)
 
 
 # ---------------------------------------------------------------------------- the min-min engine
@@ -388,8 +331,8 @@ def to_bank(method: str, data: FitData, p: dict[str, Any], table: Any, info: dic
     )
 
 
-def fit(data: FitData, *, seed: int, device: torch.device, **params: Any) -> NoiseBank:
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
     """Fit class-wise or sample-wise error-minimising noise (see the module docs)."""
-    p = check_params("em", DEFAULTS, params)
     table, info, _ = minmin(data, p, seed=seed, device=device, method="em")
     return to_bank("em", data, p, table, info, seed)

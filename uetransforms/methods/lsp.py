@@ -58,44 +58,46 @@ import torch
 
 from ..bank import NoiseBank
 from ..data import FitData
-from . import MethodInfo
+from . import Choice, Method, Number, Param, ParameterError
 
-INFO = MethodInfo(
+
+def _resolve(p: dict[str, Any], data: FitData | None) -> dict[str, Any]:
+    """The budget's ceiling depends on the norm (and, for L2, on the image size); so does the patch size."""
+    if p["norm"] == "linf" and p["epsilon"] > 1:
+        raise ParameterError(f"epsilon={p['epsilon']!r} is not valid for method 'lsp': with norm='linf' it must be "
+                             f"in (0, 1] ([0, 1] pixel units; the paper uses 6/255)")
+    if data is None:
+        return p
+    shape = data.image_shape
+    if p["norm"] == "l2" and p["epsilon"] > math.sqrt(math.prod(shape)):
+        raise ParameterError(f"epsilon={p['epsilon']!r} is not valid for method 'lsp': with norm='l2' it must be "
+                             f"<= sqrt(C*H*W) = {math.sqrt(math.prod(shape)):g} for {shape} images")
+    if p["patch_size"] is None:
+        p["patch_size"] = max(1, min(shape[1:]) // 4)
+    return p
+
+
+METHOD = Method(
     key="lsp",
     paper="Availability Attacks Create Shortcuts: linear-separable synthetic perturbations (Yu et al., KDD 2022)",
+    citation="D. Yu, H. Zhang, W. Chen, J. Yin, T.-Y. Liu, Availability Attacks Create Shortcuts, KDD 2022, "
+             "arXiv:2111.00898",
     keyed_by="class",
     needs="nothing",
     kind="additive",
     summary="patch-wise constant, linearly separable synthetic noise per class",
+    order=80,
+    params=(
+        Param("epsilon", 6 / 255, Number(0, lo_open=True), paper=6 / 255, public=True, budget="linf",
+              help="budget in [0, 1] pixel units: L-inf in (0, 1], or L2 up to sqrt(C*H*W)"),
+        Param("norm", "linf", Choice(("linf", "l2")), paper="linf", public=True, help="budget norm"),
+        Param("patch_size", None, Number(1, integer=True, none=True), paper=8, public=True,
+              help="side of the constant patches (None: min(H, W) // 4, 8 for 32x32)"),
+        Param("pattern", "vertex", Choice(("vertex", "gaussian")), paper="vertex", public=True,
+              help="'vertex': class centres on hypercube vertices (make_classification); 'gaussian'"),
+    ),
+    resolve=_resolve,
 )
-
-DEFAULTS: dict[str, Any] = {"epsilon": 6 / 255, "norm": "linf", "patch_size": None, "pattern": "vertex"}
-
-
-def _check(params: dict[str, Any], image_shape: tuple[int, int, int]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for method 'lsp'; valid: {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **params}
-    norm = p["norm"]
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    eps = p["epsilon"]
-    hi = 1.0 if norm == "linf" else math.sqrt(math.prod(image_shape))
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps <= hi:
-        raise ValueError(
-            f"epsilon must be in (0, {hi:g}] for norm={norm!r} ([0, 1] pixel units; default 6/255 L-inf), got {eps!r}"
-        )
-    _, h, w = image_shape
-    ps = p["patch_size"]
-    if ps is None:
-        ps = max(1, min(h, w) // 4)
-    if isinstance(ps, bool) or not isinstance(ps, (int, np.integer)) or ps < 1:
-        raise ValueError(f"patch_size must be an integer >= 1 (default min(H, W) // 4, 8 for 32x32), got {ps!r}")
-    if p["pattern"] not in ("vertex", "gaussian"):
-        raise ValueError(f"pattern must be 'vertex' (class centres as in make_classification) or 'gaussian', "
-                         f"got {p['pattern']!r}")
-    return {"epsilon": float(eps), "norm": norm, "patch_size": int(ps), "pattern": p["pattern"]}
 
 
 def _distinct_vertices(rng: np.random.Generator, k: int, dims: int) -> np.ndarray:
@@ -115,10 +117,10 @@ def _distinct_vertices(rng: np.random.Generator, k: int, dims: int) -> np.ndarra
     return v.astype(np.float64) * 2 - 1
 
 
-def fit(data: FitData, *, seed: int, device: torch.device, **params: Any) -> NoiseBank:
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
     """One patch-wise constant pattern per class; reads only the label column."""
     shape = data.image_shape
-    p = _check(params, shape)
     c, h, w = shape
     num_classes = data.num_classes
     ps = p["patch_size"]

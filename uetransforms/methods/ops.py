@@ -52,7 +52,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -60,31 +59,26 @@ import torch
 
 from ..bank import NoiseBank
 from ..data import FitData
-from . import MethodInfo
+from . import Choice, Method, Number, Param
 
-INFO = MethodInfo(
+METHOD = Method(
     key="ops",
     paper="One-Pixel Shortcut (Wu et al., ICLR 2023)",
+    citation="S. Wu, S. Chen, C. Xie, X. Huang, One-Pixel Shortcut: on the Learning Preference of Deep Neural "
+             "Networks, ICLR 2023, arXiv:2205.12141",
     keyed_by="class",
     needs="nothing (a search over the training images)",
     kind="pixel",
     summary="one pixel per class set to a searched boundary colour",
+    order=90,
+    params=(
+        Param("objective", "official", Choice(("official", "channel_mean")), paper="official", public=True,
+              help="'official': mean/std over images and channels together (the released code); "
+                   "'channel_mean': channels averaged first"),
+        Param("std_eps", 1e-3, Number(0, lo_open=True), paper=0,
+              help="added to the std in the score, so a constant pixel does not divide by zero (ours)"),
+    ),
 )
-
-DEFAULTS: dict[str, Any] = {"objective": "official", "std_eps": 1e-3}
-
-
-def _check(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for method 'ops'; valid: {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **params}
-    if p["objective"] not in ("official", "channel_mean"):
-        raise ValueError(f"objective must be 'official' or 'channel_mean', got {p['objective']!r}")
-    e = p["std_eps"]
-    if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e <= 0:
-        raise ValueError(f"std_eps must be a finite number > 0 ([0, 1] pixel units; default 1e-3), got {e!r}")
-    return {"objective": p["objective"], "std_eps": float(e)}
 
 
 def class_sums(data: FitData, num_classes: int, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,9 +148,9 @@ def scores(n: int, s1: np.ndarray, s2: np.ndarray, *, objective: str, std_eps: f
     return np.ascontiguousarray(score.T)
 
 
-def fit(data: FitData, *, seed: int, device: torch.device, **params: Any) -> NoiseBank:
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
     """Search one (position, colour) per class over the training images (read once, in batches)."""
-    p = _check(params)
     num_classes = data.num_classes
     c, h, w = data.image_shape
     counts, s1, s2 = class_sums(data, num_classes, device)

@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -36,33 +35,30 @@ import torch
 
 from ..bank import NoiseBank
 from ..data import FitData
-from . import MethodInfo
+from . import Method, Number, Param
 
-INFO = MethodInfo(
+METHOD = Method(
     key="random",
     paper="Random-noise baseline (class-wise U(-eps, eps); e.g. Huang et al., ICLR 2021)",
+    citation="Random-noise control as in H. Huang, X. Ma, S. M. Erfani, J. Bailey, Y. Wang, Unlearnable Examples: "
+             "Making Personal Data Unexploitable, ICLR 2021, arXiv:2101.04898 (Table 1)",
     keyed_by="class",
     needs="nothing",
     kind="additive",
     summary="class-wise uniform noise: the negative control (should not protect)",
+    order=100,
+    params=(
+        Param("epsilon", 8 / 255, Number(0, 1, lo_open=True), paper=8 / 255, public=True, budget="linf",
+              help="L-inf budget in [0, 1] pixel units"),
+    ),
+    public_extra=("norm",),  # always "linf", recorded by the fit
 )
 
-DEFAULTS: dict[str, Any] = {"epsilon": 8 / 255}
 
-
-def _check(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for method 'random'; valid: {sorted(DEFAULTS)}")
-    eps = {**DEFAULTS, **params}["epsilon"]
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps <= 1:
-        raise ValueError(f"epsilon must be in (0, 1] (L-inf, [0, 1] pixel units; default 8/255), got {eps!r}")
-    return {"epsilon": float(eps), "norm": "linf"}
-
-
+@METHOD.fitter
 def fit(data: FitData, *, seed: int, device: torch.device, **params: Any) -> NoiseBank:
     """One ``U(-eps, eps)`` pattern per class; reads only the label column."""
-    p = _check(params)
+    p = {**params, "norm": "linf"}
     num_classes = data.num_classes
     rng = np.random.default_rng(seed)
     eps = p["epsilon"]

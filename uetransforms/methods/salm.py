@@ -44,20 +44,30 @@ import torch
 
 from ..bank import NoiseBank
 from ..data import FitData
-from . import MethodInfo
+from . import Choice, Method, Number, Param
 from . import em as _em
 
-INFO = MethodInfo(
+MASK_RULES = ("grad", "intensity")
+
+METHOD = Method(
     key="salm",
     paper="Medical Unlearnable Examples: Sparsity-Aware Local Masking (arXiv 2403.10573, 2024)",
+    citation="W. Sun, Y. Liu, Z. Yan, K. Xu, L. Sun, Medical Unlearnable Examples: Securing Medical Data from "
+             "Unauthorized Training via Sparsity-Aware Local Masking, arXiv:2403.10573, 2024",
     keyed_by="sample/class",
     needs="a surrogate classifier (trained on the fly)",
     kind="additive",
     summary="error-minimising noise on the top-k most significant pixels only (L0 + L-inf budget)",
+    # The loop is em's (the paper's body was not available: see METHOD-NOTES), plus the mask.
+    order=40,
+    params=_em.METHOD.params + (
+        Param("fraction", 0.1, Number(0, 1, lo_open=True), public=True,
+              help="share of pixel positions perturbed in each image (the L0 budget)"),
+        Param("mask_by", "grad", Choice(MASK_RULES),
+              help="'grad' (|loss gradient|, the paper's significance) or 'intensity' (bright foreground)"),
+    ),
+    resolve=_em.METHOD.resolve,
 )
-
-DEFAULTS: dict[str, Any] = {**_em.DEFAULTS, "fraction": 0.1, "mask_by": "grad"}
-MASK_RULES = ("grad", "intensity")
 
 
 def top_fraction_mask(score: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -82,15 +92,9 @@ def mask_rule(mask_by: str, fraction: float) -> _em.MaskRule:
     raise ValueError(f"mask_by={mask_by!r}; expected one of {MASK_RULES}")
 
 
-def fit(data: FitData, *, seed: int, device: torch.device, **params: Any) -> NoiseBank:
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
     """Fit error-minimising noise restricted to each image's top-``fraction`` pixels."""
-    p = _em.check_params("salm", DEFAULTS, params)
-    frac = p["fraction"]
-    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
-        raise ValueError(f"fraction must be in (0, 1] (share of pixel positions perturbed; default 0.1), got {frac!r}")
-    if p["mask_by"] not in MASK_RULES:
-        raise ValueError(f"mask_by={p['mask_by']!r}; expected one of {MASK_RULES}")
-    p["fraction"] = float(frac)
     rule = mask_rule(p["mask_by"], p["fraction"])
     table, info, _masks = _em.minmin(data, p, seed=seed, device=device, method="salm", mask_rule=rule)
     h, w = data.image_shape[1:]

@@ -62,16 +62,40 @@ from torch import nn
 from ..bank import NoiseBank
 from ..data import DataError, FitData
 from ..ops import sample_seed
-from . import MethodInfo
+from . import Choice, Free, Method, Number, Param, _common
 
-INFO = MethodInfo(
+METHOD = Method(
     key="t2ue",
     paper="T2UE: unlearnable examples from text descriptions (2025)",
+    citation="X. Ma, H. Huang, T. Song, Y. Sun, Y. Gao, Y.-G. Jiang, T2UE: Generating Unlearnable Examples from "
+             "Text Descriptions, arXiv:2508.03091, 2025",
     keyed_by="class/sample",
     needs="a CLIP surrogate (open_clip) and class names or captions",
     kind="additive",
     summary="a text-conditioned generator trained by error-minimising InfoNCE; noise from text only",
     label_free=True,  # sample-wise mode needs captions, not labels; class-wise mode checks for labels
+    order=30,
+    params=(
+        *_common.clip_surrogate("ViT-B-16"),
+        Param("mode", "class", Choice(("class", "sample")), public=True,
+              help="'class' (class names through template) or 'sample' (captions from caption_column)"),
+        Param("template", "a photo of a {}.", Free("a string with {} for the class name"),
+              help="prompt of each class in mode='class'"),
+        Param("class_names", None, Free("a list of strings or None"),
+              help="override the label feature's class names"),
+        Param("caption_column", None, Free("a column name or None"), help="column of captions (mode='sample')"),
+        Param("epsilon", 8 / 255, Number(0, 1, lo_open=True), paper=8 / 255, public=True, budget="linf",
+              help="L-inf budget in [0, 1] pixel units"),
+        Param("steps", 300, Number(1, integer=True), public=True,
+              help="AdamW steps with cosine decay (the paper trains 300-500 epochs)"),
+        Param("batch_size", 64, Number(1, integer=True), help="images per step"),
+        Param("lr", 1e-3, Number(0, lo_open=True), help="AdamW learning rate"),
+        Param("weight_decay", 1e-4, Number(0), help="AdamW weight decay"),
+        Param("z_dim", 64, Number(1, integer=True), help="size of the Gaussian seed z of the generator"),
+        Param("channels", 32, Number(1, integer=True), help="generator feature width"),
+        Param("generator_path", None, Free("a file path or None"),
+              help="save the trained generator here (safetensors) to make noise from new texts later"),
+    ),
 )
 
 _RANDOM = (None, "none", "random")
@@ -213,28 +237,11 @@ def _info_nce(img: torch.Tensor, txt: torch.Tensor, tidx: torch.Tensor, scale: f
     return 0.5 * (i2t + t2i)
 
 
-def fit(
-    data: FitData,
-    *,
-    seed: int,
-    device: torch.device,
-    model: str = "ViT-B-16",
-    pretrained: str | None = "openai",
-    init_seed: int | None = None,
-    mode: str = "class",
-    template: str = "a photo of a {}.",
-    class_names: Sequence[str] | None = None,
-    caption_column: str | None = None,
-    epsilon: float = 8 / 255,
-    steps: int = 300,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    z_dim: int = 64,
-    channels: int = 32,
-    generator_path: str | os.PathLike | None = None,
-    **unknown: Any,
-) -> NoiseBank:
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, model: str, pretrained: str | None,
+        init_seed: int | None, mode: str, template: str, class_names: Sequence[str] | None,
+        caption_column: str | None, epsilon: float, steps: int, batch_size: int, lr: float, weight_decay: float,
+        z_dim: int, channels: int, generator_path: str | os.PathLike | None) -> NoiseBank:
     """Train the text-to-noise generator on ``data`` and return the noise bank it makes.
 
     Args:
@@ -248,12 +255,6 @@ def fit(
         z_dim / channels: generator size.
         generator_path: save the trained generator here (safetensors) for text-only noise later.
     """
-    if unknown:
-        raise TypeError(f"unknown parameter(s) for 't2ue': {sorted(unknown)}; see help(uetransforms.methods.t2ue.fit)")
-    if mode not in ("class", "sample"):
-        raise ValueError(f"mode={mode!r}; expected 'class' (class-wise) or 'sample' (sample-wise)")
-    if not 0 < epsilon <= 1:
-        raise ValueError(f"epsilon={epsilon} must be in (0, 1] (pixel units in [0, 1]; 8/255 is the paper's)")
     texts, tindex = _texts_for(data, mode, template, class_names, caption_column)
     surrogate = _surrogate(model, pretrained, init_seed, device)
     text_emb = torch.cat([surrogate.encode_text(texts[s : s + 256]) for s in range(0, len(texts), 256)]).float()
