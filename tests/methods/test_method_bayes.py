@@ -134,12 +134,12 @@ def test_noise_raises_the_estimate_also_when_mixed_with_clean_rows(protected):
 
 
 def test_profiles():
-    paper = bayes._check({"profile": "paper"})
+    paper = bayes.METHOD.check({"profile": "paper"})
     assert (paper["surrogate"], paper["steps"], paper["retrain_every"], paper["retrain_epochs"], paper["ascent"],
             paper["step_size"]) == ("resnet18", 2000, 1, 30, "adamw", 1e-3)
-    cpu = bayes._check({})
+    cpu = bayes.METHOD.check({})
     assert cpu["profile"] == "cpu" and cpu["surrogate"] == "cnn-tiny" and cpu["retrain_every"] == 1
-    assert bayes._check({"profile": "paper", "steps": 3})["steps"] == 3  # explicit values win
+    assert bayes.METHOD.check({"profile": "paper", "steps": 3})["steps"] == 3  # explicit values win
 
 
 def test_paper_profile_runs_on_a_tiny_shape_and_a_step_budget_warns():
