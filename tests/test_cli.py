@@ -270,3 +270,18 @@ def test_protect_card_flags(tmp_path, tiny_parquet):
                  "--license", "cc-by-4.0", "--source-dataset", "me/src"]) == 0
     card = (out / "README.md").read_text()
     assert "license: cc-by-4.0" in card and "- me/src" in card
+
+
+def test_protecting_a_published_copy_again_is_refused_unless_allowed(tmp_path, tiny_parquet, capsys):
+    bank = tmp_path / "b.arrow"
+    assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(bank)]) == 0
+    assert main(["protect", tiny_parquet, "--bank", str(bank), "--out", str(tmp_path / "once"),
+                 "--image-column", "img"]) == 0
+    capsys.readouterr()
+    again = ["protect", str(tmp_path / "once"), "--bank", str(bank), "--out", str(tmp_path / "twice"),
+             "--image-column", "img"]
+    assert main(again) == 2
+    err = capsys.readouterr().err
+    assert "already protected" in err and "--allow-double" in err and "allow_double=" not in err
+    assert not (tmp_path / "twice").exists()
+    assert main(again + ["--allow-double"]) == 0

@@ -219,7 +219,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
                   card_extra=card_extra or None)
     prot = ue.publish(ds, bank, args.out, label_column=_label_column(args.label_column), id_column=args.id_column,
                       batch_size=args.batch_size, num_proc=args.num_proc, device=args.device,
-                      overwrite=args.overwrite, **common)
+                      overwrite=args.overwrite, allow_double=args.allow_double, **common)
     shards = sorted(glob.glob(os.path.join(args.out, "data", "*.parquet")))
     rows = sum(len(d) for d in prot.values()) if hasattr(prot, "values") else len(prot)
     card = os.path.join(args.out, "README.md")
@@ -307,6 +307,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map (default: one)")
     p.add_argument("--max-shard-size", default="500MB", help="largest Parquet shard, e.g. 500MB (default) or 2GB")
     p.add_argument("--overwrite", action="store_true", help="replace the card and shards in a non-empty --out")
+    p.add_argument("--allow-double", action="store_true",
+                   help="protect DATA even though it already carries the uetransforms marker (adds noise twice)")
     p.add_argument("--license", default=None, metavar="ID",
                    help="the source's licence for the card, e.g. mit or cc-by-4.0 (default: read from DATA, else unknown)")
     p.add_argument("--source-dataset", action="append", metavar="REPO_ID",
