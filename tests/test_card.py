@@ -64,3 +64,13 @@ def test_card_never_holds_seed_or_bank_identity(method, tmp_path):
     card = dataset_card({"train": ds}, bank, image_column="img")
     assert "987654321" not in card and bank.sha256 not in card and "k.bank.arrow" not in card
     assert "seed" not in _front(card)["uetransforms"]
+
+
+def test_card_cites_the_method_from_its_contract():
+    from uetransforms.methods import get
+
+    ds = _ds()
+    card = dataset_card({"train": ds}, ue.fit("cuda", ds, image_column="img", seed=1), image_column="img")
+    citation = get("cuda").citation
+    assert citation and "## Citation of the method" in card and citation in card
+    assert _front(card)["uetransforms"]["citation"] == citation

@@ -196,11 +196,11 @@ def _fmt(v: Any) -> str:
 
 
 def _method_info(key: str) -> Any:
-    # ``uetransforms.methods`` the attribute is the ``methods()`` function; the registry is the subpackage.
+    """The method's contract (paper, citation...), or None for a bank of a method not registered here."""
     from .methods import get
 
     try:
-        return get(key).INFO
+        return get(key)
     except KeyError:
         return None
 
