@@ -94,7 +94,7 @@ def test_table_has_settings_by_defences(report):
 def test_report_json_schema_and_figure(report):
     with open(report.files["report"]) as f:
         doc = json.load(f, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert doc["schema"] == SCHEMA and doc["schema_version"] == 1
+    assert doc["schema"] == SCHEMA and doc["schema_version"] == SCHEMA_VERSION
     assert set(doc) >= {"config", "data", "quality", "rows", "environment", "files"}
     cfg = doc["config"]
     assert (cfg["arch"], cfg["epochs"], cfg["batch_size"], cfg["seed"], cfg["augment"]) == ("cnn-small", 3, 64, 0, True)

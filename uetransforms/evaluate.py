@@ -48,7 +48,7 @@ from .models import build_model
 
 #: Identifies the report format in ``report.json``; bump the version when fields change meaning.
 SCHEMA = "uetransforms.evaluate-report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: rows carry peak_accuracy / peak_epoch
 
 
 # ---------------------------------------------------------------------------- the report
@@ -64,6 +64,15 @@ class EvalRow:
     seconds: float  #: wall time of this run (training and per-epoch testing)
     protected_fraction: float  #: share of training rows that carry protection
     train_size: int
+    #: best clean test accuracy over the epochs: what a trainer who stops early at the right
+    #: epoch gets (an upper bound on early stopping: it picks the epoch with the test set)
+    peak_accuracy: float = float("nan")
+    peak_epoch: int = 0  #: 1-based epoch of ``peak_accuracy`` (the first, on ties)
+
+    def __post_init__(self) -> None:
+        if self.curve and self.peak_epoch == 0:
+            best = max(range(len(self.curve)), key=lambda i: (self.curve[i], -i))
+            self.peak_accuracy, self.peak_epoch = float(self.curve[best]), best + 1
 
 
 @dataclass
@@ -79,11 +88,14 @@ class EvalReport:
     #: a few (clean, protected) uint8 images for the figure; not serialised
     samples: tuple[torch.Tensor | None, torch.Tensor] | None = field(default=None, repr=False)
 
-    def accuracy(self, setting: str, defence: str = "none") -> float:
-        """Test accuracy of one run, e.g. ``report.accuracy("protected", "jpeg75")``."""
+    def accuracy(self, setting: str, defence: str = "none", *, which: str = "last") -> float:
+        """Test accuracy of one run, e.g. ``report.accuracy("protected", "jpeg75")``;
+        ``which="peak"`` gives the best epoch's (early stopping) instead of the last."""
+        if which not in ("last", "peak"):
+            raise ValueError(f"which must be 'last' or 'peak', got {which!r}")
         for r in self.rows:
             if r.setting == setting and r.defence == parse_defence(defence).name:
-                return r.test_accuracy
+                return r.test_accuracy if which == "last" else r.peak_accuracy
         raise KeyError(f"no run for setting={setting!r}, defence={defence!r}; runs: "
                        f"{[(r.setting, r.defence) for r in self.rows]}")
 
@@ -101,21 +113,24 @@ class EvalReport:
         })
 
     def table(self, *, long: bool = False) -> str:
-        """Markdown: settings as rows and defences as columns (clean test accuracy), side by side.
+        """Markdown: settings as rows and defences as columns, side by side; each cell is the clean
+        test accuracy after the last epoch and, in brackets, the peak over epochs and its epoch.
 
         ``long=True`` gives one line per run with train accuracy and seconds as well.
         """
         if long:
-            lines = ["| setting | defence | test acc | train acc | seconds |", "|---|---|---:|---:|---:|"]
-            lines += [f"| {r.setting} | {r.defence} | {r.test_accuracy:.3f} | {r.train_accuracy:.3f} | "
-                      f"{r.seconds:.1f} |" for r in self.rows]
+            lines = ["| setting | defence | test acc (last) | peak (epoch) | train acc | seconds |",
+                     "|---|---|---:|---:|---:|---:|"]
+            lines += [f"| {r.setting} | {r.defence} | {r.test_accuracy:.3f} | {r.peak_accuracy:.3f} ({r.peak_epoch}) | "
+                      f"{r.train_accuracy:.3f} | {r.seconds:.1f} |" for r in self.rows]
             return "\n".join(lines)
         settings = list(dict.fromkeys(r.setting for r in self.rows))
         defences = list(dict.fromkeys(r.defence for r in self.rows))
-        acc = {(r.setting, r.defence): r.test_accuracy for r in self.rows}
+        acc = {(r.setting, r.defence): f"{r.test_accuracy:.3f} (peak {r.peak_accuracy:.3f} @{r.peak_epoch})"
+               for r in self.rows}
         lines = ["| training set | " + " | ".join(defences) + " |", "|---|" + "---:|" * len(defences)]
         for s in settings:
-            cells = [f"{acc[(s, d)]:.3f}" if (s, d) in acc else "" for d in defences]
+            cells = [acc.get((s, d), "") for d in defences]
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -211,6 +226,17 @@ def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
     return correct / max(1, len(images))
 
 
+def _ueraser_loss(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, repeats: int,
+                  gen: torch.Generator) -> torch.Tensor:
+    """UEraser's loss: K augmented draws of every image, each image's worst draw (UEraser-Max,
+    arXiv 2303.15127); K = 1 is UEraser-Lite, plain training on one draw."""
+    from .defences import ueraser_augment
+
+    losses = torch.stack([F.cross_entropy(model(ueraser_augment(x, gen)), targets, reduction="none")
+                          for _ in range(repeats)])
+    return losses.amax(0).mean()
+
+
 def _train_run(train: _Split, test: _Split, defence: Defence, *, num_classes: int, cfg: dict[str, Any],
                device: torch.device, desc: str, progress: bool) -> tuple[list[float], float, float]:
     """Train one model from scratch; return (per-epoch clean test accuracy, train accuracy, seconds)."""
@@ -225,7 +251,7 @@ def _train_run(train: _Split, test: _Split, defence: Defence, *, num_classes: in
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=0.9, nesterov=True,
                           weight_decay=cfg["weight_decay"])
     start = time.perf_counter()
-    x_train = defence.prepare_train(train.images).to(device)
+    x_train = defence.prepare_train(train.images, train.labels, generator=gen).to(device)
     x_test = defence.prepare_test(test.images)
     y_train = train.labels.to(device)
     n, bs = len(x_train), min(cfg["batch_size"], len(x_train))
@@ -242,6 +268,8 @@ def _train_run(train: _Split, test: _Split, defence: Defence, *, num_classes: in
         for i in range(per_epoch):
             idx = order[i * bs : (i + 1) * bs]
             x = x_train[idx].to(torch.float32).div_(255)
+            if defence.transforms_batches:
+                x = defence.pre_augment(x, gen)
             if cfg["augment"]:
                 x = random_crop_flip(x, pad, gen)
             y = y_train[idx]
@@ -252,8 +280,11 @@ def _train_run(train: _Split, test: _Split, defence: Defence, *, num_classes: in
                     targets = y  # cutout leaves labels alone
             if defence.is_adversarial:
                 x = pgd(model, x, targets, epsilon=defence.pgd_epsilon, steps=defence.pgd_steps,  # type: ignore[arg-type]
-                        step_size=defence.pgd_step_size, generator=gen)
-            loss = F.cross_entropy(model(x), targets)
+                        step_size=defence.pgd_step_size, generator=gen, norm=defence.pgd_norm)
+            if defence.ueraser_repeats is not None:
+                loss = _ueraser_loss(model, x, targets, defence.ueraser_repeats, gen)
+            else:
+                loss = F.cross_entropy(model(x), targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -133,4 +133,75 @@ def report_figure(
     return path
 
 
-__all__ = ["amplify", "report_figure"]
+# Diverging scale for protected / clean ratios: blue = strong protection (ratio 0), pale yellow at
+# 0.5, red = the defence restores clean accuracy (ratio >= 1). Colour-blind safe (ColorBrewer RdYlBu).
+_RATIO_STOPS = [(0.0, (49, 54, 149)), (0.25, (116, 173, 209)), (0.5, (255, 255, 191)), (0.75, (244, 109, 67)),
+                (1.0, (165, 0, 38))]
+
+
+def ratio_colour(r: float) -> tuple[int, int, int]:
+    """The heatmap colour of a protected / clean ratio (clipped to [0, 1])."""
+    r = min(max(float(r), 0.0), 1.0)
+    for (a, ca), (b, cb) in zip(_RATIO_STOPS, _RATIO_STOPS[1:]):
+        if r <= b:
+            t = (r - a) / (b - a)
+            return tuple(int(round(x + t * (y - x))) for x, y in zip(ca, cb))  # type: ignore[return-value]
+    return _RATIO_STOPS[-1][1]
+
+
+def suite_heatmap(
+    path: str | os.PathLike,
+    ratio: Mapping[str, Mapping[str, float | None]],
+    methods: Sequence[str],
+    defences: Sequence[str],
+    *,
+    title: str = "",
+    clean: Mapping[str, float] | None = None,
+) -> str:
+    """Methods (rows) x defences (columns): protected / clean test accuracy under the same defence,
+    lower is better; a missing cell is drawn grey and labelled "not run". ``clean`` (clean accuracy
+    per defence) is printed under the column names. Returns the PNG's path.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = suite_heatmap(os.path.join(tempfile.mkdtemp(), "h.png"), {"cuda": {"none": 0.4, "iss": None}},
+        ...                   ["cuda"], ["none", "iss"])
+        >>> from PIL import Image; Image.open(p).size[0] > 0
+        True
+    """
+    font, small = _font(13), _font(11)
+    cw, ch, left, top = 104, 34, 96, 70 if title else 48
+    width = max(left + cw * len(defences) + 12, 480)
+    height = top + ch * len(methods) + 34
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((8, 6), title, fill="black", font=small)
+    for j, d in enumerate(defences):
+        x = left + j * cw
+        draw.text((x + 4, top - 36), d[:16], fill="black", font=font)
+        if clean and d in clean:
+            draw.text((x + 4, top - 18), f"clean {clean[d]:.2f}", fill=(90, 90, 90), font=small)
+    for i, m in enumerate(methods):
+        y = top + i * ch
+        draw.text((6, y + ch // 2 - 7), m, fill="black", font=font)
+        for j, d in enumerate(defences):
+            x = left + j * cw
+            r = ratio.get(m, {}).get(d)
+            fill = (200, 200, 200) if r is None else ratio_colour(r)
+            draw.rectangle([x, y, x + cw - 2, y + ch - 2], fill=fill)
+            text = "not run" if r is None else f"{r:.2f}"
+            dark = r is not None and (r < 0.2 or r > 0.85)
+            draw.text((x + cw // 2 - 18, y + ch // 2 - 7), text, fill="white" if dark else "black", font=font)
+    # legend: the colour scale from 0 to 1
+    ly = top + ch * len(methods) + 10
+    for k in range(200):
+        draw.line([(left + k, ly), (left + k, ly + 10)], fill=ratio_colour(k / 199))
+    draw.text((left - 40, ly - 2), "0", fill="black", font=small)
+    draw.text((left + 206, ly - 2), ">=1 (clean accuracy: broken)", fill="black", font=small)
+    path = os.fspath(path)
+    img.save(path, format="PNG")
+    return path
+
+
+__all__ = ["amplify", "ratio_colour", "report_figure", "suite_heatmap"]

@@ -1,0 +1,111 @@
+"""What was *measured* about each method: its effect, its image quality, which defences break it.
+
+The facts come from the defence suite (:func:`uetransforms.suite.evaluate_suite`), recorded with
+the command that produced them in ``uetransforms/assets/measured.json`` (shipped with the
+package) by :func:`record`. Nothing here is estimated: a defence that was not run is listed under
+``not_run``.
+
+Example:
+    >>> from uetransforms import measured
+    >>> facts = measured.for_method("cuda")
+    >>> sorted(facts) == [] or {"effect", "quality", "broken_by", "command"} <= set(facts)
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+#: The data file shipped with the package.
+ASSET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "measured.json")
+SCHEMA = "uetransforms.measured"
+
+
+def load(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The whole file: ``{"schema", "methods": {key: {profile: facts}}}`` (empty if none recorded)."""
+    p = os.fspath(path) if path is not None else ASSET
+    if not os.path.exists(p):
+        return {"schema": SCHEMA, "methods": {}}
+    with open(p) as f:
+        doc = json.load(f)
+    if doc.get("schema") != SCHEMA:
+        raise ValueError(f"{p} is not a uetransforms measured-facts file (schema {doc.get('schema')!r})")
+    return doc
+
+
+def for_method(key: str, *, profile: str | None = None, path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The measured facts of one method (``{}`` when it was never measured).
+
+    Keys: ``profile`` (the harness), ``effect`` (clean and protected test accuracy without a
+    defence, their ratio, the best-epoch accuracies), ``quality`` (PSNR/SSIM/L-inf of the
+    perturbation), ``defences`` (per defence: accuracy, clean accuracy, ratio), ``broken_by`` /
+    ``holds_against`` / ``not_run`` (defence names), ``protects``, ``command`` and ``recorded``.
+
+    Args:
+        key: a method key (``"cuda"``...).
+        profile: which harness's facts (``"cpu"``, ``"paper"``); default: the paper profile when
+            recorded, else the CPU one.
+    """
+    per_profile = load(path)["methods"].get(key, {})
+    if profile is not None:
+        return dict(per_profile.get(profile, {}))
+    for name in ("paper", "cpu"):
+        if name in per_profile:
+            return dict(per_profile[name])
+    return dict(next(iter(per_profile.values()), {}))
+
+
+def facts_from_results(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-method facts from a suite results document (``results.json``)."""
+    cells = {(c["method"], c["defence"]): c for c in doc["cells"]}
+    out: dict[str, dict[str, Any]] = {}
+    for m in doc["methods"]:
+        if m == "clean" or m not in doc["verdict"]:
+            continue
+        prot, clean = cells.get((m, "none")), cells.get(("clean", "none"))
+        effect = None
+        if prot is not None and clean is not None:
+            effect = {"clean_accuracy": clean["test_accuracy"], "protected_accuracy": prot["test_accuracy"],
+                      "ratio": doc["ratio"][m]["none"], "clean_peak": clean["peak_accuracy"],
+                      "protected_peak": prot["peak_accuracy"], "protected_peak_epoch": prot["peak_epoch"]}
+        defences = {}
+        for d in doc["defences"]:
+            c, base = cells.get((m, d)), cells.get(("clean", d))
+            if c is not None and base is not None:
+                defences[d] = {"spec": doc["defence_specs"].get(d, d), "accuracy": c["test_accuracy"],
+                               "clean_accuracy": base["test_accuracy"], "ratio": doc["ratio"][m][d],
+                               "peak_ratio": doc["peak_ratio"][m][d]}
+        info = doc.get("method_info", {}).get(m, {})
+        v = doc["verdict"][m]
+        out[m] = {"profile": doc["profile"], "effect": effect, "quality": info.get("quality"),
+                  "bank_params": info.get("bank_params"), "defences": defences, "protects": v["protects"],
+                  "broken_by": v["broken_by"], "holds_against": v["holds_against"], "not_run": v["not_run"],
+                  "broken_ratio": doc["broken_ratio"], "command": doc.get("command"),
+                  "harness": {k: doc["config"]["profile"].get(k) for k in ("arch", "epochs", "train_size", "test_size")}}
+    return out
+
+
+def record(doc: Mapping[str, Any], path: str | os.PathLike | None = None) -> str:
+    """Merge a suite's per-method facts into the measured-facts file (other profiles and methods
+    are kept; this profile's entry of each measured method is replaced). Returns the path."""
+    import time
+
+    p = os.fspath(path) if path is not None else ASSET
+    current = load(p)
+    stamp = time.strftime("%Y-%m-%d")
+    for m, facts in facts_from_results(doc).items():
+        current["methods"].setdefault(m, {})[facts["profile"]] = {**facts, "recorded": stamp}
+    current["methods"] = {k: current["methods"][k] for k in sorted(current["methods"])}
+    os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
+    tmp = f"{p}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(current, f, indent=1, sort_keys=False, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, p)
+    return p
+
+
+__all__ = ["ASSET", "facts_from_results", "for_method", "load", "record"]
