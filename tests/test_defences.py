@@ -3,8 +3,11 @@ import pytest
 import torch
 from PIL import Image
 
-from uetransforms.defences import (Defence, DefenceError, cutmix, cutout, jpeg, mixup, parse_defence, pgd,
-                                   to_grayscale)
+import torch.nn.functional as F
+
+from uetransforms.defences import (Defence, DefenceError, bit_depth_reduce, cutmix, cutout, fit_linear_directions, jpeg,
+                                   lowpass_dct, mixup, orthogonal_projection, parse_defence, pgd, plasma, random_sharpen,
+                                   to_grayscale, ueraser_augment)
 
 
 def _images(n=4, c=3, size=16, seed=0):
@@ -22,6 +25,22 @@ def _images(n=4, c=3, size=16, seed=0):
     ("cutmix", "cutmix_alpha", 1.0),
     ("pgd", "pgd_epsilon", 8 / 255),
     ("pgd:eps=4,steps=3,alpha=1", "pgd_steps", 3),
+    ("jpeg10", "jpeg_quality", 10),
+    ("jpeg33", "jpeg_quality", 33),
+    ("bdr", "bdr_bits", 2),
+    ("bdr:bits=3", "bdr_bits", 3),
+    ("bdr5", "bdr_bits", 5),
+    ("iss", "jpeg_quality", 10),
+    ("iss", "grayscale", True),
+    ("ueraser", "ueraser_repeats", 1),
+    ("ueraser:repeats=5", "ueraser_repeats", 5),
+    ("orthogonal", "orthogonal", True),
+    ("sharpen+lowpass", "sharpen_center", 2.5),
+    ("sharpen+lowpass", "lowpass_keep", 30.0),
+    ("rskff:center=3,keep=50", "lowpass_keep", 50.0),
+    ("lowpass", "sharpen_center", None),
+    ("pgd:norm=l2,eps=0.5", "pgd_epsilon", 0.5),
+    ("pgd:norm=l2", "pgd_norm", "l2"),
 ])
 def test_parse(spec, field, value):
     d = parse_defence(spec)
@@ -33,7 +52,10 @@ def test_parse_combines_and_rejects():
     assert (d.grayscale, d.jpeg_quality, d.cutout, d.name) == (True, 50, 0, "grayscale+jpeg50+cutout")
     assert parse_defence("pgd:eps=4,steps=3,alpha=1").pgd_step_size == pytest.approx(1 / 255)
     assert parse_defence(d) is d
-    for bad, msg in [("blur", "unknown defence"), ("jpeg0", "1..100"), ("jpeg101", "1..100"), ("pgd:steps=0", "step"),
+    assert parse_defence("sharpen+lowpass").name == "sharpen+lowpass"
+    for bad, msg in [("bdr:bits=0", "1..7"), ("bdr9", "1..7"), ("ueraser:repeats=0", "repeats"),
+                     ("lowpass:keep=0", "percentage"), ("pgd:norm=l1", "linf or l2"), ("iss+jpeg50", "twice"),
+                     ("blur", "unknown defence"), ("jpeg0", "1..100"), ("jpeg101", "1..100"), ("pgd:steps=0", "step"),
                      ("jpeg50+jpeg75", "twice"), ("pgd:eps", "key=value"), ("", "non-empty"), ("mixup0", "positive")]:
         with pytest.raises(DefenceError, match=msg):
             parse_defence(bad)
@@ -107,3 +129,149 @@ def test_prepare_train_and_test():
     assert torch.equal(te, to_grayscale(x))  # gray at test time too ...
     assert not torch.equal(tr, te)  # ... but JPEG only on the training images
     assert torch.equal(Defence().prepare_train(x), x)
+
+
+# ---------------------------------------------------------------------------- the literature's defences
+def test_bdr_has_exactly_two_to_the_bits_levels():
+    ramp = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(2, 3, 16, 16).contiguous()
+    for bits in (1, 2, 3, 5):
+        out = bit_depth_reduce(ramp, bits)
+        assert out.shape == ramp.shape and out.dtype == torch.uint8
+        levels = torch.unique(out)
+        assert len(levels) == 2 ** bits and levels[0] == 0 and levels[-1] == 255
+        assert torch.equal(bit_depth_reduce(out, bits), out)  # idempotent: levels map to themselves
+        assert (out.int() - ramp.int()).abs().max() <= 255 / (2 ** bits - 1) / 2 + 0.5  # nearest level
+    assert torch.equal(parse_defence("bdr:bits=3").prepare_train(ramp), bit_depth_reduce(ramp, 3))
+    with pytest.raises(DefenceError, match="uint8"):
+        bit_depth_reduce(ramp.float(), 2)
+
+
+def test_jpeg_quality_changes_the_bytes_and_the_error():
+    x = _images(n=4, size=32, seed=1)
+    q10, q90 = jpeg(x, 10), jpeg(x, 90)
+    assert q10.dtype == torch.uint8 and q10.shape == x.shape
+    assert not torch.equal(q10, q90)
+    err = lambda t: (t.float() - x.float()).abs().mean().item()  # noqa: E731
+    assert err(q10) > err(q90)
+    assert torch.equal(parse_defence("jpeg10").prepare_train(x), q10)
+
+
+def test_iss_is_gray_and_jpeg10_on_train_gray_on_test():
+    x = _images(n=4, size=32, seed=2)
+    d = parse_defence("iss")
+    tr, te = d.prepare_train(x), d.prepare_test(x)
+    assert tr.shape == x.shape and tr.dtype == torch.uint8
+    assert torch.equal(tr[:, 0], tr[:, 1]) and torch.equal(tr[:, 1], tr[:, 2])  # exactly gray
+    assert torch.equal(tr[:, :1], jpeg(to_grayscale(x)[:, :1].contiguous(), 10))  # JPEG-10 of the luma
+    assert torch.equal(te, to_grayscale(x))  # test images gray, not compressed
+
+
+def _planted(n=600, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, 8, 8, generator=g) * 0.6 + 0.2
+    pats = torch.sign(torch.randn(k, 3, 8, 8, generator=g)) * (16 / 255)
+    y = torch.arange(n) % k
+    x = ((base + pats[y]).clamp(0, 1) * 255).round().to(torch.uint8)
+    return x, y, pats
+
+
+def _class_separation(z, y, pats):
+    """Mean gap between each class's own pattern coefficient and the average over classes."""
+    u = pats.flatten(1) / pats.flatten(1).norm(dim=1, keepdim=True)
+    m = torch.stack([z.flatten(1)[y == c].mean(0) for c in range(len(pats))]) @ u.t()
+    return float((m.diag() - m.mean(0)).abs().mean())
+
+
+def test_orthogonal_projection_removes_a_planted_class_wise_direction(one_thread):
+    x, y, pats = _planted(n=300)
+    w = fit_linear_directions(x, y, epochs=60, batch_size=32, generator=torch.Generator().manual_seed(1))
+    cos = (w / w.norm(dim=1, keepdim=True) * (pats.flatten(1) / pats.flatten(1).norm(dim=1, keepdim=True))).sum(1)
+    assert (cos > 0.6).all()  # the linear model finds the planted patterns
+    proj = orthogonal_projection(x, y, epochs=60, batch_size=32, generator=torch.Generator().manual_seed(1))
+    assert proj.shape == x.shape and proj.dtype == torch.float32
+    before, after = _class_separation(x.float(), y, pats), _class_separation(proj, y, pats)
+    assert after < 0.1 * before
+    # The image content orthogonal to the directions survives.
+    assert (proj - x.float()).flatten(1).norm(dim=1).mean() < 0.5 * x.float().flatten(1).norm(dim=1).mean()
+    d = parse_defence("orthogonal")
+    with pytest.raises(DefenceError, match="labels"):
+        d.prepare_train(x)
+    assert d.prepare_train(x[:40], y[:40]).dtype == torch.float32
+
+
+def _blur(z, kernel):
+    w = kernel.view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+    return F.conv2d(F.pad(z, (1, 1, 1, 1), mode="replicate"), w, groups=3).clamp(0, 1)
+
+
+def test_sharpen_lowpass_shrinks_the_difference_between_class_blurs(one_thread):
+    # CUDA's shortcut is the class-wise blur: the same image under two class kernels differs. After
+    # sharpening + DCT low-pass the two versions (and the blurred vs clean image) are much closer.
+    g = torch.Generator().manual_seed(0)
+    imgs = F.avg_pool2d(torch.rand(32, 3, 32, 32, generator=g), 3, 1, 1)
+    k1, k2 = torch.rand(3, 3, generator=g), torch.rand(3, 3, generator=g)
+    b1, b2 = _blur(imgs, k1 / k1.sum()), _blur(imgs, k2 / k2.sum())
+
+    def t(z):
+        return lowpass_dct(random_sharpen(z, 2.5, torch.Generator().manual_seed(0), std=0.0), 30)
+
+    rel = lambda a, b, ref: float((a - b).norm() / ref.norm())  # noqa: E731
+    assert rel(t(b1), t(imgs), t(imgs)) < 0.5 * rel(b1, imgs, imgs)  # the blur is largely undone
+    assert rel(t(b1), t(b2), t(imgs)) < 0.8 * rel(b1, b2, imgs)  # and the classes' blurs differ less
+    d = parse_defence("sharpen+lowpass")
+    out = d.pre_augment(imgs, torch.Generator().manual_seed(1))
+    assert out.shape == imgs.shape and out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out, d.pre_augment(imgs, torch.Generator().manual_seed(1)))  # seeded
+
+
+def test_random_sharpen_draws_one_kernel_per_image():
+    flat = torch.full((4, 3, 8, 8), 0.5)
+    assert torch.allclose(random_sharpen(flat, 2.5, torch.Generator().manual_seed(0)), flat, atol=0.3)
+    dot = torch.zeros(2, 3, 9, 9)
+    dot[:, :, 4, 4] = 0.2
+    out = random_sharpen(dot, 2.5, torch.Generator().manual_seed(0))
+    assert out[0, 0, 4, 4] != out[1, 0, 4, 4]  # different centres drawn
+    assert torch.equal(out[:, 0], out[:, 2])  # the same kernel on every channel
+    assert out[0, 0, 0, 0] == 0 and out[0, 0, 3, 3] == 0  # corners of the cross stay 0
+
+
+def test_lowpass_dct_keeps_low_and_removes_high_frequencies():
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(lowpass_dct(x, 100), x, atol=1e-5)  # orthonormal DCT round trip
+    checker = ((torch.arange(16).view(-1, 1) + torch.arange(16)) % 2).float().expand(1, 1, 16, 16) * 0.5 + 0.25
+    out = lowpass_dct(checker, 30)
+    # the checkerboard is (nearly) the highest DCT frequency: 95% of its contrast is gone
+    assert out.std() < 0.05 * checker.std() and abs(out.mean() - 0.5) < 1e-3
+
+
+def test_ueraser_augment_changes_images_within_range_and_is_seeded():
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    state = torch.get_rng_state()
+    a = ueraser_augment(x, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left as it was
+    b = ueraser_augment(x, torch.Generator().manual_seed(5))
+    assert a.shape == x.shape and a.dtype == torch.float32 and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)
+    assert (a - x).abs().mean() > 0.05  # heavy: far beyond an 8/255 perturbation
+    p = plasma((3, 16, 16), torch.tensor([0.1, 0.4, 0.7]), torch.Generator().manual_seed(0))
+    assert p.shape == (3, 16, 16) and p.min() == 0 and p.max() == pytest.approx(1)
+    # rougher maps carry more high-frequency energy
+    hf = (p[:, :, 1:] - p[:, :, :-1]).abs().mean((1, 2))
+    assert hf[2] > hf[0]
+
+
+def test_pgd_l2_stays_in_the_ball_and_raises_the_loss(one_thread):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    x = torch.rand(16, 3, 8, 8)
+    y = model(x).argmax(1)
+    adv = pgd(model, x, y, epsilon=0.5, steps=5, norm="l2", generator=torch.Generator().manual_seed(0))
+    norms = (adv - x).flatten(1).norm(dim=1)
+    assert (norms <= 0.5 + 1e-5).all() and norms.max() > 0.3
+    assert adv.min() >= 0 and adv.max() <= 1
+    ce = torch.nn.functional.cross_entropy
+    assert ce(model(adv), y) > ce(model(x), y)
+    d = parse_defence("pgd:norm=l2,eps=0.5,steps=2")
+    assert (d.pgd_norm, d.pgd_epsilon, d.pgd_steps) == ("l2", 0.5, 2)
+    with pytest.raises(DefenceError, match="norm"):
+        pgd(model, x, y, epsilon=0.5, steps=1, norm="l1")

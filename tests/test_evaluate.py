@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import uetransforms as ue
-from uetransforms.evaluate import SCHEMA, add_cli_arguments, evaluate, random_crop_flip, run_cli
+from uetransforms.evaluate import SCHEMA, SCHEMA_VERSION, add_cli_arguments, evaluate, random_crop_flip, run_cli
 from uetransforms.ops import apply
 
 FAST = dict(epochs=3, batch_size=64, progress=False)
@@ -106,8 +106,9 @@ def test_report_json_schema_and_figure(report):
     assert len(doc["rows"]) == 6
     for row in doc["rows"]:
         assert set(row) == {"setting", "defence", "test_accuracy", "curve", "train_accuracy", "seconds",
-                            "protected_fraction", "train_size"}
+                            "protected_fraction", "train_size", "peak_accuracy", "peak_epoch"}
         assert len(row["curve"]) == 3 and row["curve"][-1] == row["test_accuracy"] and row["seconds"] > 0
+        assert row["peak_accuracy"] == max(row["curve"]) == row["curve"][row["peak_epoch"] - 1]
     img = Image.open(report.files["figure"])
     assert img.format == "PNG" and img.width >= 600 and img.height >= 300
 
@@ -153,7 +154,7 @@ def test_bad_input_is_named(data):
     with pytest.raises(ue.DataError, match="label_column"):
         evaluate(prot, test, label_column="target", progress=False)
     with pytest.raises(ValueError, match="unknown defence"):
-        evaluate(prot, test, defences=["sharpen"], progress=False)
+        evaluate(prot, test, defences=["blur"], progress=False)
     with pytest.raises(ValueError, match="no entry"):
         evaluate(prot, test, label_map={0: 0}, progress=False)
     with pytest.raises(ValueError, match="not both"):
@@ -192,3 +193,82 @@ def test_cli_with_bank_and_parquet(data, tmp_path):
         ("clean", "none"), ("clean", "jpeg75"), ("protected", "none"), ("protected", "jpeg75")]
     assert doc["data"]["train_size"] == 200 and doc["quality"]["linf_max"] == 51.0
     assert os.path.getsize(tmp_path / "out" / "figure.png") > 1000
+
+
+def test_peak_accuracy_and_epoch():
+    from uetransforms.evaluate import EvalRow
+
+    row = EvalRow(setting="protected", defence="none", test_accuracy=0.2, curve=[0.3, 0.5, 0.5, 0.2],
+                  train_accuracy=0.9, seconds=1.0, protected_fraction=1.0, train_size=10)
+    assert (row.peak_accuracy, row.peak_epoch) == (0.5, 2)  # the first epoch of a tie
+    kept = EvalRow(**{**row.__dict__, "peak_accuracy": 0.7, "peak_epoch": 3})  # as read back from JSON
+    assert (kept.peak_accuracy, kept.peak_epoch) == (0.7, 3)
+
+
+def test_report_carries_peak_and_last(report):
+    for r in report.rows:
+        assert r.peak_accuracy == max(r.curve) and r.curve[r.peak_epoch - 1] == r.peak_accuracy
+        assert report.accuracy(r.setting, r.defence, which="peak") == r.peak_accuracy
+    assert "peak" in report.table() and "peak (epoch)" in report.table(long=True)
+    with pytest.raises(ValueError, match="last"):
+        report.accuracy("clean", which="best")
+
+
+def _parquets(data, tmp_path):
+    import datasets
+
+    clean, _, test = data
+    for name, d in (("train", clean), ("test", test)):
+        datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in d["image"]], "label": d["label"]}
+                                   ).to_parquet(str(tmp_path / f"{name}.parquet"))
+    return str(tmp_path / "train.parquet"), str(tmp_path / "test.parquet")
+
+
+def _parse(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_without_clean_train_says_why_and_writes_a_report(data, tmp_path, monkeypatch, capsys):
+    train, test = _parquets(data, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(_parse(["--train", train, "--test", test, "--epochs", "1", "--limit-train", "128", "--quiet"])) == 0
+    out = capsys.readouterr().out
+    assert "no clean baseline" in out and "--clean-train" in out and "--bank" in out
+    reports = list((tmp_path / "uetransforms-reports").glob("evaluate-*/report.json"))
+    assert len(reports) == 1 and str(reports[0]) in out
+    assert json.loads(reports[0].read_text())["rows"][0]["setting"] == "protected"
+
+
+def test_cli_suite_runs_resumes_and_refuses_mixed_options(data, tmp_path, monkeypatch, capsys):
+    train, test = _parquets(data, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--train", train, "--test", test, "--suite", "standard", "--methods", "random", "--defences", "none",
+            "bdr", "--epochs", "1", "--limit-train", "96", "--limit-test", "64", "--quiet"]
+    assert run_cli(_parse(argv)) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "uetransforms-reports" / "suite-cpu"
+    assert str(folder / "results.json") in out and (folder / "heatmap.png").exists()
+    doc = json.loads((folder / "results.json").read_text())
+    assert len(doc["cells"]) == 4 and doc["command"].startswith("uetransforms ")
+    assert doc["config"]["profile"]["train_size"] == 96
+    stamp = os.path.getmtime(folder / "cells" / "random__bdr.json")
+    assert run_cli(_parse(argv)) == 0  # resumes: nothing to do
+    assert os.path.getmtime(folder / "cells" / "random__bdr.json") == stamp
+    with pytest.raises(ValueError, match="--clean-train"):
+        run_cli(_parse(argv + ["--clean-train", train]))
+    with pytest.raises(ValueError, match="--suite"):
+        run_cli(_parse(["--train", train, "--test", test, "--methods", "cuda"]))
+
+
+def test_literature_defences_train(data):
+    clean, prot, test = data
+    small = {k: v[:128] for k, v in prot.items()}
+    specs = ["iss", "bdr:bits=3", "ueraser:repeats=2", "sharpen+lowpass", "orthogonal", "pgd:norm=l2,eps=0.5,steps=1"]
+    rep = evaluate(small, test, defences=specs, epochs=1, batch_size=64, progress=False)
+    assert [r.defence for r in rep.rows] == specs
+    for r in rep.rows:
+        assert 0 <= r.test_accuracy <= 1 and 0 <= r.train_accuracy <= 1 and r.peak_epoch == 1

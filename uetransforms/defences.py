@@ -110,7 +110,11 @@ class Defence:
         if self.grayscale:
             images = to_grayscale(images)
         if self.jpeg_quality is not None:
-            images = jpeg(images, self.jpeg_quality)
+            if self.grayscale and images.shape[1] == 3:
+                # encode the one luma plane: a 3-channel JPEG of a gray image comes back off-gray by +-1
+                images = jpeg(images[:, :1].contiguous(), self.jpeg_quality).expand_as(images).contiguous()
+            else:
+                images = jpeg(images, self.jpeg_quality)
         if self.bdr_bits is not None:
             images = bit_depth_reduce(images, self.bdr_bits)
         if self.orthogonal:
