@@ -35,10 +35,12 @@ from .publish import publish
 _LAZY = {
     "Protect": ".protect",
     "ProtectTransform": ".transforms",
+    "evaluate_suite": ".suite",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .protect import Protect
+    from .suite import evaluate_suite
     from .transforms import ProtectTransform
 
 
@@ -54,5 +56,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BankError", "DataError", "FitData", "ImageModeError", "NoiseBank", "Protect", "ProtectTransform",
-    "SizeMismatchError", "__version__", "evaluate", "fit", "methods", "ops", "publish",
+    "SizeMismatchError", "__version__", "evaluate", "evaluate_suite", "fit", "methods", "ops", "publish",
 ]
