@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default=None)
+    p.add_argument("--no-wait", action="store_true",
+                   help="return when the cells left are all being trained by other processes")
     p.add_argument("--record-measured", action="store_true",
                    help="write the per-method facts into uetransforms/assets/measured.json")
     args = p.parse_args(argv)
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/bench_suite.py " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = evaluate_suite(train, test, methods=args.methods, defences=args.defences, profile=args.profile,
                          overrides={"epochs": args.epochs} if args.epochs else None, out_dir=args.out_dir,
-                         image_column="img", label_column="label", device=args.device, command=command)
+                         image_column="img", label_column="label", device=args.device, command=command,
+                         wait=not args.no_wait)
     print(table(doc))
     print(f"\nnot run: {len(doc['not_run'])} cells; results in {doc['files']['results']}")
     if args.copy_to:

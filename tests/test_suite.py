@@ -132,3 +132,11 @@ def test_summarise_calls_broken_only_what_protected():
     assert s["ratio"]["a"]["jpeg10"] == pytest.approx(0.9) and 0.9 >= BROKEN_RATIO
     # b never protected: nothing to break; its missing iss cell is listed as not run
     assert s["verdict"]["b"] == {"protects": False, "broken_by": [], "holds_against": [], "not_run": ["iss"]}
+
+
+def test_cells_claimed_by_another_live_process_are_left_to_it(data, tmp_path, one_thread):
+    (tmp_path / "cells").mkdir(parents=True)
+    (tmp_path / "cells" / "random__bdr.json.lock").write_text("1")  # pid 1: alive, not us
+    doc = _run(data, tmp_path, wait=False)
+    assert {"method": "random", "defence": "bdr"} in doc["not_run"] and len(doc["cells"]) == 3
+    assert (tmp_path / "cells" / "random__bdr.json.lock").read_text() == "1"  # not taken over

@@ -208,6 +208,7 @@ def evaluate_suite(
     seed: int = 0,
     device: str | torch.device | None = None,
     command: str | None = None,
+    wait: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) methods x defences and return the results document (also ``results.json``).
@@ -227,6 +228,8 @@ def evaluate_suite(
         method_params: per-method fit parameters on top of the profile's.
         bank_seed: the methods' private key; seed: training seed.
         command: the command line that produced this (recorded in the results).
+        wait: when the only cells left are being trained by other processes, wait for them
+            (``False``: return at once; the results then list those cells as not run yet).
         progress: a tqdm bar over the cells with an ETA.
     """
     from tqdm.auto import tqdm
@@ -301,6 +304,8 @@ def evaluate_suite(
                 claim.release()
         if left and len(left) == len(todo):
             # everything left is claimed by other live processes: wait for them, then report
+            if not wait:
+                break
             deferred_rounds += 1
             if deferred_rounds > 720:
                 break
