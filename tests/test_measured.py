@@ -27,6 +27,8 @@ def test_record_and_read_back(tmp_path, one_thread):
     assert facts["defences"]["jpeg10"]["ratio"] == pytest.approx(cells[("random", "jpeg10")] / cells[("clean", "jpeg10")])
     assert facts["quality"]["linf_max"] <= 8 and "psnr_mean" in facts["quality"]
     assert set(facts["broken_by"]) | set(facts["holds_against"]) <= {"jpeg10", "early-stop"}
+    assert "seed" not in facts["bank_params"] and "epsilon" in facts["bank_params"]  # never the private key
+    assert "seed" not in json.dumps(doc["method_info"]["random"]["bank_params"])
     assert measured.for_method("random", profile="paper", path=path) == {}
     # another profile's facts are kept side by side, and the paper profile is preferred
     doc2 = json.loads(json.dumps(doc))

@@ -78,10 +78,12 @@ def facts_from_results(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                 defences[d] = {"spec": doc["defence_specs"].get(d, d), "accuracy": c["test_accuracy"],
                                "clean_accuracy": base["test_accuracy"], "ratio": doc["ratio"][m][d],
                                "peak_ratio": doc["peak_ratio"][m][d]}
+        from .suite import public_params
+
         info = doc.get("method_info", {}).get(m, {})
         v = doc["verdict"][m]
         out[m] = {"profile": doc["profile"], "effect": effect, "quality": info.get("quality"),
-                  "bank_params": info.get("bank_params"), "defences": defences, "protects": v["protects"],
+                  "bank_params": public_params(info.get("bank_params") or {}), "defences": defences, "protects": v["protects"],
                   "broken_by": v["broken_by"], "holds_against": v["holds_against"], "not_run": v["not_run"],
                   "broken_ratio": doc["broken_ratio"], "command": doc.get("command"),
                   "harness": {k: doc["config"]["profile"].get(k) for k in ("arch", "epochs", "train_size", "test_size")}}

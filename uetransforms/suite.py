@@ -392,11 +392,20 @@ class _Data:
         if not os.path.exists(info_path) or fit_seconds is not None:
             from .quality import summary
 
-            _write_json(info_path, {"method": method, "params": dict(params), "bank_params": dict(bank.params),
+            _write_json(info_path, {"method": method, "params": dict(params), "bank_params": public_params(bank.params),
                                     "fit_seconds": fit_seconds, "protect_seconds": round(time.perf_counter() - t0, 1),
                                     "quality": summary(self.clean.images, split.images)})
         self._prot[method] = split
         return split
+
+
+#: bank parameters that are (or derive) the private key: never written next to results
+SECRET_PARAMS = frozenset({"seed", "key", "secret", "private_key"})
+
+
+def public_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A bank's parameters without the private key (results and measured facts are shared)."""
+    return {k: v for k, v in params.items() if k not in SECRET_PARAMS}
 
 
 def _head(ds: Any, n: int | None) -> Any:
