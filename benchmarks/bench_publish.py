@@ -18,8 +18,13 @@ alone on the source bytes, with this installation's codecs (``uetransforms.codec
 Sources: CIFAR-10 train prefix (32 px, as stored: JPEG), and the same images upscaled to 384 px
 (bicubic) and stored as JPEG q90 -- built in a temporary directory, never in the repository.
 
+``--codecs`` instead compares the candidate codecs that are installed (PNG encoders on
+protected-like pixels -- the source plus uniform integer noise in [-8, 8] -- and JPEG decoders
+against PIL's pixels): images/s, bytes against PIL level 6, lossless and deterministic checks.
+
 Run:
     OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --n32 4000 --n384 240 --repeats 2
+    OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --codecs --n32 1000 --n384 60
 """
 
 from __future__ import annotations
@@ -122,6 +127,92 @@ def pil6_ratio(png_rows: list[bytes]) -> tuple[float, float]:
     return ours / len(png_rows), ours / pil
 
 
+def _candidates() -> tuple[dict, dict]:
+    """PNG encoders and JPEG decoders to compare: each one whose package is installed."""
+    from PIL import Image
+
+    def pil_png(level):
+        def enc(a):
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, "PNG", compress_level=level)
+            return buf.getvalue()
+        return enc
+
+    encoders = {"PIL level 6": pil_png(6), "PIL level 1": pil_png(1)}
+    decoders = {"PIL": lambda b: np.asarray(Image.open(io.BytesIO(b)))}
+    try:
+        import fpng
+
+        encoders["fpng"] = fpng.from_ndarray
+    except ImportError:
+        pass
+    try:
+        import imagecodecs as ic
+
+        for lvl in (1, 6):
+            encoders[f"imagecodecs png (libpng) level {lvl}"] = lambda a, lvl=lvl: ic.png_encode(a, level=lvl)
+            encoders[f"imagecodecs spng level {lvl}"] = lambda a, lvl=lvl: ic.spng_encode(a, level=lvl)
+        decoders["imagecodecs jpeg8 (libjpeg-turbo)"] = ic.jpeg8_decode
+    except ImportError:
+        pass
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+        for lvl in (1, 3):
+            encoders[f"opencv level {lvl}"] = lambda a, lvl=lvl: cv2.imencode(
+                ".png", np.ascontiguousarray(a[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, lvl])[1].tobytes()
+        decoders["opencv"] = lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    except ImportError:
+        pass
+    try:
+        import simplejpeg
+
+        decoders["simplejpeg (accurate)"] = lambda b: simplejpeg.decode_jpeg(b, fastdct=False, fastupsample=False)
+    except ImportError:
+        pass
+    try:
+        import pyspng  # noqa: F401  (a decoder only: listed so its absence from the table is explained)
+    except ImportError:
+        pass
+    return encoders, decoders
+
+
+def compare_codecs(sources: dict[str, str]) -> list[dict]:
+    """Every installed candidate on the same images: images/s, bytes vs PIL level 6, checks."""
+    from PIL import Image
+
+    from uetransforms import codecs
+
+    encoders, decoders = _candidates()
+    encoders["uetransforms.codecs.encode_png (default)"] = codecs.encode_png
+    decoders["uetransforms.codecs.decode"] = lambda b: codecs.decode(b, channels=3).transpose(1, 2, 0)
+    rng = np.random.default_rng(0)
+    rows = []
+    for size, src in sources.items():
+        jpgs = parquet_image_bytes([src])
+        pixels = [np.asarray(Image.open(io.BytesIO(b))) for b in jpgs]
+        noisy = [np.clip(a.astype(np.int16) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8) for a in pixels]
+        ref = None
+        for name, enc in encoders.items():
+            start = time.perf_counter()
+            out = [enc(a) for a in noisy]
+            rate = len(noisy) / (time.perf_counter() - start)
+            total = sum(map(len, out))
+            ref = ref or total
+            lossless = all(np.array_equal(np.asarray(Image.open(io.BytesIO(o))), a) for o, a in zip(out, noisy))
+            rows.append({"size": size, "kind": "PNG encode", "codec": name, "img_s": rate, "vs_pil6": total / ref,
+                         "bytes_per_image": total / len(out), "exact": lossless,
+                         "deterministic": enc(noisy[0].copy()) == out[0]})
+        for name, dec in decoders.items():
+            start = time.perf_counter()
+            out = [dec(b) for b in jpgs]
+            rate = len(jpgs) / (time.perf_counter() - start)
+            rows.append({"size": size, "kind": "JPEG decode", "codec": name, "img_s": rate,
+                         "exact": all(np.array_equal(o, p) for o, p in zip(out, pixels))})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--src", default=DEFAULT_SRC, help="CIFAR-10 train Parquet (img, label)")
@@ -131,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--method", default="cuda", help="protection method of the bank")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--codecs", action="store_true", help="compare the installed candidate codecs instead")
     args = p.parse_args(argv)
 
     import datasets
@@ -145,6 +237,19 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"codecs": codecs.info(), "load": os.getloadavg(), "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="bench_publish_") as tmp:
         sources = build_sources(args.src, tmp, args.n32, args.n384)
+        if args.codecs:
+            rows = compare_codecs(sources)
+            print(f"load avg before {results['load']}, after {os.getloadavg()}")
+            print("| size | what | codec | images/s | bytes vs PIL-6 | exact | deterministic |")
+            print("|---|---|---|---|---|---|---|")
+            for r in rows:
+                vs = f"{r['vs_pil6']:.3f}x" if "vs_pil6" in r else "-"
+                print(f"| {r['size']} | {r['kind']} | {r['codec']} | {r['img_s']:.0f} | {vs} | {r['exact']} | "
+                      f"{r.get('deterministic', '-')} |")
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(rows, f, indent=1)
+            return {"codecs": rows}
         fit_ds = datasets.Dataset.from_parquet(sources.get("32px") or sources["384px"], cache_dir=os.path.join(tmp, "c"))
         bank = ue.fit(args.method, fit_ds.select(range(min(len(fit_ds), 1000))), image_column="img", seed=1)
         for size, src in sources.items():
