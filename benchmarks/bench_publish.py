@@ -10,7 +10,9 @@ bytes, decoded by ``datasets`` on access) and end with Parquet files on disk:
   and the card.
 
 They run in the same process, alternated (identity, publish, publish, identity, ...), with
-``datasets`` caching off so no run reuses another's output. Reported: images/s, the time ratio
+``datasets`` caching off so no run reuses another's output; each is reported by its best run,
+in wall time and in CPU time of this process (the machine is shared: CPU time is what
+contention distorts least). Reported: images/s, the time ratio
 publish/identity (target <= 0.33 at 32 px, <= 0.10 at 384 px), PNG bytes per image against PIL
 level 6 on the *same published pixels* (target <= 1.25x), and the codec floor: decode + encode
 alone on the source bytes, with this installation's codecs (``uetransforms.codecs``) and with PIL.
@@ -20,11 +22,11 @@ Sources: CIFAR-10 train prefix (32 px, as stored: JPEG), and the same images ups
 
 ``--codecs`` instead compares the candidate codecs that are installed (PNG encoders on
 protected-like pixels -- the source plus uniform integer noise in [-8, 8] -- and JPEG decoders
-against PIL's pixels): images/s, bytes against PIL level 6, lossless and deterministic checks.
+against PIL's pixels): best of 3 runs in images/s, bytes against PIL level 6, lossless and deterministic checks.
 
 Run:
     OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --n32 4000 --n384 240 --repeats 2
-    OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --codecs --n32 1000 --n384 60
+    OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --codecs --n32 1000 --n384 40
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import glob
 import io
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -92,7 +93,7 @@ def run_publish(ds, bank, out: str) -> None:
 
 
 def codec_floor(byte_rows: list[bytes]) -> dict[str, float]:
-    """images/s of decode + lossless encode alone, this installation's codecs vs PIL at level 6."""
+    """images/s (best of 3) of decode + lossless encode alone: this installation's codecs, PIL at level 6."""
     from PIL import Image
 
     from uetransforms import codecs
@@ -105,13 +106,8 @@ def codec_floor(byte_rows: list[bytes]) -> dict[str, float]:
         Image.open(io.BytesIO(b)).copy().save(buf, "PNG")
         return buf.getvalue()
 
-    res = {}
-    for name, fn in (("codecs", ours), ("pil", pil)):
-        start = time.perf_counter()
-        for b in byte_rows:
-            fn(b)
-        res[name] = len(byte_rows) / (time.perf_counter() - start)
-    return res
+    return {name: best_rate(lambda: [fn(b) for b in byte_rows], len(byte_rows))[0]
+            for name, fn in (("codecs", ours), ("pil", pil))}
 
 
 def pil6_ratio(png_rows: list[bytes]) -> tuple[float, float]:
@@ -178,6 +174,16 @@ def _candidates() -> tuple[dict, dict]:
     return encoders, decoders
 
 
+def best_rate(fn, n: int, repeats: int = 3):
+    """Best images/s of ``repeats`` runs (the machine is shared: the best run is the least disturbed)."""
+    best, out = 0.0, None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = max(best, n / (time.perf_counter() - start))
+    return best, out
+
+
 def compare_codecs(sources: dict[str, str]) -> list[dict]:
     """Every installed candidate on the same images: images/s, bytes vs PIL level 6, checks."""
     from PIL import Image
@@ -195,9 +201,7 @@ def compare_codecs(sources: dict[str, str]) -> list[dict]:
         noisy = [np.clip(a.astype(np.int16) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8) for a in pixels]
         ref = None
         for name, enc in encoders.items():
-            start = time.perf_counter()
-            out = [enc(a) for a in noisy]
-            rate = len(noisy) / (time.perf_counter() - start)
+            rate, out = best_rate(lambda: [enc(a) for a in noisy], len(noisy))
             total = sum(map(len, out))
             ref = ref or total
             lossless = all(np.array_equal(np.asarray(Image.open(io.BytesIO(o))), a) for o, a in zip(out, noisy))
@@ -205,9 +209,7 @@ def compare_codecs(sources: dict[str, str]) -> list[dict]:
                          "bytes_per_image": total / len(out), "exact": lossless,
                          "deterministic": enc(noisy[0].copy()) == out[0]})
         for name, dec in decoders.items():
-            start = time.perf_counter()
-            out = [dec(b) for b in jpgs]
-            rate = len(jpgs) / (time.perf_counter() - start)
+            rate, out = best_rate(lambda: [dec(b) for b in jpgs], len(jpgs))
             rows.append({"size": size, "kind": "JPEG decode", "codec": name, "img_s": rate,
                          "exact": all(np.array_equal(o, p) for o, p in zip(out, pixels))})
     return rows
@@ -256,29 +258,34 @@ def main(argv: list[str] | None = None) -> dict:
             ds = datasets.Dataset.from_parquet(src, cache_dir=os.path.join(tmp, "c"))
             n = len(ds)
             times: dict[str, list[float]] = {"identity": [], "publish": []}
+            cpu: dict[str, list[float]] = {"identity": [], "publish": []}
             out_files: dict[str, list[str]] = {}
             order = []
             for r in range(args.repeats):
                 order += ["identity", "publish"] if r % 2 == 0 else ["publish", "identity"]
             for i, name in enumerate(order):
                 out = os.path.join(tmp, f"{size}-{name}-{i}")
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 if name == "identity":
                     os.makedirs(out)
                     run_identity(ds, os.path.join(out, "data.parquet"))
                 else:
                     run_publish(ds, bank, out)
                 times[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
                 out_files[name] = glob.glob(os.path.join(out, "**", "*.parquet"), recursive=True)
             src_bytes = parquet_image_bytes([src])
             pub = parquet_image_bytes(out_files["publish"])
             ident = parquet_image_bytes(out_files["identity"])
             per_img, ratio_pil6 = pil6_ratio(pub)
             floor = codec_floor(src_bytes)
-            t_id, t_pub = statistics.median(times["identity"]), statistics.median(times["publish"])
+            # Best run of each: on a shared machine the least disturbed run is the closest to the cost.
+            t_id, t_pub = min(times["identity"]), min(times["publish"])
+            c_id, c_pub = min(cpu["identity"]), min(cpu["publish"])
             results["sizes"][size] = {
-                "images": n, "times_s": times,
+                "images": n, "times_s": times, "cpu_s": cpu,
                 "identity_img_s": n / t_id, "publish_img_s": n / t_pub, "ratio": t_pub / t_id,
+                "identity_img_cpu_s": n / c_id, "publish_img_cpu_s": n / c_pub, "ratio_cpu": c_pub / c_id,
                 "publish_bytes_per_image": per_img, "publish_vs_pil6_same_pixels": ratio_pil6,
                 "identity_bytes_per_image": sum(map(len, ident)) / len(ident),
                 "floor_img_s": floor, "png": pub[0][:8] == b"\x89PNG\r\n\x1a\n", "marked": codecs.is_marked(pub[0]),
@@ -287,13 +294,15 @@ def main(argv: list[str] | None = None) -> dict:
     results["load_after"] = os.getloadavg()
 
     print(f"codecs: {results['codecs']}; load avg before {results['load']}, after {results['load_after']}")
-    print("| size | images | identity img/s | publish img/s | publish/identity time | target | "
-          "bytes/img (publish) | vs PIL-6 same pixels | floor img/s (codecs / PIL) |")
+    print("| size | images | identity img/s wall (CPU) | publish img/s wall (CPU) | publish/identity wall (CPU) | "
+          "target | bytes/img (publish) | vs PIL-6 same pixels | floor img/s (codecs / PIL) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for size, r in results["sizes"].items():
         target = 0.33 if size == "32px" else 0.10
-        print(f"| {size} | {r['images']} | {r['identity_img_s']:.0f} | {r['publish_img_s']:.0f} | {r['ratio']:.2f}x | "
-              f"<= {target:.2f}x {'met' if r['ratio'] <= target else 'MISSED'} | {r['publish_bytes_per_image']:.0f} | "
+        met = "met" if max(r["ratio"], r["ratio_cpu"]) <= target else "MISSED"
+        print(f"| {size} | {r['images']} | {r['identity_img_s']:.0f} ({r['identity_img_cpu_s']:.0f}) | "
+              f"{r['publish_img_s']:.0f} ({r['publish_img_cpu_s']:.0f}) | {r['ratio']:.2f}x ({r['ratio_cpu']:.2f}x) | "
+              f"<= {target:.2f}x {met} | {r['publish_bytes_per_image']:.0f} | "
               f"{r['publish_vs_pil6_same_pixels']:.3f}x | {r['floor_img_s']['codecs']:.0f} / {r['floor_img_s']['pil']:.0f} |")
     if args.json:
         with open(args.json, "w") as f:

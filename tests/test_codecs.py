@@ -20,7 +20,7 @@ from uetransforms import codecs, images
 from uetransforms.codecs import ImageModeError, decode, encode_png, is_marked, mark
 
 HAVE_FPNG = codecs._optional("fpng") is not None
-HAVE_IC = codecs._optional("imagecodecs") is not None
+HAVE_SJ = codecs._optional("simplejpeg") is not None
 CIFAR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "cifar10")
 
 
@@ -28,7 +28,7 @@ CIFAR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "dat
 def no_fast(monkeypatch):
     """As if neither fast package were installed: ``import`` of either fails."""
     monkeypatch.setitem(sys.modules, "fpng", None)
-    monkeypatch.setitem(sys.modules, "imagecodecs", None)
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)
     monkeypatch.setattr(codecs, "_OPTIONAL", {})
     monkeypatch.setattr(codecs, "_FAST_JPEG", [])
 
@@ -52,8 +52,7 @@ def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 def _available_encoders(channels: int) -> list[str]:
-    out = ["pil"] + (["imagecodecs"] if HAVE_IC else [])
-    return out + (["fpng"] if HAVE_FPNG and channels in (3, 4) else [])
+    return ["pil"] + (["fpng"] if HAVE_FPNG and channels in (3, 4) else [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +82,7 @@ def test_png_round_trip_is_lossless_and_deterministic(h, w, channels, kind, seed
     assert encode_png(hwc[..., 0] if channels == 1 else hwc) == encode_png(hwc)  # [H, W] == [H, W, 1]
 
 
-@pytest.mark.parametrize("encoder", ["pil", "imagecodecs", "fpng"])
+@pytest.mark.parametrize("encoder", ["pil", "fpng"])
 def test_each_encoder_is_readable_by_datasets(encoder):
     if codecs._optional(codecs._PACKAGE[encoder]) is None:
         pytest.skip(f"{encoder} not installed")
@@ -98,13 +97,12 @@ def test_each_encoder_is_readable_by_datasets(encoder):
 
 def test_levels_change_size_not_pixels():
     hwc = _photo(40, 40)
-    for enc in ["pil"] + (["imagecodecs"] if HAVE_IC else []):
-        sizes = {}
-        for level in (0, 1, 9):
-            png = encode_png(hwc, encoder=enc, level=level)
-            np.testing.assert_array_equal(_pil_pixels(png), hwc)
-            sizes[level] = len(png)
-        assert sizes[0] > sizes[1] >= sizes[9], (enc, sizes)
+    sizes = {}
+    for level in (0, 1, 9):
+        png = encode_png(hwc, encoder="pil", level=level)
+        np.testing.assert_array_equal(_pil_pixels(png), hwc)
+        sizes[level] = len(png)
+    assert sizes[0] > sizes[1] >= sizes[9], sizes
 
 
 def test_pil_default_writes_the_bytes_datasets_writes():
@@ -116,11 +114,11 @@ def test_pil_default_writes_the_bytes_datasets_writes():
 
 
 @pytest.mark.skipif(not HAVE_FPNG, reason="fpng not installed")
-def test_auto_picks_fpng_for_rgb_and_a_grey_capable_encoder_for_l():
+def test_auto_picks_fpng_for_rgb_and_pil_for_l():
     hwc = _photo(16, 16)
-    assert encode_png(hwc) == encode_png(hwc, encoder="fpng")
+    assert encode_png(hwc) == encode_png(hwc, encoder="fpng") != encode_png(hwc, encoder="pil")
     grey = hwc[..., 0]
-    assert encode_png(grey) == encode_png(grey, encoder="imagecodecs" if HAVE_IC else "pil")
+    assert encode_png(grey) == encode_png(grey, encoder="pil")
     assert _pil_pixels(encode_png(grey)).ndim == 2  # stays a 1-channel (L) PNG
 
 
@@ -133,9 +131,8 @@ def test_fallback_without_fast_packages(no_fast):
     assert codecs.info()["jpeg_decoder"].startswith("pil")
     jpg = _jpeg(_photo(30, 30), quality=90)
     np.testing.assert_array_equal(decode(jpg).transpose(1, 2, 0), _pil_pixels(jpg))
-    for enc in ("fpng", "imagecodecs"):
-        with pytest.raises(ImportError, match=r"uetransforms\[fast\]"):
-            encode_png(hwc, encoder=enc)
+    with pytest.raises(ImportError, match=r"uetransforms\[fast\]"):
+        encode_png(hwc, encoder="fpng")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,18 +155,20 @@ def test_jpeg_decode_equals_pil(size, opts):
         np.testing.assert_array_equal(decode({"bytes": data, "path": None}, channels=got.shape[0]), got)
 
 
-@pytest.mark.skipif(not HAVE_IC, reason="imagecodecs not installed")
+@pytest.mark.skipif(not HAVE_SJ, reason="simplejpeg not installed")
 def test_fast_jpeg_path_is_used_and_checked(monkeypatch):
     assert codecs._fast_jpeg() is not None  # the self-check passed on this machine
     calls = []
     real = codecs._FAST_JPEG[0]
-    monkeypatch.setattr(codecs, "_FAST_JPEG", [lambda b: calls.append(1) or real(b)])
+    monkeypatch.setattr(codecs, "_FAST_JPEG", [lambda b, grey: calls.append(grey) or real(b, grey)])
     decode(_jpeg(_photo(20, 20), quality=90))
-    assert calls == [1]
+    decode(_jpeg(_photo(20, 20)[..., 0], quality=90))
+    assert calls == [False, True]
     # A fast decoder that disagreed with PIL is refused at the self-check, with a warning.
-    ic = codecs._optional("imagecodecs")
+    sj = codecs._optional("simplejpeg")
     monkeypatch.setattr(codecs, "_FAST_JPEG", [])
-    monkeypatch.setattr(ic, "jpeg8_decode", lambda b, *a, **k: np.zeros((37, 29, 3), np.uint8))
+    real_sj = sj.decode_jpeg
+    monkeypatch.setattr(sj, "decode_jpeg", lambda b, **k: real_sj(b, **k) // 2)
     with pytest.warns(RuntimeWarning, match="does not return PIL's pixels"):
         assert codecs._fast_jpeg() is None
     data = _jpeg(_photo(20, 20), quality=90)

@@ -15,19 +15,20 @@ Encoded images are decoded the way ``datasets.Image`` decodes them (PIL, then th
 orientation applied), so protecting raw bytes and protecting a decoded column agree.
 
 *Which decoder defines the pixels:* **PIL** (Pillow, whose wheels decode JPEG with
-libjpeg-turbo: accurate integer IDCT, fancy upsampling). Where ``imagecodecs`` is installed,
-plain 8-bit grey/YCbCr JPEG bytes are decoded by its libjpeg-turbo decoder instead (about 1.6x
-to 4x faster), but only after a self-check on first use has shown that it returns PIL's pixels
-on this machine for every chroma subsampling and progressive coding; if it does not, a warning
-says so and PIL decodes everything. Anything unusual (EXIF orientation, Adobe/CMYK JPEGs, other
-formats) goes through PIL.
+libjpeg-turbo: accurate integer IDCT, fancy upsampling). Where ``simplejpeg`` is installed,
+plain 8-bit grey/YCbCr JPEG bytes are decoded by its libjpeg-turbo decoder instead, with the
+same settings (about 2-3x faster), but only after a self-check on first use has shown that it
+returns PIL's pixels on this machine for every chroma subsampling and progressive coding; if it
+does not, a warning says so and PIL decodes everything. Anything unusual (EXIF orientation,
+Adobe/CMYK JPEGs, other formats) goes through PIL.
 
 **Encoding.** :func:`encode_png` writes lossless PNG; the encoder and level are options and the
 bytes are deterministic for a given encoder, its version and the level. Measured on 2 cores at
-384 px (``benchmarks/RESULTS.md``): ``fpng`` is about 40-90x faster than PIL level 6 with files
-about 1.14x PIL's size (RGB/RGBA only); ``imagecodecs`` (libpng) about 2-4x faster at about
-1.08x; PIL is the fallback, and at its default level 6 it writes the very bytes ``datasets``
-writes. ``pip install "uetransforms[fast]"`` installs both fast packages.
+384 px (``benchmarks/RESULTS.md``): ``fpng`` writes RGB/RGBA about 100x faster than PIL level 6,
+with files about 1.14x PIL's size (1.20x on 32-px images); zlib-based encoders (libpng, libspng,
+OpenCV) were 1.5-5x faster at 1.05-1.08x, too slow to matter. PIL is the fallback and writes
+1-channel images; at its default level 6 it writes the very bytes ``datasets`` writes.
+``pip install "uetransforms[fast]"`` installs both fast packages (fpng, simplejpeg).
 
 **Marker.** :func:`mark` adds a non-secret "protected by uetransforms" ``tEXt`` chunk (library
 version and method name only: no seed, key or bank hash) so that protecting or publishing an
@@ -215,7 +216,7 @@ def _decode_plain_jpeg(data: bytes, fast, channels: int | None) -> np.ndarray | 
     if channels is not None and channels != layout[2]:
         return None  # a conversion is asked for: PIL's path says it and does it
     try:
-        hwc = fast(data)
+        hwc = fast(data, layout[2] == 1)
     except Exception:  # the fast decoder refuses something PIL may read: let PIL decide
         return None
     want = layout[:2] if layout[2] == 1 else (*layout[:2], 3)
@@ -226,17 +227,22 @@ _FAST_JPEG: list = []  # [decoder or None], filled on first use
 
 
 def _fast_jpeg():
-    """imagecodecs' libjpeg-turbo decoder when it is installed *and* returns PIL's pixels here."""
+    """simplejpeg's libjpeg-turbo decoder when it is installed *and* returns PIL's pixels here."""
     if not _FAST_JPEG:
         _FAST_JPEG.append(_checked_fast_jpeg())
     return _FAST_JPEG[0]
 
 
 def _checked_fast_jpeg():
-    ic = _optional("imagecodecs")
-    if ic is None or not hasattr(ic, "jpeg8_decode"):
+    sj = _optional("simplejpeg")
+    if sj is None:
         return None
     from PIL import Image
+
+    def fast(data: bytes, grey: bool) -> np.ndarray:
+        # Accurate IDCT and fancy upsampling: libjpeg's defaults, the settings PIL decodes with.
+        out = sj.decode_jpeg(data, colorspace="GRAY" if grey else "RGB", fastdct=False, fastupsample=False)
+        return out[..., 0] if grey else out
 
     rng = np.random.default_rng(0)
     # Smooth content plus noise exercises the IDCT and the chroma upsampling; odd sizes the edges.
@@ -250,17 +256,17 @@ def _checked_fast_jpeg():
         img.save(buf, format="JPEG", quality=85, **opts)
         data = buf.getvalue()
         try:
-            same = np.array_equal(ic.jpeg8_decode(data), np.asarray(Image.open(io.BytesIO(data))))
+            same = np.array_equal(fast(data, img.mode == "L"), np.asarray(Image.open(io.BytesIO(data))))
         except Exception:
             same = False
         if not same:
             warnings.warn(
-                "imagecodecs' JPEG decoder does not return PIL's pixels on this machine; decoding JPEG "
+                "simplejpeg's JPEG decoder does not return PIL's pixels on this machine; decoding JPEG "
                 "with PIL everywhere so that every path gives the same pixels (slower)",
                 RuntimeWarning, stacklevel=2,
             )
             return None
-    return ic.jpeg8_decode
+    return fast
 
 
 def _target_mode(mode: str, channels: int | None) -> str:
@@ -325,11 +331,11 @@ def _array_to_chw(arr: np.ndarray, *, channels: int | None, chw: bool, column: s
 # Encoding
 
 #: Encoder names :func:`encode_png` accepts (None picks the fastest one installed).
-ENCODERS = ("fpng", "imagecodecs", "pil")
-_PACKAGE = {"fpng": "fpng", "imagecodecs": "imagecodecs", "pil": "PIL"}
-# Defaults: imagecodecs at 1 (measured the best speed/size point), PIL at 6 (its own and
-# ``datasets``' default, so the fallback writes exactly the bytes ``datasets`` would).
-_DEFAULT_LEVEL = {"imagecodecs": 1, "pil": 6}
+ENCODERS = ("fpng", "pil")
+_PACKAGE = {"fpng": "fpng", "pil": "PIL"}
+# PIL's default level is 6: its own and ``datasets``' default, so the fallback writes exactly
+# the bytes ``datasets`` would.
+_PIL_LEVEL = 6
 
 
 def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | None = None) -> bytes:
@@ -337,10 +343,9 @@ def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | No
 
     Args:
         image: the pixels, height first (transpose ``[C, H, W]`` arrays with ``.transpose(1, 2, 0)``).
-        level: zlib level 0-9 for ``"imagecodecs"`` (default 1) and ``"pil"`` (default 6); fpng
-            has a single level and takes None.
-        encoder: ``"fpng"`` (RGB/RGBA only), ``"imagecodecs"`` (libpng) or ``"pil"``; None picks
-            the fastest installed one that can write the image: fpng, then imagecodecs, then PIL.
+        level: zlib level 0-9 for ``"pil"`` (default 6); fpng has a single level and takes None.
+        encoder: ``"fpng"`` (RGB/RGBA only) or ``"pil"``; None picks fpng where it is installed
+            and can write the image, else PIL.
 
     The bytes are the same for the same pixels, encoder (and its version) and level.
     """
@@ -351,12 +356,10 @@ def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | No
             raise ValueError("encoder='fpng' has a single compression level: pass level=None")
         return _optional("fpng").from_ndarray(np.ascontiguousarray(hwc))
     if level is None:
-        level = _DEFAULT_LEVEL[name]
+        level = _PIL_LEVEL
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= 9:
         raise ValueError(f"level must be an integer 0..9 (zlib), got {level!r}")
     pixels = hwc[..., 0] if hwc.shape[2] == 1 else hwc
-    if name == "imagecodecs":
-        return bytes(_optional("imagecodecs").png_encode(np.ascontiguousarray(pixels), level=int(level)))
     from PIL import Image
 
     buf = io.BytesIO()
@@ -381,14 +384,12 @@ def _check_hwc(image: Any) -> np.ndarray:
 
 def _choose(encoder: str | None, channels: int) -> str:
     if encoder is None:
-        if channels in (3, 4) and _optional("fpng") is not None:
-            return "fpng"
-        return "imagecodecs" if _optional("imagecodecs") is not None else "pil"
+        return "fpng" if channels in (3, 4) and _optional("fpng") is not None else "pil"
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)} (or None for the fastest)")
     if encoder == "fpng" and channels not in (3, 4):
-        raise ValueError("encoder='fpng' writes RGB/RGBA PNGs only; use encoder='imagecodecs' or 'pil' "
-                         "(or None) for 1-channel images")
+        raise ValueError("encoder='fpng' writes RGB/RGBA PNGs only; use encoder='pil' (or None) for "
+                         "1-channel images")
     if _optional(_PACKAGE[encoder]) is None:
         raise ImportError(f"encoder={encoder!r} needs the {encoder} package: pip install 'uetransforms[fast]' "
                           "(or encoder=None to use the fastest installed one)")
@@ -402,7 +403,7 @@ def info() -> dict[str, str]:
         return f"{name} {getattr(mod, '__version__', '?')}"
 
     fast = _fast_jpeg()
-    jpeg = f"imagecodecs {_optional('imagecodecs').__version__} (libjpeg-turbo)" if fast else label("pil")
+    jpeg = f"simplejpeg {_optional('simplejpeg').__version__} (libjpeg-turbo)" if fast else label("pil")
     return {"jpeg_decoder": jpeg, "png_encoder_rgb": label(_choose(None, 3)), "png_encoder_l": label(_choose(None, 1))}
 
 
