@@ -26,12 +26,10 @@ from .bank import BankError, NoiseBank
 
 
 def encoder_identity(encoder: torch.nn.Module) -> dict[str, Any]:
-    """What a bank records about a surrogate: a rebuildable CLIP identity, or a module's class name."""
-    ident = getattr(encoder, "identity", None)
-    if callable(ident):
-        return dict(ident())
-    cls = type(encoder)
-    return {"kind": "module", "class": f"{cls.__module__}.{cls.__qualname__}"}
+    """What a bank records about a surrogate: a rebuildable identity, or a module's class name."""
+    from .encoders import identity_of
+
+    return identity_of(encoder)
 
 
 def embed_batch(encoder: torch.nn.Module, x01: torch.Tensor) -> torch.Tensor:
@@ -92,8 +90,9 @@ class ClusterAssigner:
             ``ue.fit("clusters", ...)``).
         device: where the surrogate runs (``"cpu"``, ``"cuda"``).
         encoder: the surrogate module itself. Needed when the bank was fitted with a plain
-            ``nn.Module`` encoder (nothing to rebuild it from); for CLIP surrogates it skips
-            rebuilding. It must be the same encoder the bank was fitted with.
+            ``nn.Module`` encoder (nothing to rebuild it from); for named surrogates (torchvision,
+            CLIP, small-cnn: :mod:`uetransforms.encoders`) it skips rebuilding. It must be the
+            same encoder the bank was fitted with.
         checkpoint: new path of the surrogate's checkpoint file if it moved (sha256 checked).
         batch_size: images embedded per forward pass.
 
@@ -116,16 +115,15 @@ class ClusterAssigner:
         self.feature_norm = str(bank.info.get("feature_norm", "l2"))
         ident = bank.info.get("surrogate") or {}
         if encoder is None:
-            if ident.get("kind") == "open_clip":
-                from . import clip
-
-                encoder = clip.from_identity(ident, device=self.device, checkpoint=checkpoint)
-            else:
+            if ident.get("kind") in (None, "module"):
                 raise BankError(
                     f"this bank was fitted with a custom encoder ({ident.get('class', 'unknown')}), which a bank "
                     "cannot rebuild. Assign clusters with ClusterAssigner(bank, encoder=<that module>) (e.g. in "
-                    "dataset.map to add a cluster column) and then use Protect(bank, label_column=<cluster column>)"
+                    "dataset.map to add a cluster column) or Protect(bank, encoder=<that module>)"
                 )
+            from .encoders import from_identity
+
+            encoder = from_identity(ident, device=self.device, checkpoint=checkpoint)
         self.encoder = encoder.to(self.device).eval()
         self._centroids = torch.from_numpy(np.array(bank.tensors["centroid"], dtype=np.float32)).to(self.device)
 

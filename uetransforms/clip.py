@@ -17,8 +17,9 @@ Where the weights come from (``pretrained``):
   offline experiments only.
 
 Besides every open_clip architecture, two tiny configurations are built in for CPU work:
-``"uet-tiny-rn"`` (a 4-stage modified ResNet, one block per stage) and ``"uet-tiny-vit"`` (a 3-layer
-ViT with 8 px patches), both at 32 px with a 3-layer text tower: a 256-image forward and backward
+``"uet-tiny-rn"`` (a 4-stage modified ResNet, one block per stage; ``"uet-tiny-rn-ctx16"``: the same
+with a 16-token text context) and ``"uet-tiny-vit"`` (a 3-layer ViT with 8 px patches), all at 32 px
+with a 3-layer text tower: a 256-image forward and backward
 pass takes about a second on two CPU cores. They have no published weights; use them random-init or with a checkpoint you trained.
 
 Example:
@@ -57,6 +58,13 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "embed_dim": 256,
         "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
         "text_cfg": dict(_TINY_TEXT),
+    },
+    # uet-tiny-rn with a 16-token text context: short captions (class-name templates) at a sixth of
+    # the text tower's cost; what benchmarks/build_text_surrogate.py trains offline.
+    "uet-tiny-rn-ctx16": {
+        "embed_dim": 256,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
+        "text_cfg": {**_TINY_TEXT, "context_length": 16},
     },
     "uet-tiny-vit": {
         "embed_dim": 256,

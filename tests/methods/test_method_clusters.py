@@ -5,11 +5,14 @@ import pytest
 import torch
 
 import uetransforms as ue
-from uetransforms import clip
 from uetransforms.assign import ClusterAssigner
 from uetransforms.bank import NoiseBank
+from uetransforms.encoders import RandomSurrogateError
+from uetransforms.methods.clusters import ClusterGenerators, LowTargetHitWarning
 
-TINY = {"model": "uet-tiny-vit", "pretrained": None}
+TINY = {"surrogate": "clip:uet-tiny-vit", "weights": None, "allow_random_surrogate": True}
+#: a small generator and a short schedule: the tests check behaviour, not the paper's budget
+SMALL = {"ngf": 4, "n_blocks": 1, "batch_size": 4}
 
 
 def _images(n=8, size=16, seed=0):
@@ -30,9 +33,9 @@ def _images(n=8, size=16, seed=0):
 @pytest.fixture(scope="module")
 def fitted():
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", clip.RandomInitWarning)
-        return ue.fit("clusters", {"image": _images()}, label_column=None, seed=3, n_clusters=2, steps=4,
-                      per_cluster=4, **TINY)
+        warnings.simplefilter("ignore", LowTargetHitWarning)
+        return ue.fit("clusters", {"image": _images()}, label_column=None, seed=3, n_clusters=2, epochs=0.5,
+                      **SMALL, **TINY)
 
 
 def test_bank_layout(fitted):
@@ -45,6 +48,9 @@ def test_bank_layout(fitted):
     sur = bank.info["surrogate"]
     assert sur["model"] == "uet-tiny-vit" and sur["pretrained"] is None and sur["init_seed"] == 0
     assert bank.info["targets"] == [1, 0]
+    assert bank.info["random_surrogate"] is True and bank.info["feature_norm"] == "none"
+    assert bank.params["mode"] == "generator" and bank.params["iterations"] == 2  # 0.5 epoch of 16 images, batch 4
+    assert 0 <= bank.info["target_hit_rate"] <= 1 and bank.info["chance_hit_rate"] == 0.5
 
 
 def test_budget_is_kept(fitted):
@@ -79,10 +85,11 @@ def test_protect_unseen_unlabelled_images_of_another_size(fitted, tmp_path):
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(prot["image"], prot2["image"]))
 
 
-def test_same_seed_same_noise():
+@pytest.mark.parametrize("mode", ["generator", "direct"])
+def test_same_seed_same_noise(mode):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", clip.RandomInitWarning)
-        kw = dict(label_column=None, n_clusters=2, steps=2, per_cluster=2, **TINY)
+        warnings.simplefilter("ignore", LowTargetHitWarning)
+        kw = dict(label_column=None, n_clusters=2, mode=mode, steps=2, per_cluster=2, epochs=0.25, **SMALL, **TINY)
         a = ue.fit("clusters", {"image": _images(4)}, seed=1, **kw)
         b = ue.fit("clusters", {"image": _images(4)}, seed=1, **kw)
         c = ue.fit("clusters", {"image": _images(4)}, seed=2, **kw)
@@ -91,20 +98,96 @@ def test_same_seed_same_noise():
     assert not np.array_equal(a.tensors["delta"], c.tensors["delta"])
 
 
-def test_objective_moves_features_towards_target_centre():
+def test_direct_objective_moves_features_towards_target_centre():
     # 12 steps of the cosine objective: the mean cosine to the target centre must rise.
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", clip.RandomInitWarning)
-        bank = ue.fit("clusters", {"image": _images(6)}, label_column=None, seed=0, n_clusters=2, steps=12,
-                      per_cluster=4, lr=0.1, loss="cosine", augment=False, **TINY)
+        warnings.simplefilter("ignore", LowTargetHitWarning)
+        bank = ue.fit("clusters", {"image": _images(6)}, label_column=None, seed=0, n_clusters=2, mode="direct",
+                      steps=12, per_cluster=4, lr=0.1, loss="cosine", augment=False, **TINY)
     first, last = bank.info["loss_first_last"]
     assert last < first
 
 
+class _Colour(torch.nn.Module):
+    """A fixed encoder: the mean colour, scaled so that softmax over it is sensitive."""
+
+    def forward(self, x):
+        return 40 * x.mean((2, 3))
+
+
+def _near_groups(n=16, size=12, seed=0):
+    """Two groups of images whose mean colours differ by less than the budget: reachable targets."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(2 * n):
+        base = np.array([120, 128, 136]) if i % 2 else np.array([136, 128, 120])
+        out.append(np.clip(base + rng.integers(-6, 7, (size, size, 3)), 0, 255).astype(np.uint8))
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_generator_bank():
+    # the paper's loss (KL), generators trained on the whole set, a raised lr for a short run
+    return ue.fit("clusters", {"image": _near_groups()}, label_column=None, seed=0, encoder=_Colour(),
+                  n_clusters=2, epochs=8, batch_size=8, lr=3e-3, ngf=8, n_blocks=1, augment=False)
+
+
+def test_generator_training_reduces_the_uc_loss(toy_generator_bank):
+    first, last = toy_generator_bank.info["loss_first_last"]
+    assert toy_generator_bank.params["iterations"] == 32
+    assert last < 0.5 * first
+
+
+def test_hit_rate_above_chance_on_a_toy_set(toy_generator_bank):
+    bank = toy_generator_bank
+    assert sorted(bank.info["cluster_sizes"]) == [16, 16]
+    assert bank.info["target_hit_rate"] > 0.9 > bank.info["chance_hit_rate"]
+    # and the hit rate is what it claims: perturbed images of each cluster land on the other centre
+    imgs = np.stack([im.transpose(2, 0, 1) for im in _near_groups(4, seed=5)])
+    ids = ClusterAssigner(bank, encoder=_Colour())(list(imgs))
+    moved = np.clip(np.round(imgs + 255 * bank.tensors["delta"][ids]), 0, 255).astype(np.uint8)
+    assert (ClusterAssigner(bank, encoder=_Colour())(list(moved)) == 1 - ids).mean() > 0.9
+
+
+def test_low_hit_rate_warns():
+    # an encoder blind to the noise (it averages pixels in blocks coarser than the image): nothing moves
+    enc = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
+    torch.nn.init.zeros_(enc[2].weight)
+    with torch.no_grad():
+        enc[2].bias.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.warns(LowTargetHitWarning, match="chance"):
+        bank = ue.fit("clusters", {"image": _near_groups(4)}, label_column=None, seed=0, encoder=enc, n_clusters=2,
+                      epochs=0.5, **SMALL)
+    assert bank.info["target_hit_rate"] <= 0.5
+
+
+def test_batched_generators_equal_separate_ones():
+    # generator k of the batched module computes exactly what a one-generator module with its weights does
+    both = ClusterGenerators(2, 3, (12, 10), ngf=4, n_blocks=2, seed=0)
+    one = ClusterGenerators(1, 3, (12, 10), ngf=4, n_blocks=2, seed=9)
+    state = {}
+    for name, value in both.state_dict().items():
+        dim = 1 if name == "sigma" else 0  # the fixed inputs are stacked along channels, parameters along dim 0
+        state[name] = value.narrow(dim, value.shape[dim] // 2, value.shape[dim] // 2)  # generator 1's slice
+    one.load_state_dict(state)
+    assert torch.allclose(one()[0], both()[1], atol=1e-5)  # float32 reduction order differs between kernels
+
+
+def test_random_surrogate_is_refused_without_opt_in():
+    data = {"image": _images(2)}
+    with pytest.raises(RandomSurrogateError, match="allow_random_surrogate=True"):
+        ue.fit("clusters", data, label_column=None, surrogate="clip:uet-tiny-vit", weights=None, n_clusters=2)
+    with pytest.raises(RandomSurrogateError, match="allow_random_surrogate=True"):
+        ue.fit("clusters", data, label_column=None, surrogate="resnet18", weights=None, n_clusters=2)
+
+
 def test_any_module_encoder(tmp_path):
     enc = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
-    bank = ue.fit("clusters", {"image": _images(4)}, label_column=None, seed=0, encoder=enc, n_clusters=2,
-                  steps=2, per_cluster=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LowTargetHitWarning)
+        bank = ue.fit("clusters", {"image": _images(4)}, label_column=None, seed=0, encoder=enc, n_clusters=2,
+                      mode="direct", steps=2, per_cluster=2)
+    assert bank.info["random_surrogate"] is False  # a user's module: the user vouches for it
     assert bank.info["surrogate"]["kind"] == "module" and bank.tensors["centroid"].shape == (2, 16)
     bank.save(tmp_path / "m.arrow")
     with pytest.raises(ue.bank.BankError, match="encoder="):
@@ -122,3 +205,7 @@ def test_bad_parameters():
         ue.fit("clusters", data, label_column=None, n_cluster=2, **TINY)
     with pytest.raises(ValueError, match="epsilon"):
         ue.fit("clusters", data, label_column=None, epsilon=8, **TINY)
+    with pytest.raises(ValueError, match="mode="):
+        ue.fit("clusters", data, label_column=None, mode="tensor", **TINY)
+    with pytest.raises(ValueError, match="train_on="):
+        ue.fit("clusters", data, label_column=None, train_on="mine", **TINY)

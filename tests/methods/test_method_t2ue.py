@@ -1,5 +1,3 @@
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -7,10 +5,12 @@ import torch
 import uetransforms as ue
 from uetransforms import clip
 from uetransforms.data import DataError
+from uetransforms.encoders import RandomSurrogateError
 from uetransforms.methods import t2ue
 
 datasets = pytest.importorskip("datasets")
-TINY = {"model": "uet-tiny-vit", "pretrained": None}
+TINY = {"surrogate": "clip:uet-tiny-vit", "weights": None, "allow_random_surrogate": True}
+SMALL = {"channels": 16, "z_dim": 8, "cond_dim": 16}  # a tiny generator: behaviour, not the paper's capacity
 NAMES = ["cat", "dog", "ship"]
 
 
@@ -28,9 +28,7 @@ def _ds(n=12, size=16, captions=False):
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     path = tmp_path_factory.mktemp("t2ue") / "g.safetensors"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", clip.RandomInitWarning)
-        bank = ue.fit("t2ue", _ds(), seed=7, steps=3, batch_size=6, generator_path=str(path), **TINY)
+    bank = ue.fit("t2ue", _ds(), seed=7, epochs=1.5, batch_size=6, generator_path=str(path), **SMALL, **TINY)
     return bank, path
 
 
@@ -46,6 +44,8 @@ def test_class_wise_bank_layout_and_budget(fitted):
     assert bank.info["template"] == "a photo of a {}."
     assert bank.params["seed"] == 7 and "seed" not in bank.info  # the z-seed stays with the secret params
     assert bank.info["generator_file"]["sha256"] == clip.file_sha256(fitted[1])
+    assert bank.info["variant"] == "protector-data" and bank.info["random_surrogate"] is True
+    assert bank.params["iterations"] == 3  # 1.5 epochs of 12 images, batch 6
 
 
 def test_different_texts_give_different_noise(fitted):
@@ -75,7 +75,7 @@ def test_text_only_bank_reproduces_the_fitted_bank(fitted):
 
 def test_generator_conditioning_directly():
     torch.manual_seed(0)
-    g = t2ue.TextNoiseGenerator(16, z_dim=8, channels=8, out_size=(12, 12)).eval()
+    g = t2ue.TextNoiseGenerator(16, z_dim=8, channels=16, cond_dim=8, out_size=(12, 12)).eval()
     for p in g.parameters():  # move off the identity init so the text reaches every layer
         torch.nn.init.normal_(p, std=0.3)
     e = torch.randn(2, 16)
@@ -88,10 +88,8 @@ def test_generator_conditioning_directly():
 
 def test_sample_wise_from_captions(tmp_path):
     ds = _ds(6, captions=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", clip.RandomInitWarning)
-        bank = ue.fit("t2ue", ds, label_column=None, id_column="id", seed=1, mode="sample", caption_column="caption",
-                      steps=2, batch_size=4, generator_path=str(tmp_path / "g.safetensors"), **TINY)
+    bank = ue.fit("t2ue", ds, label_column=None, id_column="id", seed=1, mode="sample", caption_column="caption",
+                  epochs=1, batch_size=4, generator_path=str(tmp_path / "g.safetensors"), **SMALL, **TINY)
     assert bank.keying == "sample" and bank.keys.tolist() == [f"s{i}" for i in range(6)]
     assert bank.tensors["delta"].shape == (6, 3, 16, 16)
     assert np.abs(bank.tensors["delta"]).max() <= 8 / 255 + 1e-7
@@ -105,19 +103,69 @@ def test_sample_wise_from_captions(tmp_path):
 
 
 def test_clear_errors(tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", clip.RandomInitWarning)
-        with pytest.raises(DataError, match="label_column"):
-            ue.fit("t2ue", _ds(), label_column=None, steps=1, **TINY)
-        with pytest.raises(DataError, match="caption_column"):
-            ue.fit("t2ue", _ds(), mode="sample", steps=1, **TINY)
-        with pytest.raises(ValueError, match="template"):
-            ue.fit("t2ue", _ds(), template="a photo", steps=1, **TINY)
-        with pytest.raises(DataError, match="class names"):
-            ue.fit("t2ue", {"image": list(np.zeros((3, 8, 8, 3), np.uint8)), "label": [0, 1, 0]}, steps=1, **TINY)
-        with pytest.raises(TypeError, match="unknown parameter"):
-            ue.fit("t2ue", _ds(), stepz=1, **TINY)
+    with pytest.raises(DataError, match="label_column"):
+        ue.fit("t2ue", _ds(), label_column=None, **TINY)
+    with pytest.raises(DataError, match="caption_column"):
+        ue.fit("t2ue", _ds(), mode="sample", **TINY)
+    with pytest.raises(ValueError, match="template"):
+        ue.fit("t2ue", _ds(), template="a photo", **TINY)
+    with pytest.raises(DataError, match="class names"):
+        ue.fit("t2ue", {"image": list(np.zeros((3, 8, 8, 3), np.uint8)), "label": [0, 1, 0]}, **TINY)
+    with pytest.raises(TypeError, match="unknown parameter"):
+        ue.fit("t2ue", _ds(), stepz=1, **TINY)
+    with pytest.raises(RandomSurrogateError, match="allow_random_surrogate=True"):
+        ue.fit("t2ue", _ds(), surrogate="clip:uet-tiny-vit", weights=None)
+    with pytest.raises(ValueError, match="CLIP surrogate"):
+        ue.fit("t2ue", _ds(), surrogate="resnet50")
     with pytest.raises(FileNotFoundError, match="generator_path"):
         t2ue.load_generator(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="one seed per text"):
         t2ue.noise_from_text(tmp_path / "missing.safetensors", ["a"], [1, 2])
+
+
+class _NoPixels:
+    """A dataset whose text columns read fine and whose image column raises on any access."""
+
+    def __init__(self, n, names, captions=None):
+        self.n, self._names, self._captions = n, names, captions
+        self.column_names = ["image", "label", "caption", "id"]
+        self.features = {"label": datasets.ClassLabel(names=names)}
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, key):
+        if key == "image" or not isinstance(key, str):
+            raise AssertionError("the protected images were read")
+        return {"label": [i % len(self._names) for i in range(self.n)], "caption": self._captions,
+                "id": [f"p{i}" for i in range(self.n)]}[key]
+
+
+def test_zero_contact_bank_never_reads_the_protected_pixels(tmp_path):
+    # 1. the generator is trained once on a public corpus with captions (disjoint from the protected set)
+    rng = np.random.default_rng(5)
+    corpus = {"image": list(rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)),
+              "caption": [[f"a photo of a {NAMES[i % 3]}.", f"a picture of a {NAMES[i % 3]}."] for i in range(10)]}
+    path = tmp_path / "public.safetensors"
+    net, info = t2ue.train_generator(corpus, caption_column="caption", epochs=1, batch_size=5, seed=2, path=path,
+                                     **SMALL, **TINY)
+    assert info["iterations"] == 2 and info["generator_file"]["sha256"] == clip.file_sha256(path)
+    _, meta = t2ue.load_generator(path)
+    assert meta["surrogate"]["kind"] == "open_clip" and meta["surrogate"]["model"] == "uet-tiny-vit"
+    # 2. the protected set's bank comes from its text alone
+    bank = t2ue.bank_from_text(_NoPixels(9, NAMES), path, seed=3)
+    assert bank.keying == "class" and bank.keys.tolist() == [0, 1, 2]
+    assert bank.info["prompts"] == [f"a photo of a {n}." for n in NAMES] and bank.info["from_text_only"]
+    assert np.abs(bank.tensors["delta"]).max() <= 8 / 255 + 1e-7
+    assert np.allclose(bank.tensors["delta"], t2ue.text_bank(path, bank.info["prompts"], seed=3).tensors["delta"])
+    caps = [f"a {NAMES[i % 3]} in the snow" for i in range(4)]
+    sample = t2ue.bank_from_text(_NoPixels(4, NAMES, caps), path, seed=3, mode="sample", caption_column="caption",
+                                 id_column="id")
+    assert sample.keys.tolist() == ["p0", "p1", "p2", "p3"] and sample.tensors["delta"].shape == (4, 3, 16, 16)
+    with pytest.raises(DataError, match="id_column"):
+        t2ue.bank_from_text(_NoPixels(4, NAMES, caps), path, seed=3, mode="sample", caption_column="caption")
+    # 3. through ue.fit: the same noise as the text-only bank; no generator is trained
+    ds = _ds()
+    via_fit = ue.fit("t2ue", ds, seed=3, generator=str(path))
+    assert via_fit.info["variant"] == "zero-contact"
+    assert np.allclose(via_fit.tensors["delta"], bank.tensors["delta"])

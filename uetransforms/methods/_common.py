@@ -74,17 +74,6 @@ NORM_LINF = Param("norm", "linf", Choice(("linf",)), paper="linf", public=True,
 
 
 
-def clip_surrogate(model: str) -> tuple[Param, ...]:
-    """The frozen open_clip surrogate of the CLIP-based methods (clusters, t2ue): ``model`` is the paper's."""
-    return (
-        Param("model", model, Free("an open_clip model name"), paper=model, help="open_clip surrogate architecture"),
-        Param("pretrained", "openai", Free("an open_clip tag, a local checkpoint path, or None"), paper="openai",
-              help="surrogate weights (None or 'random': random init, weak; a tag needs the network once)"),
-        Param("init_seed", None, Number(integer=True, none=True),
-              help="random-init seed of the CLIP surrogate (default 0); recorded in the bank"),
-    )
-
-
 SURROGATE_CHECK = Free("a name of uetransforms.surrogates.build or an nn.Module")
 
 

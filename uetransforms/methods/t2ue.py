@@ -1,49 +1,50 @@
 """``t2ue``: unlearnable noise generated from text (T2UE, "Text-to-Unlearnable Example", 2025).
 
-A small generator ``G(text embedding, z)`` outputs a perturbation bounded by ``epsilon`` (L-inf,
+A generator ``G(text embedding, z)`` outputs a perturbation bounded by ``epsilon`` (L-inf,
 ``epsilon * tanh``). It is trained once, with images, by *error minimisation* through a frozen
-CLIP surrogate: perturbed images must match their own texts under a symmetric InfoNCE loss
-(paper Eq. 4), so the noise becomes a text-keyed shortcut. Afterwards noise needs only text:
-whoever protects images hands over class names or captions, never the pictures.
+CLIP: perturbed images must match their own texts under a symmetric InfoNCE loss (paper Eq. 4),
+so the noise becomes a text-keyed shortcut. Afterwards noise needs only text.
 
-Modes:
+Two variants:
 
-* ``mode="class"`` (class-wise): one text per class, ``template.format(class_name)`` (class
-  names from the ``ClassLabel`` feature or ``class_names=``), and one fixed ``z`` per class. The
-  bank is keyed by class (``delta [K, C, H, W]``). Training pairs each image with its class's
-  prompt, so this mode needs labels.
-* ``mode="sample"`` (sample-wise): each image's caption (``caption_column``) and a per-sample ``z``
-  drawn from the secret seed and the sample's id. The bank is keyed by sample id (the id column,
-  or pixel content hashes). No labels needed.
+* **zero contact** (the paper's point): :func:`train_generator` trains the generator once on a
+  *public* image-caption corpus and saves it (safetensors + the CLIP text encoder's identity);
+  the protected set's bank then comes from its text alone: :func:`bank_from_text` (reads only
+  the class names or the caption/id columns), :func:`text_bank` (plain lists of texts), or
+  ``ue.fit("t2ue", ds, generator="g.safetensors")``. Nobody needs to see the pictures.
+* **protector data** (``ue.fit("t2ue", ds)`` without ``generator``): the generator is trained on
+  the protector's own images paired with their prompts or captions, then makes their bank.
+
+Granularity (``mode``):
+
+* ``"class"``: one text per class, ``template.format(class_name)`` (class names from the
+  ``ClassLabel`` feature or ``class_names=``), and one fixed ``z`` per class; keyed by class.
+* ``"sample"``: each image's caption (``caption_column``) and a per-sample ``z`` drawn from the
+  secret seed and the sample's id; keyed by sample id.
 
 The ``z`` seeds derive from the fit ``seed``, which stays in ``bank.params`` (the bank is the
-secret). Pass ``generator_path="x.generator.safetensors"`` to keep the trained generator: a
-safetensors file (tensors + JSON metadata, nothing pickled) with which :func:`noise_from_text`
-and :func:`text_bank` make noise for *new* texts, without any image.
+secret).
 
-What differs from the paper (deliberate, documented):
+The generator (:class:`TextNoiseGenerator`) follows the paper: FC(z) -> 4x4x``channels`` (512),
+up-sampling residual blocks whose BatchNorm is scaled and shifted by MLPs of the text embedding
+under a predicted spatial mask (SSA-GAN's SSACN/SSCBN), then a conv and ``tanh``; AdamW (lr 1e-4)
+with a cosine schedule, batch 128. Scaled by options: ``channels``/``n_blocks`` (capacity; the
+noise is made at the data's size, the paper's 7 blocks reach 512 px for 224 px images) and
+``epochs`` (the paper trains 300-500; the default 1 is a CPU-sized run).
 
-* the generator is a compact conditional up-sampling CNN (FC from ``z`` to 4x4, residual
-  up-sampling blocks whose normalisation is modulated by the text embedding, initialised to
-  the identity, then a 3x3 conv and ``tanh``), made directly at the training images' size
-  rather than 224 px; normalisation is per sample (GroupNorm), not BatchNorm, so a sample's
-  noise never depends on its batch-mates;
-* the budget is applied in pixel space ([0, 1] images, added, clamped, then CLIP-normalised);
-* class-wise batches hold several images per prompt, so InfoNCE counts every image of the same
-  text as a positive (text -> image direction averages over them);
-* training is short (``steps``) and uses Adam with cosine decay; the paper trains 300-500 epochs.
+What differs from the paper (deliberate): the budget is applied in pixel space ([0, 1] images,
+added, clamped, then CLIP-normalised), as the method notes recommend; class-wise batches hold
+several images per prompt, so InfoNCE counts every image of the same text as a positive.
 
-Surrogate: ``model="ViT-B-16", pretrained="openai"`` by default (the paper's best); needs the
-network once, or a local checkpoint path. ``pretrained=None`` builds a random-init CLIP, whose
-text embeddings of different prompts are almost parallel and whose image tower knows nothing:
-a weak surrogate, for offline experiments and tests.
+Surrogate: ``surrogate="clip:ViT-B-16", weights="openai"`` by default (the paper's best); needs the
+network once, or ``checkpoint=<local weights>``. Random weights are refused unless
+``allow_random_surrogate=True`` (a random CLIP's prompt embeddings are almost parallel).
 
 Example:
-    >>> import uetransforms as ue
-    >>> bank = ue.fit("t2ue", ds, image_column="img", label_column="label",
-    ...               template="a photo of a {}.", generator_path="cifar.generator.safetensors")  # doctest: +SKIP
     >>> from uetransforms.methods import t2ue
-    >>> new = t2ue.text_bank("cifar.generator.safetensors", ["a photo of a zebra."], seed=1)  # doctest: +SKIP
+    >>> net, info = t2ue.train_generator(public_corpus, caption_column="caption",
+    ...                                  path="public.generator.safetensors")  # doctest: +SKIP
+    >>> bank = t2ue.bank_from_text(private_ds, "public.generator.safetensors", seed=1234)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..bank import NoiseBank
+from ..clip import file_sha256
 from ..data import DataError, FitData
 from ..ops import sample_seed
-from . import Choice, Free, Method, Number, Param, _common
+from . import Choice, Flag, Free, Method, Number, Param
 
 METHOD = Method(
     key="t2ue",
@@ -70,13 +72,22 @@ METHOD = Method(
     citation="X. Ma, H. Huang, T. Song, Y. Sun, Y. Gao, Y.-G. Jiang, T2UE: Generating Unlearnable Examples from "
              "Text Descriptions, arXiv:2508.03091, 2025",
     keyed_by="class/sample",
-    needs="a CLIP surrogate (open_clip) and class names or captions",
+    needs="a CLIP surrogate (open_clip) and class names or captions; zero contact: a generator trained elsewhere",
     kind="additive",
     summary="a text-conditioned generator trained by error-minimising InfoNCE; noise from text only",
     label_free=True,  # sample-wise mode needs captions, not labels; class-wise mode checks for labels
     order=30,
     params=(
-        *_common.clip_surrogate("ViT-B-16"),
+        Param("generator", None, Free("a generator file written by t2ue.train_generator, or None"),
+              help="zero contact: make the noise from text with this generator (trained elsewhere); None: train "
+                   "one on the protector's images"),
+        Param("surrogate", "clip:ViT-B-16", Free("'clip:<open_clip model>'"), paper="clip:ViT-B-16",
+              help="the frozen CLIP (image and text towers)"),
+        Param("weights", "default", Free("an open_clip tag, 'default' (openai), or None"), paper="openai",
+              help="CLIP weights by tag (downloads once); None: random init (needs allow_random_surrogate)"),
+        Param("checkpoint", None, Free("a local CLIP checkpoint file or None"), help="load the CLIP from this file"),
+        Param("allow_random_surrogate", False, Flag(), help="permit a random-init CLIP (weak); marked in the bank"),
+        Param("init_seed", 0, Number(integer=True), help="seed of a random-init CLIP"),
         Param("mode", "class", Choice(("class", "sample")), public=True,
               help="'class' (class names through template) or 'sample' (captions from caption_column)"),
         Param("template", "a photo of a {}.", Free("a string with {} for the class name"),
@@ -86,92 +97,120 @@ METHOD = Method(
         Param("caption_column", None, Free("a column name or None"), help="column of captions (mode='sample')"),
         Param("epsilon", 8 / 255, Number(0, 1, lo_open=True), paper=8 / 255, public=True, budget="linf",
               help="L-inf budget in [0, 1] pixel units"),
-        Param("steps", 300, Number(1, integer=True), public=True,
-              help="AdamW steps with cosine decay (the paper trains 300-500 epochs)"),
-        Param("batch_size", 64, Number(1, integer=True), help="images per step"),
-        Param("lr", 1e-3, Number(0, lo_open=True), help="AdamW learning rate"),
-        Param("weight_decay", 1e-4, Number(0), help="AdamW weight decay"),
-        Param("z_dim", 64, Number(1, integer=True), help="size of the Gaussian seed z of the generator"),
-        Param("channels", 32, Number(1, integer=True), help="generator feature width"),
+        Param("epochs", 1.0, Number(0, lo_open=True), paper=300, public=True,
+              help="passes over the training images (the paper's 300-500 are GPU-sized)"),
+        Param("batch_size", 128, Number(1, integer=True), paper=128, help="images per step"),
+        Param("lr", 1e-4, Number(0, lo_open=True), paper=1e-4, help="AdamW learning rate (cosine schedule)"),
+        Param("weight_decay", 1e-2, Number(0), help="AdamW weight decay"),
+        Param("z_dim", 128, Number(1, integer=True), paper=128, help="size of the Gaussian seed z"),
+        Param("channels", 512, Number(8, integer=True), paper=512, help="generator width at 4x4 (FC(z) -> 4x4xC)"),
+        Param("cond_dim", 256, Number(1, integer=True), help="hidden width of the text-conditioning MLPs"),
+        Param("n_blocks", None, Number(1, 7, integer=True, none=True), paper=7,
+              help="up-sampling blocks (None: enough to reach the images' size)"),
         Param("generator_path", None, Free("a file path or None"),
               help="save the trained generator here (safetensors) to make noise from new texts later"),
     ),
 )
 
-_RANDOM = (None, "none", "random")
-GENERATOR_FORMAT = "uetransforms.t2ue.generator/1"
+GENERATOR_FORMAT = "uetransforms.t2ue.generator/2"  # /2: the paper-style generator (SSCBN blocks)
 
 
 # ----------------------------------------------------------------------------- generator
-class _TextModulatedNorm(nn.Module):
-    """Per-sample normalisation whose scale and shift come from the text embedding (identity at init)."""
+class _SSCBN(nn.Module):
+    """Semantic-spatial conditional BatchNorm (SSA-GAN's SSCBN, which T2UE's generator uses).
 
-    def __init__(self, channels: int, cond_dim: int) -> None:
+    ``BN(h) * (1 + m * gamma(t)) + m * beta(t)``: BatchNorm without its own affine, then a scale and
+    shift predicted from the text embedding by small MLPs, applied where a mask ``m`` predicted from
+    the features (1x1 conv + sigmoid) says. ``gamma``/``beta`` start at zero, so the block starts
+    as plain BatchNorm and the text's influence is learnt.
+    """
+
+    def __init__(self, channels: int, text_dim: int, hidden: int) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(1, channels, affine=False)
-        self.gamma = nn.Linear(cond_dim, channels)
-        self.beta = nn.Linear(cond_dim, channels)
-        for lin in (self.gamma, self.beta):
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gamma = nn.Sequential(nn.Linear(text_dim, hidden), nn.ReLU(), nn.Linear(hidden, channels))
+        self.beta = nn.Sequential(nn.Linear(text_dim, hidden), nn.ReLU(), nn.Linear(hidden, channels))
+        self.mask = nn.Conv2d(channels, 1, 1)
+        for mlp in (self.gamma, self.beta):
+            nn.init.zeros_(mlp[2].weight)
+            nn.init.zeros_(mlp[2].bias)
 
-    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        g = self.gamma(cond)[:, :, None, None]
-        b = self.beta(cond)[:, :, None, None]
-        return self.norm(h) * (1 + g) + b
+    def forward(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        m = torch.sigmoid(self.mask(h))
+        g = self.gamma(t)[:, :, None, None]
+        b = self.beta(t)[:, :, None, None]
+        return self.bn(h) * (1 + m * g) + m * b
 
 
-class _UpBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, cond_dim: int) -> None:
+class _SSACNBlock(nn.Module):
+    """Up-sample x2, then two (SSCBN, ReLU, 3x3 conv) stages, plus a (1x1 conv) shortcut."""
+
+    def __init__(self, cin: int, cout: int, text_dim: int, hidden: int) -> None:
         super().__init__()
-        self.n1 = _TextModulatedNorm(cin, cond_dim)
+        self.n1 = _SSCBN(cin, text_dim, hidden)
         self.c1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.n2 = _TextModulatedNorm(cout, cond_dim)
+        self.n2 = _SSCBN(cout, text_dim, hidden)
         self.c2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(h, scale_factor=2, mode="nearest")
-        y = self.c1(F.relu(self.n1(up, cond)))
-        y = self.c2(F.relu(self.n2(y, cond)))
+        y = self.c1(F.relu(self.n1(up, t)))
+        y = self.c2(F.relu(self.n2(y, t)))
         return y + self.skip(up)
 
 
+#: SSA-GAN's width multipliers (x ngf) for its 7 up-sampling blocks; fewer blocks keep the last ones,
+#: so the high-resolution blocks stay narrow.
+_MULTS = (8, 8, 8, 8, 4, 2, 1)
+
+
 class TextNoiseGenerator(nn.Module):
-    """``G(text_emb, z) -> [B, C, H, W]`` in ``[-1, 1]`` (multiply by epsilon for the noise).
+    """T2UE's generator: ``G(text_emb, z) -> [B, C, H, W]`` in ``[-1, 1]`` (times epsilon = the noise).
+
+    FC(z) -> ``4 x 4 x channels``, then up-sampling SSACN blocks conditioned on the (L2-normalised)
+    text embedding through :class:`_SSCBN`, then BN, ReLU, a 3x3 conv and ``tanh``. The paper (after
+    SSA-GAN): ``z_dim=128``, ``channels=512`` (ngf 64), 7 blocks to 512 px resized to 224.
 
     Args:
-        text_dim: size of the (L2-normalised) CLIP text embedding.
+        text_dim: size of the text embedding.
         z_dim: size of the Gaussian seed ``z``.
-        channels: feature width of the up-sampling blocks.
-        out_size: ``(H, W)`` of the noise; the net works at the next power-of-two multiple of 4
-            and resizes (bilinear: a convex combination, so the bound holds).
+        channels: width at 4x4 (paper 512); block ``i`` has ``channels / 8 * mult_i`` channels.
+        out_size: ``(H, W)`` of the noise; the net works at the next power-of-two multiple of 4 and
+            resizes (bilinear: a convex combination, so the bound holds).
         out_channels: image channels.
+        cond_dim: hidden width of the text MLPs.
+        n_blocks: up-sampling blocks (default: enough to reach ``out_size``).
+
+    Normalisation is BatchNorm: batch statistics while training, running statistics once in
+    ``eval()`` (noise generation), so a text's noise never depends on its batch-mates.
     """
 
-    def __init__(self, text_dim: int, *, z_dim: int = 64, channels: int = 64, out_size: Sequence[int] = (32, 32),
-                 out_channels: int = 3, cond_dim: int = 128) -> None:
+    def __init__(self, text_dim: int, *, z_dim: int = 128, channels: int = 512, out_size: Sequence[int] = (32, 32),
+                 out_channels: int = 3, cond_dim: int = 256, n_blocks: int | None = None) -> None:
         super().__init__()
+        side = max(int(s) for s in out_size)
+        n_up = int(n_blocks) if n_blocks is not None else max(1, math.ceil(math.log2(max(side, 8) / 4)))
+        if not 1 <= n_up <= len(_MULTS):
+            raise ValueError(f"n_blocks={n_up} must be between 1 and {len(_MULTS)}")
         self.config = {"text_dim": int(text_dim), "z_dim": int(z_dim), "channels": int(channels),
                        "out_size": [int(s) for s in out_size], "out_channels": int(out_channels),
-                       "cond_dim": int(cond_dim)}
-        side = max(out_size)
-        n_up = max(1, math.ceil(math.log2(max(side, 8) / 4)))
-        # A small MLP on the text embedding: CLIP embeddings of different prompts can be nearly
-        # parallel (always so for a random-init CLIP), and it learns to pull their differences apart.
-        self.text_mlp = nn.Sequential(nn.Linear(text_dim, cond_dim), nn.ReLU(), nn.Linear(cond_dim, cond_dim))
-        self.fc = nn.Linear(z_dim + cond_dim, channels * 16)
-        self.blocks = nn.ModuleList([_UpBlock(channels, channels, cond_dim) for _ in range(n_up)])
-        self.out_norm = _TextModulatedNorm(channels, cond_dim)
-        self.to_img = nn.Conv2d(channels, out_channels, 3, padding=1)
-        self.channels = channels
+                       "cond_dim": int(cond_dim), "n_blocks": n_up}
+        ngf = max(1, int(channels) // 8)
+        mults = _MULTS[len(_MULTS) - n_up:]
+        widths = [int(channels)] + [ngf * m for m in mults]
+        self.fc = nn.Linear(z_dim, 16 * widths[0])
+        self.blocks = nn.ModuleList([_SSACNBlock(widths[i], widths[i + 1], text_dim, cond_dim) for i in range(n_up)])
+        self.out_bn = nn.BatchNorm2d(widths[-1])
+        self.to_img = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
+        self.width0 = widths[0]
 
     def forward(self, text_emb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        cond = self.text_mlp(F.normalize(text_emb.float(), dim=-1))
-        h = self.fc(torch.cat([z, cond], dim=1)).view(-1, self.channels, 4, 4)
+        t = F.normalize(text_emb.float(), dim=-1)
+        h = self.fc(z).view(-1, self.width0, 4, 4)
         for blk in self.blocks:
-            h = blk(h, cond)
-        y = torch.tanh(self.to_img(F.relu(self.out_norm(h, cond))))
+            h = blk(h, t)
+        y = torch.tanh(self.to_img(F.relu(self.out_bn(h))))
         size = tuple(self.config["out_size"])
         if tuple(y.shape[-2:]) != size:
             y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
@@ -192,41 +231,54 @@ def sample_z_seed(seed: int, sample_id: str) -> int:
 
 
 # ----------------------------------------------------------------------------- training
-def _surrogate(model: str, pretrained: str | None, init_seed: int | None, device: torch.device):
-    from .. import clip
+def _surrogate(surrogate: str, weights: str | None, checkpoint: str | os.PathLike | None, allow_random: bool,
+               init_seed: int, device: torch.device) -> Any:
+    from .. import encoders
 
-    return clip.load(model, None if pretrained in _RANDOM else pretrained, device=device, init_seed=init_seed)
+    if not surrogate.startswith("clip:"):
+        raise ValueError(f"t2ue needs a CLIP surrogate (image and text towers): surrogate='clip:<open_clip model>', "
+                         f"got {surrogate!r}")
+    return encoders.load(surrogate, weights=weights, checkpoint=checkpoint, allow_random_surrogate=allow_random,
+                         init_seed=init_seed, device=device)
+
+
+def _column(ds: Any, name: str) -> list[Any]:
+    cols = list(ds) if isinstance(ds, dict) else list(getattr(ds, "column_names", []))
+    if name not in cols:
+        raise DataError(f"column {name!r} is not in this dataset (columns: {cols})")
+    return list(ds[name])
+
+
+def _class_prompts(names: Sequence[str] | None, template: str) -> list[str]:
+    if not names:
+        raise DataError("t2ue mode='class' needs class names: use a ClassLabel label column or pass class_names=[...]")
+    if "{}" not in template:
+        raise ValueError(f"template={template!r} must contain '{{}}' where the class name goes")
+    return [template.format(n) for n in names]
 
 
 def _texts_for(data: FitData, mode: str, template: str, class_names: Sequence[str] | None,
                caption_column: str | None) -> tuple[list[str], np.ndarray]:
-    """Unique texts and, for every image, the index of its text."""
+    """Unique texts and, for every image, the index of its text (protector-data training)."""
     if mode == "class":
         if data.label_column is None:
             raise DataError("t2ue mode='class' pairs images with their class prompt: pass label_column=<labels> "
                             "(or use mode='sample' with caption_column=<captions>)")
         names = list(class_names) if class_names is not None else data.class_names
-        if not names:
-            raise DataError("t2ue mode='class' needs class names: use a ClassLabel label column or pass class_names=[...]")
-        if "{}" not in template:
-            raise ValueError(f"template={template!r} must contain '{{}}' where the class name goes")
+        prompts = _class_prompts(names, template)
         labels = data.labels
-        if labels.max() >= len(names):
-            raise DataError(f"label {int(labels.max())} has no class name ({len(names)} names given)")
-        return [template.format(n) for n in names], labels.astype(np.int64)
+        if labels.max() >= len(prompts):
+            raise DataError(f"label {int(labels.max())} has no class name ({len(prompts)} names given)")
+        return prompts, labels.astype(np.int64)
     if caption_column is None:
         raise DataError("t2ue mode='sample' needs caption_column=<column of captions>")
-    ds = data.dataset
-    cols = list(ds) if isinstance(ds, dict) else list(getattr(ds, "column_names", []))
-    if caption_column not in cols:
-        raise DataError(f"caption_column={caption_column!r} is not a column (columns: {cols})")
-    caps = [str(c) for c in ds[caption_column]]
+    caps = [str(c) for c in _column(data.dataset, caption_column)]
     uniq = sorted(set(caps))
     pos = {c: i for i, c in enumerate(uniq)}
     return uniq, np.asarray([pos[c] for c in caps], dtype=np.int64)
 
 
-def _info_nce(img: torch.Tensor, txt: torch.Tensor, tidx: torch.Tensor, scale: float) -> torch.Tensor:
+def _info_nce(img: torch.Tensor, txt: torch.Tensor, tidx: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE over the batch's distinct texts; images sharing a text are all positives."""
     uniq, inv = torch.unique(tidx, return_inverse=True)
     t = F.normalize(txt[uniq], dim=-1)
@@ -237,56 +289,207 @@ def _info_nce(img: torch.Tensor, txt: torch.Tensor, tidx: torch.Tensor, scale: f
     return 0.5 * (i2t + t2i)
 
 
-@METHOD.fitter
-def fit(data: FitData, *, seed: int, device: torch.device, model: str, pretrained: str | None,
-        init_seed: int | None, mode: str, template: str, class_names: Sequence[str] | None,
-        caption_column: str | None, epsilon: float, steps: int, batch_size: int, lr: float, weight_decay: float,
-        z_dim: int, channels: int, generator_path: str | os.PathLike | None) -> NoiseBank:
-    """Train the text-to-noise generator on ``data`` and return the noise bank it makes.
+def _encode_texts(surrogate: Any, texts: Sequence[str], batch: int = 256) -> torch.Tensor:
+    return torch.cat([surrogate.encode_text(list(texts[s : s + batch])) for s in range(0, len(texts), batch)]).float()
 
-    Args:
-        model / pretrained / init_seed: the frozen open_clip surrogate (see :func:`uetransforms.clip.load`).
-        mode: ``"class"`` (class names through ``template``) or ``"sample"`` (``caption_column``).
-        template: prompt with ``{}`` for the class name.
-        class_names: override the label feature's names.
-        caption_column: column of captions (sample mode).
-        epsilon: L-inf budget in [0, 1] units (paper: 8/255).
-        steps / batch_size / lr / weight_decay: AdamW steps with cosine decay.
-        z_dim / channels: generator size.
-        generator_path: save the trained generator here (safetensors) for text-only noise later.
-    """
-    texts, tindex = _texts_for(data, mode, template, class_names, caption_column)
-    surrogate = _surrogate(model, pretrained, init_seed, device)
-    text_emb = torch.cat([surrogate.encode_text(texts[s : s + 256]) for s in range(0, len(texts), 256)]).float()
-    c, h, w = data.image_shape
+
+def _train(surrogate: Any, images: np.ndarray, text_emb: torch.Tensor, tindex: np.ndarray, *, epsilon: float,
+           epochs: float, batch_size: int, lr: float, weight_decay: float, z_dim: int, channels: int,
+           cond_dim: int, n_blocks: int | None, seed: int, device: torch.device) -> tuple[TextNoiseGenerator, list[float]]:
+    """The paper's loop (Eq. 4): AdamW + cosine; each step a batch of (image, text) pairs and fresh
+    ``z``; ``I' = clamp(I + eps * G(t, z))``; symmetric InfoNCE of the frozen CLIP's features of
+    ``I'`` against the texts' features; only ``G`` is updated (error-minimising)."""
+    n, c, h, w = images.shape
     gen_rng = torch.Generator().manual_seed(int(seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         net = TextNoiseGenerator(text_emb.shape[1], z_dim=z_dim, channels=channels, out_size=(h, w),
-                                 out_channels=c).to(device)
+                                 out_channels=c, cond_dim=cond_dim, n_blocks=n_blocks).to(device)
+    iters = max(1, math.ceil(epochs * n / batch_size))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(steps)))
-    images = torch.from_numpy(data.images())
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters)
+    x_all = torch.from_numpy(images)
     tindex_t = torch.from_numpy(tindex)
     scale = surrogate.logit_scale
-    n = len(images)
+    text_emb = text_emb.to(device)
     history: list[float] = []
     net.train()
-    for _ in range(int(steps)):
+    for _ in range(iters):
         rows = torch.randint(n, (min(batch_size, n),), generator=gen_rng)
-        x = images[rows].to(device, torch.float32).div_(255)
+        x = x_all[rows].to(device, torch.float32).div_(255)
         ti = tindex_t[rows].to(device)
         z = torch.randn(len(rows), z_dim, generator=gen_rng).to(device)
         delta = epsilon * net(text_emb[ti], z)
-        feats = surrogate.encode_image((x + delta).clamp(0, 1))
-        loss = _info_nce(feats, text_emb, ti, scale)
+        loss = _info_nce(surrogate.encode_image((x + delta).clamp(0, 1)), text_emb, ti, scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         history.append(float(loss.detach()))
-    net.eval()
+    return net.eval(), history
 
+
+def train_generator(
+    corpus: Any,
+    *,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    surrogate: str = "clip:ViT-B-16",
+    weights: str | None = "default",
+    checkpoint: str | os.PathLike | None = None,
+    allow_random_surrogate: bool = False,
+    init_seed: int = 0,
+    epsilon: float = 8 / 255,
+    epochs: float = 1.0,
+    batch_size: int = 128,
+    lr: float = 1e-4,
+    weight_decay: float = 1e-2,
+    z_dim: int = 128,
+    channels: int = 512,
+    cond_dim: int = 256,
+    n_blocks: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    path: str | os.PathLike | None = None,
+) -> tuple[TextNoiseGenerator, dict[str, Any]]:
+    """Train T2UE's generator once on a *public* image-caption corpus (the paper's zero-contact setup).
+
+    The images protected later are never needed: their noise comes from text alone
+    (:func:`text_bank`, :func:`bank_from_text`, or ``ue.fit("t2ue", ..., generator=path)``).
+
+    Args:
+        corpus: a dataset (``datasets.Dataset``, dict of lists) with images and captions; a caption
+            cell may be a string or a list of strings (one is drawn per image, as the paper does
+            with MSCOCO's five).
+        surrogate / weights / checkpoint: the frozen CLIP (``"clip:ViT-B-16"`` with ``"openai"``,
+            the paper's best; ``checkpoint`` for local weights; see :func:`uetransforms.encoders.load`).
+        epsilon: L-inf budget in [0, 1] units (paper 8/255).
+        epochs / batch_size / lr / weight_decay: AdamW with a cosine schedule over ``epochs``
+            passes (paper: 300-500 epochs, batch 128, lr 1e-4).
+        z_dim / channels / cond_dim / n_blocks: generator size (paper: 128, 512, -, 7 to 512 px).
+        path: write the generator here (safetensors + the surrogate's identity).
+
+    Returns ``(generator, info)``; ``info`` holds the loss trace ends and, with ``path``, the file's sha256.
+    """
+    if not 0 < epsilon <= 1:
+        raise ValueError(f"epsilon={epsilon} must be in (0, 1] (pixel units in [0, 1]; 8/255 is the paper's)")
+    if not epochs > 0 or batch_size < 1:
+        raise ValueError(f"epochs={epochs} must be > 0 and batch_size={batch_size} >= 1")
+    data = corpus if isinstance(corpus, FitData) else FitData(corpus, image_column=image_column, label_column=None)
+    dev = torch.device(device)
+    cells = _column(data.dataset, caption_column)
+    rng = np.random.default_rng(int(seed))
+    caps = []
+    for cell in cells:  # one caption per image, drawn once from the image's list
+        if isinstance(cell, str):
+            caps.append(cell)
+        elif isinstance(cell, (list, tuple)) and cell and all(isinstance(c, str) for c in cell):
+            caps.append(cell[int(rng.integers(len(cell)))])
+        else:
+            raise DataError(f"caption_column={caption_column!r} holds {type(cell).__name__} values; expected strings "
+                            "or lists of strings")
+    uniq = sorted(set(caps))
+    pos = {c: i for i, c in enumerate(uniq)}
+    tindex = np.asarray([pos[c] for c in caps], dtype=np.int64)
+    sur = _surrogate(surrogate, weights, checkpoint, bool(allow_random_surrogate), int(init_seed), dev)
+    text_emb = _encode_texts(sur, uniq)
+    net, history = _train(sur, data.images(), text_emb, tindex, epsilon=float(epsilon), epochs=float(epochs),
+                          batch_size=int(batch_size), lr=float(lr), weight_decay=float(weight_decay),
+                          z_dim=int(z_dim), channels=int(channels), cond_dim=int(cond_dim), n_blocks=n_blocks,
+                          seed=int(seed), device=dev)
+    info: dict[str, Any] = {"surrogate": sur.identity(), "corpus_size": len(data), "unique_captions": len(uniq),
+                            "iterations": len(history), "epochs": float(epochs),
+                            "loss_first_last": [round(history[0], 6), round(history[-1], 6)]}
+    if path is not None:
+        info["generator_file"] = save_generator(net, path, surrogate=sur.identity(), epsilon=epsilon,
+                                                extra={"trained_on": f"{len(data)} images, {len(uniq)} unique captions",
+                                                       "schedule": json.dumps({k: info[k] for k in ("iterations", "epochs")})})
+    return net, info
+
+
+def bank_from_text(dataset: Any, generator: str | os.PathLike, *, seed: int, mode: str = "class",
+                   label_column: str | None = "label", class_names: Sequence[str] | None = None,
+                   template: str = "a photo of a {}.", caption_column: str | None = None,
+                   id_column: str | None = None, device: str | torch.device = "cpu") -> NoiseBank:
+    """Zero contact: the bank of ``dataset`` from its *text* alone, with a generator trained elsewhere.
+
+    Reads only text columns: the class names (the ``label_column``'s ``ClassLabel`` names, or
+    ``class_names``) in class mode, or ``caption_column`` and ``id_column`` in sample mode. No image
+    of ``dataset`` is opened, so no service ever sees the pictures.
+    """
+    if mode == "class":
+        names = list(class_names) if class_names is not None else None
+        if names is None:
+            feats = getattr(dataset, "features", None)
+            feat = feats.get(label_column) if feats is not None and label_column is not None else None
+            names = list(getattr(feat, "names", None) or []) or None
+        prompts = _class_prompts(names, template)
+        bank = text_bank(generator, prompts, seed=seed, keying="class", device=device)
+        bank.info["template"] = template
+        bank.info["class_names"] = list(names or [])
+        return _rehash(bank)
+    if mode != "sample":
+        raise ValueError(f"mode={mode!r}; expected 'class' or 'sample'")
+    if caption_column is None or id_column is None:
+        raise DataError("zero-contact sample-wise noise needs caption_column=<captions> and id_column=<stable ids> "
+                        "(content-hash ids would read the pixels)")
+    caps = [str(c) for c in _column(dataset, caption_column)]
+    ids = [str(v) for v in _column(dataset, id_column)]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"id column {id_column!r} has duplicate ids; sample-wise noise needs unique ids")
+    bank = text_bank(generator, caps, seed=seed, keys=ids, keying="sample", device=device)
+    bank.info["caption_column"] = caption_column
+    return _rehash(bank)
+
+
+def _rehash(bank: NoiseBank) -> NoiseBank:
+    bank._sha256 = None  # info changed after construction
+    return bank
+
+
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, generator: str | os.PathLike | None, surrogate: str,
+        weights: str | None, checkpoint: str | os.PathLike | None, allow_random_surrogate: bool, init_seed: int,
+        mode: str, template: str, class_names: Sequence[str] | None, caption_column: str | None, epsilon: float,
+        epochs: float, batch_size: int, lr: float, weight_decay: float, z_dim: int, channels: int, cond_dim: int,
+        n_blocks: int | None, generator_path: str | os.PathLike | None) -> NoiseBank:
+    """A T2UE bank: zero contact from a trained generator, or the protector-data variant.
+
+    Two variants:
+
+    * ``generator=<file>`` (**zero contact**, the paper's setting): a generator trained elsewhere
+      (:func:`train_generator` on a public corpus) makes the noise from the class prompts or the
+      captions alone; no image of ``data`` is read (beyond the one :class:`FitData` decodes for
+      the image size). The training parameters below are then unused.
+    * no ``generator`` (**protector data**): the generator is trained here on the protector's own
+      images paired with their prompts/captions, then makes the bank; ``generator_path`` keeps it.
+
+    Args:
+        surrogate / weights / checkpoint / allow_random_surrogate / init_seed: the frozen CLIP
+            (protector-data variant; see :func:`train_generator`).
+        mode: ``"class"`` (class names through ``template``) or ``"sample"`` (``caption_column``).
+        template: prompt with ``{}`` for the class name.
+        class_names: override the label feature's names.
+        caption_column: column of captions (sample mode).
+        epsilon / epochs / batch_size / lr / weight_decay / z_dim / channels / cond_dim / n_blocks:
+            as :func:`train_generator`.
+        generator_path: save the trained generator here (safetensors) for text-only noise later.
+    """
+    if generator is not None:
+        bank = bank_from_text(data.dataset, generator, seed=seed, mode=mode, label_column=data.label_column,
+                              class_names=class_names if class_names is not None else data.class_names,
+                              template=template, caption_column=caption_column, id_column=data.id_column,
+                              device=device)
+        bank.info["variant"] = "zero-contact"
+        return _rehash(bank)
+    texts, tindex = _texts_for(data, mode, template, class_names, caption_column)
+    sur = _surrogate(surrogate, weights, checkpoint, bool(allow_random_surrogate), int(init_seed), device)
+    text_emb = _encode_texts(sur, texts)
+    net, history = _train(sur, data.images(), text_emb, tindex, epsilon=float(epsilon), epochs=float(epochs),
+                          batch_size=int(batch_size), lr=float(lr), weight_decay=float(weight_decay),
+                          z_dim=int(z_dim), channels=int(channels), cond_dim=int(cond_dim), n_blocks=n_blocks,
+                          seed=int(seed), device=device)
+    c, h, w = data.image_shape
     if mode == "class":
         keys: list[Any] = list(range(len(texts)))
         seeds = [class_z_seed(seed, k) for k in keys]
@@ -295,9 +498,13 @@ def fit(data: FitData, *, seed: int, device: torch.device, model: str, pretraine
         keys = data.sample_ids
         seeds = [sample_z_seed(seed, sid) for sid in keys]
         key_texts = [texts[i] for i in tindex]
-    delta = _generate(net, surrogate, key_texts, seeds, epsilon, device, known=dict(zip(texts, text_emb)))
+    delta = _generate(net, sur, key_texts, seeds, epsilon, device, known=dict(zip(texts, text_emb)))
+    from ..encoders import is_random
+
     info: dict[str, Any] = {
-        "surrogate": surrogate.identity(),
+        "variant": "protector-data",
+        "surrogate": sur.identity(),
+        "random_surrogate": is_random(sur.identity()),
         "mode": mode,
         "size_mismatch": "resize",
         "generator": net.config,
@@ -308,10 +515,11 @@ def fit(data: FitData, *, seed: int, device: torch.device, model: str, pretraine
         info["prompts"] = texts
     else:
         info["caption_column"] = caption_column
-    params = {"epsilon": float(epsilon), "norm": "linf", "mode": mode, "steps": int(steps), "batch_size": int(batch_size),
-              "lr": float(lr), "z_dim": int(z_dim), "channels": int(channels), "seed": int(seed)}
+    params = {"epsilon": float(epsilon), "norm": "linf", "mode": mode, "epochs": float(epochs), "iterations": len(history),
+              "batch_size": int(batch_size), "lr": float(lr), "z_dim": int(z_dim), "channels": int(channels),
+              "seed": int(seed)}
     if generator_path is not None:
-        info["generator_file"] = save_generator(net, generator_path, surrogate=surrogate.identity(), epsilon=epsilon)
+        info["generator_file"] = save_generator(net, generator_path, surrogate=sur.identity(), epsilon=epsilon)
     return NoiseBank(method="t2ue", kind="additive", keying="class" if mode == "class" else "sample",
                      keys=np.asarray(keys) if mode == "class" else np.asarray(keys, dtype=object),
                      tensors={"delta": delta}, params=params, image_shape=(c, h, w), info=info)
@@ -342,15 +550,16 @@ def _generate(net: TextNoiseGenerator, surrogate: Any, key_texts: Sequence[str],
 
 # ----------------------------------------------------------------------------- persistence + text-only noise
 def save_generator(net: TextNoiseGenerator, path: str | os.PathLike, *, surrogate: dict[str, Any],
-                   epsilon: float) -> dict[str, str]:
-    """Write the generator as safetensors (tensors + JSON metadata; nothing is pickled)."""
-    from safetensors.torch import save_file
+                   epsilon: float, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Write the generator as safetensors (tensors + JSON metadata; nothing is pickled).
 
-    from ..clip import file_sha256
+    The metadata holds the generator's config, the budget and the identity of the CLIP whose text
+    encoder turns texts into the generator's input (rebuilt by :func:`noise_from_text`)."""
+    from safetensors.torch import save_file
 
     path = os.fspath(path)
     meta = {"format": GENERATOR_FORMAT, "config": json.dumps(net.config), "surrogate": json.dumps(surrogate),
-            "epsilon": repr(float(epsilon))}
+            "epsilon": repr(float(epsilon)), **(extra or {})}
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, path, metadata=meta)
     return {"name": os.path.basename(path), "sha256": file_sha256(path)}
 
@@ -370,7 +579,7 @@ def load_generator(path: str | os.PathLike) -> tuple[TextNoiseGenerator, dict[st
     config = json.loads(raw["config"])
     net = TextNoiseGenerator(config["text_dim"], z_dim=config["z_dim"], channels=config["channels"],
                              out_size=config["out_size"], out_channels=config["out_channels"],
-                             cond_dim=config["cond_dim"])
+                             cond_dim=config["cond_dim"], n_blocks=config["n_blocks"])
     net.load_state_dict(load_file(path))
     meta = {"config": config, "surrogate": json.loads(raw["surrogate"]), "epsilon": float(raw["epsilon"])}
     return net.eval(), meta
@@ -394,7 +603,7 @@ def noise_from_text(generator: str | os.PathLike | TextNoiseGenerator, texts: Se
         net, meta = load_generator(generator)
         epsilon = meta["epsilon"] if epsilon is None else epsilon
         if surrogate is None:
-            from ..clip import from_identity
+            from ..encoders import from_identity
 
             surrogate = from_identity(meta["surrogate"], device=dev)
     return _generate(net.to(dev).eval(), surrogate, list(texts), list(seeds), float(epsilon), dev)
@@ -419,13 +628,15 @@ def text_bank(generator: str | os.PathLike, texts: Sequence[str], *, seed: int, 
         raise ValueError(f"{len(keys)} keys but {len(texts)} texts")
     seeds = [class_z_seed(seed, int(k)) if keying == "class" else sample_z_seed(seed, str(k)) for k in keys]
     net, meta = load_generator(generator)
-    from ..clip import from_identity
+    from ..encoders import from_identity, is_random
 
     surrogate = from_identity(meta["surrogate"], device=device)
     delta = noise_from_text(net, texts, seeds, surrogate=surrogate, epsilon=meta["epsilon"], device=device)
     c, h, w = meta["config"]["out_channels"], *meta["config"]["out_size"]
-    info = {"surrogate": meta["surrogate"], "mode": keying, "size_mismatch": "resize", "generator": meta["config"],
-            "from_text_only": True}
+    info = {"surrogate": meta["surrogate"], "random_surrogate": is_random(meta["surrogate"]), "mode": keying,
+            "size_mismatch": "resize", "generator": meta["config"], "from_text_only": True,
+            "generator_file": {"name": os.path.basename(os.fspath(generator)),
+                               "sha256": file_sha256(generator)}}
     if keying == "class":
         info["prompts"] = list(texts)
     params = {"epsilon": meta["epsilon"], "norm": "linf", "mode": keying, "seed": int(seed)}

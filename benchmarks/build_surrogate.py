@@ -1,0 +1,128 @@
+"""Build the offline *semantic* surrogate the CLIP/UC benchmarks use: a small CNN trained on
+CIFAR-10 rows the protection harness never touches.
+
+Why: no pretrained weights can be downloaded on this machine, and a random-init surrogate clusters
+by colour, so it measures nothing about Unlearnable Clusters. The honest stand-in for "a model
+pretrained elsewhere" is a model trained on *disjoint* data. The harness
+(``bench_protection.py``) protects train rows ``[0, 10000)`` and tests on test rows ``[0, 2000)``;
+this script trains on train rows ``[30000, 50000)`` (with their labels, as an ImageNet model was
+trained on ImageNet's) and validates on test rows ``[5000, 10000)``.
+
+The output is a safetensors file (weights + JSON metadata, nothing pickled) that
+``uetransforms.encoders.load("small-cnn", checkpoint=PATH)`` turns into a frozen encoder whose
+features are the classifier's penultimate layer (global-average-pooled conv features, the input
+of its linear head), as UC's code uses ResNet-50's input to ``fc``.
+
+    OMP_NUM_THREADS=1 python benchmarks/build_surrogate.py --out /tmp/uet-surrogate/small-cnn-w64.safetensors
+
+Same arguments, same bytes (seeded, single-threaded, deterministic CPU kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "cifar10"))
+
+
+def _rows(spec: str) -> range:
+    a, _, b = spec.partition(":")
+    return range(int(a), int(b))
+
+
+def _load(path: str, rows: range) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    table = pq.read_table(path).slice(rows.start, len(rows))
+    imgs = table.column("img").to_pylist()
+    labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
+    x = np.stack([np.asarray(Image.open(io.BytesIO(v["bytes"])).convert("RGB")) for v in imgs])
+    return x.transpose(0, 3, 1, 2).copy(), labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--train-rows", default="30000:50000", help="CIFAR-10 train rows START:STOP (never protected)")
+    p.add_argument("--val-rows", default="5000:10000", help="CIFAR-10 test rows START:STOP (never used by the harness)")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+
+    from uetransforms.encoders import save_small_cnn
+    from uetransforms.models import Normalise, SmallCNN
+
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    tr_rows, va_rows = _rows(args.train_rows), _rows(args.val_rows)
+    if tr_rows.start < 10_000:
+        raise SystemExit("--train-rows overlaps the harness's protected rows [0, 10000); pick rows >= 10000")
+    xtr, ytr = _load(os.path.join(args.data, "train-00000-of-00001.parquet"), tr_rows)
+    xva, yva = _load(os.path.join(args.data, "test-00000-of-00001.parquet"), va_rows)
+    net = SmallCNN(10, 3, width=args.width)
+    model = torch.nn.Sequential(Normalise(), net)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    steps = args.epochs * ((len(xtr) + args.batch_size - 1) // args.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(args.seed)
+    xt = torch.from_numpy(xtr)
+    yt = torch.from_numpy(ytr)
+    t0 = time.perf_counter()
+    for ep in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(xt), generator=gen)
+        tot = correct = 0
+        for s in range(0, len(order), args.batch_size):
+            idx = order[s : s + args.batch_size]
+            x = xt[idx].float().div_(255)
+            # crop (pad 4, one offset per batch) + per-image flip: the harness's augmentation
+            dy, dx = torch.randint(0, 9, (2,), generator=gen).tolist()
+            x = F.pad(x, (4, 4, 4, 4), mode="reflect")[:, :, dy : dy + 32, dx : dx + 32]
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            out = model(x)
+            loss = F.cross_entropy(out, yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += len(idx)
+            correct += int((out.argmax(1) == yt[idx]).sum())
+        print(f"epoch {ep + 1}/{args.epochs}: train acc {correct / tot:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(torch.from_numpy(xva[s : s + 500]).float().div(255)).argmax(1)
+                          for s in range(0, len(xva), 500)])
+    val_acc = float((pred.numpy() == yva).mean())
+    print(f"validation accuracy on test rows {args.val_rows}: {val_acc:.4f}")
+    meta = {
+        "trained_on": f"CIFAR-10 train rows [{tr_rows.start}, {tr_rows.stop}) with labels (disjoint from the "
+                      "harness's protected rows [0, 10000) and test rows [0, 2000))",
+        "validation": f"CIFAR-10 test rows [{va_rows.start}, {va_rows.stop}): accuracy {val_acc:.4f}",
+        "recipe": json.dumps({k: v for k, v in vars(args).items() if k not in ("out", "data")}),
+        "train_seconds": f"{time.perf_counter() - t0:.0f}",
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
+    sha = save_small_cnn(net, args.out, extra=meta)
+    print(f"wrote {args.out} (sha256 {sha})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

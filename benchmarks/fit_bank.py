@@ -1,0 +1,57 @@
+"""Fit one method on the harness's protected rows and save its bank, so that several evaluations
+(``bench_protection.py --bank METHOD=PATH``, e.g. with and without ``--label-map``) share one fit.
+
+    python benchmarks/fit_bank.py clusters --no-labels --param clusters.surrogate=small-cnn \\
+        --param clusters.checkpoint=/tmp/uet-surrogate/small-cnn-w32.safetensors --out /tmp/uc.bank.arrow
+
+Prints the fit time (with ``uptime``'s load: 2 cores are shared) and the bank's ``info``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_protection import DEFAULT_DATA, parse_params  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("method")
+    p.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE")
+    p.add_argument("--no-labels", action="store_true", help="fit with label_column=None (label-agnostic methods)")
+    p.add_argument("--train-size", type=int, default=10_000)
+    p.add_argument("--bank-seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+
+    import datasets
+    import torch
+
+    import uetransforms as ue
+
+    torch.set_num_threads(args.threads)
+    params = parse_params(args.param).get(args.method, {})
+    train = datasets.Dataset.from_parquet(os.path.join(args.data, "train-00000-of-00001.parquet"))
+    train = train.select(range(args.train_size))
+    t0 = time.perf_counter()
+    bank = ue.fit(args.method, train, image_column="img", label_column=None if args.no_labels else "label",
+                  seed=args.bank_seed, **params)
+    fit_s = time.perf_counter() - t0
+    bank.save(args.out)
+    load = os.getloadavg()
+    print(json.dumps({"fit_seconds": round(fit_s, 1), "load_average": [round(v, 1) for v in load],
+                      "params": bank.params, "info": bank.info}, indent=1, default=str))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
