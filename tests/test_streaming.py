@@ -177,3 +177,14 @@ def _check_bounded(stream, bank, n, bound, samples, tmp_path):
     assert info["num_rows"] == n and len(info["shards"]) == 3
     grown = max(samples[2:]) - samples[2]
     assert grown < bound, f"publish_stream grew RSS by {grown / 2**20:.1f} MiB over a {n}-image stream"
+
+
+def test_publish_stream_of_an_in_memory_dataset_equals_publish(tmp_path):
+    """One writer: a Dataset through publish_stream gives the bytes ue.publish gives."""
+    ds, bank = make_ds(), additive_bank()
+    publish_stream(ds, bank, tmp_path / "s", shard_rows=len(ds))
+    ue.publish(ds, bank, tmp_path / "p")
+    name = "train-00000-of-00001.parquet"
+    a, b = pq.read_table(tmp_path / "s" / "data" / name), pq.read_table(tmp_path / "p" / "data" / name)
+    assert a.equals(b) and a.schema.metadata == b.schema.metadata
+    assert png_bytes(datasets.load_dataset(str(tmp_path / "s"), split="train")) == reference(ds, bank)

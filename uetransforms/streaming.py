@@ -115,7 +115,7 @@ def publish_stream(
     from . import __version__
     from .card import _guard_secrets, dataset_card
     from .protect import Protect, _bank_ref
-    from .writer import Split, refuse_double, stream_tables, write
+    from .writer import Split, dataset_tables, refuse_double, stream_tables, write
 
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be at least 1, got {shard_rows}")
@@ -132,8 +132,17 @@ def publish_stream(
         _guard_secrets(text, bank)
         return text
 
-    part = Split(name=split, tables=stream_tables(stream, fn, image_column, batch_size, check_marker=not allow_double),
-                 shard_rows=shard_rows)
+    import datasets
+
+    if isinstance(stream, datasets.Dataset):
+        # An in-memory dataset is a stream too: read as Arrow batches, other columns untouched.
+        if image_column not in stream.column_names:
+            raise KeyError(f"image_column={image_column!r} is not in the stream (columns: {stream.column_names}); "
+                           "pass image_column=<name>")
+        tables = dataset_tables(stream, fn, image_column, batch_size, check_marker=not allow_double)
+    else:
+        tables = stream_tables(stream, fn, image_column, batch_size, check_marker=not allow_double)
+    part = Split(name=split, tables=tables, shard_rows=shard_rows)
     written = write([part], out_dir, image_column=image_column, card=card, overwrite=overwrite, protected=protected,
                     marker_info={"method": bank.method, "library_version": __version__})[split]
     return {"path": os.path.abspath(os.fspath(out_dir)), "split": split, "num_rows": written.num_rows,
