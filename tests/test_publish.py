@@ -385,3 +385,6 @@ def test_refuses_images_carrying_the_codec_marker(tmp_path, secret_bank, streami
         else:
             ue.publish(tainted, secret_bank, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+    if not streaming:  # num_proc > 1 protects in map() workers: the images are looked at before
+        with pytest.raises(ValueError, match="marker"):
+            ue.publish(tainted, secret_bank, tmp_path / "x", num_proc=2)

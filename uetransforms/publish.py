@@ -40,7 +40,8 @@ from typing import Any
 
 from .bank import NoiseBank
 from .card import _guard_secrets, dataset_card
-from .writer import PNG_SIGNATURE, Split, dataset_tables, output_features, refuse_double, shard_count, write
+from .writer import (PNG_SIGNATURE, Split, dataset_tables, output_features, refuse_double, refuse_marked,
+                     shard_count, write)
 
 __all__ = ["IMAGE_FORMATS", "PNG_SIGNATURE", "PUBLIC_PARAMS", "PushError", "check_hub", "num_shards_for",
            "public_params", "publish", "upload"]
@@ -197,6 +198,9 @@ def publish(
     fn = None if protected else Protect(bank, image_column=image_column, label_column=label_column,
                                         id_column=id_column, device=device)
     if fn is not None and num_proc and num_proc > 1:
+        if not allow_double:  # map() protects before the writer sees a batch: look at the images first
+            for name, ds in splits.items():
+                refuse_marked(ds, image_column, where=f"split {name!r}")
         # One GPU per worker: Protect maps the rank to cuda:<rank % n_gpus>.
         with_rank = device is not None and str(device).startswith("cuda")
         splits = {name: ds.map(fn, batched=True, batch_size=batch_size, num_proc=num_proc, with_rank=with_rank,

@@ -267,6 +267,13 @@ def refuse_double(data: Any, image_column: str, *, where: str) -> None:
         raise_double(f"{where}: its dataset info says {MARKER!r} (it was loaded from a uetransforms publish)")
 
 
+def refuse_marked(ds: Any, image_column: str, *, where: str, batch_size: int = 4096) -> None:
+    """Refuse an in-memory dataset any of whose images carries the protection marker (bytes only, no decode)."""
+    arrow = ds.with_format("arrow")
+    for i in range(0, len(ds), batch_size):
+        _refuse_marked_bytes(arrow[i:i + batch_size].column(image_column).to_pylist(), f"{where}, rows from {i}")
+
+
 def _refuse_marked_bytes(values: Any, where: str) -> None:
     """Refuse images that carry the codec's non-secret protection marker (PNG bytes, records, PIL)."""
     from .codecs import is_marked
