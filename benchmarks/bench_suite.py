@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--no-wait", action="store_true",
                    help="return when the cells left are all being trained by other processes")
+    p.add_argument("--collect-only", action="store_true",
+                   help="train nothing: rewrite results.json + heatmap.png from the finished cells of --out-dir")
+    p.add_argument("--command", default=None, help="with --collect-only: the command(s) to record as the source")
     p.add_argument("--record-measured", action="store_true",
                    help="write the per-method facts into uetransforms/assets/measured.json")
     args = p.parse_args(argv)
@@ -42,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
     import torch
 
-    from uetransforms import measured
-    from uetransforms.suite import evaluate_suite, table
+    from uetransforms.suite import collect, evaluate_suite
 
     torch.set_num_threads(args.threads)
+    if args.collect_only:
+        doc = collect(args.out_dir, methods=args.methods, defences=args.defences, command=args.command)
+        return _finish(doc, args)
     train = datasets.Dataset.from_parquet(os.path.join(args.data, "train-00000-of-00001.parquet"))
     test = datasets.Dataset.from_parquet(os.path.join(args.data, "test-00000-of-00001.parquet"))
     command = "python benchmarks/bench_suite.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -53,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
                          overrides={"epochs": args.epochs} if args.epochs else None, out_dir=args.out_dir,
                          image_column="img", label_column="label", device=args.device, command=command,
                          wait=not args.no_wait)
+    return _finish(doc, args)
+
+
+def _finish(doc: dict, args: argparse.Namespace) -> int:
+    import shutil
+
+    from uetransforms import measured
+    from uetransforms.suite import table
+
     print(table(doc))
     print(f"\nnot run: {len(doc['not_run'])} cells; results in {doc['files']['results']}")
     if args.copy_to:

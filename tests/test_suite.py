@@ -140,3 +140,14 @@ def test_cells_claimed_by_another_live_process_are_left_to_it(data, tmp_path, on
     doc = _run(data, tmp_path, wait=False)
     assert {"method": "random", "defence": "bdr"} in doc["not_run"] and len(doc["cells"]) == 3
     assert (tmp_path / "cells" / "random__bdr.json.lock").read_text() == "1"  # not taken over
+
+
+def test_collect_rewrites_results_without_training(data, tmp_path, monkeypatch, one_thread):
+    _run(data, tmp_path, defences=["none"])
+    monkeypatch.setattr(suite_mod, "_run_cell", lambda *a, **k: pytest.fail("collect must not train"))
+    doc = suite_mod.collect(tmp_path, methods=["random"], defences=["none", "iss"], command="two runs")
+    assert doc["command"] == "two runs" and len(doc["cells"]) == 2
+    assert {"method": "random", "defence": "iss"} in doc["not_run"]
+    assert json.loads((tmp_path / "results.json").read_text())["command"] == "two runs"
+    with pytest.raises(FileNotFoundError, match="no suite run"):
+        suite_mod.collect(tmp_path / "empty")

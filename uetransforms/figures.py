@@ -170,7 +170,7 @@ def suite_heatmap(
         True
     """
     font, small = _font(13), _font(11)
-    cw, ch, left, top = 104, 34, 96, 70 if title else 48
+    cw, ch, left, top = 120, 34, 96, 70 if title else 48
     width = max(left + cw * len(defences) + 12, 480)
     height = top + ch * len(methods) + 34
     img = Image.new("RGB", (width, height), "white")

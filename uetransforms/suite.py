@@ -315,6 +315,26 @@ def evaluate_suite(
     return _write_results(out, method_list, defence_list, prof, config, command)
 
 
+def collect(out_dir: str | os.PathLike, *, methods: Sequence[str] | None = None,
+            defences: Sequence[str] | None = None, suite: str | None = "standard", command: str | None = None
+            ) -> dict[str, Any]:
+    """Rewrite ``results.json`` and ``heatmap.png`` from the finished cells in ``out_dir`` without
+    training anything (e.g. while workers are still running, or after several invocations filled
+    one folder). Cells of the grid that have no result are listed under ``not_run``."""
+    out = os.fspath(out_dir)
+    cfg_path = os.path.join(out, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{out} holds no suite run (no config.json); run evaluate_suite first")
+    with open(cfg_path) as f:
+        config = json.load(f)
+    config.pop("fingerprint", None)
+    prof = Profile(**{**config["profile"], "method_params": config["profile"].get("method_params", {})})
+    base_methods, base_defences = SUITES[suite] if suite else ((), ())
+    method_list = list(dict.fromkeys(["clean", *(methods if methods is not None else base_methods)]))
+    defence_list = list(dict.fromkeys(defences if defences is not None else base_defences))
+    return _write_results(out, method_list, defence_list, prof, config, command)
+
+
 def _cell_path(out: str, method: str, defence: str) -> str:
     return os.path.join(out, "cells", f"{_slug(method)}__{_slug(defence)}.json")
 
@@ -515,10 +535,15 @@ def _write_results(out: str, methods: Sequence[str], defences: Sequence[str], pr
         "environment": {"uetransforms": __version__, "torch": torch.__version__},
         "files": {"results": os.path.join(out, "results.json"), "heatmap": os.path.join(out, "heatmap.png")},
     }
-    suite_heatmap(doc["files"]["heatmap"], summary["ratio"], [m for m in methods if m != "clean"], defences,
+    # the last column: early stopping, the best epoch of each "none" run against clean's best epoch
+    plot = {m: {**r, "early-stop": summary["peak_ratio"][m].get("none")} for m, r in summary["ratio"].items()}
+    columns = [*defences, "early-stop"] if "none" in defences else list(defences)
+    suite_heatmap(doc["files"]["heatmap"], plot, [m for m in methods if m != "clean"], columns,
                   title=f"protected / clean test accuracy ({prof.name} profile: {prof.arch}, {prof.epochs} epochs); "
                         "lower = stronger protection",
-                  clean={d: cells[("clean", d)]["test_accuracy"] for d in defences if ("clean", d) in cells})
+                  clean={**{d: cells[("clean", d)]["test_accuracy"] for d in defences if ("clean", d) in cells},
+                         **({"early-stop": cells[("clean", "none")]["peak_accuracy"]} if ("clean", "none") in cells
+                            else {})})
     _write_json(doc["files"]["results"], doc)
     return doc
 
@@ -552,5 +577,6 @@ def table(doc: Mapping[str, Any]) -> str:
     return "\n".join(head + lines)
 
 
-__all__ = ["BROKEN_RATIO", "PROFILES", "Profile", "STANDARD_DEFENCES", "STANDARD_METHODS", "SUITES", "evaluate_suite",
+__all__ = ["BROKEN_RATIO", "PROFILES", "Profile", "STANDARD_DEFENCES", "STANDARD_METHODS", "SUITES", "collect",
+           "evaluate_suite", "public_params",
            "resolve_profile", "summarise", "table"]
