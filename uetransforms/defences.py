@@ -19,13 +19,18 @@ spec                   what the trainer does
                        budget in /255 (8 by default), 5 steps; ``pgd:eps=4,steps=3,alpha=1``
                        sets budget, steps and step size (/255); ``pgd:norm=l2,eps=0.5``: L2
                        ball of radius 0.5 in [0, 1] pixel units per image (step 2.5 eps/steps)
-``bdr`` / ``bdr:bits=3``  bit-depth reduction of the training images to ``2**bits`` grey levels
-                       per channel (2 bits by default), one of ISS's squeezers (Liu et al.,
-                       ICML 2023, arXiv 2301.13838; after Xu et al.'s feature squeezing)
+``bdr`` / ``bdr:bits=3``  bit-depth reduction of the training images to ``2**bits`` evenly spaced
+                       levels per channel, 0 and 255 kept (2 bits by default): feature
+                       squeezing's definition (Xu et al. 2018, arXiv 1704.01155), which ISS
+                       (arXiv 2301.13838) lists among its squeezers; ISS's code uses
+                       torchvision's posterize (keep the top bits: levels 0, 64, 128, 192)
 ``jpeg10``             JPEG at quality 10, ISS's setting against L-inf (high-frequency) noise
-``iss``                Image Shortcut Squeezing as ``grayscale+jpeg10`` (ISS, arXiv 2301.13838:
-                       grayscale against low-frequency noise, JPEG-10 against L-inf noise;
-                       the paper tests the pair as its combined squeezer)
+``iss``                Image Shortcut Squeezing as ``grayscale+jpeg10`` (ISS, arXiv 2301.13838).
+                       The paper reports grayscale (against low-frequency noise) and JPEG-10
+                       (against L-inf noise) one at a time; its code applies both, grayscale
+                       first, when both are asked for. ``iss`` is that pair, so a trainer needs
+                       no idea of the perturbation's kind; ``grayscale`` and ``jpeg10`` alone
+                       are the paper's columns
 ``ueraser``            UEraser (Qin et al. 2023, arXiv 2303.15127): per-sample plasma brightness
                        and contrast, random channel shuffle and TrivialAugment on every batch;
                        ``ueraser:repeats=5`` is UEraser-Max (loss maximised over 5 draws per
@@ -43,7 +48,8 @@ spec                   what the trainer does
 
 JPEG, BDR and orthogonal projection change only the *training* images (a trainer cleans suspicious
 data; clean test images stay as they are); grayscale changes both, so the model sees gray at test
-time too. UEraser, sharpen+lowpass, cutout/mixup/cutmix and PGD act on every training batch.
+time too (ISS's code squeezes test images only on request; a gray-trained model tested on colour
+is the weaker choice for the trainer). UEraser, sharpen+lowpass, cutout/mixup/cutmix and PGD act on every training batch.
 
 Example:
     >>> d = parse_defence("grayscale+jpeg50")
@@ -443,8 +449,9 @@ def _l2(t: torch.Tensor) -> torch.Tensor:
 def bit_depth_reduce(images: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 images quantised to ``2**bits`` evenly spaced levels per channel (0 and 255 kept).
 
-    ISS (Liu et al. 2023, arXiv 2301.13838) uses bit-depth reduction as a squeezer alongside
-    grayscale and JPEG: a few levels cannot hold a +-8/255 perturbation.
+    Feature squeezing's rounding (Xu et al. 2018, arXiv 1704.01155); ISS (Liu et al. 2023,
+    arXiv 2301.13838) tests bit-depth reduction alongside grayscale and JPEG: a few levels cannot
+    hold a +-8/255 perturbation. ISS's code posterizes instead (floor to the top bits).
     """
     if images.dtype != torch.uint8:
         raise DefenceError(f"bit-depth reduction takes uint8 images, got {images.dtype}")
