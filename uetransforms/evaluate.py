@@ -337,8 +337,11 @@ def evaluate(
         seed: seeds weight init, shuffling, augmentation, defences and the partial-protection
             row choice: the same call gives the same numbers on the same machine.
         augment: random crop (zero padding, 1/8 of the side) + horizontal flip.
-        defences: specs such as ``"none"``, ``"grayscale"``, ``"jpeg75"``, ``"cutout"``,
-            ``"mixup"``, ``"pgd:eps=8,steps=5"``, combined with ``+`` (see :mod:`~uetransforms.defences`).
+        defences: specs such as ``"none"``, ``"grayscale"``, ``"jpeg10"``, ``"bdr"``, ``"iss"``,
+            ``"ueraser"``, ``"orthogonal"``, ``"sharpen+lowpass"``, ``"cutout"``, ``"mixup"``,
+            ``"pgd:eps=8,steps=5"``, ``"pgd:norm=l2,eps=0.5"``, combined with ``+`` (see
+            :mod:`~uetransforms.defences`). Every row reports the last epoch's clean test accuracy
+            and the best epoch's (``peak_accuracy``/``peak_epoch``: early stopping).
         label_map: label-agnostic threat: ``{old: new}`` (or a list indexed by old label)
             relabelling train *and* test, e.g. CIFAR-10 classes to animal/vehicle.
         train_label_column: label-agnostic threat: train on this column instead (test and
