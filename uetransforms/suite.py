@@ -523,6 +523,7 @@ def _write_results(out: str, methods: Sequence[str], defences: Sequence[str], pr
         if os.path.exists(p):
             with open(p) as f:
                 infos[m] = json.load(f)
+            infos[m]["bank_params"] = public_params(infos[m].get("bank_params") or {})
     summary = summarise(cells, methods, defences)
     not_run = [{"method": m, "defence": d} for d in defences for m in methods if (m, d) not in cells]
     doc = {
