@@ -95,3 +95,28 @@ def test_bad_parameters():
         ue.fit("salm", data, fraction=0)
     with pytest.raises(ValueError, match="mask_by"):
         ue.fit("salm", data, mask_by="edges")
+
+
+def test_per_step_mask_updates_only_top_positions_each_step(monkeypatch):
+    images, labels = tiny()
+    data = FitData.from_arrays(images, labels)
+    k = math.ceil(0.1 * 64)
+    seen = []
+    real = salm.top_fraction_mask
+    monkeypatch.setattr(salm, "top_fraction_mask", lambda s, f: seen.append(real(s, f)) or seen[-1])
+    bank = ue.fit("salm", data, seed=0, fraction=0.1, mask_update="step", **fast(max_rounds=1, steps=2))
+    assert seen and all(int(m[i].sum()) == k for m in seen for i in range(len(m)))  # every step: k positions
+    assert bank.info["mask_pixels"] is None and bank.info["pixels_per_step"] == k
+    d = bank.tensors["delta"]
+    assert (np.abs(d.astype(np.float64)) <= EPS).all() and changed_positions(d).max() > 0
+    assert changed_positions(d).max() <= 2 * k  # two steps: at most the union of two masks
+    with pytest.raises(ValueError, match="mask_update"):
+        ue.fit("salm", data, mask_update="always")
+    with pytest.raises(ValueError, match="mask_by='grad'"):
+        ue.fit("salm", data, mask_update="step", mask_by="intensity")
+
+
+def test_bank_says_what_is_verified_and_what_is_reconstructed():
+    images, labels = tiny(8)
+    bank = ue.fit("salm", FitData.from_arrays(images, labels), seed=0, **fast(max_rounds=1))
+    assert bank.info["verified"] and any("fraction" in r for r in bank.info["reconstruction"])

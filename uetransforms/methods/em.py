@@ -117,11 +117,15 @@ class _Noise:
     """The noise being fitted: class rows on the device, or sample rows in a (mapped) float16 array."""
 
     def __init__(self, mode: str, n: int, num_classes: int, shape: tuple[int, int, int], eps: float,
-                 device: torch.device, rng: np.random.Generator, masked: bool) -> None:
+                 device: torch.device, rng: np.random.Generator, masked: bool, random_start: bool = True) -> None:
         self.mode, self.eps, self.device, self.rng = mode, eps, device, rng
+        # sparse (SALM) noise starts at zero, or inside its mask (_draw_masks): never dense
+        self.random_start = random_start and not masked
         rows = num_classes if mode == "class" else n
         if mode == "class":
             init = rng.uniform(-eps, eps, (rows, *shape)).astype(np.float32)
+            if not random_start:
+                init[:] = 0
             self.table: Any = torch.from_numpy(init).to(device)
         else:
             self.table = workspace((rows, *shape), np.float16)
@@ -138,7 +142,7 @@ class _Noise:
             return self.table
         d = torch.from_numpy(np.asarray(self.table[keys], np.float32)).to(self.device)
         fresh = ~self.visited[keys]
-        if fresh.any() and self.mask is None:  # random start inside the ball, as in the paper
+        if fresh.any() and self.random_start:  # random start inside the ball, as in the paper
             idx = torch.from_numpy(np.flatnonzero(fresh)).to(self.device)
             init = self.rng.uniform(-self.eps, self.eps, (int(fresh.sum()), *d.shape[1:])).astype(np.float32)
             d[idx] = torch.from_numpy(init).to(self.device)
@@ -172,8 +176,14 @@ def _perturbed(x: torch.Tensor, d: torch.Tensor, idx: torch.Tensor | None, m: to
 
 
 def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device, method: str,
-           mask_rule: MaskRule | None = None) -> tuple[Any, dict[str, Any], Any]:
-    """Run the min-min loop; returns (noise table, info, masks or None). Used by ``em`` and ``salm``."""
+           mask_rule: MaskRule | None = None,
+           step_rule: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[Any, dict[str, Any], Any]:
+    """Run the min-min loop; returns (noise table, info, masks or None). Used by ``em`` and ``salm``.
+
+    ``mask_rule`` fixes each row's mask at its first visit (the noise stays inside it);
+    ``step_rule(grad) -> [rows, 1, H, W]`` instead masks every PGD update afresh, from the
+    gradient of that step (rows: the batch's samples, or the whole class table).
+    """
     rng = np.random.default_rng(seed)
     src = sg.ImageSource(data, device)
     k = data.num_classes
@@ -182,7 +192,8 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
         raise ValueError(f"label {int(labels.max())} is outside the {k} classes the dataset declares")
     model = sg.build(p["surrogate"], num_classes=k, image_shape=data.image_shape, device=device, seed=seed)
     trainer = sg.Trainer(model, lr=p["lr"])
-    noise = _Noise(p["mode"], len(data), k, data.image_shape, p["epsilon"], device, rng, mask_rule is not None)
+    noise = _Noise(p["mode"], len(data), k, data.image_shape, p["epsilon"], device, rng, mask_rule is not None,
+                   random_start=step_rule is None)
     budget = sg.Budget(p["max_steps"], p["max_seconds"])
     eps, alpha = p["epsilon"], p["step_size"]
     feed = src.cycle(p["batch_size"], rng)
@@ -227,6 +238,8 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
                     step = g.sign()
                     if m is not None:
                         step = step * m
+                    if step_rule is not None:  # rows of g: samples, or the class table
+                        step = step * step_rule(g)
                     d = (d - alpha * step).clamp_(-eps, eps)
                     if idx is None:  # sample-wise noise stays inside the pixel box: no clipping later
                         d = (x + d).clamp_(0, 1) - x

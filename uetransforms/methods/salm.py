@@ -1,35 +1,54 @@
-"""Sparsity-Aware Local Masking (SALM; "Medical Unlearnable Examples: Securing Medical Data
-from Unauthorized Training via Sparsity-Aware Local Masking", arXiv 2403.10573, 2024).
+"""Sparsity-Aware Local Masking (SALM; Sun, Liu, Yan, Xu, Sun: "Medical Unlearnable Examples:
+Securing Medical Data from Unauthorized Training via Sparsity-Aware Local Masking",
+arXiv 2403.10573, ICML 2024 workshop).
 
 Error-minimising noise (see :mod:`uetransforms.methods.em`) restricted to the most significant
 pixels of each image. Medical images are sparse: most pixels are background, and the
 information sits in a small region. Perturbing only the top-``fraction`` pixels shrinks the
-search space (fewer free variables for PGD) and the visible change (an L0 budget on top of the
-L-inf one).
+search space (fewer free variables for PGD) and the visible change.
 
-Only the paper's abstract was available, so the loop is a reconstruction (METHOD-NOTES, SALM):
-the min-min loop of ``em``, where each image's (or, ``mode="class"``, each class's) binary
-mask ``M`` keeps the ``ceil(fraction * H * W)`` pixel positions with the largest score and the
-noise update is ``delta <- clip_eps(delta - alpha * sign(M * grad))``. The mask is drawn once,
-at the first visit, and then fixed, so the stored noise is zero outside it and the L0 budget
-holds by construction. Scores (``mask_by``):
+**What is verified against the paper, and what is not.** Only the abstract (v1 and v2) and the
+opening of the introduction could be read in this session; the method section, the tables and
+any code were not reachable (the code is listed as not disclosed), so:
 
-* ``"grad"`` (default): ``|dL/dx|`` of the clean image summed over channels, under the
-  surrogate as it is at that moment (after its first ``train_steps`` steps);
-* ``"intensity"``: pixel brightness (mean over channels), i.e. the foreground of a dark-background
-  scan; needs no model.
+* verified (paper text): the threat model (a data owner releases noised images so that an
+  unauthorised classifier generalises poorly); the idea of perturbing *significant pixel
+  regions* of each image instead of the whole image, which narrows the search space of the
+  noise and exploits the sparsity of medical images; that it builds on error-minimising
+  unlearnable examples; the claim that clinical utility is kept;
+* reconstruction (not verified): the rule that picks the pixels (here ``|dL/dx|`` of the
+  surrogate, or brightness), the ratio (``fraction`` 0.1), whether the mask is fixed or redrawn
+  each step (``mask_update``), the loop (``em``'s min-min loop and its defaults: eps 8/255, 20
+  PGD steps of eps/10, 10 surrogate steps per round, stop at 1% surrogate error) and every number.
 
-A mask covers all channels of a pixel position, so at most ``ceil(fraction * H * W)`` positions
-(and ``C`` times as many values) ever change.
+``bank.info["verified"]`` and ``bank.info["reconstruction"]`` repeat this list, so a bank says
+what it is.
 
-Parameters: those of ``em`` (``mode`` defaults to ``"sample"``) plus ``fraction`` (0.1) and
-``mask_by`` ("grad"). ``bank.info`` adds ``mask_pixels`` (the L0 budget in pixel positions).
+The loop: ``em``'s min-min loop, where the noise update is
+``delta <- clip_eps(delta - alpha * sign(M * grad))`` with a binary mask ``M`` of the
+``ceil(fraction * H * W)`` pixel positions with the largest score (all channels of a position):
+
+* ``mask_update="once"`` (default): each image's (``mode="class"``: each class's) mask is drawn at
+  its first visit and then fixed, so the stored noise is zero outside it and the L0 budget holds
+  by construction: at most ``ceil(fraction * H * W)`` positions ever change;
+* ``mask_update="step"``: every PGD step updates only the top-``fraction`` positions of *that
+  step's* gradient (sparse steps, the other reading of "local masking"); the union over steps
+  may cover more positions, so there is no L0 guarantee (``mask_by="grad"`` only).
+
+Scores (``mask_by``): ``"grad"`` (default): ``|dL/dx|`` summed over channels under the surrogate
+as it is at that moment; ``"intensity"``: pixel brightness (mean over channels), i.e. the
+foreground of a dark-background scan; needs no model.
+
+Parameters: those of ``em`` (``mode`` defaults to ``"sample"``) plus ``fraction`` (0.1),
+``mask_by`` ("grad") and ``mask_update`` ("once"). ``bank.info`` adds ``mask_pixels`` (the L0
+budget in pixel positions, ``None`` for ``mask_update="step"``).
 
 Example:
     >>> import numpy as np, uetransforms as ue
     >>> rng = np.random.default_rng(0)
     >>> ds = {"image": list(rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)), "label": [0, 1] * 4}
-    >>> bank = ue.fit("salm", ds, surrogate="cnn-tiny", fraction=0.25, max_rounds=1, steps=2, train_steps=1)
+    >>> bank = ue.fit("salm", ds, surrogate="cnn-tiny", fraction=0.25, max_rounds=1, steps=2, train_steps=1,
+    ...               stop_error=0.9)
     >>> changed = (np.abs(bank.tensors["delta"]).max(axis=1) > 0).sum(axis=(1, 2))
     >>> bool((changed <= 16).all())   # 25% of 8x8 pixel positions
     True
@@ -48,6 +67,16 @@ from . import Choice, Method, Number, Param
 from . import em as _em
 
 MASK_RULES = ("grad", "intensity")
+MASK_UPDATES = ("once", "step")
+
+
+def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
+    p = _em.METHOD.resolve(p, data)
+    if p["mask_update"] == "step" and p["mask_by"] != "grad":
+        raise ValueError("mask_update='step' redraws the mask from each step's gradient: use mask_by='grad' "
+                         "(a brightness mask does not change between steps; use mask_update='once')")
+    return p
+
 
 METHOD = Method(
     key="salm",
@@ -65,10 +94,18 @@ METHOD = Method(
               help="share of pixel positions perturbed in each image (the L0 budget)"),
         Param("mask_by", "grad", Choice(MASK_RULES),
               help="'grad' (|loss gradient|, the paper's significance) or 'intensity' (bright foreground)"),
+        Param("mask_update", "once", Choice(MASK_UPDATES),
+              help="'once' (each image's mask fixed at its first visit: an L0 budget) or 'step' (every PGD step "
+                   "updates the top pixels of its own gradient)"),
     ),
-    resolve=_em.METHOD.resolve,
+    resolve=_resolve,
 )
 
+VERIFIED = ("threat model: released noised images make an unauthorised classifier generalise poorly",
+            "perturb significant pixel regions of each image, not the whole image (smaller search space, "
+            "exploits sparsity)", "built on error-minimising unlearnable examples")
+RECONSTRUCTION = ("pixel-selection rule (mask_by)", "ratio (fraction)", "fixed or per-step mask (mask_update)",
+                  "loop and defaults (em's min-min loop: eps, steps, step size, surrogate steps, stop error)")
 
 def top_fraction_mask(score: torch.Tensor, fraction: float) -> torch.Tensor:
     """0/1 mask ``[b, 1, H, W]`` keeping the ``ceil(fraction * H * W)`` highest-scoring positions.
@@ -95,8 +132,17 @@ def mask_rule(mask_by: str, fraction: float) -> _em.MaskRule:
 @METHOD.fitter
 def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
     """Fit error-minimising noise restricted to each image's top-``fraction`` pixels."""
-    rule = mask_rule(p["mask_by"], p["fraction"])
-    table, info, _masks = _em.minmin(data, p, seed=seed, device=device, method="salm", mask_rule=rule)
     h, w = data.image_shape[1:]
-    info["mask_pixels"] = max(1, math.ceil(p["fraction"] * h * w))
+    k = max(1, math.ceil(p["fraction"] * h * w))
+    if p["mask_update"] == "once":
+        rule = mask_rule(p["mask_by"], p["fraction"])
+        table, info, _masks = _em.minmin(data, p, seed=seed, device=device, method="salm", mask_rule=rule)
+        info["mask_pixels"] = k
+    else:
+        step_rule = lambda g: top_fraction_mask(g.abs().sum(1, keepdim=True), p["fraction"])  # noqa: E731
+        table, info, _masks = _em.minmin(data, p, seed=seed, device=device, method="salm", step_rule=step_rule)
+        info["mask_pixels"] = None
+        info["pixels_per_step"] = k
+    info["verified"] = list(VERIFIED)
+    info["reconstruction"] = list(RECONSTRUCTION)
     return _em.to_bank("salm", data, p, table, info, seed)
