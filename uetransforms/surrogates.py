@@ -280,7 +280,7 @@ def warn_budget_stop(method: str, why: str, *, wanted: str, reached: str, limit:
 
 
 def progress(iterable: Any = None, *, total: float | None = None, desc: str = "", enabled: bool | None = None,
-             unit: str = "it") -> Any:
+             unit: str = "it", initial: float = 0) -> Any:
     """A tqdm bar with rate and ETA; ``enabled=None`` shows it only when stderr is a terminal.
 
     Every model-based fit passes its ``progress`` parameter here, so ``progress=False`` keeps a
@@ -291,7 +291,7 @@ def progress(iterable: Any = None, *, total: float | None = None, desc: str = ""
     if enabled is None:
         enabled = sys.stderr.isatty()
     fmt = "{l_bar}{bar}| {n:.3g}/{total_fmt} [{elapsed}<{remaining}{postfix}]" if total else None
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False, unit=unit,
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False, unit=unit, initial=initial,
                 **({"bar_format": fmt} if fmt else {}))
 
 

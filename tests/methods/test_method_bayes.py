@@ -180,3 +180,21 @@ def test_time_budget_warns_and_bad_parameters():
                        ({"retrain_every": 0}, "retrain_every")):
         with pytest.raises(ValueError, match=match):
             ue.fit("bayes", data, **bad)
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_stopped_fit_resumes_from_its_checkpoint_to_the_same_bank(tmp_path, fresh):
+    images, labels = tiny(12)
+    data = FitData.from_arrays(images, labels)
+    kw = dict(seed=3, fresh=fresh, **fast(steps=4, retrain_every=2, step_size=2 / 255))
+    straight = ue.fit("bayes", data, **kw)
+    ckpt = tmp_path / "bayes.ckpt.npz"
+    with pytest.warns(UserWarning, match="max_steps=2"):
+        part = ue.fit("bayes", data, checkpoint=ckpt, max_steps=2, **kw)
+    assert part.info["steps"] == 2 and ckpt.exists()
+    resumed = ue.fit("bayes", data, checkpoint=ckpt, **kw)
+    assert resumed.info["steps"] == 4 and resumed.info["stopped_by"] == "completed"
+    assert np.array_equal(resumed.tensors["delta"], straight.tensors["delta"])
+    assert resumed.info["bayes_error_history"] == straight.info["bayes_error_history"]
+    with pytest.raises(ValueError, match="another fit"):
+        ue.fit("bayes", data, checkpoint=ckpt, **{**kw, "sigma": 0.5})

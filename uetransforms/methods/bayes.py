@@ -42,6 +42,11 @@ by stable sample ids and quantised to whole grey levels exactly like ``em`` samp
 A tqdm bar (steps, current estimate, ETA) shows on a terminal or with ``progress=True``.
 ``max_steps`` / ``max_seconds`` stop the fit early (checked between steps and between the
 retraining epochs) with a ``UserWarning``; the bank then holds the noise reached so far.
+``checkpoint="path.npz"`` saves the ascent's state after every step (noise, AdamW moments, the
+extractor's weights, the history; NumPy arrays, no pickle) and a later fit with the same data,
+seed and parameters resumes from it (``steps``, the budgets and ``progress`` may change).
+Every step draws its randomness from ``(seed, step)``, so a stopped-and-resumed fit gives the
+same bank as one run straight through.
 
 ``bank.info`` records the estimate at every step (``bayes_error_history``: ``[step, BE]``
 pairs, thinned to at most 100), the estimate of the final quantised noise under the last
@@ -59,6 +64,8 @@ Example:
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import numpy as np
@@ -68,7 +75,7 @@ import torch.nn.functional as F
 from .. import surrogates as sg
 from ..bank import NoiseBank
 from ..data import FitData
-from . import Choice, Flag, Method, Number, Param, _common
+from . import Choice, Flag, Method, Number, Param, Rule, _common
 
 #: Values a profile gives to the parameters left at ``None``. "paper": the authors' script
 #: (cifar10-retrain.py); "cpu": the same loop scaled down so 10k CIFAR images fit in minutes.
@@ -81,6 +88,12 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 ASCENTS = ("adamw", "sign")
 HISTORY_MAX = 100
+
+
+def _path_or_none(value: Any) -> Any:
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"checkpoint must be a file path or None, got {type(value).__name__}")
+    return value
 
 
 def _fill_profile(p: dict[str, Any], data: Any) -> dict[str, Any]:
@@ -128,6 +141,8 @@ METHOD = Method(
         _common.LR,
         _common.MAX_STEPS,
         _common.MAX_SECONDS,
+        Param("checkpoint", None, Rule(_path_or_none, "a file path (.npz) or None"),
+              help="save the ascent's state here after every step and resume from it (None: no checkpoint)"),
         _common.PROGRESS,
     ),
     resolve=_fill_profile,
@@ -243,6 +258,42 @@ def _thin(history: list[list[float]]) -> list[list[float]]:
     return [history[i] for i in pick]
 
 
+#: Parameters that may differ between a checkpointed fit and the one resuming it.
+_RESUMABLE = ("steps", "max_steps", "max_seconds", "checkpoint", "progress")
+
+
+def _fingerprint(data: FitData, p: dict[str, Any], seed: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps({k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
+                         for k, v in sorted(p.items()) if k not in _RESUMABLE}, sort_keys=True).encode())
+    h.update(f"{seed}|{data.image_shape}|".encode())
+    h.update("\n".join(data.sample_ids).encode())
+    h.update(np.ascontiguousarray(data.labels).tobytes())
+    return h.hexdigest()
+
+
+def _save_checkpoint(path: str, state: dict[str, Any], arrays: dict[str, np.ndarray], model: sg.Surrogate) -> None:
+    """Write the ascent's state to ``path`` (.npz, no pickle) through a temporary file and a rename."""
+    tensors = {f"model/{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    meta = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, meta=meta, **arrays, **tensors)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: str, fingerprint: str) -> tuple[dict[str, Any], Any] | None:
+    if not os.path.exists(path):
+        return None
+    z = np.load(path, allow_pickle=False)
+    state = json.loads(bytes(z["meta"]).decode())
+    if state.get("fingerprint") != fingerprint:
+        raise ValueError(f"checkpoint {path!r} belongs to another fit (other data, seed or parameters); "
+                         "delete it or pass another checkpoint path")
+    return state, z
+
+
 @METHOD.fitter
 def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
     """Maximise the kernel Bayes-error estimate with a periodically retrained extractor (module docs)."""
@@ -267,8 +318,33 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
     retrains = 0
     model: sg.Surrogate | None = None
     stopped = "completed"
-    bar = sg.progress(total=p["steps"], desc="bayes ascent", enabled=p["progress"], unit="step")
-    for step in range(p["steps"]):
+    first = model_step = 0  # model_step: the step whose seed built the current extractor
+    ckpt = os.fspath(p["checkpoint"]) if p["checkpoint"] is not None else None
+    fingerprint = _fingerprint(data, p, seed) if ckpt else ""
+    resumed = _load_checkpoint(ckpt, fingerprint) if ckpt else None
+    if resumed is not None:  # every step draws its randomness from (seed, step): resuming is exact
+        state, z = resumed
+        first, history, extractor_acc, retrains = (state["next_step"], state["history"], state["extractor_acc"],
+                                                   state["retrains"])
+        delta[:] = z["delta"]
+        if adam:
+            m1[:], m2[:] = z["m1"], z["m2"]
+        model = sg.build(p["surrogate"], num_classes=k, image_shape=data.image_shape, device=device,
+                         seed=seed + 7919 * state["model_step"])
+        model.load_state_dict({name[len("model/"):]: torch.from_numpy(z[name]) for name in z.files
+                               if name.startswith("model/")})
+        model.eval()
+        model_step = state["model_step"]
+        budget.tick(first)  # max_steps counts every step of the fit, before and after the resume
+
+    def save(next_step: int) -> None:
+        if ckpt and model is not None:
+            state = {"fingerprint": fingerprint, "next_step": next_step, "history": history,
+                     "extractor_acc": extractor_acc, "retrains": retrains, "model_step": model_step}
+            _save_checkpoint(ckpt, state, {"delta": delta, **({"m1": m1, "m2": m2} if adam else {})}, model)
+
+    bar = sg.progress(total=p["steps"], initial=first, desc="bayes ascent", enabled=p["progress"], unit="step")
+    for step in range(first, p["steps"]):
         why = budget.exhausted()
         if why:
             stopped = why
@@ -278,6 +354,7 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
             if model is None or p["fresh"]:
                 model = sg.build(p["surrogate"], num_classes=k, image_shape=data.image_shape, device=device,
                                  seed=seed + 7919 * step)
+                model_step = step
             acc, done = train_extractor(model, src, delta, epochs=p["retrain_epochs"], batch_size=bs, lr=p["lr"],
                                         rng=rng, budget=budget)
             retrains += 1
@@ -311,6 +388,7 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
                 d = (x + d).clamp_(0, 1) - x  # stay inside the pixel box: applying never clips
                 delta[rows] = d.cpu().numpy().astype(np.float16)
         budget.tick()
+        save(step + 1)
         bar.update(1)
         bar.set_postfix(bayes_error=f"{be:.3f}")
     bar.close()
@@ -324,7 +402,7 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
         limit = p["max_seconds"] if stopped == "time" else p["max_steps"]
         sg.warn_budget_stop("bayes", stopped, wanted=f"its {p['steps']} ascent steps",
                             reached=f"{budget.steps} step(s)", limit=limit, stacklevel=4)
-    stored = {name: v for name, v in p.items() if name != "progress"}
+    stored = {name: v for name, v in p.items() if name not in ("progress", "checkpoint")}  # how, not what
     if not isinstance(stored["surrogate"], str):
         stored["surrogate"] = model.name if model is not None else type(stored["surrogate"]).__name__
     return NoiseBank(
