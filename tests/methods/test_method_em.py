@@ -254,3 +254,14 @@ def test_needs_labels():
     images, _ = tiny(4)
     with pytest.raises(ValueError, match="needs labels"):
         ue.fit("em", {"image": list(images)}, label_column=None)
+
+
+@pytest.mark.parametrize("show", [True, False])
+def test_progress_bar_with_eta_or_quiet(capsys, show):
+    images, labels = tiny(8)
+    ue.fit("em", FitData.from_arrays(images, labels), seed=0, progress=show, **fast(max_rounds=2))
+    err = capsys.readouterr().err
+    if show:
+        assert "em rounds" in err and "/2 [" in err and "<" in err  # n/total [elapsed<remaining]
+    else:
+        assert "em rounds" not in err
