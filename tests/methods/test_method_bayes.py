@@ -75,6 +75,7 @@ def test_ascent_respects_the_budget_and_is_applied_as_stored():
     info = bank.info
     assert [s for s, _ in info["bayes_error_history"]] == [0, 1, 2, 3] and info["steps"] == 4
     assert info["stopped_by"] == "completed" and info["retrains"] == 4  # a fresh extractor every step
+    assert bank.params["profile"] == "cpu"  # "auto" on a CPU device
     d = bank.tensors["delta"]
     assert d.dtype == np.float16 and (np.abs(d.astype(np.float64)) <= EPS).all() and np.abs(d).max() > 0
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
@@ -137,8 +138,9 @@ def test_profiles():
     paper = bayes.METHOD.check({"profile": "paper"})
     assert (paper["surrogate"], paper["steps"], paper["retrain_every"], paper["retrain_epochs"], paper["ascent"],
             paper["step_size"]) == ("resnet18", 2000, 1, 30, "adamw", 1e-3)
-    cpu = bayes.METHOD.check({})
+    cpu = bayes.METHOD.check({"profile": "cpu"})
     assert cpu["profile"] == "cpu" and cpu["surrogate"] == "cnn-tiny" and cpu["retrain_every"] == 1
+    assert bayes.METHOD.check({})["profile"] == "auto"  # settled by fit, which knows the device
     assert bayes.METHOD.check({"profile": "paper", "steps": 3})["steps"] == 3  # explicit values win
 
 

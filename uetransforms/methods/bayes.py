@@ -28,9 +28,11 @@ pixel box. Here:
 * ``ascent="adamw"`` is the authors' optimiser on the pixels (``step_size`` is its lr);
   ``ascent="sign"`` is projected sign-gradient ascent;
 * ``profile="paper"`` gives the authors' settings (ResNet-18, 30 epochs every step, 2000 AdamW
-  steps of lr 1e-3): GPU work, days for CIFAR-10. ``profile="cpu"`` (the default) is the same
-  loop scaled down to fit a CPU: cnn-tiny, 4 fresh epochs every step, 12 AdamW steps of lr
-  eps/6. Any parameter given explicitly overrides its profile's value.
+  steps of lr 1e-3): GPU work, days for CIFAR-10 (use ``checkpoint``). ``profile="cpu"`` is the
+  same loop scaled down to fit a CPU: cnn-tiny, 4 fresh epochs every step, 12 AdamW steps of lr
+  eps/6. ``profile="auto"`` (the default) picks "paper" on a CUDA device and "cpu" elsewhere.
+  Any parameter given explicitly overrides its profile's value; ``bank.params["profile"]``
+  records the one used.
 
 Each ascent step streams over the data: ``dBE/dz`` is computed from the current features in
 row chunks of ``chunk`` (O(N^2 D) time, O(chunk * N) memory, never the N x N matrix), then every
@@ -97,7 +99,12 @@ def _path_or_none(value: Any) -> Any:
 
 
 def _fill_profile(p: dict[str, Any], data: Any) -> dict[str, Any]:
-    """Parameters left at ``None`` take their profile's value; explicit ones override it."""
+    """Parameters left at ``None`` take their profile's value; explicit ones override it.
+
+    ``profile="auto"`` is settled by :func:`fit`, which knows the device.
+    """
+    if p["profile"] == "auto":
+        return p
     for name, value in PROFILES[p["profile"]].items():
         if p[name] is None:
             p[name] = value
@@ -119,8 +126,9 @@ METHOD = Method(
     order=50,
     params=(
         *_common.LINF_BUDGET,
-        Param("profile", "cpu", Choice(tuple(PROFILES)), paper="paper",
-              help="'cpu': the loop scaled down for a CPU (default); 'paper': the authors' settings, for a GPU"),
+        Param("profile", "auto", Choice(("auto", *PROFILES)), paper="paper",
+              help="'auto' (default): 'paper' on a CUDA device, else 'cpu'; 'cpu': the loop scaled down for a CPU; "
+                   "'paper': the authors' settings, for a GPU"),
         Param("surrogate", None, _common.SURROGATE_CHECK, paper=_PAPER["surrogate"],
               help="feature extractor, a uetransforms.surrogates.build name or an nn.Module" + _FROM_PROFILE),
         _common.positive("sigma", 0.3, "Gaussian kernel width on features scaled to [-1, 1]"),
@@ -297,6 +305,8 @@ def _load_checkpoint(path: str, fingerprint: str) -> tuple[dict[str, Any], Any] 
 @METHOD.fitter
 def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
     """Maximise the kernel Bayes-error estimate with a periodically retrained extractor (module docs)."""
+    if p["profile"] == "auto":  # the paper's loop where a GPU can run it, the scaled-down one elsewhere
+        p = _fill_profile({**p, "profile": "paper" if device.type == "cuda" else "cpu"}, data)
     n, k = len(data), data.num_classes
     if n < 2:
         raise ValueError("bayes needs at least two samples: the estimate compares each sample with the others")
