@@ -108,3 +108,23 @@ def test_ray_errors(cluster, bank, source):
         ue_ray.protect(ray.data.read_parquet(path), bank, batch_size=0)
     with pytest.raises(Exception, match="image_column='img'"):
         ue_ray.protect(ray.data.read_parquet(path), bank, image_column="img").take_all()
+
+
+def test_ray_every_kind_and_mixed_sizes_equal_datasets_map(cluster, tmp_path):
+    """conv / pixel / synth / sample-keyed banks on images of several sizes: Ray gives datasets.map's bytes."""
+    import test_protect as tp  # the kind banks and the mixed-size dataset of the Protect tests
+
+    src = tp.mixed_ds().add_column("idx", list(range(len(tp.SIZES))))
+    path = str(tmp_path / "mixed.parquet")
+    src.to_parquet(path)
+    # Fused tasks for every kind (additive-class is covered above); the split (GPU) pipeline once.
+    runs = [("conv-class", False), ("pixel-class", False), ("additive-sample", False), ("synth-class", True)]
+    banks = tp._kind_banks()
+    for name, split_stages in runs:
+        bank = banks[name]
+        bank_path = str(bank.save(tmp_path / f"{name}.arrow"))
+        opts = tp._options(name)
+        ref = png_bytes(src.map(ue.Protect(bank_path, **opts), batched=True, batch_size=3))
+        out = ue_ray.protect(ray.data.read_parquet(path), bank_path, batch_size=3, split_stages=split_stages, **opts)
+        rows = by_idx(out.take_all())
+        assert [r["image"]["bytes"] for r in rows] == ref, name

@@ -145,7 +145,7 @@ def test_conv_even_kernel_is_refused():
 
 def test_conv_unknown_normalisation():
     bank = conv_bank([0], 3)
-    bank.params["normalise"] = "mean"
+    bank = bank.replace(params={**bank.params, "normalise": "mean"})
     with pytest.raises(BankError, match="normalisation"):
         apply(bank, images(1, 3, 6, 6), [0])
 
@@ -230,7 +230,7 @@ def test_synth_needs_ids():
 
 def test_synth_unknown_synthesiser():
     bank = synth_bank([0], (1, 4, 4))
-    bank.params["synth"] = "perlin"
+    bank = bank.replace(params={**bank.params, "synth": "perlin"})
     with pytest.raises(BankError, match="perlin"):
         apply(bank, images(1, 1, 4, 4), [0], sample_ids=["a"])
 
@@ -244,8 +244,7 @@ def test_size_mismatch_error_names_resize():
 
 
 def test_size_mismatch_policy_from_bank_info():
-    bank = additive_bank([0], (3, 8, 8))
-    bank.info["size_mismatch"] = "resize"
+    bank = additive_bank([0], (3, 8, 8)).replace(info={"size_mismatch": "resize"})
     assert apply(bank, images(1, 3, 5, 5), [0]).shape == (1, 3, 5, 5)
     with pytest.raises(SizeMismatchError):
         apply(bank, images(1, 3, 5, 5), [0], size_mismatch="error")
@@ -418,3 +417,237 @@ def test_empty_batch():
     bank = additive_bank([0, 1], (3, 4, 4))
     out = apply(bank, torch.zeros((0, 3, 4, 4), dtype=torch.uint8), [])
     assert out.shape == (0, 3, 4, 4) and out.dtype == torch.uint8
+
+
+# ------------------------------------------------------------------ the AR recursion: same bytes as the raster loop
+def _raster_synth_ar(coef, seeds, shape, *, epsilon, norm, innovation=0.0, warmup=4):
+    """The pre-vectorisation synthesiser, kept verbatim as the reference: a Python loop per pixel."""
+    c, h, w = (int(s) for s in shape)
+    b = len(seeds)
+    pad = max(int(warmup), 2)
+    canvas = np.empty((b, c, h + pad, w + pad), dtype=np.float64)
+    for i, s in enumerate(seeds):
+        canvas[i] = np.random.default_rng(int(s)).standard_normal((c, h + pad, w + pad))
+    a = coef.astype(np.float64).reshape(b, c, 8)
+    offsets = [(di, dj) for di in (-2, -1, 0) for dj in (-2, -1, 0)][:-1]
+    for i in range(2, h + pad):
+        for j in range(2, w + pad):
+            acc = canvas[:, :, i, j] * innovation
+            for n, (di, dj) in enumerate(offsets):
+                acc += a[:, :, n] * canvas[:, :, i + di, j + dj]
+            canvas[:, :, i, j] = acc
+    delta = canvas[:, :, pad:, pad:]
+    delta = delta - delta.mean(axis=(1, 2, 3), keepdims=True)
+    flat = delta.reshape(len(delta), -1)
+    size = np.linalg.norm(flat, axis=1) if norm == "l2" else np.abs(flat).max(axis=1)
+    size = np.maximum(size, 1e-12)
+    return (delta * (epsilon / size).reshape(-1, 1, 1, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("b, c, h, w, innovation, norm", [
+    (3, 3, 10, 10, 0.0, "l2"), (2, 1, 7, 13, 0.3, "linf"), (1, 3, 1, 1, 0.0, "l2"), (2, 3, 2, 5, 0.0, "linf"),
+    (4, 3, 32, 32, 0.0, "l2"), (1, 3, 40, 9, 0.5, "l2"),
+])
+def test_synth_ar_same_bytes_as_raster_loop(b, c, h, w, innovation, norm):
+    coef = stable_coef(np.random.default_rng(h * w + b), b, c)
+    seeds = [ops.sample_seed(3, f"s{i}") for i in range(b)]
+    want = _raster_synth_ar(coef, seeds, (c, h, w), epsilon=0.5, norm=norm, innovation=innovation)
+    got = ops.synth_ar(coef, seeds, (c, h, w), epsilon=0.5, norm=norm, innovation=innovation)
+    assert got.tobytes() == want.tobytes()
+
+
+def test_ar_recursion_prunes_only_what_it_is_told():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 11, 4))
+    a = np.ascontiguousarray(np.concatenate([stable_coef(rng, 3, 1)[:, 0].T, np.full((8, 1), 1.0)], axis=1))
+    full, alive = ops.ar_recursion(x.copy(), a)
+    assert alive.tolist() == [0, 1, 2, 3]
+    seen = []
+
+    def prune(sq):
+        seen.append(sq.copy())
+        return np.isfinite(sq) & (sq < 1e6)
+
+    kept, alive = ops.ar_recursion(x.copy(), a, prune=prune, crop=4, prune_every=2)
+    assert alive.tolist() == [0, 1, 2]  # the fourth process (coefficients summing to 8) explodes
+    np.testing.assert_array_equal(kept, full[:, :, :3])
+    # The final call sees every finished pixel of the crop: the exact sum of squares.
+    np.testing.assert_allclose(seen[-1], (full[4:, 4:, :3] ** 2).sum(axis=(0, 1)), rtol=1e-12)
+
+
+# ------------------------------------------------------------------ kind and synthesiser registries
+def test_kind_registry_drives_bank_dispatch_and_required_tensors(monkeypatch):
+    from uetransforms import bank as bank_module
+
+    monkeypatch.setattr(ops, "_KINDS", dict(ops._KINDS))
+    calls = []
+
+    def invert(app, x, rows, seeds):
+        calls.append(rows.tolist())
+        return torch.where(app.rows_of("mask", rows).bool(), 255 - x, x)
+
+    ops.register_kind("invert", required_tensors=("mask",), kernel=invert, shape_tensor="mask",
+                      public_params=("fraction",))
+    assert "invert" in bank_module.KINDS and bank_module.REQUIRED_TENSORS["invert"] == ("mask",)
+    with pytest.raises(BankError, match=r"needs tensors \['mask'\]"):
+        NoiseBank(method="toy", kind="invert", keying="class", keys=[0], tensors={"delta": np.zeros((1, 1, 2, 2))})
+    bank = NoiseBank(method="toy", kind="invert", keying="class", keys=[4, 5],
+                     tensors={"mask": np.stack([np.zeros((1, 2, 2)), np.ones((1, 2, 2))]).astype(np.uint8)},
+                     params={"fraction": 1.0, "seed": 3})
+    assert bank.image_shape == (1, 2, 2)
+    x = images(2, 1, 2, 2)
+    out = apply(bank, x, [5, 4])
+    assert calls == [[1, 0]]
+    assert torch.equal(out[0], 255 - x[0]) and torch.equal(out[1], x[1])
+    with pytest.raises(ValueError, match="already registered"):
+        ops.register_kind("invert", required_tensors=("mask",), kernel=invert)
+    with pytest.raises(BankError, match="unknown bank kind 'warp'"):
+        NoiseBank(method="toy", kind="warp", keying="class", keys=[0], tensors={"mask": np.zeros((1, 1, 2, 2))})
+
+
+def test_register_synth_by_name(monkeypatch):
+    monkeypatch.setattr(ops, "_SYNTHS", dict(ops._SYNTHS))
+
+    def flat(coef, seeds, shape, *, epsilon, norm, innovation=0.0):
+        return np.full((len(seeds), *shape), epsilon, np.float32) * coef[:, :1, :1, None].astype(np.float32)
+
+    ops.register_synth("flat", flat)
+    bank = NoiseBank(method="toy", kind="synth", keying="class", keys=[0, 1], image_shape=(1, 3, 3),
+                     tensors={"coef": np.array([[[1.0] * 8], [[-1.0] * 8]], np.float32)},
+                     params={"synth": "flat", "epsilon": 4 / 255})
+    out = apply(bank, torch.full((2, 1, 3, 3), 100, dtype=torch.uint8), [0, 1], sample_ids=["a", "b"])
+    assert out[0].unique().tolist() == [104] and out[1].unique().tolist() == [96]
+    with pytest.raises(ValueError, match="already registered"):
+        ops.register_synth("flat", lambda *a, **k: None)
+
+
+# ------------------------------------------------------------------ Applier.protect: the one front door
+def _chws(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, s, dtype=np.uint8) for s in shapes]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: additive_bank([0, 1, 2], (3, 8, 8)),
+    lambda: pixel_bank([0, 1, 2], (3, 8, 8)),
+    lambda: conv_bank([0, 1, 2], 3),
+    lambda: synth_bank([0, 1, 2], (3, 8, 8)),
+])
+def test_protect_mixed_sizes_in_input_order(make):
+    bank = make()
+    shapes = [(3, 8, 8), (3, 5, 7), (3, 8, 8), (3, 12, 6), (3, 5, 7)]
+    chws = _chws(shapes)
+    labels = [2, 0, 1, 1, 2]
+    ids = [f"s{i}" for i in range(5)]
+    out = Applier(bank, size_mismatch="resize").protect(chws, labels=labels, sample_ids=ids)
+    assert [o.shape for o in out] == shapes and all(o.dtype == np.uint8 for o in out)
+    for i, (c, lab, sid) in enumerate(zip(chws, labels, ids)):  # one image at a time: the same bytes
+        one = apply(bank, torch.from_numpy(c[None]), [lab], sample_ids=[sid], size_mismatch="resize")[0]
+        np.testing.assert_array_equal(out[i], one.numpy(), err_msg=str(i))
+
+
+def test_protect_tensor_batch_equals_list():
+    bank = synth_bank([0, 1], (3, 8, 8))
+    x = images(4, 3, 8, 8)
+    app = Applier(bank)
+    as_tensor = app.protect(x, labels=torch.tensor([0, 1, 1, 0]))
+    as_list = app.protect(list(x.numpy()), labels=np.array([0, 1, 1, 0]))
+    np.testing.assert_array_equal(as_tensor.numpy(), np.stack(as_list))
+    # Synth banks without ids seed each image by its content: same image, same noise, anywhere.
+    again = app.protect(x[[3, 0]], labels=[0, 0])
+    assert torch.equal(again, as_tensor[[3, 0]])
+
+
+def test_noise_is_resized_once_per_size(monkeypatch):
+    bank = additive_bank([0, 1, 2], (3, 8, 8))
+    app = Applier(bank, size_mismatch="resize")
+    sizes = []
+    real = Applier.fit_size
+
+    def counting(self, t, hw, *, mode):
+        if tuple(t.shape[-2:]) != hw:
+            sizes.append((hw, t.shape[0]))
+        return real(self, t, hw, mode=mode)
+
+    monkeypatch.setattr(Applier, "fit_size", counting)
+    for seed in range(3):
+        app.protect(_chws([(3, 5, 7), (3, 9, 9), (3, 5, 7)], seed=seed), labels=[0, 1, 2])
+    assert sorted(sizes) == [((5, 7), 3), ((9, 9), 3)]  # the whole bank, once per size
+
+
+def test_resized_cache_equals_resizing_the_rows(tmp_path, monkeypatch):
+    bank = additive_bank([0, 1, 2], (3, 8, 8))
+    bank.save(tmp_path / "b.arrow")
+    chws = _chws([(3, 5, 7), (3, 11, 9), (3, 5, 7)])
+    cached = Applier(bank, size_mismatch="resize").protect(chws, labels=[2, 0, 1])
+    monkeypatch.setattr(Applier, "RESIDENT_BYTES", 0)  # mapped: rows gathered and resized per batch
+    mapped = Applier(NoiseBank.load(tmp_path / "b.arrow"), size_mismatch="resize")
+    assert not mapped._resident
+    for a, b in zip(cached, mapped.protect(chws, labels=[2, 0, 1])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_size_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(Applier, "SIZE_CACHE_BYTES", 3 * 3 * 10 * 10 * 4 * 2)  # two 10x10 copies of the bank
+    app = Applier(additive_bank([0, 1, 2], (3, 8, 8)), size_mismatch="resize")
+    for hw in [(10, 10), (10, 9), (9, 10), (10, 10)]:
+        app.protect(_chws([(3, *hw)]), labels=[1])
+    assert list(app._sized) == [("delta", (9, 10)), ("delta", (10, 10))]
+
+
+def test_protect_sample_bank_and_key_errors():
+    ids = ["a", "b", "c"]
+    delta = np.random.default_rng(0).uniform(-EPS, EPS, (3, 3, 4, 4)).astype("float32")
+    bank = NoiseBank(method="em", kind="additive", keying="sample", keys=ids, tensors={"delta": delta})
+    chws = _chws([(3, 4, 4)] * 2)
+    out = Applier(bank).protect(chws, sample_ids=["c", "a"])
+    ref = ref_additive(np.stack(chws), bank, ["c", "a"])
+    np.testing.assert_array_equal(np.stack(out), ref)
+    with pytest.raises(BankError, match="not in this sample-wise bank"):
+        Applier(bank).protect(chws)  # content hashes are not the fitted ids
+    with pytest.raises(ValueError, match="sample ids"):
+        Applier(bank).protect(chws, sample_ids=["a"])
+    cls = additive_bank([0, 1], (3, 4, 4))
+    with pytest.raises(BankError, match="needs each image's label"):
+        Applier(cls).protect(chws)
+    with pytest.raises(BankError, match="integer class ids"):
+        Applier(cls).protect(chws, labels=["cat", "dog"])
+    with pytest.raises(ValueError, match="2 images but 1 keys"):
+        Applier(cls).protect(chws, labels=[0])
+
+
+def test_applier_pickles_small_and_equal(tmp_path):
+    import pickle
+
+    bank = additive_bank([0, 1], (3, 4, 4))
+    bank.save(tmp_path / "b.arrow")
+    app = Applier(NoiseBank.load(tmp_path / "b.arrow"), size_mismatch="resize")
+    blob = pickle.dumps(app)
+    assert len(blob) < 1000  # the bank travels as its path and sha256
+    back = pickle.loads(blob)
+    assert back.size_mismatch == "resize" and back.bank.sha256 == app.bank.sha256
+    chws = _chws([(3, 4, 4), (3, 6, 6)])
+    for a, b in zip(app.protect(chws, labels=[1, 0]), back.protect(chws, labels=[1, 0])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cluster_bank_with_an_encoder_equals_the_cluster_column():
+    from uetransforms.assign import ClusterAssigner
+
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 4))
+    chws = _chws([(3, 6, 6)] * 9)
+    with torch.no_grad():  # three of the images' own (L2-normalised) features as centroids
+        feats = torch.nn.functional.normalize(encoder(torch.from_numpy(np.stack(chws[:3])).float() / 255), dim=-1)
+    centroids = feats.numpy()
+    bank = NoiseBank(method="clusters", kind="additive", keying="cluster", keys=[0, 1, 2],
+                     tensors={"delta": np.random.default_rng(2).uniform(-EPS, EPS, (3, 3, 6, 6)).astype("float32"),
+                              "centroid": centroids}, info={"surrogate": {"kind": "module", "class": "toy"}})
+    clusters = ClusterAssigner(bank, encoder=encoder)(chws)
+    assert clusters[:3].tolist() == [0, 1, 2]  # the test means something only if clusters differ
+    by_column = Applier(bank).protect(chws, labels=clusters)
+    by_encoder = Applier(bank, encoder=encoder).protect(chws)
+    for a, b in zip(by_column, by_encoder):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(BankError, match="custom encoder"):
+        Applier(bank).protect(chws)  # nothing to rebuild the surrogate from

@@ -524,3 +524,184 @@ def test_cluster_bank_assigns_clusters_unless_a_column_is_named():
     class_bank = NoiseBank(method="random", kind="additive", keying="class", keys=[0, 1],
                            tensors={"delta": np.zeros((2, 3, 4, 4), np.float32)})
     assert ue.Protect(class_bank).label_column == "label"
+
+
+# ------------------------------------------------------------------ every bank kind, every path, mixed sizes
+SIZES = [(8, 8), (6, 10), (8, 8), (8, 8), (6, 10), (9, 7), (8, 8)]
+
+
+def _kind_banks() -> dict[str, NoiseBank]:
+    rng = np.random.default_rng(5)
+    resize = {"size_mismatch": "resize"}
+    uids = [f"id-{i:03d}" for i in range(len(SIZES))]
+    return {
+        "additive-class": class_bank().replace(info=resize),
+        "additive-cluster": NoiseBank(
+            method="clusters", kind="additive", keying="cluster", keys=[0, 1, 2], info=resize,
+            tensors={"delta": rng.uniform(-EPS, EPS, (3, 3, H, W)).astype("float32"),
+                     "centroid": np.eye(3, dtype=np.float32)}),
+        "additive-sample": NoiseBank(
+            method="em", kind="additive", keying="sample", keys=uids, info=resize,
+            tensors={"delta": rng.uniform(-EPS, EPS, (len(uids), 3, H, W)).astype("float32")}),
+        "conv-class": NoiseBank(method="cuda", kind="conv", keying="class", keys=[0, 1, 2], image_shape=(3, H, W),
+                                tensors={"weight": rng.uniform(0, 1, (3, 3, 3, 3)).astype("float32")}),
+        "pixel-class": NoiseBank(method="ops", kind="pixel", keying="class", keys=[0, 1, 2], info=resize,
+                                 tensors={"mask": rng.uniform(size=(3, 1, H, W)) < 0.3,
+                                          "value": rng.integers(0, 256, (3, 3, H, W), dtype=np.uint8)}),
+        "synth-class": NoiseBank(method="ar", kind="synth", keying="class", keys=[0, 1, 2], image_shape=(3, H, W),
+                                 info=resize, params={"synth": "ar", "epsilon": 1.0, "norm": "l2", "salt": 9},
+                                 tensors={"coef": (lambda a: (a / np.abs(a).sum(-1, keepdims=True) * 0.9))(
+                                     rng.uniform(-1, 1, (3, 3, 8))).astype("float32")}),
+    }
+
+
+KIND_BANKS = list(_kind_banks())
+
+
+def mixed_ds() -> Dataset:
+    rng = np.random.default_rng(8)
+    n = len(SIZES)
+    return Dataset.from_dict(
+        {"image": [{"bytes": _encode(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "PNG"), "path": None}
+                   for h, w in SIZES],
+         "label": [i % 3 for i in range(n)], "cluster": [(2 * i + 1) % 3 for i in range(n)],
+         "uid": [f"id-{i:03d}" for i in range(n)]},
+        features=Features({"image": Image(), "label": ClassLabel(num_classes=3), "cluster": Value("int64"),
+                           "uid": Value("string")}))
+
+
+def reference_kernel(bank: NoiseBank, hwc: np.ndarray, *, label: int, cluster: int, uid: str) -> np.ndarray:
+    """One image through the primitive kernels, with the key rule written out (not the Applier)."""
+    import torch
+    import torch.nn.functional as F
+
+    chw = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    x = torch.from_numpy(chw[None].copy())
+    key = {"class": label, "cluster": cluster, "sample": uid}[bank.keying]
+    row = list(bank.keys).index(key)
+    hw = chw.shape[1:]
+
+    def sized(t, mode):
+        if tuple(t.shape[-2:]) == hw:
+            return t
+        kw = {} if mode == "nearest" else {"align_corners": False}
+        return F.interpolate(t.to(torch.float32), size=hw, mode=mode, **kw).to(t.dtype)
+
+    if bank.kind == "additive":
+        d = torch.from_numpy(bank.tensors["delta"][row : row + 1].astype(np.float32)).mul_(255)
+        out = ops.add_delta(x, sized(d, "bilinear"))
+    elif bank.kind == "conv":
+        out = ops.convolve(x, torch.from_numpy(bank.tensors["weight"][row : row + 1].copy()))
+    elif bank.kind == "pixel":
+        mask = sized(torch.from_numpy(bank.tensors["mask"][row : row + 1].copy()), "nearest")
+        value = sized(torch.from_numpy(bank.tensors["value"][row : row + 1].copy()), "nearest")
+        out = ops.blend_pixels(x, mask, value)
+    else:
+        seed = ops.sample_seed(bank.params["salt"], content_id(chw))
+        delta = ops.synth_ar(bank.tensors["coef"][row : row + 1], [seed], bank.image_shape,
+                             epsilon=bank.params["epsilon"], norm=bank.params["norm"])
+        out = ops.add_delta(x, sized(torch.from_numpy(delta).mul_(255), "bilinear"))
+    return out[0].numpy().transpose(1, 2, 0)
+
+
+def _options(name: str) -> dict:
+    return {"additive-cluster": {"label_column": "cluster"}, "additive-sample": {"id_column": "uid"}}.get(name, {})
+
+
+def _want(bank: NoiseBank, src: Dataset) -> list[np.ndarray]:
+    return [reference_kernel(bank, np.asarray(im), label=lab, cluster=cl, uid=uid)
+            for im, lab, cl, uid in zip(src["image"], src["label"], src["cluster"], src["uid"])]
+
+
+@pytest.fixture(scope="module")
+def kind_banks(tmp_path_factory) -> dict[str, str]:
+    where = tmp_path_factory.mktemp("kinds")
+    return {name: str(b.save(where / f"{name}.arrow")) for name, b in _kind_banks().items()}
+
+
+@pytest.mark.parametrize("name", KIND_BANKS)
+def test_every_kind_through_map_as_png(kind_banks, name):
+    bank = NoiseBank.load(kind_banks[name])
+    src = mixed_ds()
+    want = _want(bank, src)
+    fn = ue.Protect(kind_banks[name], **_options(name))
+    returned = []
+    out = src.map(lambda b: returned.append(fn(b)) or returned[-1], batched=True, batch_size=3)
+    # Protect hands datasets PNG records for an Image() column, which datasets stores as they are.
+    records = [r for batch in returned for r in batch["image"]]
+    assert all(set(r) == {"bytes", "path"} and r["path"] is None for r in records)
+    assert stored_bytes(out) == [r["bytes"] for r in records]
+    assert out.features == src.features and out["uid"] == src["uid"]
+    for blob, ref in zip(stored_bytes(out), want):
+        assert blob.startswith(b"\x89PNG\r\n\x1a\n")
+        pil = PILImage.open(io.BytesIO(blob))
+        assert pil.format == "PNG" and pil.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(pil), ref)
+    for got, ref in zip(decoded(out), want):  # datasets' Image feature decodes them too
+        np.testing.assert_array_equal(got, ref)
+    unbatched = src.map(ue.Protect(kind_banks[name], **_options(name)))
+    assert stored_bytes(unbatched) == stored_bytes(out)
+
+
+@pytest.mark.parametrize("name", KIND_BANKS)
+def test_every_kind_through_set_transform_transform_and_stream(kind_banks, name):
+    from uetransforms.transforms import ProtectTransform
+
+    bank = NoiseBank.load(kind_banks[name])
+    src = mixed_ds()
+    want = _want(bank, src)
+    view = mixed_ds()
+    view.set_transform(ue.Protect(kind_banks[name], **_options(name)))
+    for got, ref in zip(view[:]["image"], want):
+        np.testing.assert_array_equal(np.asarray(got), ref)
+    streamed = list(src.to_iterable_dataset().map(ue.Protect(kind_banks[name], **_options(name)),
+                                                  batched=True, batch_size=4))
+    assert [r["uid"] for r in streamed] == src["uid"]
+    for r, ref in zip(streamed, want):
+        np.testing.assert_array_equal(np.asarray(r["image"]), ref)
+    getter = {"additive-cluster": lambda s: s[1]["cluster"]}.get(name, "default")
+    ids = (lambda s: s[1]["uid"]) if name == "additive-sample" else None
+    tf = ProtectTransform(kind_banks[name], labels_getter=getter, sample_id_getter=ids)
+    for row, ref in zip(src, want):
+        img, _ = tf(row["image"], {"label": row["label"], "cluster": row["cluster"], "uid": row["uid"]})
+        np.testing.assert_array_equal(np.asarray(img), ref)
+
+
+@pytest.mark.parametrize("name", ["additive-class", "synth-class", "additive-sample"])
+def test_every_kind_num_proc_equals_single_process(kind_banks, name):
+    src = mixed_ds()
+    one = src.map(ue.Protect(kind_banks[name], **_options(name)), batched=True, batch_size=2)
+    two = src.map(ue.Protect(kind_banks[name], **_options(name)), batched=True, batch_size=2, num_proc=2)
+    assert stored_bytes(two) == stored_bytes(one) and two["uid"] == src["uid"]
+
+
+def test_protect_and_transform_with_an_encoder_equal_the_cluster_column():
+    import torch
+
+    from uetransforms.assign import ClusterAssigner
+    from uetransforms.transforms import ProtectTransform
+
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * H * W, 5))
+    src = make_ds()
+    chws = [np.asarray(im).transpose(2, 0, 1) for im in src["image"]]
+    with torch.no_grad():  # three images' own features as centroids: assignments differ
+        feats = torch.nn.functional.normalize(encoder(torch.from_numpy(np.stack(chws[:3])).float() / 255), dim=-1)
+    bank = NoiseBank(method="clusters", kind="additive", keying="cluster", keys=[0, 1, 2],
+                     info={"surrogate": {"kind": "module", "class": "toy"}},
+                     tensors={"delta": np.random.default_rng(1).uniform(-EPS, EPS, (3, 3, H, W)).astype("float32"),
+                              "centroid": feats.numpy()})
+    clusters = ClusterAssigner(bank, encoder=encoder)(chws)
+    assert clusters[:3].tolist() == [0, 1, 2]
+    by_column = src.add_column("cluster", clusters.tolist()).map(
+        ue.Protect(bank, label_column="cluster"), batched=True, batch_size=3)
+    by_encoder = src.map(ue.Protect(bank, encoder=encoder), batched=True, batch_size=3)
+    assert stored_bytes(by_encoder) == stored_bytes(by_column)
+    tf = ProtectTransform(bank, encoder=encoder)
+    for im, ref in zip(src["image"], decoded(by_column)):
+        img, _ = tf(im, 0)  # the class label is ignored: clusters come from the encoder
+        np.testing.assert_array_equal(np.asarray(img), ref)
+    back = pickle.loads(pickle.dumps(tf))
+    np.testing.assert_array_equal(np.asarray(back(src["image"][4], 0)[0]), decoded(by_column)[4])
+    with pytest.raises(BankError, match="custom encoder"):
+        src.map(ue.Protect(bank), batched=True)

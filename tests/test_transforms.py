@@ -218,12 +218,12 @@ def test_sample_wise_bank_with_id_getter():
 
 def test_cluster_bank_ignores_the_class_label(monkeypatch):
     """The default getter reads the class label; a cluster bank must assign the cluster itself."""
-    from uetransforms.protect import _BankUser
+    from uetransforms.ops import Applier
 
     rng = np.random.default_rng(0)
     bank = NoiseBank(method="clusters", kind="additive", keying="cluster", keys=[0, 1],
                      tensors={"delta": rng.uniform(-EPS, EPS, (2, 3, H, W)).astype("float32")})
-    monkeypatch.setattr(_BankUser, "_assign", lambda self, chws, device: np.ones(len(chws), np.int64))
+    monkeypatch.setattr(Applier, "_assign", lambda self, chws: np.ones(len(chws), np.int64))
     px = _pixels(1)[0]
     d1 = bank.tensors["delta"][1].transpose(1, 2, 0) * np.float32(255)
     want = np.clip(np.round(px.astype(np.float32) + d1), 0, 255).astype(np.uint8)

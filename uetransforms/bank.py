@@ -34,17 +34,22 @@ import pyarrow as pa
 FORMAT_VERSION = 1
 META_KEY = b"uetransforms"
 
-#: The few kinds of perturbation a bank can hold (see ``ops.py`` for what each one means).
-KINDS = ("additive", "conv", "pixel", "synth")
 #: What a row of the bank is keyed by.
 KEYINGS = ("class", "cluster", "sample")
-#: Payload tensors each kind needs (others may be stored beside them, e.g. cluster centroids).
-REQUIRED_TENSORS = {
-    "additive": ("delta",),
-    "conv": ("weight",),
-    "pixel": ("mask", "value"),
-    "synth": ("coef",),
-}
+
+
+def __getattr__(name: str) -> Any:
+    # The kinds are registered once, with their kernels, in ``ops`` (``ops.register_kind``); these
+    # module attributes are read-only views of that registry, kept for callers of the old names.
+    if name == "KINDS":
+        from . import ops
+
+        return ops.kinds()
+    if name == "REQUIRED_TENSORS":
+        from . import ops
+
+        return {k: ops.bank_kind(k).required_tensors for k in ops.kinds()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class BankError(ValueError):
@@ -62,7 +67,7 @@ class NoiseBank:
 
     Args:
         method: registry key of the method that produced it (``"cuda"``, ``"em"``...).
-        kind: one of :data:`KINDS`; decides which kernel applies it.
+        kind: a registered kind (``ops.kinds()``: additive, conv, pixel, synth); decides the kernel.
         keying: one of :data:`KEYINGS`.
         keys: ``[K]`` int64 for class/cluster keys, or strings for sample keys.
         tensors: name -> ``[K, ...]`` float16/float32/uint8/bool array, row-aligned with ``keys``.
@@ -70,6 +75,13 @@ class NoiseBank:
             may live here: the bank itself is the secret and is never published.
         image_shape: ``(C, H, W)`` the noise was made for. Defaults to the payload's shape.
         info: extra JSON metadata (class names, surrogate identity, default size policy...).
+        fit_seconds: how long fitting took (kept on the object only, never hashed or saved: the
+            same seed and data must give the same bytes).
+
+    A bank is immutable: it takes its arrays and makes them read-only (pass copies if you still
+    need to write to yours), ``params``/``info`` refuse changes, and
+    :meth:`replace` returns a new bank with some fields changed. It pickles as its path and
+    sha256 once saved (the receiver maps the file), and as Arrow IPC bytes before.
     """
 
     def __init__(
@@ -83,9 +95,11 @@ class NoiseBank:
         params: Mapping[str, Any] | None = None,
         image_shape: Sequence[int] | None = None,
         info: Mapping[str, Any] | None = None,
+        fit_seconds: float | None = None,
     ) -> None:
-        if kind not in KINDS:
-            raise BankError(f"unknown bank kind {kind!r}; expected one of {KINDS}")
+        from .ops import bank_kind
+
+        spec = bank_kind(kind)
         if keying not in KEYINGS:
             raise BankError(f"unknown keying {keying!r}; expected one of {KEYINGS}")
         keys = np.asarray(keys)
@@ -100,7 +114,7 @@ class NoiseBank:
             keys = keys.astype(np.int64)
         if len(set(keys.tolist())) != len(keys):
             raise BankError("bank keys must be unique")
-        missing = [t for t in REQUIRED_TENSORS[kind] if t not in tensors]
+        missing = [t for t in spec.required_tensors if t not in tensors]
         if missing:
             raise BankError(f"a {kind!r} bank needs tensors {missing}")
         self.tensors: dict[str, np.ndarray] = {}
@@ -114,6 +128,9 @@ class NoiseBank:
                 arr = arr.astype(np.uint8)  # Arrow tensors have no bool; masks are stored as 0/1
             if arr.shape[0] != len(keys):
                 raise BankError(f"tensor {name!r} has {arr.shape[0]} rows but there are {len(keys)} keys")
+            # The bank takes the array, read-only: its digest must stay true for its lifetime, and
+            # sample-wise payloads are too large to copy defensively.
+            arr.flags.writeable = False
             self.tensors[name] = arr
         self.method = method
         self.kind = kind
@@ -121,12 +138,11 @@ class NoiseBank:
         self.keys = keys
         # Normalised through JSON now, so numpy scalars from a method are stored as plain numbers,
         # an unserialisable value fails here (not at save time), and the object equals its reload.
-        self.params: dict[str, Any] = _json_safe(params or {}, "params")
-        self.info: dict[str, Any] = _json_safe(info or {}, "info")
+        self.params: dict[str, Any] = _frozen(_json_safe(params or {}, "params"))
+        self.info: dict[str, Any] = _frozen(_json_safe(info or {}, "info"))
         if image_shape is None:
-            # A pixel bank's mask may be [K, 1, H, W] (broadcast over channels): take C from the values.
-            first = self.tensors["value" if kind == "pixel" else REQUIRED_TENSORS[kind][0]]
-            if kind == "conv" or first.ndim != 4:
+            first = None if spec.shape_tensor is None else self.tensors[spec.shape_tensor]
+            if first is None or first.ndim != 4:
                 raise BankError(f"image_shape is required for a {kind!r} bank")
             image_shape = first.shape[1:]
         self.image_shape: tuple[int, int, int] = tuple(int(s) for s in image_shape)  # type: ignore[assignment]
@@ -135,9 +151,33 @@ class NoiseBank:
         self.version = _library_version()
         self.path: str | None = None
         #: Seconds ``ue.fit`` took (not stored in the file: it would make refits differ).
-        self.fit_seconds: float | None = None
+        self.fit_seconds: float | None = None if fit_seconds is None else float(fit_seconds)
         self._sha256: str | None = None
+        self._bytes: bytes | None = None
         self._row_index: Any = None
+
+    def replace(self, **changes: Any) -> NoiseBank:
+        """A new bank with some constructor fields changed (``info``, ``params``, ``fit_seconds``...).
+
+        The payload arrays are shared, not copied. The new bank is unsaved (no path).
+
+        Example:
+            >>> import numpy as np
+            >>> bank = NoiseBank(method="random", kind="additive", keying="class", keys=[0],
+            ...                  tensors={"delta": np.zeros((1, 3, 2, 2), "float32")})
+            >>> bank.replace(info={"class_names": ["cat"]}).info["class_names"]
+            ['cat']
+        """
+        fields = {
+            "method": self.method, "kind": self.kind, "keying": self.keying, "keys": self.keys,
+            "tensors": self.tensors, "params": self.params, "image_shape": self.image_shape, "info": self.info,
+            "fit_seconds": self.fit_seconds,
+        }
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise TypeError(f"NoiseBank.replace() got unknown field(s) {unknown}; fields: {sorted(fields)}")
+        fields.update(changes)
+        return NoiseBank(**fields)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -297,11 +337,13 @@ class NoiseBank:
 
     def to_bytes(self) -> bytes:
         """The bank as Arrow IPC bytes (used to pickle an unsaved bank without pickling arrays)."""
-        table = self.to_table()
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=max(1, table.num_rows))
-        return sink.getvalue().to_pybytes()
+        if self._bytes is None:  # the bank is immutable, so its bytes are made once
+            table = self.to_table()
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table, max_chunksize=max(1, table.num_rows))
+            self._bytes = sink.getvalue().to_pybytes()
+        return self._bytes
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, verify: bool = True, expect_sha256: str | None = None) -> NoiseBank:
@@ -402,8 +444,66 @@ class NoiseBank:
 
     def __reduce__(self):  # cheap, pickle-free of arrays: a path + digest, or Arrow bytes
         if self.path is not None and os.path.exists(self.path):
-            return (_load_expect, (self.path, self.sha256))
-        return (NoiseBank.from_bytes, (self.to_bytes(),))
+            return (_load_expect, (self.path, self.sha256, self.fit_seconds))
+        return (_from_bytes, (self.to_bytes(), self.fit_seconds))
+
+
+class _FrozenDict(dict):
+    """A dict that refuses changes (a bank's ``params``/``info``); JSON and ``==`` see a plain dict."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a NoiseBank is immutable after it is made; build a changed copy with bank.replace(...)")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (_frozen, (_thaw(self),))
+
+    def __copy__(self) -> _FrozenDict:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> _FrozenDict:
+        return self
+
+
+class _FrozenList(list):
+    """A list that refuses changes (inside a bank's ``params``/``info``); ``==`` a plain list."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a NoiseBank is immutable after it is made; build a changed copy with bank.replace(...)")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (_frozen, (_thaw(self),))
+
+    def __copy__(self) -> _FrozenList:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> _FrozenList:
+        return self
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        out = _FrozenDict()
+        for k, v in value.items():
+            dict.__setitem__(out, k, _frozen(v))
+        return out
+    if isinstance(value, list):
+        return _FrozenList(_frozen(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """A plain, mutable deep copy of frozen metadata (``dict(bank.params)`` is shallow)."""
+    if isinstance(value, dict):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_thaw(v) for v in value]
+    return value
 
 
 def _json_default(obj: Any) -> Any:
@@ -421,8 +521,17 @@ def _json_safe(value: Mapping[str, Any], what: str) -> dict[str, Any]:
         raise BankError(f"bank {what} must be JSON-serialisable (numbers, strings, lists, dicts): {err}") from err
 
 
-def _load_expect(path: str, sha256: str) -> NoiseBank:
-    return NoiseBank.load(path, verify=False, expect_sha256=sha256)
+def _load_expect(path: str, sha256: str, fit_seconds: float | None = None) -> NoiseBank:
+    bank = NoiseBank.load(path, verify=False, expect_sha256=sha256)
+    bank.fit_seconds = fit_seconds
+    return bank
+
+
+def _from_bytes(data: bytes, fit_seconds: float | None = None) -> NoiseBank:
+    bank = NoiseBank.from_bytes(data, verify=False)  # made by to_bytes in this library: no re-hash
+    bank.fit_seconds = fit_seconds
+    bank._bytes = data
+    return bank
 
 
 def _describe_keys(keys: np.ndarray) -> str:

@@ -83,9 +83,9 @@ def fit(
         raise ValueError(f"method {method!r} needs labels: pass label_column=<integer label column>")
     start = time.perf_counter()
     bank = module.fit(data, seed=int(seed), device=resolve_device(device), **params)
-    # Kept on the object, not in the hashed metadata: the same seed and data must give the same bytes.
-    bank.fit_seconds = round(time.perf_counter() - start, 3)
-    if data.class_names and bank.keying == "class":
-        bank.info.setdefault("class_names", data.class_names)
-    bank._sha256 = None  # info changed after construction
-    return bank
+    # fit_seconds is kept on the object, not in the hashed metadata: the same seed and data must
+    # give the same bytes. The bank is immutable: the additions make a new one.
+    info = bank.info
+    if data.class_names and bank.keying == "class" and "class_names" not in info:
+        info = {**info, "class_names": data.class_names}
+    return bank.replace(info=info, fit_seconds=round(time.perf_counter() - start, 3))

@@ -1,4 +1,5 @@
-"""Batched kernels that apply a :class:`~uetransforms.bank.NoiseBank` to uint8 images.
+"""Batched kernels that apply a :class:`~uetransforms.bank.NoiseBank` to uint8 images, and the one
+apply entry every adapter calls.
 
 uint8 ``[B, C, H, W]`` in, uint8 out, on whatever device the images are on. Bank rows are
 gathered with one indexing op and each kind is one batched launch:
@@ -8,6 +9,12 @@ gathered with one indexing op and each kind is one batched launch:
   then each image divided by its own maximum (the CUDA paper's normalisation)
 * ``pixel``    -- sparse pixel edits: ``where(mask[key], value[key], x)``
 * ``synth``    -- noise synthesised from per-key coefficients with a per-sample seed, then added
+
+Each kind is registered once (:func:`register_kind`: the tensors it needs, its kernel, its
+card-safe parameters); the bank's validation, the dispatch and ``publish``'s parameter table all
+read that registry. :meth:`Applier.protect` owns the whole rule "image + label / cluster /
+sample id -> bank row (+ per-sample seed) -> kernel", batching by image size and device staging;
+``Protect``, ``ProtectTransform``, the Ray adapter and :func:`apply` only call it.
 
 Rounding is half-to-even (``torch.round``) everywhere, so CPU and GPU give the same bytes for
 additive, pixel and conv banks (conv is written as fixed-order float32 multiplies and adds).
@@ -20,12 +27,16 @@ Example:
     >>> x = torch.full((1, 3, 2, 2), 100, dtype=torch.uint8)
     >>> ue.ops.apply(bank, x, [1])[0, 0, 0, 0].item()
     104
+    >>> out = ue.ops.Applier(bank).protect([np.zeros((3, 2, 2), np.uint8), np.zeros((3, 5, 4), np.uint8)],
+    ...                                   labels=[0, 1])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -86,10 +97,80 @@ def blend_pixels(images: torch.Tensor, mask: torch.Tensor, value: torch.Tensor) 
     return torch.where(mask.to(torch.bool), value.to(torch.uint8), images)
 
 
+
 def sample_seed(salt: int, sample_id: str) -> int:
     """A 63-bit seed for one sample: stable across runs, machines and row order."""
     digest = hashlib.sha256(f"{int(salt)}:{sample_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+# ---------------------------------------------------------------------------- autoregressive noise
+#: The causal 3x3 window without its current pixel, as (row, col) offsets in raster order.
+AR_OFFSETS = ((-2, -2), (-2, -1), (-2, 0), (-1, -2), (-1, -1), (-1, 0), (0, -2), (0, -1))
+
+
+def ar_recursion(
+    x: np.ndarray, coef: np.ndarray, *, innovation: float = 0.0,
+    prune: Callable[[np.ndarray], np.ndarray | None] | None = None, crop: int = 0, prune_every: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The package's one causal 2-D AR recursion, on ``V`` independent processes at once.
+
+    ``x`` is a float64 canvas ``[H, W, V]`` of start values; every pixel from row 2 and column 2 on
+    becomes ``innovation * x[i, j] + sum_n coef[n] * x[(i, j) + AR_OFFSETS[n]]`` (``coef`` is
+    ``[8, V]``), in raster-order semantics: each window sees already-updated pixels.
+
+    Pixels on one anti-diagonal ``i + j = t`` only read pixels of earlier anti-diagonals, so each
+    diagonal is one vector step over all its pixels and all ``V`` processes, ``H + W`` Python
+    steps instead of ``H * W``. In the flat ``[H * W, V]`` view a diagonal is a slice with
+    stride ``W - 1``, and so is each of its window offsets, so no step copies the canvas. Every
+    pixel gets the same float64 operations in the same order as a raster loop, so the values are
+    bit-identical to it.
+
+    ``prune`` (optional) is called every ``prune_every`` diagonals and after the last with the
+    running sum of squares ``[V']`` of the finished pixels at rows and columns ``>= crop`` (it
+    only grows); it returns a boolean mask of the processes to keep, or ``None`` to keep all.
+    Dropped processes stop costing work (the AR coefficient search discards diverging ones).
+
+    Returns the canvas (a compacted copy if anything was pruned) and the indices of the
+    processes it still holds.
+    """
+    h, w, v = x.shape
+    if coef.shape != (8, v):
+        raise ValueError(f"coef must be [8, {v}] for a canvas of {v} processes, got {coef.shape}")
+    alive = np.arange(v)
+    if h < 3 or w < 3:
+        return x, alive
+    a = coef
+    sq = np.zeros(v) if prune is not None else None
+    flat = x.reshape(h * w, v)
+    step = w - 1  # flat distance between neighbours on an anti-diagonal
+    last = h + w - 2
+    with np.errstate(all="ignore"):  # unstable processes overflow; callers check for that
+        for t in range(4, last + 1):
+            i0, i1 = max(2, t - (w - 1)), min(h - 1, t - 2)
+            if i0 <= i1:
+                n = i1 - i0 + 1
+                base = i0 * w + (t - i0)
+                span = (n - 1) * step + 1
+                acc = flat[base : base + span : step] * innovation
+                for k, (di, dj) in enumerate(AR_OFFSETS):
+                    s = base + di * w + dj
+                    acc += a[k] * flat[s : s + span : step]
+                flat[base : base + span : step] = acc
+                if sq is not None:
+                    c0, c1 = max(i0, crop), min(i1, t - crop)
+                    if c0 <= c1:
+                        s = c0 * w + (t - c0)
+                        sq += (flat[s : s + (c1 - c0) * step + 1 : step] ** 2).sum(axis=0)
+            if prune is not None and ((t - 3) % prune_every == 0 or t == last):
+                keep = prune(sq)
+                if keep is not None and not keep.all():
+                    x = np.ascontiguousarray(x[:, :, keep])
+                    a, sq, alive = np.ascontiguousarray(a[:, keep]), sq[keep], alive[keep]
+                    if len(alive) == 0:
+                        break
+                    flat = x.reshape(h * w, -1)
+    return x, alive
 
 
 def synth_ar(
@@ -100,28 +181,27 @@ def synth_ar(
 
     ``coef`` is ``[B, C, 8]`` (the window without its current pixel, raster order), ``seeds`` one
     per sample. As in the AR paper's generator, a standard normal start signal fills a canvas
-    ``warmup`` pixels larger than the image, the recursion overwrites it in raster order from the
-    third row/column on, and the first ``warmup`` rows/columns are cropped; ``innovation`` > 0
-    adds that much of the start signal at every step (the authors use none). The same sample id
-    always gives the same noise. Returns float32 ``[B, C, H, W]`` in [0, 1] units, centred and
-    scaled to ``epsilon`` in the given norm. Runs on CPU in float64 so every device gets
-    identical noise.
+    ``warmup`` pixels larger than the image, the recursion (:func:`ar_recursion`) overwrites it
+    from the third row/column on, and the first ``warmup`` rows/columns are cropped;
+    ``innovation`` > 0 adds that much of the start signal at every step (the authors use none).
+    The same sample id always gives the same noise. Returns float32 ``[B, C, H, W]`` in [0, 1]
+    units, centred and scaled to ``epsilon`` in the given norm. Runs on CPU in float64 so every
+    device gets identical noise.
     """
     c, h, w = (int(s) for s in shape)
     b = len(seeds)
     pad = max(int(warmup), 2)  # the 3x3 window needs two rows/columns of start values
-    canvas = np.empty((b, c, h + pad, w + pad), dtype=np.float64)
+    hp, wp = h + pad, w + pad
+    canvas = np.empty((b, c, hp, wp), dtype=np.float64)
     for i, s in enumerate(seeds):
-        canvas[i] = np.random.default_rng(int(s)).standard_normal((c, h + pad, w + pad))
-    a = coef.astype(np.float64).reshape(b, c, 8)
-    # The recursion runs in raster order; each step is vectorised over the batch and channels.
-    offsets = [(di, dj) for di in (-2, -1, 0) for dj in (-2, -1, 0)][:-1]
-    for i in range(2, h + pad):
-        for j in range(2, w + pad):
-            acc = canvas[:, :, i, j] * innovation
-            for n, (di, dj) in enumerate(offsets):
-                acc += a[:, :, n] * canvas[:, :, i + di, j + dj]
-            canvas[:, :, i, j] = acc
+        canvas[i] = np.random.default_rng(int(s)).standard_normal((c, hp, wp))
+    # Pixel-major layout for the recursion: each pixel's B*C values are one contiguous vector.
+    x = np.ascontiguousarray(canvas.transpose(2, 3, 0, 1)).reshape(hp, wp, b * c)
+    a = np.ascontiguousarray(coef.astype(np.float64).reshape(b * c, 8).T)
+    x, _ = ar_recursion(x, a, innovation=float(innovation))
+    # Back into the [B, C, H+pad, W+pad] canvas: the crop below is then the same strided view,
+    # reduced in the same order, as the raster-loop implementation's (same bytes).
+    canvas[...] = x.reshape(hp, wp, b, c).transpose(2, 3, 0, 1)
     delta = canvas[:, :, pad:, pad:]
     if not np.isfinite(delta).all():
         # Coefficients whose recursion is unstable overflow float64 on large images; NaNs would
@@ -146,46 +226,193 @@ def _scale_to_norm(delta: np.ndarray, epsilon: float, norm: str) -> np.ndarray:
     return delta * (epsilon / size).reshape(-1, *([1] * (delta.ndim - 1)))
 
 
-SYNTHESISERS = {"ar": synth_ar}
+
+# ---------------------------------------------------------------------------- registries
+#: A synthesiser: ``(coef [B, ...], seeds, (C, H, W), *, epsilon, norm, innovation) -> float32 [B, C, H, W]``.
+Synthesiser = Callable[..., np.ndarray]
+_SYNTHS: dict[str, Synthesiser] = {}
 
 
-# ---------------------------------------------------------------------------- bank applier
+def register_synth(name: str, fn: Synthesiser) -> Synthesiser:
+    """Make ``fn`` the synthesiser of banks with ``params["synth"] == name`` (names are unique)."""
+    if name in _SYNTHS and _SYNTHS[name] is not fn:
+        raise ValueError(f"a synthesiser named {name!r} is already registered")
+    _SYNTHS[name] = fn
+    return fn
+
+
+def synthesiser(name: Any) -> Synthesiser:
+    fn = _SYNTHS.get(name)
+    if fn is None:
+        raise BankError(f"unknown synthesiser {name!r}; this library knows {sorted(_SYNTHS)}. "
+                        "The bank was made by a newer or extended uetransforms: upgrade it or import the plugin")
+    return fn
+
+
+register_synth("ar", synth_ar)
+
+#: A kernel: ``(applier, images uint8 [B, C, H, W] on the device, rows [B], seeds or None) -> uint8``.
+Kernel = Callable[["Applier", torch.Tensor, np.ndarray, "list[int] | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BankKind:
+    """What one kind of bank is: the tensors it must hold, its kernel, its card-safe parameters.
+
+    ``shape_tensor`` names the payload tensor whose per-row shape is the image shape when a bank
+    is built without ``image_shape`` (``None``: the caller must give it); ``per_sample_seed``
+    says the kernel draws per-image noise from a seed derived from each sample id.
+    """
+
+    name: str
+    required_tensors: tuple[str, ...]
+    kernel: Kernel
+    public_params: tuple[str, ...] = ()
+    shape_tensor: str | None = None
+    per_sample_seed: bool = False
+
+
+_KINDS: dict[str, BankKind] = {}
+
+
+def register_kind(
+    name: str, *, required_tensors: Sequence[str], kernel: Kernel, public_params: Sequence[str] = (),
+    shape_tensor: str | None = None, per_sample_seed: bool = False,
+) -> BankKind:
+    """Register a bank kind once; ``NoiseBank`` validation, :class:`Applier` and ``publish`` read it.
+
+    Example:
+        >>> from uetransforms import ops
+        >>> ops.bank_kind("conv").required_tensors
+        ('weight',)
+    """
+    if name in _KINDS:
+        raise ValueError(f"bank kind {name!r} is already registered")
+    kind = BankKind(name, tuple(required_tensors), kernel, tuple(public_params), shape_tensor, per_sample_seed)
+    _KINDS[name] = kind
+    return kind
+
+
+def bank_kind(name: str) -> BankKind:
+    """The registered :class:`BankKind` called ``name`` (a clear :class:`BankError` otherwise)."""
+    kind = _KINDS.get(name)
+    if kind is None:
+        raise BankError(f"unknown bank kind {name!r}; expected one of {tuple(_KINDS)}")
+    return kind
+
+
+def kinds() -> tuple[str, ...]:
+    """Names of the registered bank kinds, in registration order."""
+    return tuple(_KINDS)
+
+
+def _additive(app: Applier, x: torch.Tensor, rows: np.ndarray, seeds: list[int] | None) -> torch.Tensor:
+    return add_delta(x, app.sized_rows("delta", rows, _hw(x), mode="bilinear"))
+
+
+def _conv(app: Applier, x: torch.Tensor, rows: np.ndarray, seeds: list[int] | None) -> torch.Tensor:
+    return convolve(x, app.rows_of("weight", rows), normalise=app.bank.params.get("normalise", "max"))
+
+
+def _pixel(app: Applier, x: torch.Tensor, rows: np.ndarray, seeds: list[int] | None) -> torch.Tensor:
+    mask = app.sized_rows("mask", rows, _hw(x), mode="nearest")
+    value = app.sized_rows("value", rows, _hw(x), mode="nearest")
+    return blend_pixels(x, mask, value)
+
+
+def _synth(app: Applier, x: torch.Tensor, rows: np.ndarray, seeds: list[int] | None) -> torch.Tensor:
+    if seeds is None:
+        raise ValueError("a synth bank needs one seed per sample (see ops.sample_seed)")
+    bank = app.bank
+    synth = synthesiser(bank.params.get("synth"))
+    delta = synth(bank.gather("coef", rows), list(seeds), bank.image_shape, epsilon=float(bank.params["epsilon"]),
+                  norm=bank.params.get("norm", "l2"), innovation=float(bank.params.get("innovation", 0.0)))
+    # The noise is per image (its own seed), so it is resized per batch: there is nothing to cache.
+    d = torch.from_numpy(delta).mul_(255).to(app.device)
+    return add_delta(x, app.fit_size(d, _hw(x), mode="bilinear"))
+
+
+def _hw(x: torch.Tensor) -> tuple[int, int]:
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
+register_kind("additive", required_tensors=("delta",), kernel=_additive, shape_tensor="delta",
+              public_params=("epsilon", "norm", "patch_size", "pattern", "sparsity", "fraction", "num_clusters",
+                             "steps", "step_size"))
+register_kind("conv", required_tensors=("weight",), kernel=_conv,
+              public_params=("kernel_size", "blur_parameter", "center_parameter", "normalise"))
+# A pixel bank's mask may be [K, 1, H, W] (broadcast over channels): the values carry C.
+register_kind("pixel", required_tensors=("mask", "value"), kernel=_pixel, shape_tensor="value",
+              public_params=("epsilon", "norm", "num_pixels", "objective"))
+# AR's coefficients and salt are the key; its search settings and budget are not.
+register_kind("synth", required_tensors=("coef",), kernel=_synth, per_sample_seed=True,
+              public_params=("epsilon", "norm", "synth", "min_response", "max_norm", "max_candidates"))
+
+
+# ---------------------------------------------------------------------------- the apply entry
 class Applier:
-    """A bank made ready for one device: small banks are moved there once, big ones gathered per batch.
+    """A bank made ready for one device, and the one place images meet their bank rows.
 
     Args:
         bank: the noise bank.
         device: where the kernels run (default: CPU). Images on another device are moved.
         size_mismatch: ``"error"`` or ``"resize"`` (bilinear for noise, nearest for masks); default
             is the bank's own ``info["size_mismatch"]`` or ``"error"``. Never a silent crop.
+        encoder: the surrogate ``nn.Module`` that assigns clusters to unlabelled images for a
+            cluster-keyed bank, when the bank cannot rebuild it (fitted with a custom module).
+
+    :meth:`protect` takes images with their labels / cluster ids / sample ids; calling the object
+    takes bank rows (and seeds) directly. It pickles as (bank, device, options): the bank pickles
+    as its path and sha256 when saved.
     """
 
     # Banks whose payload is at most this many bytes live on the device; bigger (sample-wise)
     # banks stay memory-mapped and only the rows a batch needs are copied.
     RESIDENT_BYTES = 64 * 2**20
+    # Resized copies of a resident bank, one per image size, kept up to this many bytes in all
+    # (least recently used first out): hub photos come in many sizes.
+    SIZE_CACHE_BYTES = 256 * 2**20
 
-    def __init__(self, bank: NoiseBank, device: torch.device | str | None = None, size_mismatch: str | None = None):
+    def __init__(self, bank: NoiseBank, device: torch.device | str | None = None, size_mismatch: str | None = None,
+                 encoder: torch.nn.Module | None = None) -> None:
+        if not isinstance(bank, NoiseBank):
+            raise TypeError(f"expected a NoiseBank, got {type(bank).__name__}")
         self.bank = bank
+        self.kind = bank_kind(bank.kind)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         policy = size_mismatch or bank.info.get("size_mismatch", "error")
         if policy not in SIZE_POLICIES:
             raise ValueError(f"size_mismatch={policy!r}; expected one of {SIZE_POLICIES}")
+        self._size_mismatch_arg = size_mismatch
         self.size_mismatch = policy
+        self.encoder = encoder
         nbytes = sum(a.nbytes for a in bank.tensors.values())
         self._resident = nbytes <= self.RESIDENT_BYTES
         self._cache: dict[str, torch.Tensor] = {}
+        self._sized: OrderedDict[tuple[str, tuple[int, int]], torch.Tensor] = OrderedDict()
+        self._assigner: Any = None
 
-    def _rows_of(self, name: str, rows: np.ndarray) -> torch.Tensor:
+    def __reduce__(self):
+        return (Applier, (self.bank, str(self.device), self._size_mismatch_arg, self.encoder))
+
+    def __repr__(self) -> str:
+        return f"Applier({self.bank!r}, device={str(self.device)!r}, size_mismatch={self.size_mismatch!r})"
+
+    # ------------------------------------------------------------------ bank rows on the device
+    def _full(self, name: str) -> torch.Tensor:
+        full = self._cache.get(name)
+        if full is None:
+            arr = self.bank.tensors[name]
+            full = torch.from_numpy(np.array(arr, dtype=np.float32 if arr.dtype == np.float16 else arr.dtype))
+            if name == "delta":
+                full = full.to(torch.float32).mul_(255)  # pre-scaled once: the hot path is one add
+            full = self._cache[name] = full.to(self.device)
+        return full
+
+    def rows_of(self, name: str, rows: np.ndarray) -> torch.Tensor:
         """One payload tensor's rows for the batch, on the device, as one gather."""
         if self._resident:
-            full = self._cache.get(name)
-            if full is None:
-                arr = self.bank.tensors[name]
-                full = torch.from_numpy(np.array(arr, dtype=np.float32 if arr.dtype == np.float16 else arr.dtype))
-                if name == "delta":
-                    full = full.to(torch.float32).mul_(255)  # pre-scaled once: the hot path is one add
-                full = self._cache[name] = full.to(self.device)
-            return full[torch.from_numpy(rows).to(self.device)]
+            return self._full(name)[torch.from_numpy(rows).to(self.device)]
         part = torch.from_numpy(self.bank.gather(name, rows))
         if part.dtype == torch.float16:
             part = part.to(torch.float32)
@@ -195,15 +422,45 @@ class Applier:
             part = part.pin_memory()  # a pageable source would make non_blocking a synchronous copy
         return part.to(self.device, non_blocking=True)
 
-    def _fit_size(self, t: torch.Tensor, hw: tuple[int, int], *, mode: str) -> torch.Tensor:
-        if tuple(t.shape[-2:]) == hw:
-            return t
+    def sized_rows(self, name: str, rows: np.ndarray, hw: tuple[int, int], *, mode: str) -> torch.Tensor:
+        """Rows of a per-key noise tensor at the images' size ``hw`` (the size policy applies).
+
+        A resident bank is resized once per image size and the result cached, so a dataset of
+        many sizes pays one interpolation per size, not per image or batch.
+        """
+        native = tuple(int(s) for s in self.bank.tensors[name].shape[-2:])
+        if native == hw:
+            return self.rows_of(name, rows)
+        self._check_size(native, hw)
+        if not self._resident:
+            return self.fit_size(self.rows_of(name, rows), hw, mode=mode)
+        key = (name, hw)
+        full = self._sized.get(key)
+        if full is None:
+            full = self.fit_size(self._full(name), hw, mode=mode)
+            if full.element_size() * full.nelement() <= self.SIZE_CACHE_BYTES:
+                self._sized[key] = full
+                used = sum(t.element_size() * t.nelement() for t in self._sized.values())
+                while used > self.SIZE_CACHE_BYTES:
+                    _, old = self._sized.popitem(last=False)
+                    used -= old.element_size() * old.nelement()
+        else:
+            self._sized.move_to_end(key)
+        return full[torch.from_numpy(rows).to(self.device)]
+
+    def _check_size(self, native: tuple[int, ...], hw: tuple[int, int]) -> None:
         if self.size_mismatch == "error":
             raise SizeMismatchError(
-                f"image is {hw[0]}x{hw[1]} but the bank's noise is {t.shape[-2]}x{t.shape[-1]}. "
+                f"image is {hw[0]}x{hw[1]} but the bank's noise is {native[0]}x{native[1]}. "
                 "Resize the images to the bank's size first, or pass size_mismatch='resize' to "
                 "interpolate the noise to each image (the L-inf budget is kept)."
             )
+
+    def fit_size(self, t: torch.Tensor, hw: tuple[int, int], *, mode: str) -> torch.Tensor:
+        """``t`` (``[N, C, h, w]``) at size ``hw``: unchanged, refused, or interpolated per the policy."""
+        if tuple(t.shape[-2:]) == hw:
+            return t
+        self._check_size(tuple(t.shape[-2:]), hw)
         dtype = t.dtype
         t = t.to(torch.float32)
         if mode == "nearest":
@@ -212,6 +469,7 @@ class Applier:
             out = F.interpolate(t, size=hw, mode="bilinear", align_corners=False)
         return out.to(dtype)
 
+    # ------------------------------------------------------------------ kernel on bank rows
     def __call__(
         self,
         images: torch.Tensor,
@@ -219,8 +477,7 @@ class Applier:
         seeds: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Apply bank rows ``rows[b]`` to ``images[b]``; ``seeds`` (per sample) for synth banks."""
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise TypeError(f"kernels take uint8 [B, C, H, W] tensors, got {images.dtype} {tuple(images.shape)}")
+        _check_batch(images)
         bank = self.bank
         if images.shape[1] != bank.channels:
             raise BankError(
@@ -231,29 +488,138 @@ class Applier:
         if len(rows) != len(images):
             raise ValueError(f"{len(images)} images but {len(rows)} keys")
         x = images.to(self.device, non_blocking=True)
-        hw = (int(x.shape[-2]), int(x.shape[-1]))
-        kind = bank.kind
-        if kind == "additive":
-            return add_delta(x, self._fit_size(self._rows_of("delta", rows), hw, mode="bilinear"))
-        if kind == "conv":
-            return convolve(x, self._rows_of("weight", rows), normalise=bank.params.get("normalise", "max"))
-        if kind == "pixel":
-            mask = self._fit_size(self._rows_of("mask", rows), hw, mode="nearest")
-            value = self._fit_size(self._rows_of("value", rows), hw, mode="nearest")
-            return blend_pixels(x, mask, value)
-        if kind == "synth":
-            if seeds is None:
-                raise ValueError("a synth bank needs one seed per sample (see ops.sample_seed)")
-            name = bank.params.get("synth")
-            synth = SYNTHESISERS.get(name)
-            if synth is None:
-                raise BankError(f"unknown synthesiser {name!r}; this library knows {sorted(SYNTHESISERS)}")
-            coef = self.bank.gather("coef", rows)
-            delta = synth(coef, list(seeds), bank.image_shape, epsilon=float(bank.params["epsilon"]),
-                          norm=bank.params.get("norm", "l2"), innovation=float(bank.params.get("innovation", 0.0)))
-            d = torch.from_numpy(delta).mul_(255).to(self.device)
-            return add_delta(x, self._fit_size(d, hw, mode="bilinear"))
-        raise BankError(f"no kernel for bank kind {kind!r}")
+        return self.kind.kernel(self, x, rows, None if seeds is None else list(seeds))
+
+    # ------------------------------------------------------------------ the front door
+    def rows_and_seeds(
+        self, images: torch.Tensor | Sequence[Any], labels: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+        sample_ids: Sequence[Any] | None = None,
+    ) -> tuple[np.ndarray, list[int] | None]:
+        """Bank rows (and, for per-sample-seeded kinds, seeds) for a batch: the package's one key rule.
+
+        * sample-keyed banks: the row of each sample id (``sample_ids``, else the pixels' content hash);
+        * ``labels`` given: the row of each class id / cluster id;
+        * cluster-keyed banks without labels: each image's nearest centroid in the bank's
+          surrogate embedding (:class:`~uetransforms.assign.ClusterAssigner`);
+        * synth banks: a seed per image from the bank's salt and the sample id, so the same image
+          (or id) always gets the same noise, whatever its position.
+        """
+        from .images import content_id
+
+        bank = self.bank
+        n = len(images)
+        ids: list[str] | None = None
+        if bank.keying == "sample" or self.kind.per_sample_seed:
+            if sample_ids is not None:
+                ids = [str(v) for v in sample_ids]
+                if len(ids) != n:
+                    raise ValueError(f"{n} images but {len(ids)} sample ids")
+            else:
+                ids = [content_id(_numpy_chw(im)) for im in images]
+        if bank.keying == "sample":
+            rows = bank.rows_for(ids)
+        elif labels is not None:
+            keys = _int_labels(labels)
+            if len(keys) != n:
+                raise ValueError(f"{n} images but {len(keys)} keys")
+            rows = bank.rows_for(keys)
+        elif bank.keying == "cluster":
+            rows = bank.rows_for(self._assign(images))
+        else:
+            raise BankError(
+                "this class-wise bank needs each image's label: pass label_column=<label column> "
+                "(Protect) or make the sample carry its label (ProtectTransform)"
+            )
+        seeds = None
+        if self.kind.per_sample_seed:
+            salt = int(bank.params.get("salt", 0))
+            seeds = [sample_seed(salt, s) for s in ids]  # type: ignore[union-attr]
+        return rows, seeds
+
+    def _assign(self, images: torch.Tensor | Sequence[Any]) -> np.ndarray:
+        if self._assigner is None:
+            from .assign import ClusterAssigner
+
+            self._assigner = ClusterAssigner(self.bank, device=self.device, encoder=self.encoder)
+        if isinstance(images, torch.Tensor):
+            return self._assigner(images.cpu().numpy())
+        return self._assigner([_numpy_chw(im) for im in images])
+
+    def protect(
+        self, images: torch.Tensor | Sequence[np.ndarray | torch.Tensor],
+        labels: Sequence[Any] | np.ndarray | torch.Tensor | None = None, sample_ids: Sequence[Any] | None = None,
+    ) -> Any:
+        """Protect images: look up each one's bank row (and seed), batch by size, run the kernel.
+
+        Args:
+            images: a uint8 ``[B, C, H, W]`` tensor (one size; returned as a tensor on the
+                applier's device), or a sequence of uint8 ``[C, H, W]`` arrays/tensors of any
+                sizes (returned as a list of uint8 ``[C, H, W]`` numpy arrays, in input order;
+                images of one size go through the kernel as one batch).
+            labels: class ids (class banks) or cluster ids (cluster banks); a cluster bank
+                assigns clusters itself when this is ``None``. Ignored by sample-keyed banks.
+            sample_ids: stable per-sample ids for sample-keyed and synth banks (default: a hash
+                of each image's pixels).
+        """
+        if isinstance(images, torch.Tensor):
+            _check_batch(images)
+            rows, seeds = self.rows_and_seeds(images, labels, sample_ids)
+            return self(images, rows, seeds)
+        chws = list(images)
+        rows, seeds = self.rows_and_seeds(chws, labels, sample_ids)
+        out: list[np.ndarray | None] = [None] * len(chws)
+        buckets: dict[tuple[int, ...], list[int]] = {}
+        for i, c in enumerate(chws):
+            buckets.setdefault(tuple(c.shape), []).append(i)
+        for idx in buckets.values():
+            parts = [chws[i] for i in idx]
+            if isinstance(parts[0], torch.Tensor):
+                batch = torch.stack([p.cpu() for p in parts])
+            else:
+                batch = torch.from_numpy(np.stack(parts))
+            _check_batch(batch)
+            if self.device.type == "cuda":
+                # Page-locked staging buffer: the non_blocking copy to the device is then a real DMA.
+                batch = batch.pin_memory()
+            res = self(batch, rows[idx], None if seeds is None else [seeds[i] for i in idx])
+            # One batched copy to HWC; each image is then a CHW view whose HWC transpose is
+            # contiguous, so encoding it needs no further per-image copy.
+            hwc = res.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = hwc[j].transpose(2, 0, 1)
+        return out
+
+
+def _check_batch(images: Any) -> None:
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        what = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TypeError(f"kernels take uint8 [B, C, H, W] tensors, got {what}")
+
+
+def _numpy_chw(im: Any) -> np.ndarray:
+    return im.detach().cpu().numpy() if isinstance(im, torch.Tensor) else np.asarray(im)
+
+
+def as_label(v: Any) -> int:
+    """One integer class / cluster id, or a :class:`BankError` saying what to pass instead."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise BankError(f"a label must be one integer, got a tensor of shape {tuple(v.shape)}")
+        v = v.item()
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise BankError(
+            f"labels must be integer class ids, got {type(v).__name__} {v!r}; "
+            "use a ClassLabel column (dataset.class_encode_column) or map names to ids first"
+        )
+    return int(v)
+
+
+def _int_labels(labels: Any) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and labels.ndim == 1:
+        return labels.astype(np.int64)
+    return np.asarray([as_label(v) for v in labels], dtype=np.int64)
 
 
 def apply(
@@ -267,14 +633,12 @@ def apply(
     """Protect a uint8 batch ``[B, C, H, W]`` on its own device.
 
     ``keys`` are what the bank is keyed by (labels, cluster ids or sample ids); ``sample_ids``
-    seed synth banks (e.g. autoregressive noise) and default to ``keys`` for sample-keyed banks.
+    seed synth banks (default: each image's content hash, as everywhere else).
     """
-    rows = bank.rows_for(keys)
-    seeds = None
-    if bank.kind == "synth":
-        ids = sample_ids if sample_ids is not None else [str(k) for k in keys]
-        if len(ids) != len(images):
-            raise ValueError(f"{len(images)} images but {len(ids)} sample ids")
-        salt = int(bank.params.get("salt", 0))
-        seeds = [sample_seed(salt, str(i)) for i in ids]
-    return Applier(bank, images.device, size_mismatch)(images, rows, seeds)
+    _check_batch(images)
+    app = Applier(bank, images.device, size_mismatch)
+    if bank.keying == "sample":
+        if sample_ids is not None:
+            raise ValueError("a sample-keyed bank is keyed by sample ids: pass them as keys, not also as sample_ids")
+        return app.protect(images, sample_ids=keys)
+    return app.protect(images, labels=keys, sample_ids=sample_ids)

@@ -1,14 +1,17 @@
 """``Protect``: the callable for ``datasets.Dataset.map`` (and ``set_transform``, ``IterableDataset.map``,
 Ray Data ``map_batches``).
 
-It decodes the batch's images, looks up each image's bank row (label, cluster or sample id),
-applies the kernel to the whole batch at once and returns *new* images, so ``datasets``
-encodes them losslessly as PNG whatever the source format was. Every other column, the row
-count and the row order are left to ``datasets``, which keeps them.
+It decodes the batch's images and hands them, with their labels or ids, to the one apply entry
+(:meth:`uetransforms.ops.Applier.protect`), which looks up each image's bank row, batches the
+images by size and runs the kernel. What ``Protect`` keeps is ``datasets``' conventions: in
+``Dataset.map`` an ``Image()`` column gets PNG bytes (``{"bytes": png, "path": None}``: the
+column keeps its type and ``datasets`` never re-encodes), ``set_transform`` and streamed maps get
+PIL images (nothing re-decodes them), array-formatted batches get arrays. Every other column, the
+row count and the row order are left to ``datasets``, which keeps them.
 
-It pickles as (bank path, sha256, options, library version), so ``datasets`` fingerprints it
-in microseconds, caches the second identical ``map``, and ``num_proc`` workers map the bank
-file themselves instead of receiving a copy.
+It pickles as (bank path, sha256, options, library version) -- the bank pickles itself so --
+so ``datasets`` fingerprints it in microseconds, caches the second identical ``map``, and
+``num_proc`` workers map the bank file themselves instead of receiving a copy.
 
 Example:
     >>> import datasets, numpy as np, uetransforms as ue
@@ -17,8 +20,8 @@ Example:
     ...                                                              "label": datasets.ClassLabel(num_classes=2)}))
     >>> bank = ue.fit("random", ds, seed=0)
     >>> prot = ds.map(ue.Protect(bank), batched=True, batch_size=2)
-    >>> prot.column_names, len(prot)
-    (['image', 'label'], 4)
+    >>> prot.column_names, len(prot), prot.features["image"]
+    (['image', 'label'], 4, Image(mode=None, decode=True))
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import numpy as np
 import torch
 
 from .bank import BankError, NoiseBank
-from .images import content_id, from_chw, to_chw
-from .ops import Applier, sample_seed
+from .images import encode_png, from_chw, to_chw
+from .ops import Applier
 
 # The pid that imported this module. A worker forked by `datasets` (num_proc) inherits it; there,
 # torch's OpenMP pool from the parent is unusable (a forked child has its state, not its threads).
@@ -48,29 +51,17 @@ def _bank_ref(bank: NoiseBank | str | os.PathLike) -> NoiseBank:
 
 
 class _BankUser:
-    """Shared plumbing of the adapters: lazy bank, per-device appliers, key lookup. No maths here."""
+    """Shared plumbing of the adapters: the bank, per-device appliers, options. No maths, no key rule."""
 
     def __init__(self, bank: NoiseBank | str | os.PathLike, *, device: str | torch.device | None,
-                 size_mismatch: str | None, convert: bool) -> None:
-        self._bank: NoiseBank | None = _bank_ref(bank)
-        self._bank_state = self._bank.path and (self._bank.path, self._bank.sha256)
-        self._bank_bytes: bytes | None = None
+                 size_mismatch: str | None, convert: bool, encoder: torch.nn.Module | None = None) -> None:
+        self.bank = _bank_ref(bank)
         self.device = None if device is None else str(device)
         self.size_mismatch = size_mismatch
         self.convert = convert
+        self.encoder = encoder
         self._appliers: dict[str, Applier] = {}
-        self._assigner: Any = None
-        Applier(self._bank, "cpu", size_mismatch)  # validate the policy now, not in a worker
-
-    @property
-    def bank(self) -> NoiseBank:
-        if self._bank is None:  # unpickled in a worker: map the file (or bytes) lazily, once
-            if self._bank_bytes is not None:
-                self._bank = NoiseBank.from_bytes(self._bank_bytes, verify=False)
-            else:
-                path, sha = self._bank_state
-                self._bank = NoiseBank.load(path, verify=False, expect_sha256=sha)
-        return self._bank
+        self._applier("cpu")  # validate the policy and the bank now, not in a worker
 
     def _device_for(self, rank: int | None) -> str:
         dev = self.device or "cpu"
@@ -82,75 +73,19 @@ class _BankUser:
     def _applier(self, device: str) -> Applier:
         app = self._appliers.get(device)
         if app is None:
-            app = self._appliers[device] = Applier(self.bank, device, self.size_mismatch)
+            app = self._appliers[device] = Applier(self.bank, device, self.size_mismatch, encoder=self.encoder)
         return app
-
-    def _keys(self, chws: Sequence[np.ndarray], labels: Sequence[Any] | None, ids: Sequence[Any] | None,
-              device: str) -> tuple[np.ndarray, list[int] | None]:
-        """Bank rows and (for synth banks) per-sample seeds for a batch of decoded images."""
-        bank = self.bank
-        need_ids = bank.keying == "sample" or bank.kind == "synth"
-        sample_ids = None
-        if need_ids:
-            sample_ids = [str(v) for v in ids] if ids is not None else [content_id(c) for c in chws]
-        if bank.keying == "sample":
-            rows = bank.rows_for(sample_ids)
-        elif labels is not None:
-            rows = bank.rows_for(np.asarray([_as_int(v) for v in labels]))
-        elif bank.keying == "cluster":
-            rows = bank.rows_for(self._assign(chws, device))
-        else:
-            raise BankError(
-                "this class-wise bank needs each image's label: pass label_column=<label column> "
-                "(Protect) or make the sample carry its label (ProtectTransform)"
-            )
-        seeds = None
-        if bank.kind == "synth":
-            salt = int(bank.params.get("salt", 0))
-            seeds = [sample_seed(salt, s) for s in sample_ids]  # type: ignore[union-attr]
-        return rows, seeds
-
-    def _assign(self, chws: Sequence[np.ndarray], device: str) -> np.ndarray:
-        if self._assigner is None:
-            try:
-                from .assign import ClusterAssigner
-            except ImportError as err:  # pragma: no cover - present once the clusters method is installed
-                raise BankError(
-                    "this cluster-keyed bank needs a cluster id per image: pass label_column=<cluster column>"
-                ) from err
-            self._assigner = ClusterAssigner(self.bank, device=device)
-        return self._assigner(chws)
 
     def _protect_chws(self, chws: list[np.ndarray], labels: Sequence[Any] | None, ids: Sequence[Any] | None,
                       rank: int | None = None) -> list[np.ndarray]:
-        """Protect decoded images; images of one size go through the kernel as one batch."""
-        device = self._device_for(rank)
-        rows, seeds = self._keys(chws, labels, ids, device)
-        out: list[np.ndarray | None] = [None] * len(chws)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, c in enumerate(chws):
-            groups.setdefault(c.shape, []).append(i)
-        app = self._applier(device)
-        for idx in groups.values():
-            batch = torch.from_numpy(np.stack([chws[i] for i in idx]))
-            if app.device.type == "cuda":
-                # Page-locked staging buffer: the Applier's non_blocking copy is then a real DMA.
-                batch = batch.pin_memory()
-            res = app(batch, rows[idx], None if seeds is None else [seeds[i] for i in idx])
-            # One batched copy to HWC; each image is then a CHW view whose HWC transpose is
-            # contiguous, so encoding it (PIL) needs no further per-image copy.
-            hwc = res.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-            for j, i in enumerate(idx):
-                out[i] = hwc[j].transpose(2, 0, 1)
-        return out  # type: ignore[return-value]
+        """Protected uint8 ``[C, H, W]`` arrays, in input order (the one apply entry does the work)."""
+        return self._applier(self._device_for(rank)).protect(chws, labels=labels, sample_ids=ids)
 
     def _state(self) -> dict[str, Any]:
         from . import __version__
 
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_bank", "_appliers", "_assigner")}
-        if not self._bank_state:
-            # An unsaved bank travels as Arrow IPC bytes, never as pickled arrays.
-            state["_bank_bytes"] = self._bank_bytes or self.bank.to_bytes()
+        # The bank pickles itself: (path, sha256) once saved, Arrow IPC bytes before, never arrays.
+        state = {k: v for k, v in self.__dict__.items() if k != "_appliers"}
         state["_version"] = __version__
         return state
 
@@ -161,27 +96,12 @@ class _BankUser:
         state = dict(state)
         state.pop("_version", None)
         self.__dict__.update(state)
-        self._bank = None
         self._appliers = {}
-        self._assigner = None
         if os.getpid() != _IMPORT_PID:
             # Forked worker: one intra-op thread never enters an OpenMP region (which can deadlock
             # after fork), and N workers fill N cores anyway. The pid is not part of the pickled
             # state, so datasets' fingerprint of Protect stays the same across sessions.
             torch.set_num_threads(1)
-
-
-def _as_int(v: Any) -> int:
-    if isinstance(v, torch.Tensor):
-        if v.numel() != 1:
-            raise BankError(f"a label must be one integer, got a tensor of shape {tuple(v.shape)}")
-        v = v.item()
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise BankError(
-            f"labels must be integer class ids, got {type(v).__name__} {v!r}; "
-            "use a ClassLabel column (dataset.class_encode_column) or map names to ids first"
-        )
-    return int(v)
 
 
 class _DefaultLabel(str):
@@ -208,9 +128,12 @@ class Protect(_BankUser):
             (``multiprocess.set_start_method("spawn")`` is then required by CUDA).
         size_mismatch: ``"error"`` or ``"resize"`` (interpolate the noise); default: the bank's.
         convert: convert RGBA/P/LA/CMYK... images to the bank's mode instead of refusing them.
+        encoder: the surrogate ``nn.Module`` a cluster-keyed bank was fitted with, when the bank
+            cannot rebuild it itself (a custom module): clusters are then assigned with it.
 
     Works batched (``batched=True``, the fast path) and per example; returns only the image
-    column for ``map`` and the whole batch for ``set_transform``/``with_transform``.
+    column for ``map`` (PNG records for an ``Image()`` column) and the whole batch for
+    ``set_transform``/``with_transform`` (PIL images).
     """
 
     def __init__(
@@ -223,8 +146,9 @@ class Protect(_BankUser):
         device: str | torch.device | None = None,
         size_mismatch: str | None = None,
         convert: bool = False,
+        encoder: torch.nn.Module | None = None,
     ) -> None:
-        super().__init__(bank, device=device, size_mismatch=size_mismatch, convert=convert)
+        super().__init__(bank, device=device, size_mismatch=size_mismatch, convert=convert, encoder=encoder)
         self.image_column = image_column
         if self.bank.keying == "cluster" and isinstance(label_column, _DefaultLabel):
             # A dataset's "label" is its class, not the protector's cluster id: unless the caller
@@ -242,6 +166,33 @@ class Protect(_BankUser):
         for a in args:
             if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
                 rank = int(a)
+        images, single, out = self._protect_batch(batch, rank)
+        new: Any
+        if not single and isinstance(images, np.ndarray) and images.dtype != object and images.ndim == 4:
+            # A numpy [B, H, W, C] batch (formatted map, Ray Data) stays numpy.
+            new = np.stack([o.transpose(1, 2, 0) for o in out]) if out else images[:0]
+        elif self._hands_bytes(batch, images):
+            # Dataset.map on an Image() column: encoded PNG records keep the column's type, and
+            # datasets stores them as they are instead of encoding PIL images itself.
+            new = [{"bytes": encode_png(o), "path": None} for o in out]
+        else:
+            # set_transform / streamed maps / tensors: new PIL images, which nothing re-decodes and
+            # datasets can encode as PNG in their own mode (it cannot encode tensors, and it widens
+            # returned arrays to int64, so a grayscale [B, H, W] batch would become a 32-bit TIFF).
+            new = [from_chw(o) for o in out]
+        if single:
+            new = new[0]
+        result = dict(batch) if self._return_all(batch, images) else {}
+        result[self.image_column] = new
+        return result
+
+    def encoded(self, batch: Mapping[str, Any], rank: int | None = None) -> list[bytes]:
+        """Protect a batch and return its images as PNG bytes, in row order (for writers and Ray)."""
+        _, _, out = self._protect_batch(batch, rank)
+        return [encode_png(o) for o in out]
+
+    def _protect_batch(self, batch: Mapping[str, Any], rank: int | None) -> tuple[Any, bool, list[np.ndarray]]:
+        """The column's images, whether the call is for one example, and the protected ``[C, H, W]`` arrays."""
         col = self.image_column
         if col not in batch:
             raise KeyError(
@@ -254,20 +205,15 @@ class Protect(_BankUser):
         labels = self._column(batch, self.label_column, single, needed=self._needs_labels())
         ids = self._column(batch, self.id_column, single, needed=self.id_column is not None)
         chws = [to_chw(im, channels=self.bank.channels, convert=self.convert, column=col) for im in imgs]
-        out = self._protect_chws(chws, labels, ids, rank)
-        new: Any
-        # A numpy [B, H, W, C] batch (Ray Data) stays numpy. Everything else gets new PIL images,
-        # which datasets encodes as PNG in their own mode: it cannot encode tensors, and it widens
-        # returned arrays to int64, so a grayscale [B, H, W] batch would become a 32-bit TIFF.
-        if not single and isinstance(images, np.ndarray) and images.dtype != object and images.ndim == 4:
-            new = np.stack([o.transpose(1, 2, 0) for o in out]) if out else images[:0]
-        else:
-            new = [from_chw(o) for o in out]
-            if single:
-                new = new[0]
-        result = dict(batch) if self._return_all(batch, images) else {}
-        result[col] = new
-        return result
+        return images, single, self._protect_chws(chws, labels, ids, rank)
+
+    def _hands_bytes(self, batch: Mapping[str, Any], images: Any) -> bool:
+        if not _is_datasets_batch(batch) or isinstance(images, (np.ndarray, torch.Tensor)):
+            return False
+        import datasets
+
+        features = getattr(getattr(batch, "formatter", None), "features", None) or {}
+        return isinstance(features.get(self.image_column), datasets.Image)
 
     def _is_single(self, batch: Mapping[str, Any], images: Any) -> bool:
         """One example (non-batched map) or a batch? datasets says so by the batch's class."""

@@ -30,7 +30,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from .bank import NoiseBank
-from .images import content_id, from_chw, to_chw
+from .images import from_chw, to_chw
 from .protect import _BankUser
 
 
@@ -67,7 +67,7 @@ class ProtectTransform(_BankUser, v2.Transform):
             id), or ``None`` (only for sample-/cluster-keyed banks).
         sample_id_getter: ``sample -> id`` for sample-wise/synth banks; default: a hash of the
             image's pixels.
-        device / size_mismatch / convert: as in :class:`~uetransforms.Protect`.
+        device / size_mismatch / convert / encoder: as in :class:`~uetransforms.Protect`.
 
     Float tensor images are taken as [0, 1] and quantised to 8 bits (protection is defined on
     8-bit pixels); the output keeps the input's type and dtype.
@@ -84,9 +84,10 @@ class ProtectTransform(_BankUser, v2.Transform):
         device: str | torch.device | None = None,
         size_mismatch: str | None = None,
         convert: bool = False,
+        encoder: torch.nn.Module | None = None,
     ) -> None:
         v2.Transform.__init__(self)
-        _BankUser.__init__(self, bank, device=device, size_mismatch=size_mismatch, convert=convert)
+        _BankUser.__init__(self, bank, device=device, size_mismatch=size_mismatch, convert=convert, encoder=encoder)
         if labels_getter == "default":
             labels_getter = default_labels_getter
         elif labels_getter is not None and not callable(labels_getter):
@@ -126,26 +127,24 @@ class ProtectTransform(_BankUser, v2.Transform):
                 "uetransforms.ops.apply or Protect on a dataset"
             )
         chw = to_chw(inpt, channels=self.bank.channels, convert=self.convert, column="image")
-        label = params["label"]
-        labels = None if label is None else [label]
-        if params["sample_id"] is not None:
-            ids = [params["sample_id"]]
-        else:
-            ids = [content_id(chw)] if (self.bank.keying == "sample" or self.bank.kind == "synth") else None
-        res = self._protect_chws([chw], labels, ids)[0]
+        label, sid = params["label"], params["sample_id"]
+        res = self._protect_chws([chw], None if label is None else [label], None if sid is None else [sid])[0]
         return _like(inpt, res)
 
     def __reduce__(self):
         return (_restore_transform, (self._state(),))
 
     def _state(self) -> dict[str, Any]:
-        state = super()._state()
-        # nn.Module internals (hooks, buffers) are rebuilt by __init__; keep only our own fields.
-        for k in list(state):
-            if k.startswith("_") and k not in ("_bank_state", "_bank_bytes", "_version"):
-                state.pop(k)
-        state.pop("training", None)
+        # nn.Module internals (hooks, buffers) are rebuilt by v2.Transform.__init__; keep only our
+        # own fields. The encoder is an nn.Module, so the Module machinery files it under _modules.
+        from . import __version__
+
+        state = {k: getattr(self, k) for k in _TRANSFORM_FIELDS}
+        state["_version"] = __version__
         return state
+
+
+_TRANSFORM_FIELDS = ("bank", "device", "size_mismatch", "convert", "encoder", "labels_getter", "sample_id_getter")
 
 
 def _restore_transform(state: dict[str, Any]) -> ProtectTransform:
@@ -154,10 +153,8 @@ def _restore_transform(state: dict[str, Any]) -> ProtectTransform:
     state = dict(state)
     state.pop("_version", None)
     for k, v in state.items():
-        object.__setattr__(obj, k, v)
-    object.__setattr__(obj, "_bank", None)
+        setattr(obj, k, v)
     object.__setattr__(obj, "_appliers", {})
-    object.__setattr__(obj, "_assigner", None)
     return obj
 
 

@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import os
 from typing import Any
@@ -32,26 +31,11 @@ from typing import Any
 import numpy as np
 
 from ..bank import NoiseBank
-from ..images import to_chw
+from ..images import encode_png, to_chw
 from ..protect import Protect
 
 #: Hidden per-row flag carried between the split stages: "encode this row's image as PNG".
 _PNG_FLAG = "__uetransforms_png__"
-
-
-def _png_bytes(image: Any) -> bytes:
-    # PIL's PNG writer with its defaults: exactly what datasets' Image feature does for a new
-    # (format-less) image, so Ray output is byte-identical to Dataset.map output.
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _png_from_hwc(arr: np.ndarray) -> bytes:
-    from PIL import Image
-
-    arr = np.ascontiguousarray(arr)
-    return _png_bytes(Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr))
 
 
 def _is_numeric_batch(images: Any) -> bool:
@@ -111,8 +95,9 @@ class _Fused:
         images = batch[col]
         if _is_numeric_batch(images):
             return _to_block({**batch, **self.fn(batch)}, col, None, self.metadata)
-        out = self.fn({**batch, col: _records(images)})
-        return _to_block(out, col, [_png_bytes(im) for im in out[col]], self.metadata)
+        # Protect's own PNG path (the package's one encoder): the very bytes Dataset.map stores.
+        png = self.fn.encoded({**batch, col: _records(images)})
+        return _to_block(dict(batch), col, png, self.metadata)
 
 
 class _Decode:
@@ -138,6 +123,10 @@ class _Decode:
         out[col] = _stack(hwc)
         out[_PNG_FLAG] = np.ones(len(hwc), dtype=bool)
         return out
+
+
+def _chw(hwc: np.ndarray) -> np.ndarray:
+    return hwc[None] if hwc.ndim == 2 else hwc.transpose(2, 0, 1)
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -180,7 +169,7 @@ class _Encode:
         if not flag.all():
             raise ValueError(f"column {col!r} mixes encoded and array images within one batch; "
                              "store them one way before protecting")
-        return _to_block(out, col, [_png_from_hwc(a) for a in batch[col]], self.metadata)
+        return _to_block(out, col, [encode_png(_chw(a)) for a in batch[col]], self.metadata)
 
 
 def _map_batches_kwargs() -> dict[str, Any]:

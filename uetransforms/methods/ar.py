@@ -75,6 +75,7 @@ import torch
 
 from ..bank import NoiseBank
 from ..data import FitData
+from ..ops import ar_recursion
 from . import Choice, Method, Number, Param, ParameterError
 
 
@@ -124,45 +125,41 @@ METHOD = Method(
 
 # The search canvas of the authors' code: 36x36, cropped by 4 (CIFAR), 3 trial patterns.
 _CANVAS, _CROP, _TRIALS = 36, 4, 3
-# Window offsets (row, col) relative to the current pixel, raster order, current pixel last.
-_OFFSETS = [(di, dj) for di in (-2, -1, 0) for dj in (-2, -1, 0)][:-1]
 
 
 def _generate(coef: np.ndarray, start: np.ndarray, max_norm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The authors' recursion without innovations, on ``[T, N, C, SH, SW]`` start signals.
 
-    Pixels from row 2 and column 2 on are replaced, in raster order, by the window's linear
-    combination of ``coef`` (``[N, C, 8]``, shared by the ``T`` trials); the first two rows and
-    columns keep the start values. Returns the crop ``[T, N, C, SH-4, SW-4]`` and a mask ``[N]``
-    of the candidates whose every trial has an L2 norm <= ``max_norm`` (all if ``None``). A
-    candidate is dropped as soon as a finished row pushes a trial's norm over the bound (the
-    norm only grows), so diverging processes cost a few rows; kept ones are computed exactly.
+    Runs the kernel's own recursion (:func:`uetransforms.ops.ar_recursion`, the one the bank's
+    noise is synthesised with at apply time): pixels from row 2 and column 2 on are replaced by
+    the window's linear combination of ``coef`` (``[N, C, 8]``, shared by the ``T`` trials); the
+    first two rows and columns keep the start values. Returns the crop ``[T, N, C, SH-4, SW-4]``
+    and a mask ``[N]`` of the candidates whose every trial has an L2 norm <= ``max_norm`` (all if
+    ``None``). A candidate is dropped as soon as a trial's norm over the finished pixels passes
+    the bound (the norm only grows), so diverging processes cost a few steps; kept ones are
+    computed exactly.
     """
     trials, n, c, sh, sw = start.shape
     # Layout [SH, SW, T*N*C]: each pixel's values over all trials/candidates/channels are one
-    # contiguous vector, so a step is two vector ops instead of strided gathers.
+    # contiguous vector, the layout ar_recursion steps over.
     x = np.ascontiguousarray(start.transpose(3, 4, 0, 1, 2).reshape(sh, sw, -1))
     a = np.ascontiguousarray(np.broadcast_to(coef.transpose(2, 0, 1)[:, None], (8, trials, n, c)).reshape(8, -1))
-    alive = np.arange(n)
-    sq = np.zeros((trials, n))
-    with np.errstate(all="ignore"):
-        for i in range(2, sh):
-            for j in range(2, sw):
-                x[i, j] = (a * x[i - 2 : i + 1, j - 2 : j + 1].reshape(9, -1)[:8]).sum(axis=0)
-            if max_norm is None or i < _CROP:
-                continue
-            sq += (x[i, _CROP:] ** 2).reshape(sw - _CROP, trials, len(alive), c).sum(axis=(0, 3))
-            ok = (np.isfinite(sq) & (sq <= max_norm**2)).all(axis=0)
-            if not ok.all():
-                keep = np.broadcast_to(ok[None, :, None], (trials, len(alive), c)).reshape(-1)
-                x, a, sq, alive = x[:, :, keep], a[:, keep], sq[:, ok], alive[ok]
-                if len(alive) == 0:
-                    break
+
+    def prune(sq: np.ndarray) -> np.ndarray | None:
+        per_trial = sq.reshape(trials, -1, c).sum(axis=2)  # [T, alive candidates]
+        ok = (np.isfinite(per_trial) & (per_trial <= max_norm**2)).all(axis=0)
+        if ok.all():
+            return None
+        return np.broadcast_to(ok[None, :, None], (trials, len(ok), c)).reshape(-1)
+
+    x, cols = ar_recursion(x, a, prune=None if max_norm is None else prune, crop=_CROP)
+    alive = np.unique(cols // c % n)  # columns are (trial, candidate, channel) in C order
     mask = np.zeros(n, dtype=bool)
     mask[alive] = True
     full = np.zeros((trials, n, c, sh - _CROP, sw - _CROP))
-    crop = x[_CROP:, _CROP:].reshape(sh - _CROP, sw - _CROP, trials, len(alive), c)
-    full[:, alive] = crop.transpose(2, 3, 4, 0, 1)
+    if len(alive):
+        crop = x[_CROP:, _CROP:].reshape(sh - _CROP, sw - _CROP, trials, len(alive), c)
+        full[:, alive] = crop.transpose(2, 3, 4, 0, 1)
     return full, mask
 
 
