@@ -420,3 +420,60 @@ def test_save_refuses_to_replace_a_bank_unless_overwrite(tmp_path):
     additive_bank(seed=5).save(path, overwrite=True)
     assert NoiseBank.load(path).sha256 == additive_bank(seed=5).sha256
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+# ------------------------------------------------------------------ immutability
+def test_bank_is_immutable_after_construction(tmp_path):
+    import copy
+
+    bank = NoiseBank(method="m", kind="additive", keying="class", keys=[0, 1],
+                     tensors={"delta": np.zeros((2, 3, 2, 2), "float32")},
+                     params={"epsilon": 0.1, "nested": {"a": [1, 2]}}, info={"targets": [1, 0]})
+    with pytest.raises(ValueError, match="read-only"):
+        bank.tensors["delta"][0, 0, 0, 0] = 1.0
+    for change in (lambda: bank.params.__setitem__("epsilon", 0.5), lambda: bank.params.update(x=1),
+                   lambda: bank.info.setdefault("class_names", []), lambda: bank.params["nested"]["a"].append(3),
+                   lambda: bank.info["targets"].__setitem__(0, 5), lambda: bank.params.pop("epsilon")):
+        with pytest.raises(TypeError, match=r"bank.replace"):
+            change()
+    # Read like plain JSON values: equality, json, copies and pickles.
+    assert bank.info["targets"] == [1, 0] and bank.params["nested"] == {"a": [1, 2]}
+    assert json.loads(json.dumps(bank.params)) == {"epsilon": 0.1, "nested": {"a": [1, 2]}}
+    again = pickle.loads(pickle.dumps(bank.params))
+    assert again == bank.params
+    with pytest.raises(TypeError):
+        again["nested"]["a"].append(3)  # still frozen after a pickle round trip
+    assert copy.deepcopy(bank.info) == {"targets": [1, 0]}
+    loaded = NoiseBank.load(bank.save(tmp_path / "b.arrow"))
+    assert not loaded.tensors["delta"].flags.writeable
+    with pytest.raises(TypeError):
+        loaded.info["x"] = 1
+
+
+def test_replace_makes_a_new_bank():
+    bank = additive_bank()
+    digest = bank.sha256
+    other = bank.replace(info={"class_names": ["a", "b", "c"]}, fit_seconds=1.5)
+    assert other is not bank and bank.sha256 == digest and bank.info["class_names"] == ["c0", "c1", "c2"]
+    assert other.info["class_names"] == ["a", "b", "c"] and other.fit_seconds == 1.5 and other.sha256 != digest
+    assert other.tensors["delta"] is bank.tensors["delta"]  # payload shared, not copied
+    assert bank.replace(fit_seconds=2.0).sha256 == digest  # fit time is not part of the bank's identity
+    with pytest.raises(TypeError, match="unknown field"):
+        bank.replace(sha256="x")
+
+
+def test_fit_returns_an_immutable_bank_with_its_fit_time():
+    ds = {"image": list(np.zeros((4, 8, 8, 3), np.uint8)), "label": [0, 1, 0, 1]}
+    bank = ue.fit("random", ds, seed=3)
+    assert bank.fit_seconds is not None and bank.fit_seconds >= 0
+    assert bank.sha256 == NoiseBank.from_bytes(bank.to_bytes()).sha256  # the digest covers the final info
+    with pytest.raises(TypeError):
+        bank.info["class_names"] = ["x"]
+
+
+def test_pickle_of_unsaved_bank_carries_no_arrays():
+    bank = additive_bank(k=2)
+    blob = pickle.dumps(bank)
+    assert b"numpy" not in blob and b"ndarray" not in blob
+    back = pickle.loads(blob)
+    assert back.sha256 == bank.sha256 and pickle.dumps(back) == blob  # bytes made once, stable

@@ -444,8 +444,10 @@ class NoiseBank:
 
     def __reduce__(self):  # cheap, pickle-free of arrays: a path + digest, or Arrow bytes
         if self.path is not None and os.path.exists(self.path):
-            return (_load_expect, (self.path, self.sha256, self.fit_seconds))
-        return (_from_bytes, (self.to_bytes(), self.fit_seconds))
+            return (_load_expect, (self.path, self.sha256))
+        # fit_seconds does not travel: it would make the pickle (and datasets' fingerprint of a
+        # Protect holding the bank) differ between two fits of the same bank.
+        return (_from_bytes, (self.to_bytes(),))
 
 
 class _FrozenDict(dict):
@@ -521,15 +523,12 @@ def _json_safe(value: Mapping[str, Any], what: str) -> dict[str, Any]:
         raise BankError(f"bank {what} must be JSON-serialisable (numbers, strings, lists, dicts): {err}") from err
 
 
-def _load_expect(path: str, sha256: str, fit_seconds: float | None = None) -> NoiseBank:
-    bank = NoiseBank.load(path, verify=False, expect_sha256=sha256)
-    bank.fit_seconds = fit_seconds
-    return bank
+def _load_expect(path: str, sha256: str) -> NoiseBank:
+    return NoiseBank.load(path, verify=False, expect_sha256=sha256)
 
 
-def _from_bytes(data: bytes, fit_seconds: float | None = None) -> NoiseBank:
+def _from_bytes(data: bytes) -> NoiseBank:
     bank = NoiseBank.from_bytes(data, verify=False)  # made by to_bytes in this library: no re-hash
-    bank.fit_seconds = fit_seconds
     bank._bytes = data
     return bank
 
