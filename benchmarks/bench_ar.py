@@ -2,7 +2,7 @@
 
 Both run in this process, alternated, on the same coefficients and seeds; the script also checks
 that the two give the same bytes (the bank format did not change). The raster loop is the
-library's synthesiser before the vectorisation, kept here verbatim as the baseline.
+library's synthesiser before the vectorisation, kept verbatim in ``tests/test_ops.py``.
 
 Run:
     OMP_NUM_THREADS=1 python benchmarks/bench_ar.py --size 384 --batch 1 8 --repeats 2
@@ -14,34 +14,16 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 import numpy as np
 
 from uetransforms import ops
 
-
-def raster_synth_ar(coef, seeds, shape, *, epsilon, norm, innovation=0.0, warmup=4):
-    """The pre-vectorisation synthesiser: one Python step per pixel (vectorised over batch and channels)."""
-    c, h, w = (int(s) for s in shape)
-    b = len(seeds)
-    pad = max(int(warmup), 2)
-    canvas = np.empty((b, c, h + pad, w + pad), dtype=np.float64)
-    for i, s in enumerate(seeds):
-        canvas[i] = np.random.default_rng(int(s)).standard_normal((c, h + pad, w + pad))
-    a = coef.astype(np.float64).reshape(b, c, 8)
-    offsets = [(di, dj) for di in (-2, -1, 0) for dj in (-2, -1, 0)][:-1]
-    for i in range(2, h + pad):
-        for j in range(2, w + pad):
-            acc = canvas[:, :, i, j] * innovation
-            for n, (di, dj) in enumerate(offsets):
-                acc += a[:, :, n] * canvas[:, :, i + di, j + dj]
-            canvas[:, :, i, j] = acc
-    delta = canvas[:, :, pad:, pad:]
-    delta = delta - delta.mean(axis=(1, 2, 3), keepdims=True)
-    flat = delta.reshape(len(delta), -1)
-    size = np.linalg.norm(flat, axis=1) if norm == "l2" else np.abs(flat).max(axis=1)
-    return (delta * (epsilon / np.maximum(size, 1e-12)).reshape(-1, 1, 1, 1)).astype(np.float32)
+# The baseline is the test suite's reference copy of the old synthesiser (one copy in the repo).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from test_ops import _raster_synth_ar as raster_synth_ar  # noqa: E402
 
 
 def main() -> None:

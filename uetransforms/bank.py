@@ -450,42 +450,30 @@ class NoiseBank:
         return (_from_bytes, (self.to_bytes(),))
 
 
-class _FrozenDict(dict):
-    """A dict that refuses changes (a bank's ``params``/``info``); JSON and ``==`` see a plain dict."""
+class _Frozen:
+    """Refuses changes (a bank's ``params``/``info`` and what they contain); reads like JSON values."""
 
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("a NoiseBank is immutable after it is made; build a changed copy with bank.replace(...)")
 
-    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
-    clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
-
     def __reduce__(self):
         return (_frozen, (_thaw(self),))
 
-    def __copy__(self) -> _FrozenDict:
+    def __copy__(self) -> Any:
         return self
 
-    def __deepcopy__(self, memo: dict) -> _FrozenDict:
+    def __deepcopy__(self, memo: dict) -> Any:
         return self
 
 
-class _FrozenList(list):
-    """A list that refuses changes (inside a bank's ``params``/``info``); ``==`` a plain list."""
+class _FrozenDict(_Frozen, dict):
+    __setitem__ = __delitem__ = __ior__ = _Frozen._refuse  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _Frozen._refuse  # type: ignore[assignment]
 
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("a NoiseBank is immutable after it is made; build a changed copy with bank.replace(...)")
 
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
-    append = extend = insert = pop = remove = clear = sort = reverse = _refuse  # type: ignore[assignment]
-
-    def __reduce__(self):
-        return (_frozen, (_thaw(self),))
-
-    def __copy__(self) -> _FrozenList:
-        return self
-
-    def __deepcopy__(self, memo: dict) -> _FrozenList:
-        return self
+class _FrozenList(_Frozen, list):
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _Frozen._refuse  # type: ignore[assignment]
+    append = extend = insert = pop = remove = clear = sort = reverse = _Frozen._refuse  # type: ignore[assignment]
 
 
 def _frozen(value: Any) -> Any:
