@@ -471,14 +471,16 @@ def test_empty_batch_call(bank_path):
 @pytest.mark.parametrize("fmt", ["numpy", "torch"])
 def test_formatted_datasets_map(bank_path, fmt):
     src = make_ds()
-    ref = stored_bytes(src.map(ue.Protect(bank_path), batched=True, batch_size=3))
+    ref = decoded(src.map(ue.Protect(bank_path), batched=True, batch_size=3))
     out = src.with_format(fmt).map(ue.Protect(bank_path), batched=True, batch_size=3).with_format(None)
-    assert stored_bytes(out) == ref
+    # Formatted maps hand back arrays / PIL images (datasets encodes them: PNG, without the marker).
+    assert all(b.startswith(b"\x89PNG") for b in stored_bytes(out))
+    assert [a.tobytes() for a in decoded(out)] == [a.tobytes() for a in ref]
     assert out.features == src.features
     for col in ("label", "uid", "count", "tags"):
         assert out[col] == src[col], col
     one = src.with_format(fmt).map(ue.Protect(bank_path)).with_format(None)  # LazyRow: one CHW/HWC image
-    assert stored_bytes(one) == ref
+    assert [a.tobytes() for a in decoded(one)] == [a.tobytes() for a in ref]
 
 
 def test_torch_batch(bank_path):
@@ -505,7 +507,8 @@ def test_grayscale_numpy_batch():
                             features=Features({"image": Image(), "label": ClassLabel(num_classes=3)}))
     a = src.map(ue.Protect(bank), batched=True)
     b = src.with_format("numpy").map(ue.Protect(bank), batched=True).with_format(None)
-    assert stored_bytes(a) == stored_bytes(b)
+    assert [x.tobytes() for x in decoded(a)] == [x.tobytes() for x in decoded(b)]
+    assert PILImage.open(io.BytesIO(stored_bytes(b)[0])).mode == "L"  # not widened to a 32-bit TIFF
 
 
 @pytest.mark.parametrize("fmt", ["numpy", "torch"])
@@ -705,3 +708,30 @@ def test_protect_and_transform_with_an_encoder_equal_the_cluster_column():
     np.testing.assert_array_equal(np.asarray(back(src["image"][4], 0)[0]), decoded(by_column)[4])
     with pytest.raises(BankError, match="custom encoder"):
         src.map(ue.Protect(bank), batched=True)
+
+
+# ------------------------------------------------------------------ the protection marker
+def test_output_is_marked_and_protecting_it_again_is_refused(bank_path):
+    from uetransforms import codecs
+    from uetransforms.protect import DoubleProtectionError
+    from uetransforms.transforms import ProtectTransform
+
+    src = make_ds()
+    once = src.map(ue.Protect(bank_path), batched=True, batch_size=3)
+    assert all(codecs.is_marked(b) for b in stored_bytes(once))
+    assert not any(codecs.is_marked(b) for b in stored_bytes(src))
+    with pytest.raises(DoubleProtectionError, match="allow_double=True"):
+        once.map(ue.Protect(bank_path), batched=True)
+    with pytest.raises(DoubleProtectionError):
+        once.map(ue.Protect(bank_path))  # one example at a time, decoded PIL images keep the marker
+    with pytest.raises(DoubleProtectionError):
+        once.cast_column("image", Image(decode=False)).map(ue.Protect(bank_path), batched=True)  # raw records
+    with pytest.raises(DoubleProtectionError):
+        ProtectTransform(bank_path)(once[0]["image"], once[0]["label"])
+    # Opting in protects twice: the second noise lands on the first.
+    twice = once.map(ue.Protect(bank_path, allow_double=True), batched=True, batch_size=3)
+    bank = NoiseBank.load(bank_path)
+    for x, y, lab in zip(decoded(once), decoded(twice), src["label"]):
+        np.testing.assert_array_equal(y, ref_protect(x, bank, lab))
+    img, _ = ProtectTransform(bank_path, allow_double=True)(once[0]["image"], once[0]["label"])
+    np.testing.assert_array_equal(np.asarray(img), decoded(twice)[0])

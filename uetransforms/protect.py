@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from .bank import BankError, NoiseBank
-from .images import encode_png, from_chw, to_chw
+from .codecs import encode_png, is_marked, mark
+from .images import from_chw, to_chw
 from .ops import Applier
 
 # The pid that imported this module. A worker forked by `datasets` (num_proc) inherits it; there,
@@ -50,16 +51,31 @@ def _bank_ref(bank: NoiseBank | str | os.PathLike) -> NoiseBank:
     raise TypeError(f"expected a NoiseBank or a bank file path, got {type(bank).__name__}")
 
 
+class DoubleProtectionError(ValueError):
+    """The images already carry the "protected by uetransforms" marker and ``allow_double`` is off."""
+
+
+def protected_png(chw: np.ndarray, method: str) -> bytes:
+    """PNG bytes of protected ``[C, H, W]`` pixels with the non-secret "protected by uetransforms" marker.
+
+    What every adapter stores (``Dataset.map``, Ray, writers): the codec module's encoder, then
+    its marker, so a second protection of the output can be detected.
+    """
+    return mark(encode_png(chw.transpose(1, 2, 0)), method=method)
+
+
 class _BankUser:
     """Shared plumbing of the adapters: the bank, per-device appliers, options. No maths, no key rule."""
 
     def __init__(self, bank: NoiseBank | str | os.PathLike, *, device: str | torch.device | None,
-                 size_mismatch: str | None, convert: bool, encoder: torch.nn.Module | None = None) -> None:
+                 size_mismatch: str | None, convert: bool, encoder: torch.nn.Module | None = None,
+                 allow_double: bool = False) -> None:
         self.bank = _bank_ref(bank)
         self.device = None if device is None else str(device)
         self.size_mismatch = size_mismatch
         self.convert = convert
         self.encoder = encoder
+        self.allow_double = bool(allow_double)
         self._appliers: dict[str, Applier] = {}
         self._applier("cpu")  # validate the policy and the bank now, not in a worker
 
@@ -75,6 +91,19 @@ class _BankUser:
         if app is None:
             app = self._appliers[device] = Applier(self.bank, device, self.size_mismatch, encoder=self.encoder)
         return app
+
+    def _refuse_protected(self, images: Sequence[Any], column: str) -> None:
+        """Images that carry the protection marker are not protected again unless asked to be."""
+        if self.allow_double:
+            return
+        marked = sum(1 for im in images if is_marked(im))
+        if marked:
+            raise DoubleProtectionError(
+                f"{marked} of {len(images)} image(s) in column {column!r} are already protected by uetransforms "
+                "(their PNG carries the marker): protecting them again adds a second noise on top of the first. "
+                "Publish them as they are (publish(..., protected=True)), or pass allow_double=True if you "
+                "really mean to protect them twice."
+            )
 
     def _protect_chws(self, chws: list[np.ndarray], labels: Sequence[Any] | None, ids: Sequence[Any] | None,
                       rank: int | None = None) -> list[np.ndarray]:
@@ -130,10 +159,13 @@ class Protect(_BankUser):
         convert: convert RGBA/P/LA/CMYK... images to the bank's mode instead of refusing them.
         encoder: the surrogate ``nn.Module`` a cluster-keyed bank was fitted with, when the bank
             cannot rebuild it itself (a custom module): clusters are then assigned with it.
+        allow_double: protect images that already carry the "protected by uetransforms" marker
+            (refused by default: the noise would be added a second time).
 
     Works batched (``batched=True``, the fast path) and per example; returns only the image
     column for ``map`` (PNG records for an ``Image()`` column) and the whole batch for
-    ``set_transform``/``with_transform`` (PIL images).
+    ``set_transform``/``with_transform`` (PIL images). Stored PNGs carry the codec module's
+    non-secret marker (:func:`uetransforms.codecs.mark`), so protecting them again is refused.
     """
 
     def __init__(
@@ -147,8 +179,10 @@ class Protect(_BankUser):
         size_mismatch: str | None = None,
         convert: bool = False,
         encoder: torch.nn.Module | None = None,
+        allow_double: bool = False,
     ) -> None:
-        super().__init__(bank, device=device, size_mismatch=size_mismatch, convert=convert, encoder=encoder)
+        super().__init__(bank, device=device, size_mismatch=size_mismatch, convert=convert, encoder=encoder,
+                         allow_double=allow_double)
         self.image_column = image_column
         if self.bank.keying == "cluster" and isinstance(label_column, _DefaultLabel):
             # A dataset's "label" is its class, not the protector's cluster id: unless the caller
@@ -174,7 +208,7 @@ class Protect(_BankUser):
         elif self._hands_bytes(batch, images):
             # Dataset.map on an Image() column: encoded PNG records keep the column's type, and
             # datasets stores them as they are instead of encoding PIL images itself.
-            new = [{"bytes": encode_png(o), "path": None} for o in out]
+            new = [{"bytes": protected_png(o, self.bank.method), "path": None} for o in out]
         else:
             # set_transform / streamed maps / tensors: new PIL images, which nothing re-decodes and
             # datasets can encode as PNG in their own mode (it cannot encode tensors, and it widens
@@ -187,9 +221,9 @@ class Protect(_BankUser):
         return result
 
     def encoded(self, batch: Mapping[str, Any], rank: int | None = None) -> list[bytes]:
-        """Protect a batch and return its images as PNG bytes, in row order (for writers and Ray)."""
+        """Protect a batch and return its images as marked PNG bytes, in row order (for writers and Ray)."""
         _, _, out = self._protect_batch(batch, rank)
-        return [encode_png(o) for o in out]
+        return [protected_png(o, self.bank.method) for o in out]
 
     def _protect_batch(self, batch: Mapping[str, Any], rank: int | None) -> tuple[Any, bool, list[np.ndarray]]:
         """The column's images, whether the call is for one example, and the protected ``[C, H, W]`` arrays."""
@@ -204,6 +238,7 @@ class Protect(_BankUser):
         imgs = [images] if single else list(images)
         labels = self._column(batch, self.label_column, single, needed=self._needs_labels())
         ids = self._column(batch, self.id_column, single, needed=self.id_column is not None)
+        self._refuse_protected(imgs, col)
         chws = [to_chw(im, channels=self.bank.channels, convert=self.convert, column=col) for im in imgs]
         return images, single, self._protect_chws(chws, labels, ids, rank)
 

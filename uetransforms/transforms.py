@@ -67,7 +67,7 @@ class ProtectTransform(_BankUser, v2.Transform):
             id), or ``None`` (only for sample-/cluster-keyed banks).
         sample_id_getter: ``sample -> id`` for sample-wise/synth banks; default: a hash of the
             image's pixels.
-        device / size_mismatch / convert / encoder: as in :class:`~uetransforms.Protect`.
+        device / size_mismatch / convert / encoder / allow_double: as in :class:`~uetransforms.Protect`.
 
     Float tensor images are taken as [0, 1] and quantised to 8 bits (protection is defined on
     8-bit pixels); the output keeps the input's type and dtype.
@@ -85,9 +85,11 @@ class ProtectTransform(_BankUser, v2.Transform):
         size_mismatch: str | None = None,
         convert: bool = False,
         encoder: torch.nn.Module | None = None,
+        allow_double: bool = False,
     ) -> None:
         v2.Transform.__init__(self)
-        _BankUser.__init__(self, bank, device=device, size_mismatch=size_mismatch, convert=convert, encoder=encoder)
+        _BankUser.__init__(self, bank, device=device, size_mismatch=size_mismatch, convert=convert, encoder=encoder,
+                           allow_double=allow_double)
         if labels_getter == "default":
             labels_getter = default_labels_getter
         elif labels_getter is not None and not callable(labels_getter):
@@ -126,6 +128,7 @@ class ProtectTransform(_BankUser, v2.Transform):
                 "ProtectTransform works per sample (one image and its label); protect batches with "
                 "uetransforms.ops.apply or Protect on a dataset"
             )
+        self._refuse_protected([inpt], "image")
         chw = to_chw(inpt, channels=self.bank.channels, convert=self.convert, column="image")
         label, sid = params["label"], params["sample_id"]
         res = self._protect_chws([chw], None if label is None else [label], None if sid is None else [sid])[0]
@@ -144,7 +147,8 @@ class ProtectTransform(_BankUser, v2.Transform):
         return state
 
 
-_TRANSFORM_FIELDS = ("bank", "device", "size_mismatch", "convert", "encoder", "labels_getter", "sample_id_getter")
+_TRANSFORM_FIELDS = ("bank", "device", "size_mismatch", "convert", "encoder", "allow_double", "labels_getter",
+                     "sample_id_getter")
 
 
 def _restore_transform(state: dict[str, Any]) -> ProtectTransform:

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from ..bank import NoiseBank
-from ..images import encode_png, to_chw
-from ..protect import Protect
+from ..images import to_chw
+from ..protect import Protect, protected_png
 
 #: Hidden per-row flag carried between the split stages: "encode this row's image as PNG".
 _PNG_FLAG = "__uetransforms_png__"
@@ -103,13 +103,12 @@ class _Fused:
 class _Decode:
     """CPU stage of the GPU pipeline: encoded images -> uint8 HWC arrays, flagged for re-encoding."""
 
-    def __init__(self, image_column: str, channels: int, convert: bool) -> None:
-        self.image_column = image_column
-        self.channels = channels
-        self.convert = convert
+    def __init__(self, fn: Protect) -> None:
+        self.fn = fn  # its options and its marker check; the kernel runs in _Apply
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        col = self.image_column
+        fn = self.fn
+        col = fn.image_column
         if col not in batch:
             raise KeyError(f"image_column={col!r} is not in the Ray batch (columns: {list(batch)}); "
                            "pass image_column=<name>")
@@ -118,8 +117,10 @@ class _Decode:
         if _is_numeric_batch(images):
             out[_PNG_FLAG] = np.zeros(len(images), dtype=bool)
             return out
-        hwc = [to_chw(r, channels=self.channels, convert=self.convert, column=col).transpose(1, 2, 0)
-               for r in _records(images)]
+        records = _records(images)
+        fn._refuse_protected(records, col)
+        hwc = [to_chw(r, channels=fn.bank.channels, convert=fn.convert, column=col).transpose(1, 2, 0)
+               for r in records]
         out[col] = _stack(hwc)
         out[_PNG_FLAG] = np.ones(len(hwc), dtype=bool)
         return out
@@ -156,8 +157,9 @@ class _Apply:
 class _Encode:
     """CPU stage of the GPU pipeline: flagged rows -> PNG records, the flag dropped."""
 
-    def __init__(self, image_column: str, metadata: bytes) -> None:
+    def __init__(self, image_column: str, method: str, metadata: bytes) -> None:
         self.image_column = image_column
+        self.method = method
         self.metadata = metadata
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
@@ -169,7 +171,7 @@ class _Encode:
         if not flag.all():
             raise ValueError(f"column {col!r} mixes encoded and array images within one batch; "
                              "store them one way before protecting")
-        return _to_block(out, col, [encode_png(_chw(a)) for a in batch[col]], self.metadata)
+        return _to_block(out, col, [protected_png(_chw(a), self.method) for a in batch[col]], self.metadata)
 
 
 def _map_batches_kwargs() -> dict[str, Any]:
@@ -209,7 +211,7 @@ def protect(
             schema, so ``ClassLabel`` names survive ``write_parquet``; the image column is always
             recorded as ``Image()``.
         split_stages: run decode / kernel / encode as separate stages (default: only with GPUs).
-        **protect_options: ``label_column``, ``id_column``, ``device``, ``size_mismatch``,
+        **protect_options: ``label_column``, ``id_column``, ``device``, ``size_mismatch``, ``allow_double``,
             ``convert`` -- as for :class:`~uetransforms.Protect`.
 
     Returns:
@@ -243,12 +245,12 @@ def protect(
     if concurrency is None:
         concurrency = max(1, int(ray.cluster_resources().get("GPU", 1) // max(num_gpus, 1e-9))) if num_gpus else 1
     # Decode and encode are stateless CPU tasks Ray scales freely; only the kernel is an actor.
-    decoded = ray_dataset.map_batches(_Decode(image_column, fn.bank.channels, fn.convert),
+    decoded = ray_dataset.map_batches(_Decode(fn),
                                       batch_size=batch_size, batch_format="numpy", **extra)
     applied = decoded.map_batches(
         _Apply, fn_constructor_kwargs={"fn": fn}, batch_size=batch_size, batch_format="numpy",
         num_gpus=num_gpus, concurrency=concurrency, **extra)
-    return applied.map_batches(_Encode(image_column, metadata), batch_size=batch_size, batch_format="numpy",
+    return applied.map_batches(_Encode(image_column, fn.bank.method, metadata), batch_size=batch_size, batch_format="numpy",
                                **extra)
 
 
