@@ -473,8 +473,8 @@ def test_formatted_datasets_map(bank_path, fmt):
     src = make_ds()
     ref = decoded(src.map(ue.Protect(bank_path), batched=True, batch_size=3))
     out = src.with_format(fmt).map(ue.Protect(bank_path), batched=True, batch_size=3).with_format(None)
-    # Formatted maps hand back arrays / PIL images (datasets encodes them: PNG, without the marker).
-    assert all(b.startswith(b"\x89PNG") for b in stored_bytes(out))
+    # Formatted maps hand back arrays / PIL images, which datasets encodes: the same PNG bytes.
+    assert stored_bytes(out) == stored_bytes(src.map(ue.Protect(bank_path), batched=True, batch_size=3))
     assert [a.tobytes() for a in decoded(out)] == [a.tobytes() for a in ref]
     assert out.features == src.features
     for col in ("label", "uid", "count", "tags"):
@@ -711,27 +711,30 @@ def test_protect_and_transform_with_an_encoder_equal_the_cluster_column():
 
 
 # ------------------------------------------------------------------ the protection marker
-def test_output_is_marked_and_protecting_it_again_is_refused(bank_path):
+def test_marked_images_are_not_protected_twice(bank_path):
     from uetransforms import codecs
     from uetransforms.protect import DoubleProtectionError
     from uetransforms.transforms import ProtectTransform
 
     src = make_ds()
     once = src.map(ue.Protect(bank_path), batched=True, batch_size=3)
-    assert all(codecs.is_marked(b) for b in stored_bytes(once))
-    assert not any(codecs.is_marked(b) for b in stored_bytes(src))
+    assert not any(codecs.is_marked(b) for b in stored_bytes(once))  # map output: datasets' bytes, unmarked
+    # What a writer publishes: the same PNGs with the non-secret marker.
+    published = Dataset.from_dict({"image": [{"bytes": codecs.mark(b, method="random"), "path": None}
+                                             for b in stored_bytes(once)], "label": src["label"]},
+                                  features=Features({"image": Image(), "label": ClassLabel(num_classes=3)}))
     with pytest.raises(DoubleProtectionError, match="allow_double=True"):
-        once.map(ue.Protect(bank_path), batched=True)
+        published.map(ue.Protect(bank_path), batched=True)
     with pytest.raises(DoubleProtectionError):
-        once.map(ue.Protect(bank_path))  # one example at a time, decoded PIL images keep the marker
+        published.map(ue.Protect(bank_path))  # one example at a time: decoded PIL images keep the marker
     with pytest.raises(DoubleProtectionError):
-        once.cast_column("image", Image(decode=False)).map(ue.Protect(bank_path), batched=True)  # raw records
+        published.cast_column("image", Image(decode=False)).map(ue.Protect(bank_path), batched=True)  # records
     with pytest.raises(DoubleProtectionError):
-        ProtectTransform(bank_path)(once[0]["image"], once[0]["label"])
+        ProtectTransform(bank_path)(published[0]["image"], published[0]["label"])
     # Opting in protects twice: the second noise lands on the first.
-    twice = once.map(ue.Protect(bank_path, allow_double=True), batched=True, batch_size=3)
+    twice = published.map(ue.Protect(bank_path, allow_double=True), batched=True, batch_size=3)
     bank = NoiseBank.load(bank_path)
     for x, y, lab in zip(decoded(once), decoded(twice), src["label"]):
         np.testing.assert_array_equal(y, ref_protect(x, bank, lab))
-    img, _ = ProtectTransform(bank_path, allow_double=True)(once[0]["image"], once[0]["label"])
+    img, _ = ProtectTransform(bank_path, allow_double=True)(published[0]["image"], published[0]["label"])
     np.testing.assert_array_equal(np.asarray(img), decoded(twice)[0])

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .bank import BankError, NoiseBank
-from .codecs import encode_png, is_marked, mark
+from .codecs import encode_png, is_marked
 from .images import from_chw, to_chw
 from .ops import Applier
 
@@ -55,13 +55,13 @@ class DoubleProtectionError(ValueError):
     """The images already carry the "protected by uetransforms" marker and ``allow_double`` is off."""
 
 
-def protected_png(chw: np.ndarray, method: str) -> bytes:
-    """PNG bytes of protected ``[C, H, W]`` pixels with the non-secret "protected by uetransforms" marker.
+def png_bytes(chw: np.ndarray) -> bytes:
+    """PNG bytes of protected ``[C, H, W]`` pixels: what the adapters store (the codec module's encoder).
 
-    What every adapter stores (``Dataset.map``, Ray, writers): the codec module's encoder, then
-    its marker, so a second protection of the output can be detected.
+    Unmarked, so ``Dataset.map``, streamed maps (whose PIL images ``datasets`` encodes) and Ray
+    store the same bytes; writers add :func:`uetransforms.codecs.mark` to what they publish.
     """
-    return mark(encode_png(chw.transpose(1, 2, 0)), method=method)
+    return encode_png(chw.transpose(1, 2, 0))
 
 
 class _BankUser:
@@ -164,8 +164,9 @@ class Protect(_BankUser):
 
     Works batched (``batched=True``, the fast path) and per example; returns only the image
     column for ``map`` (PNG records for an ``Image()`` column) and the whole batch for
-    ``set_transform``/``with_transform`` (PIL images). Stored PNGs carry the codec module's
-    non-secret marker (:func:`uetransforms.codecs.mark`), so protecting them again is refused.
+    ``set_transform``/``with_transform`` (PIL images). Images that carry the codec module's
+    non-secret "protected" marker (:func:`uetransforms.codecs.mark`, added by the writers) are
+    refused unless ``allow_double=True``.
     """
 
     def __init__(
@@ -208,7 +209,7 @@ class Protect(_BankUser):
         elif self._hands_bytes(batch, images):
             # Dataset.map on an Image() column: encoded PNG records keep the column's type, and
             # datasets stores them as they are instead of encoding PIL images itself.
-            new = [{"bytes": protected_png(o, self.bank.method), "path": None} for o in out]
+            new = [{"bytes": png_bytes(o), "path": None} for o in out]
         else:
             # set_transform / streamed maps / tensors: new PIL images, which nothing re-decodes and
             # datasets can encode as PNG in their own mode (it cannot encode tensors, and it widens
@@ -221,9 +222,9 @@ class Protect(_BankUser):
         return result
 
     def encoded(self, batch: Mapping[str, Any], rank: int | None = None) -> list[bytes]:
-        """Protect a batch and return its images as marked PNG bytes, in row order (for writers and Ray)."""
+        """Protect a batch and return its images as PNG bytes, in row order (for writers and Ray)."""
         _, _, out = self._protect_batch(batch, rank)
-        return [protected_png(o, self.bank.method) for o in out]
+        return [png_bytes(o) for o in out]
 
     def _protect_batch(self, batch: Mapping[str, Any], rank: int | None) -> tuple[Any, bool, list[np.ndarray]]:
         """The column's images, whether the call is for one example, and the protected ``[C, H, W]`` arrays."""

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..bank import NoiseBank
 from ..images import to_chw
-from ..protect import Protect, protected_png
+from ..protect import Protect, png_bytes
 
 #: Hidden per-row flag carried between the split stages: "encode this row's image as PNG".
 _PNG_FLAG = "__uetransforms_png__"
@@ -157,9 +157,8 @@ class _Apply:
 class _Encode:
     """CPU stage of the GPU pipeline: flagged rows -> PNG records, the flag dropped."""
 
-    def __init__(self, image_column: str, method: str, metadata: bytes) -> None:
+    def __init__(self, image_column: str, metadata: bytes) -> None:
         self.image_column = image_column
-        self.method = method
         self.metadata = metadata
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
@@ -171,7 +170,7 @@ class _Encode:
         if not flag.all():
             raise ValueError(f"column {col!r} mixes encoded and array images within one batch; "
                              "store them one way before protecting")
-        return _to_block(out, col, [protected_png(_chw(a), self.method) for a in batch[col]], self.metadata)
+        return _to_block(out, col, [png_bytes(_chw(a)) for a in batch[col]], self.metadata)
 
 
 def _map_batches_kwargs() -> dict[str, Any]:
@@ -250,7 +249,7 @@ def protect(
     applied = decoded.map_batches(
         _Apply, fn_constructor_kwargs={"fn": fn}, batch_size=batch_size, batch_format="numpy",
         num_gpus=num_gpus, concurrency=concurrency, **extra)
-    return applied.map_batches(_Encode(image_column, fn.bank.method, metadata), batch_size=batch_size, batch_format="numpy",
+    return applied.map_batches(_Encode(image_column, metadata), batch_size=batch_size, batch_format="numpy",
                                **extra)
 
 
