@@ -133,8 +133,8 @@ def test_killed_new_publish_leaves_nothing_and_resumes(tmp_path, bank, reference
     assert _leftovers(tmp_path) == [".pub.uetransforms-tmp"]
     # The next run reuses the shards whose sha256 and row count match the dead run's manifest.
     protected_rows = []
-    real = ue.Protect.__call__
-    monkeypatch.setattr(ue.Protect, "__call__",
+    real = ue.Protect.encoded
+    monkeypatch.setattr(ue.Protect, "encoded",
                         lambda self, batch, *a, **kw: protected_rows.extend(batch["idx"]) or real(self, batch, *a, **kw))
     _publish(_dataset(), bank, out)
     assert _rows(out) == list(range(N)) and _leftovers(tmp_path) == []
@@ -230,7 +230,7 @@ def test_killed_between_the_two_renames_is_restored(tmp_path, bank, previous):
 
 def test_exception_while_protecting(tmp_path, bank, previous, monkeypatch):
     out, before = previous
-    real = ue.Protect.__call__
+    real = ue.Protect.encoded
     calls = []
 
     def flaky(self, batch, *a, **kw):
@@ -239,7 +239,7 @@ def test_exception_while_protecting(tmp_path, bank, previous, monkeypatch):
             raise RuntimeError("injected failure in batch 3")
         return real(self, batch, *a, **kw)
 
-    monkeypatch.setattr(ue.Protect, "__call__", flaky)
+    monkeypatch.setattr(ue.Protect, "encoded", flaky)
     with pytest.raises(RuntimeError, match="injected"):
         ue.publish(_dataset(), bank, tmp_path / "new", batch_size=2, max_shard_size=1)
     assert not (tmp_path / "new").exists()

@@ -196,7 +196,7 @@ def publish(
 
     max_bytes = convert_file_size_to_int(max_shard_size)
     fn = None if protected else Protect(bank, image_column=image_column, label_column=label_column,
-                                        id_column=id_column, device=device)
+                                        id_column=id_column, device=device, allow_double=allow_double)
     if fn is not None and num_proc and num_proc > 1:
         if not allow_double:  # map() protects before the writer sees a batch: look at the images first
             for name, ds in splits.items():

@@ -125,7 +125,8 @@ def publish_stream(
     if not protected and not allow_double:
         refuse_double(stream, image_column, where="the stream")
     fn = None if protected else Protect(bank, image_column=image_column, label_column=label_column,
-                                        id_column=id_column, device=device, **protect_options)
+                                        id_column=id_column, device=device, allow_double=allow_double,
+                                        **protect_options)
 
     def card(written: Mapping[str, Any]) -> str:
         text = dataset_card(written, bank, image_column=image_column, card_extra=card_extra)

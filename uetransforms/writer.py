@@ -36,10 +36,13 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .protect import Protect
 
 #: Non-secret text that marks what uetransforms wrote as protected: the card's
 #: ``dataset_info.description`` (which ``datasets.load_dataset`` keeps in ``ds.info.description``)
@@ -174,7 +177,7 @@ def output_features(features: Any, image_column: str) -> Any:
 
 
 # ---------------------------------------------------------------------------- sources
-def dataset_tables(ds: Any, protect: Callable[[dict[str, Any]], Mapping[str, Any]] | None, image_column: str,
+def dataset_tables(ds: Any, protect: Protect | None, image_column: str,
                    batch_size: int, *, check_marker: bool = True) -> Callable[[int], Iterator[pa.Table]]:
     """An in-memory ``Dataset`` as a stream of output tables, from any row (for resume).
 
@@ -193,7 +196,8 @@ def dataset_tables(ds: Any, protect: Callable[[dict[str, Any]], Mapping[str, Any
                 if check_marker:
                     _refuse_marked_bytes(table.column(image_column).to_pylist(), f"rows {i}..{i + table.num_rows - 1}")
                 batch = {name: table.column(name).to_pylist() for name in table.column_names}
-                images = encode_images(protect(batch)[image_column])
+                # Protect's own PNG bytes (the codec module's encoder), the very bytes Dataset.map stores.
+                images = [{"bytes": b, "path": None} for b in protect.encoded(batch)]
                 table = table.set_column(table.schema.get_field_index(image_column), schema.field(image_column),
                                          pa.array(images, type=schema.field(image_column).type))
             yield pa.Table.from_arrays(table.columns, schema=schema)
@@ -201,7 +205,7 @@ def dataset_tables(ds: Any, protect: Callable[[dict[str, Any]], Mapping[str, Any
     return tables
 
 
-def stream_tables(stream: Any, protect: Callable[[dict[str, Any]], Mapping[str, Any]] | None, image_column: str,
+def stream_tables(stream: Any, protect: Protect | None, image_column: str,
                   batch_size: int, *, check_marker: bool = True) -> Callable[[int], Iterator[pa.Table]]:
     """A stream (``IterableDataset``, iterable of row dicts) as a stream of output tables.
 
@@ -223,10 +227,11 @@ def stream_tables(stream: Any, protect: Callable[[dict[str, Any]], Mapping[str, 
             if protect is not None:
                 if check_marker:
                     _refuse_marked_bytes(batch[image_column], f"batch {n} of the stream")
-                out = dict(protect(batch))
-                out = {**batch, **out}
+                out = {**batch, image_column: [{"bytes": b, "path": None} for b in protect.encoded(batch)]}
             else:
-                out = batch
+                # Already protected: decoded images are re-encoded by the codec module, which gives
+                # the bytes they were written with (same pixels, same encoder); records are kept.
+                out = {**batch, image_column: _png_records(batch[image_column])}
             if out_features is None:
                 out_features = _stream_features(features, out, image_column)
                 schema = out_features.arrow_schema
@@ -234,6 +239,13 @@ def stream_tables(stream: Any, protect: Callable[[dict[str, Any]], Mapping[str, 
             yield pa.Table.from_pydict(encoded, schema=schema)
 
     return tables
+
+
+def _png_records(images: Any) -> list[Any]:
+    from .codecs import decode, encode_png
+
+    return [im if isinstance(im, dict) and im.get("bytes") is not None
+            else {"bytes": encode_png(decode(im).transpose(1, 2, 0)), "path": None} for im in images]
 
 
 def _stream_features(features: Any, first: Mapping[str, list[Any]], image_column: str) -> Any:
@@ -248,14 +260,6 @@ def _stream_features(features: Any, first: Mapping[str, list[Any]], image_column
     if missing:
         feats.update(datasets.Dataset.from_dict({k: list(first[k]) for k in missing}).features)
     return output_features(datasets.Features({k: feats[k] for k in first}), image_column)
-
-
-def encode_images(images: Any) -> list[dict[str, Any]]:
-    """Protected images (PIL, arrays, or ``{"bytes"}`` records already PNG) as ``Image()`` storage records."""
-    import datasets
-
-    feature = datasets.Image()
-    return [feature.encode_example(im) for im in images]
 
 
 # ---------------------------------------------------------------------------- double protection
