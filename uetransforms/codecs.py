@@ -23,12 +23,14 @@ does not, a warning says so and PIL decodes everything. Anything unusual (EXIF o
 Adobe/CMYK JPEGs, other formats) goes through PIL.
 
 **Encoding.** :func:`encode_png` writes lossless PNG; the encoder and level are options and the
-bytes are deterministic for a given encoder, its version and the level. Measured on 2 cores at
-384 px (``benchmarks/RESULTS.md``): ``fpng`` writes RGB/RGBA about 100x faster than PIL level 6,
-with files about 1.14x PIL's size (1.20x on 32-px images); zlib-based encoders (libpng, libspng,
-OpenCV) were 1.5-5x faster at 1.05-1.08x, too slow to matter. PIL is the fallback and writes
-1-channel images; at its default level 6 it writes the very bytes ``datasets`` writes.
-``pip install "uetransforms[fast]"`` installs both fast packages (fpng, simplejpeg).
+bytes are deterministic for a given encoder, its version and the level. Measured on 2 cores on
+cuda-protected images (``benchmarks/RESULTS.md``): the default ``"zlib-ng"`` (PNG's "Up" filter,
+one vectorised subtraction, then zlib-ng at level 2) is about 13x faster than PIL level 6 at
+384 px with files about 1.12x PIL's (1.15x at 32 px); ``"fpng"`` is about 3x faster still but its
+files are 1.3x (32 px) to 1.6x (384 px) PIL's on smooth protected images, over the 1.25x budget,
+so it is an opt-in for speed first (RGB/RGBA only). libpng/libspng/OpenCV were only 1.5-5x
+faster than PIL. PIL is the fallback; at its default level 6 it writes the very bytes
+``datasets`` writes. ``pip install "uetransforms[fast]"`` installs zlib-ng, fpng and simplejpeg.
 
 **Marker.** :func:`mark` adds a non-secret "protected by uetransforms" ``tEXt`` chunk (library
 version and method name only: no seed, key or bank hash) so that protecting or publishing an
@@ -330,12 +332,13 @@ def _array_to_chw(arr: np.ndarray, *, channels: int | None, chw: bool, column: s
 # --------------------------------------------------------------------------------------------
 # Encoding
 
-#: Encoder names :func:`encode_png` accepts (None picks the fastest one installed).
-ENCODERS = ("fpng", "pil")
-_PACKAGE = {"fpng": "fpng", "pil": "PIL"}
-# PIL's default level is 6: its own and ``datasets``' default, so the fallback writes exactly
-# the bytes ``datasets`` would.
-_PIL_LEVEL = 6
+#: Encoder names :func:`encode_png` accepts (None: zlib-ng if installed, else PIL).
+ENCODERS = ("zlib-ng", "fpng", "pil")
+_PACKAGE = {"zlib-ng": "zlib_ng.zlib_ng", "fpng": "fpng", "pil": "PIL"}
+# zlib-ng at 2: measured the best speed within the size budget (level 1 was 1.5-1.8x PIL's size).
+# PIL at 6: its own and ``datasets``' default, so the fallback writes exactly the bytes
+# ``datasets`` would.
+_DEFAULT_LEVEL = {"zlib-ng": 2, "pil": 6}
 
 
 def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | None = None) -> bytes:
@@ -343,9 +346,10 @@ def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | No
 
     Args:
         image: the pixels, height first (transpose ``[C, H, W]`` arrays with ``.transpose(1, 2, 0)``).
-        level: zlib level 0-9 for ``"pil"`` (default 6); fpng has a single level and takes None.
-        encoder: ``"fpng"`` (RGB/RGBA only) or ``"pil"``; None picks fpng where it is installed
-            and can write the image, else PIL.
+        level: zlib level 0-9 for ``"zlib-ng"`` (default 2) and ``"pil"`` (default 6); fpng has a
+            single level and takes None.
+        encoder: ``"zlib-ng"``, ``"fpng"`` (RGB/RGBA only; fastest, larger files) or ``"pil"``;
+            None picks zlib-ng where it is installed, else PIL.
 
     The bytes are the same for the same pixels, encoder (and its version) and level.
     """
@@ -356,15 +360,39 @@ def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | No
             raise ValueError("encoder='fpng' has a single compression level: pass level=None")
         return _optional("fpng").from_ndarray(np.ascontiguousarray(hwc))
     if level is None:
-        level = _PIL_LEVEL
+        level = _DEFAULT_LEVEL[name]
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= 9:
         raise ValueError(f"level must be an integer 0..9 (zlib), got {level!r}")
+    if name == "zlib-ng":
+        return _up_filtered_png(hwc, int(level))
     pixels = hwc[..., 0] if hwc.shape[2] == 1 else hwc
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG", compress_level=int(level))
     return buf.getvalue()
+
+
+def _up_filtered_png(hwc: np.ndarray, level: int) -> bytes:
+    """8-bit PNG: filter "Up" on every row but the first (filter "None"), one zlib-ng IDAT chunk.
+
+    "Up" is one vectorised subtraction (uint8 wraps modulo 256, as PNG defines it) and captures
+    most of what adaptive per-row filtering gains on photos, at a fraction of its cost.
+    """
+    h, w, c = hwc.shape
+    rows = hwc.reshape(h, w * c)
+    raw = np.empty((h, w * c + 1), np.uint8)
+    raw[:, 0] = 2
+    raw[0, 0] = 0
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, {1: 0, 3: 2, 4: 6}[c], 0, 0, 0)
+    idat = _optional("zlib_ng.zlib_ng").compress(raw.tobytes(), level)
+    return _SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def _check_hwc(image: Any) -> np.ndarray:
@@ -384,12 +412,12 @@ def _check_hwc(image: Any) -> np.ndarray:
 
 def _choose(encoder: str | None, channels: int) -> str:
     if encoder is None:
-        return "fpng" if channels in (3, 4) and _optional("fpng") is not None else "pil"
+        return "zlib-ng" if _optional(_PACKAGE["zlib-ng"]) is not None else "pil"
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)} (or None for the fastest)")
     if encoder == "fpng" and channels not in (3, 4):
-        raise ValueError("encoder='fpng' writes RGB/RGBA PNGs only; use encoder='pil' (or None) for "
-                         "1-channel images")
+        raise ValueError("encoder='fpng' writes RGB/RGBA PNGs only; use encoder='zlib-ng' or 'pil' (or None) "
+                         "for 1-channel images")
     if _optional(_PACKAGE[encoder]) is None:
         raise ImportError(f"encoder={encoder!r} needs the {encoder} package: pip install 'uetransforms[fast]' "
                           "(or encoder=None to use the fastest installed one)")
@@ -399,7 +427,7 @@ def _choose(encoder: str | None, channels: int) -> str:
 def info() -> dict[str, str]:
     """Which codecs this installation uses: ``{"jpeg_decoder", "png_encoder_rgb", "png_encoder_l"}``."""
     def label(name):
-        mod = _optional(_PACKAGE[name])
+        mod = _optional(_PACKAGE[name].split(".")[0])
         return f"{name} {getattr(mod, '__version__', '?')}"
 
     fast = _fast_jpeg()
@@ -439,10 +467,9 @@ def mark(png: bytes, *, method: str | None = None) -> bytes:
         return data
     text = f"protected by uetransforms {_version()}" + (f"; method={method}" if method else "")
     try:
-        body = b"tEXt" + _KEY + text.encode("latin-1")
+        chunk = _chunk(b"tEXt", _KEY + text.encode("latin-1"))
     except UnicodeEncodeError:
         raise ValueError(f"method name {method!r} must be Latin-1 text for a PNG tEXt chunk") from None
-    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
     return data[:_IHDR_END] + chunk + data[_IHDR_END:]
 
 
