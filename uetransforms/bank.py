@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .errors import BankError  # defined there; importable from here as before
+
 FORMAT_VERSION = 1
 META_KEY = b"uetransforms"
 
@@ -50,10 +52,6 @@ def __getattr__(name: str) -> Any:
 
         return {k: ops.bank_kind(k).required_tensors for k in ops.kinds()}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class BankError(ValueError):
-    """A bank file or bank object is malformed, tampered with, or does not fit the data."""
 
 
 def _library_version() -> str:

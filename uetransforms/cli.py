@@ -143,17 +143,39 @@ def _label_column(value: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------- subcommands
-def cmd_methods(args: argparse.Namespace) -> int:
-    import uetransforms as ue
-
-    rows = ue.methods()
-    cols = [("key", "key"), ("kind", "kind"), ("keyed_by", "keyed by"), ("needs", "needs"), ("paper", "paper")]
-    table = [[h for _, h in cols]] + [[str(r.get(k, "")) for k, _ in cols] for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(cols) - 1)]
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell; the last column is left ragged (it holds prose)."""
+    table = [list(header)] + [list(r) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
     for n, line in enumerate(table):
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
         if n == 0:
             print("  ".join("-" * w for w in widths) + "  " + "-" * len(line[-1]))
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from . import methods
+
+    if args.key is None:
+        cols = [("key", "key"), ("kind", "kind"), ("keyed_by", "keyed by"), ("needs", "needs"), ("paper", "paper")]
+        _print_table([h for _, h in cols], [[str(r[k]) for k, _ in cols] for r in methods.table()])
+        print("\nParameters, defaults, ranges and the paper's values: uetransforms methods KEY")
+        return 0
+    m = methods.get(args.key)
+    print(f"{m.key}: {m.paper}")
+    print(f"  {m.summary}")
+    print(f"  bank kind {m.kind}, keyed by {m.keyed_by}; needs {m.needs}"
+          f"{'' if m.label_free else '; needs labels'}")
+    print(f"  cite: {m.citation}\n")
+    fmt = methods.format_value
+    rows = [[p.name, fmt(p.default), p.check.describe(), "-" if p.paper is None else fmt(p.paper),
+             "public" if p.public else "secret", p.help] for p in m.params]
+    if rows:
+        _print_table(["parameter", "default", "valid", "paper", "card", "help"], rows)
+    else:
+        print("(no parameters)")
+    print("\npublic: printed on the dataset card; secret: kept only in the bank (with the seed).")
+    print(f"Set with: uetransforms fit {m.key} DATA --param NAME=VALUE (fractions such as 8/255 work).")
     return 0
 
 
@@ -269,7 +291,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"uetransforms {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("methods", parents=[debug], help="list the protection methods")
+    p = sub.add_parser("methods", parents=[debug], help="list the protection methods, or one method's parameters")
+    p.add_argument("key", nargs="?", default=None, metavar="KEY",
+                   help="a method key: list its parameters (default, valid range, the paper's value, public or "
+                        "secret, help), its citation and summary")
     p.set_defaults(handler=cmd_methods)
 
     def columns(p: argparse.ArgumentParser) -> None:

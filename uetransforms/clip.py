@@ -43,6 +43,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .errors import ClipWeightsError, RandomInitWarning  # defined there; importable from here as before
+
 #: Random-init seed used when ``pretrained=None`` and no ``init_seed`` is given.
 DEFAULT_INIT_SEED = 0
 
@@ -72,14 +74,6 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "text_cfg": dict(_TINY_TEXT),
     },
 }
-
-
-class ClipWeightsError(RuntimeError):
-    """CLIP weights could not be found, fetched or loaded."""
-
-
-class RandomInitWarning(UserWarning):
-    """A CLIP surrogate with random weights was built: it is a weak surrogate."""
 
 
 def _open_clip() -> Any:

@@ -59,6 +59,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ImageModeError  # defined there; importable from here as before
+
 __all__ = [
     "ENCODERS", "ImageModeError", "MARK_KEYWORD", "decode", "encode_png", "info", "is_marked", "mark",
 ]
@@ -87,10 +89,6 @@ _CONVERTIBLE = {"RGBA", "RGBX", "LA", "P", "PA", "CMYK", "YCbCr", "1", "La", "RG
 # Modes whose pixels do not fit 8 bits: protecting them at 8 bits would destroy data.
 _REFUSED = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N", "BGR;15", "BGR;16", "BGR;24"}
 _GREYISH = {"L", "LA", "La", "1"}
-
-
-class ImageModeError(ValueError):
-    """An image's mode or layout cannot be protected faithfully as it is."""
 
 
 def _mode_name(channels: int) -> str:

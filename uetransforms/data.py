@@ -18,11 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DataError  # defined there; importable from here as before
 from .images import ImageModeError, content_id, to_chw
-
-
-class DataError(ValueError):
-    """The dataset cannot be used as given (missing column, empty, mixed sizes...)."""
 
 
 def _column_names(ds: Any) -> list[str]:

@@ -74,9 +74,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-
-class DefenceError(ValueError):
-    """A defence spec that cannot be parsed or combined."""
+from .errors import DefenceError  # defined there; importable from here as before
 
 
 # ---------------------------------------------------------------------------- the spec

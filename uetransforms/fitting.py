@@ -1,4 +1,4 @@
-"""``ue.fit`` and ``ue.methods``: the front door to the method registry."""
+"""``ue.fit``: the front door to the method registry (:mod:`uetransforms.methods`)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,6 @@ import torch
 from . import methods as _methods
 from .bank import NoiseBank
 from .data import FitData
-
-
-def methods() -> list[dict[str, Any]]:
-    """One row per method: ``key``, ``paper``, ``keyed_by``, ``needs``, ``kind``, ``summary``.
-
-    Example:
-        >>> import uetransforms as ue
-        >>> "cuda" in [m["key"] for m in ue.methods()]
-        True
-    """
-    return _methods.table()
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -67,7 +56,7 @@ def fit(
         >>> ue.fit("random", ds, seed=1).num_keys
         2
     """
-    module = _methods.get(method)
+    module = _methods.get(method)  # the Method declaration
     if seed is None:
         # A fixed default would be a public key shared by every user who omits it.
         seed = secrets.randbits(62)
@@ -79,7 +68,7 @@ def fit(
     else:
         data = FitData(dataset, image_column=image_column, label_column=label_column, id_column=id_column,
                        convert=convert)
-    if not module.INFO.label_free and data.label_column is None:
+    if not module.label_free and data.label_column is None:
         raise ValueError(f"method {method!r} needs labels: pass label_column=<integer label column>")
     start = time.perf_counter()
     bank = module.fit(data, seed=int(seed), device=resolve_device(device), **params)

@@ -44,12 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from .bank import BankError, NoiseBank
+from .errors import SizeMismatchError  # defined there; importable from here as before
 
 SIZE_POLICIES = ("error", "resize")
-
-
-class SizeMismatchError(ValueError):
-    """An image's size differs from the bank's and the policy is ``"error"``."""
 
 
 # ---------------------------------------------------------------------------- primitive kernels

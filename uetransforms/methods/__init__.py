@@ -29,7 +29,7 @@ filled in):
     >>> TOY.check({"epsilon": 2})
     Traceback (most recent call last):
     ...
-    uetransforms.methods.ParameterError: epsilon=2 is not valid for method 'toy-doc': expected a number in (0, 1]; the paper uses 4/255
+    uetransforms.errors.ParameterError: epsilon=2 is not valid for method 'toy-doc': expected a number in (0, 1]; the paper uses 4/255
 
 This package is itself callable: ``uetransforms.methods()`` is the table (one row per method),
 and ``import uetransforms.methods.cuda`` reaches a method's module.
@@ -48,21 +48,11 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ParameterError, UnknownMethodError, UnknownParameterError
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..bank import NoiseBank
     from ..data import FitData
-
-
-class ParameterError(ValueError):
-    """A method parameter has a value outside its valid range (or of the wrong type)."""
-
-
-class UnknownParameterError(ParameterError, TypeError):
-    """A method was given a parameter it does not declare.
-
-    Both a ``ValueError`` (a bad value for ``**params``) and a ``TypeError`` (what Python raises
-    for an unexpected keyword), so either ``except`` clause a caller wrote keeps working.
-    """
 
 
 # ---------------------------------------------------------------------------- validators
@@ -80,15 +70,17 @@ class Check:
         raise NotImplementedError
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
     """Numbers as a person writes them: whole grey levels as ``8/255``, the rest with ``%g``."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         return repr(v)
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
     v = float(v)
     levels = v * 255
     if 0 < abs(v) < 1 and abs(levels - round(levels)) < 1e-6:
         return f"{int(round(levels))}/255"
-    return f"{v:g}"
+    return repr(v) if len(repr(v)) <= 8 else f"{v:g}"
 
 
 @dataclass(frozen=True)
@@ -127,11 +119,11 @@ class Number(Check):
     def describe(self) -> str:
         what = ("an odd integer" if self.odd else "an integer") if self.integer else "a number"
         if self.lo is not None and self.hi is not None:
-            rng = f" in {'(' if self.lo_open else '['}{_fmt(self.lo)}, {_fmt(self.hi)}{')' if self.hi_open else ']'}"
+            rng = f" in {'(' if self.lo_open else '['}{format_value(self.lo)}, {format_value(self.hi)}{')' if self.hi_open else ']'}"
         elif self.lo is not None:
-            rng = f" {'>' if self.lo_open else '>='} {_fmt(self.lo)}"
+            rng = f" {'>' if self.lo_open else '>='} {format_value(self.lo)}"
         elif self.hi is not None:
-            rng = f" {'<' if self.hi_open else '<='} {_fmt(self.hi)}"
+            rng = f" {'<' if self.hi_open else '<='} {format_value(self.hi)}"
         else:
             rng = ""
         return what + rng + (" or None" if self.none else "")
@@ -232,7 +224,7 @@ class Param:
             return self.check(value)
         except ValueError as exc:
             reason = f" ({exc})" if str(exc) else ""
-            paper = f"; the paper uses {_fmt(self.paper)}" if self.paper is not None else ""
+            paper = f"; the paper uses {format_value(self.paper)}" if self.paper is not None else ""
             raise ParameterError(
                 f"{self.name}={value!r} is not valid for method {method!r}: expected {self.check.describe()}"
                 f"{reason}{paper}"
@@ -340,10 +332,6 @@ class Method:
         return {"key": self.key, "paper": self.paper, "keyed_by": self.keyed_by, "needs": self.needs,
                 "kind": self.kind, "summary": self.summary, "label_free": self.label_free, "citation": self.citation}
 
-    @property
-    def INFO(self) -> Method:  # noqa: N802 - the old module-level name, kept for code that read it
-        return self
-
 
 _SECRET_WORDS = ("seed", "salt", "key", "secret", "token", "path")
 
@@ -360,15 +348,15 @@ def _warn_budget(method: str, p: Param, params: dict[str, Any]) -> None:
         return
     if p.budget == "linf":
         levels = min(255, math.floor(255 * value + 1e-6))
-        how = (f"pixels may change by up to {levels} of 255 grey levels (the paper: {_fmt(paper)}, "
+        how = (f"pixels may change by up to {levels} of 255 grey levels (the paper: {format_value(paper)}, "
                f"{math.floor(255 * paper + 1e-6)} levels)")
         seen = "plainly visible" if levels > 16 else "visible to a careful eye"
     else:
-        how = f"an {p.budget.upper()} norm of {value:g} per image in [0, 1] pixel units (the paper: {_fmt(paper)})"
+        how = f"an {p.budget.upper()} norm of {value:g} per image in [0, 1] pixel units (the paper: {format_value(paper)})"
         seen = "more visible than the paper's"
     warnings.warn(
-        f"{p.name}={_fmt(value)} for method {method!r} is {value / paper:.1f}x the paper's budget: {how}; the noise "
-        f"will be {seen}. Keep {p.name} <= {_fmt(paper)} for pictures a person sees as unchanged.",
+        f"{p.name}={format_value(value)} for method {method!r} is {value / paper:.1f}x the paper's budget: {how}; the noise "
+        f"will be {seen}. Keep {p.name} <= {format_value(paper)} for pictures a person sees as unchanged.",
         UserWarning, stacklevel=5)  # the caller of ue.fit
 
 
@@ -455,7 +443,7 @@ def get(key: str) -> Method:
     """The method ``key``; a clear error lists the known keys."""
     found = _discover()
     if key not in found:
-        raise KeyError(f"unknown method {key!r}; available: {', '.join(m.key for m in all_methods())} "
+        raise UnknownMethodError(f"unknown method {key!r}; available: {', '.join(m.key for m in all_methods())} "
                        f"(see `uetransforms methods`)")
     return found[key]
 

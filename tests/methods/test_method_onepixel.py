@@ -6,7 +6,7 @@ import torch
 
 import uetransforms as ue
 from _toy import to_chw
-from uetransforms.methods import ops as ops_method
+from uetransforms.methods import onepixel as ops_method
 
 
 def _random(n=12, h=6, w=5, classes=3, seed=0):

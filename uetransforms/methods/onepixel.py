@@ -1,4 +1,5 @@
-"""OPS: One-Pixel Shortcut (Wu et al., ICLR 2023).
+"""OPS: One-Pixel Shortcut (Wu et al., ICLR 2023); method key "ops" (this file is named onepixel so
+it does not share a name with the kernel module ``uetransforms.ops``).
 
 Paper: S. Wu, S. Chen, C. Xie, X. Huang, "One-Pixel Shortcut: on the Learning Preference of Deep
 Neural Networks", ICLR 2023 (arXiv:2205.12141).
