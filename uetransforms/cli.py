@@ -159,7 +159,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     if args.key is None:
         cols = [("key", "key"), ("kind", "kind"), ("keyed_by", "keyed by"), ("needs", "needs"), ("paper", "paper")]
         _print_table([h for _, h in cols], [[str(r[k]) for k, _ in cols] for r in methods.table()])
-        print("\nParameters, defaults, ranges and the paper's values: uetransforms methods KEY")
+        # stderr: stdout stays one clean table (for grep/cut)
+        print("Parameters, defaults, ranges and the paper's values: uetransforms methods KEY", file=sys.stderr)
         return 0
     m = methods.get(args.key)
     print(f"{m.key}: {m.paper}")

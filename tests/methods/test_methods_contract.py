@@ -4,6 +4,8 @@ the registry, ``ue.methods()``, the CLI listing, the validation path and the car
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
 import sys
 import textwrap
 import warnings
@@ -197,3 +199,48 @@ def test_method_modules_are_importable_by_name():
 
     assert cuda_module.METHOD is registry.get("cuda")
     assert callable(ue.methods) and ue.methods is registry
+
+
+# ------------------------------------------------------------------ `uetransforms methods KEY`
+def test_cli_lists_one_methods_parameters(capsys):
+    assert cli.main(["methods", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert registry.get("cuda").citation in out and registry.get("cuda").summary in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("blur_", "kernel_"))}
+    assert rows["kernel_size"][:6] == ["kernel_size", "3", "an", "odd", "integer", ">="]
+    assert "public" in rows["kernel_size"] and "public" in rows["blur_parameter"]
+    assert cli.main(["methods", "ar"]) == 0
+    ar_rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line}
+    assert "secret" not in ar_rows["epsilon"] and "1.0" in ar_rows["epsilon"]  # the paper's L2 budget
+    assert cli.main(["methods", "em"]) == 0
+    em_rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line}
+    assert "secret" in em_rows["max_seconds"] and "8/255" in em_rows["epsilon"]
+
+
+def test_cli_lists_a_registered_methods_secret_and_public_params(toy, capsys):
+    assert cli.main(["methods", "toy-stripes"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "public" in lines["period"] and "secret" in lines["phase"] and "secret" in lines["axis"]
+    assert "Nobody, Toy Stripes, Nowhere 2026" in out
+
+
+def test_cli_unknown_method_names_the_known_ones(capsys):
+    assert cli.main(["methods", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'nope'" in err and "cuda" in err and "random" in err
+
+
+# ------------------------------------------------------------------ a plug-in package (entry point)
+def test_entry_point_plugin_is_found_by_a_fresh_process(tmp_path):
+    """A package of yours declares ``[uetransforms.methods] toy = toy_stripes`` and the CLI lists
+    it in a new process, with no register() call anywhere."""
+    (tmp_path / "toy_stripes.py").write_text(textwrap.dedent(TOY_SOURCE))
+    info = tmp_path / "toy_stripes-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-stripes\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[uetransforms.methods]\ntoy = toy_stripes\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "uetransforms", "methods"], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    assert [line.split()[0] for line in out.splitlines()[2:]][-1] == "toy-stripes"
