@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 import uetransforms as ue
-from uetransforms import bank, clip, codecs, data, defences, errors, images, ops
+from uetransforms import bank, clip, codecs, data, defences, errors, images, ops, writer
 
 OLD_HOMES = [
     (bank, "BankError"), (data, "DataError"), (codecs, "ImageModeError"), (images, "ImageModeError"),
     (ops, "SizeMismatchError"), (defences, "DefenceError"), (clip, "ClipWeightsError"), (clip, "RandomInitWarning"),
+    # `from uetransforms import publish` is the function ue.publish; the module is reached by its name
+    (importlib.import_module("uetransforms.publish"), "PushError"), (writer, "PublishConflict"),
 ]
 
 

@@ -81,6 +81,6 @@ class _Package(ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 __all__ = [
-    "FitData", "NoiseBank", "Protect", "ProtectTransform", "__version__", "errors", "evaluate", "evaluate_suite", "fit", "methods",
-    "ops", "publish",
+    "FitData", "NoiseBank", "Protect", "ProtectTransform", "__version__", "errors", "evaluate", "evaluate_suite",
+    "fit", "methods", "ops", "publish",
 ]

@@ -47,6 +47,14 @@ class ClipWeightsError(UETransformsError, RuntimeError):
     """CLIP weights could not be found, fetched or loaded."""
 
 
+class PushError(UETransformsError, RuntimeError):
+    """Pushing to the Hub cannot start, or failed; the message says what was uploaded and how to go on."""
+
+
+class PublishConflict(UETransformsError, RuntimeError):
+    """Another publish is writing the same output directory right now."""
+
+
 class ParameterError(UETransformsError, ValueError):
     """A method parameter has a value outside its valid range (or of the wrong type)."""
 
@@ -72,5 +80,6 @@ class RandomInitWarning(UserWarning):
 
 __all__ = [
     "BankError", "ClipWeightsError", "DataError", "DefenceError", "ImageModeError", "ParameterError",
-    "RandomInitWarning", "SizeMismatchError", "UETransformsError", "UnknownMethodError", "UnknownParameterError",
+    "PublishConflict", "PushError", "RandomInitWarning", "SizeMismatchError", "UETransformsError",
+    "UnknownMethodError", "UnknownParameterError",
 ]

@@ -40,6 +40,7 @@ from typing import Any
 
 from .bank import NoiseBank
 from .card import _guard_secrets, dataset_card
+from .errors import PushError  # defined there; importable from here as before
 from .writer import (PNG_SIGNATURE, Split, dataset_tables, output_features, refuse_double, refuse_marked,
                      shard_count, write)
 
@@ -285,10 +286,6 @@ def _require_image_feature(ds: Any, column: str, split: str) -> None:
 
 
 # ---------------------------------------------------------------------------- hub
-class PushError(RuntimeError):
-    """Pushing to the Hub cannot start, or failed; the message says what was uploaded and how to go on."""
-
-
 def _terms(cli: bool) -> dict[str, str]:
     if cli:
         return {"push": "--push", "token": "--token <hf_...>", "local": "leave out --push (the copy in --out is "

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import PublishConflict  # defined there; importable from here as before
+
 if TYPE_CHECKING:  # pragma: no cover
     from .protect import Protect
 
@@ -65,10 +67,6 @@ def checkpoint(event: str, **info: Any) -> None:
     yet deleted), ``"swap"`` (two-rename fallback only: the old copy is aside, the new one not
     yet in). The fault tests replace it to kill or fail the process at an exact point.
     """
-
-
-class PublishConflict(RuntimeError):
-    """Another publish is writing the same output directory right now."""
 
 
 # ---------------------------------------------------------------------------- splits
