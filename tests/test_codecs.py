@@ -120,15 +120,16 @@ def test_pil_default_writes_the_bytes_datasets_writes():
         assert ours == image_to_bytes(Image.fromarray(hwc.squeeze(-1) if hwc.shape[2] == 1 else hwc))
 
 
-@pytest.mark.skipif(not HAVE_ZNG, reason="zlib-ng not installed")
-def test_auto_picks_zlib_ng_for_every_channel_count():
+@pytest.mark.skipif(not (HAVE_ZNG and HAVE_FPNG), reason="zlib-ng or fpng not installed")
+def test_auto_picks_fpng_for_rgb_and_pil_for_l_and_zlib_ng_writes_every_channel_count():
     hwc = _photo(16, 16)
-    assert encode_png(hwc) == encode_png(hwc, encoder="zlib-ng", level=2) != encode_png(hwc, encoder="pil")
+    assert encode_png(hwc) == encode_png(hwc, encoder="fpng") != encode_png(hwc, encoder="pil")
     grey = hwc[..., 0]
-    assert encode_png(grey) == encode_png(grey, encoder="zlib-ng")
-    assert _pil_pixels(encode_png(grey)).ndim == 2  # stays a 1-channel (L) PNG
+    assert encode_png(grey) == encode_png(grey, encoder="pil")
+    assert _pil_pixels(encode_png(grey, encoder="zlib-ng")).ndim == 2  # stays a 1-channel (L) PNG
+    np.testing.assert_array_equal(_pil_pixels(encode_png(grey, encoder="zlib-ng")), grey)
     rgba = np.dstack([hwc, hwc[..., :1]])
-    np.testing.assert_array_equal(_pil_pixels(encode_png(rgba)), rgba)
+    np.testing.assert_array_equal(_pil_pixels(encode_png(rgba, encoder="zlib-ng")), rgba)
     assert _pil_pixels(encode_png(grey)).ndim == 2  # stays a 1-channel (L) PNG
 
 

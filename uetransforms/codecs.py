@@ -24,11 +24,11 @@ Adobe/CMYK JPEGs, other formats) goes through PIL.
 
 **Encoding.** :func:`encode_png` writes lossless PNG; the encoder and level are options and the
 bytes are deterministic for a given encoder, its version and the level. Measured on 2 cores on
-cuda-protected images (``benchmarks/RESULTS.md``): the default ``"zlib-ng"`` (PNG's "Up" filter,
-one vectorised subtraction, then zlib-ng at level 2) is about 13x faster than PIL level 6 at
-384 px with files about 1.12x PIL's (1.15x at 32 px); ``"fpng"`` is about 3x faster still but its
-files are 1.3x (32 px) to 1.6x (384 px) PIL's on smooth protected images, over the 1.25x budget,
-so it is an opt-in for speed first (RGB/RGBA only). libpng/libspng/OpenCV were only 1.5-5x
+cuda-protected images (``benchmarks/RESULTS.md``): the default ``"fpng"`` (RGB/RGBA) is about
+50x faster than PIL level 6 at 384 px, but its files are 1.3x (32 px) to 1.6x (384 px) PIL's on
+smooth protected images, over the 1.25x budget; ``"zlib-ng"`` (PNG's "Up" filter, one vectorised
+subtraction, then zlib-ng at level 2) is about 13x faster than PIL with files about 1.1x PIL's,
+and writes 1-channel images too: pass ``encoder="zlib-ng"`` where file size matters. libpng/libspng/OpenCV were only 1.5-5x
 faster than PIL. PIL is the fallback; at its default level 6 it writes the very bytes
 ``datasets`` writes. ``pip install "uetransforms[fast]"`` installs zlib-ng, fpng and simplejpeg.
 
@@ -330,7 +330,7 @@ def _array_to_chw(arr: np.ndarray, *, channels: int | None, chw: bool, column: s
 # --------------------------------------------------------------------------------------------
 # Encoding
 
-#: Encoder names :func:`encode_png` accepts (None: zlib-ng if installed, else PIL).
+#: Encoder names :func:`encode_png` accepts (None: fpng for RGB/RGBA if installed, else PIL).
 ENCODERS = ("zlib-ng", "fpng", "pil")
 _PACKAGE = {"zlib-ng": "zlib_ng.zlib_ng", "fpng": "fpng", "pil": "PIL"}
 # zlib-ng at 2: measured the best speed within the size budget (level 1 was 1.5-1.8x PIL's size).
@@ -346,8 +346,9 @@ def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | No
         image: the pixels, height first (transpose ``[C, H, W]`` arrays with ``.transpose(1, 2, 0)``).
         level: zlib level 0-9 for ``"zlib-ng"`` (default 2) and ``"pil"`` (default 6); fpng has a
             single level and takes None.
-        encoder: ``"zlib-ng"``, ``"fpng"`` (RGB/RGBA only; fastest, larger files) or ``"pil"``;
-            None picks zlib-ng where it is installed, else PIL.
+        encoder: ``"zlib-ng"`` (files ~1.1x PIL's), ``"fpng"`` (RGB/RGBA only; fastest, files up to
+            1.6x PIL's) or ``"pil"``; None picks fpng where it is installed and can write the
+            image, else PIL.
 
     The bytes are the same for the same pixels, encoder (and its version) and level.
     """
@@ -410,7 +411,7 @@ def _check_hwc(image: Any) -> np.ndarray:
 
 def _choose(encoder: str | None, channels: int) -> str:
     if encoder is None:
-        return "zlib-ng" if _optional(_PACKAGE["zlib-ng"]) is not None else "pil"
+        return "fpng" if channels in (3, 4) and _optional("fpng") is not None else "pil"
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)} (or None for the fastest)")
     if encoder == "fpng" and channels not in (3, 4):
