@@ -425,9 +425,7 @@ def bank_from_text(dataset: Any, generator: str | os.PathLike, *, seed: int, mod
             names = list(getattr(feat, "names", None) or []) or None
         prompts = _class_prompts(names, template)
         bank = text_bank(generator, prompts, seed=seed, keying="class", device=device)
-        bank.info["template"] = template
-        bank.info["class_names"] = list(names or [])
-        return _rehash(bank)
+        return _with_info(bank, template=template, class_names=list(names or []))
     if mode != "sample":
         raise ValueError(f"mode={mode!r}; expected 'class' or 'sample'")
     if caption_column is None or id_column is None:
@@ -438,13 +436,11 @@ def bank_from_text(dataset: Any, generator: str | os.PathLike, *, seed: int, mod
     if len(set(ids)) != len(ids):
         raise DataError(f"id column {id_column!r} has duplicate ids; sample-wise noise needs unique ids")
     bank = text_bank(generator, caps, seed=seed, keys=ids, keying="sample", device=device)
-    bank.info["caption_column"] = caption_column
-    return _rehash(bank)
+    return _with_info(bank, caption_column=caption_column)
 
 
-def _rehash(bank: NoiseBank) -> NoiseBank:
-    bank._sha256 = None  # info changed after construction
-    return bank
+def _with_info(bank: NoiseBank, **info: Any) -> NoiseBank:
+    return bank.replace(info={**bank.info, **info})  # banks are immutable: a new one with the info added
 
 
 @METHOD.fitter
@@ -480,8 +476,7 @@ def fit(data: FitData, *, seed: int, device: torch.device, generator: str | os.P
                               class_names=class_names if class_names is not None else data.class_names,
                               template=template, caption_column=caption_column, id_column=data.id_column,
                               device=device)
-        bank.info["variant"] = "zero-contact"
-        return _rehash(bank)
+        return _with_info(bank, variant="zero-contact")
     texts, tindex = _texts_for(data, mode, template, class_names, caption_column)
     sur = _surrogate(surrogate, weights, checkpoint, bool(allow_random_surrogate), int(init_seed), device)
     text_emb = _encode_texts(sur, texts)
