@@ -131,6 +131,19 @@ def test_conv_matches_reference():
     assert out.reshape(4, -1).max(1).values.tolist() == [255] * 4  # each image renormalised to full range
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 9 * 7 * 4 * 2, 1 << 30])
+@pytest.mark.parametrize("normalise", ["max", "none"])
+def test_conv_bytes_do_not_depend_on_the_chunking(monkeypatch, chunk_bytes, normalise):
+    # One image per chunk, two per chunk (5 images: a short last chunk), the whole batch at once.
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.integers(0, 256, (5, 3, 9, 7), dtype=np.uint8))
+    w = torch.from_numpy(rng.uniform(0, 1, (5, 3, 3, 3)).astype("float32"))
+    whole = ops.convolve(x, w, normalise=normalise)
+    monkeypatch.setattr(ops, "_CONV_CHUNK_BYTES", chunk_bytes)
+    assert torch.equal(ops.convolve(x, w, normalise=normalise), whole)
+    assert ops.convolve(x[:0], w[:0]).shape == (0, 3, 9, 7)
+
+
 def test_conv_black_image_stays_black():
     bank = conv_bank([0], 3)
     out = apply(bank, torch.zeros((1, 3, 5, 5), dtype=torch.uint8), [0])

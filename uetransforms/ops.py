@@ -56,6 +56,10 @@ def add_delta(images: torch.Tensor, delta255: torch.Tensor) -> torch.Tensor:
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
+#: Working-set size of one :func:`convolve` chunk on the CPU (fits a core's L2/L3 cache).
+_CONV_CHUNK_BYTES = 2 << 20
+
+
 def convolve(images: torch.Tensor, weight: torch.Tensor, *, normalise: str = "max") -> torch.Tensor:
     """Filter image ``b``, channel ``c`` with ``weight[b, c]`` (``[B, C, k, k]``), the whole batch at once.
 
@@ -72,21 +76,32 @@ def convolve(images: torch.Tensor, weight: torch.Tensor, *, normalise: str = "ma
     # bits on every CPU and GPU, which a library convolution (its own blocking, FMA, cuDNN
     # algorithms) does not promise. Pixels stay in 0..255 units: the paper filters x/255, but the
     # max-normalisation cancels that scale, and "none" would multiply it back by 255.
-    x = images.to(torch.float32)
     kern = weight.to(device=images.device, dtype=torch.float32)
-    # Zero padding keeps the size for odd kernels, as the paper's Conv2d(padding=k//2) does.
-    xp = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2))
-    y = torch.zeros_like(x)
-    for u in range(kh):
-        for v in range(kw):
-            y.add_(xp[:, :, u : u + h, v : v + w] * kern[:, :, u, v, None, None])
-    if normalise == "max":
-        # An all-black image has max 0: leave it black instead of dividing by zero.
-        peak = y.amax(dim=(1, 2, 3), keepdim=True).clamp_min_(1e-12)
-        y = (y / peak).mul_(255)
-    elif normalise != "none":
+    if normalise not in ("max", "none"):
         raise BankError(f"unknown conv normalisation {normalise!r}; expected 'max' or 'none'")
-    return y.round_().clamp_(0, 255).to(torch.uint8)
+    out = torch.empty(images.shape, dtype=torch.uint8, device=images.device)
+    # In chunks of about 2 MiB of float32 pixels: the k*k passes then run over data that stays in
+    # the CPU's cache instead of streaming a whole batch (hundreds of MB at photo size) through
+    # memory k*k times -- 9x faster at 384 px. Every element still sees the same operations in
+    # the same order, so the bytes do not depend on the chunking.
+    per = len(images) if images.is_cuda else max(1, _CONV_CHUNK_BYTES // max(1, c * h * w * 4))
+    for s in range(0, b, per):
+        x = images[s : s + per].to(torch.float32)
+        k = kern[s : s + per]
+        # Zero padding keeps the size for odd kernels, as the paper's Conv2d(padding=k//2) does.
+        xp = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2))
+        y = torch.zeros_like(x)
+        term = torch.empty_like(x)
+        for u in range(kh):
+            for v in range(kw):
+                torch.mul(xp[:, :, u : u + h, v : v + w], k[:, :, u, v, None, None], out=term)
+                y.add_(term)
+        if normalise == "max":
+            # An all-black image has max 0: leave it black instead of dividing by zero.
+            peak = y.amax(dim=(1, 2, 3), keepdim=True).clamp_min_(1e-12)
+            y.div_(peak).mul_(255)
+        out[s : s + per] = y.round_().clamp_(0, 255)
+    return out
 
 
 def blend_pixels(images: torch.Tensor, mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
