@@ -220,9 +220,9 @@ def compare_codecs(sources: dict[str, str], bank) -> list[dict]:
 
     encoders, decoders = _candidates()
     encoders["uetransforms.codecs.encode_png (default)"] = codecs.encode_png
-    for name in ("zlib-ng", "fpng"):
+    for name in ("isal", "fpng"):
         if codecs._optional(codecs._PACKAGE[name]) is not None:
-            for level in ((1, 2, 3) if name == "zlib-ng" else (None,)):
+            for level in ((0, 1, 2, 3) if name == "isal" else (None,)):
                 encoders[f"codecs {name}" + (f" level {level}" if level else "")] = (
                     lambda a, name=name, level=level: codecs.encode_png(a, encoder=name, level=level))
     decoders["uetransforms.codecs.decode"] = lambda b: codecs.decode(b, channels=3).transpose(1, 2, 0)

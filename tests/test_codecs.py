@@ -20,7 +20,7 @@ from uetransforms import codecs, images
 from uetransforms.codecs import ImageModeError, decode, encode_png, is_marked, mark
 
 HAVE_FPNG = codecs._optional("fpng") is not None
-HAVE_ZNG = codecs._optional("zlib_ng.zlib_ng") is not None
+HAVE_ISAL = codecs._optional("isal.isal_zlib") is not None
 HAVE_SJ = codecs._optional("simplejpeg") is not None
 CIFAR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "cifar10")
 
@@ -30,8 +30,8 @@ def no_fast(monkeypatch):
     """As if neither fast package were installed: ``import`` of either fails."""
     monkeypatch.setitem(sys.modules, "fpng", None)
     monkeypatch.setitem(sys.modules, "simplejpeg", None)
-    monkeypatch.setitem(sys.modules, "zlib_ng", None)
-    monkeypatch.setitem(sys.modules, "zlib_ng.zlib_ng", None)
+    monkeypatch.setitem(sys.modules, "isal", None)
+    monkeypatch.setitem(sys.modules, "isal.isal_zlib", None)
     monkeypatch.setattr(codecs, "_OPTIONAL", {})
     monkeypatch.setattr(codecs, "_FAST_JPEG", [])
 
@@ -55,7 +55,7 @@ def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 def _available_encoders(channels: int) -> list[str]:
-    out = ["pil"] + (["zlib-ng"] if HAVE_ZNG else [])
+    out = ["pil"] + (["isal"] if HAVE_ISAL else [])
     return out + (["fpng"] if HAVE_FPNG and channels in (3, 4) else [])
 
 
@@ -86,7 +86,7 @@ def test_png_round_trip_is_lossless_and_deterministic(h, w, channels, kind, seed
     assert encode_png(hwc[..., 0] if channels == 1 else hwc) == encode_png(hwc)  # [H, W] == [H, W, 1]
 
 
-@pytest.mark.parametrize("encoder", ["pil", "zlib-ng", "fpng"])
+@pytest.mark.parametrize("encoder", ["pil", "isal", "fpng"])
 def test_each_encoder_is_readable_by_datasets(encoder):
     if codecs._optional(codecs._PACKAGE[encoder]) is None:
         pytest.skip(f"{encoder} not installed")
@@ -101,15 +101,15 @@ def test_each_encoder_is_readable_by_datasets(encoder):
 
 def test_levels_change_size_not_pixels():
     hwc = _photo(40, 40)
-    for enc in ["pil"] + (["zlib-ng"] if HAVE_ZNG else []):
+    for enc, levels in [("pil", (0, 1, 9))] + ([("isal", (0, 1, 3))] if HAVE_ISAL else []):
         sizes = {}
-        for level in (0, 1, 9):
+        for level in levels:
             png = encode_png(hwc, encoder=enc, level=level)
             np.testing.assert_array_equal(_pil_pixels(png), hwc)
             sizes[level] = len(png)
-        # Level 0 stores, 9 compresses hardest (zlib-ng's level 1 uses fixed Huffman codes and
-        # may exceed stored size on noise, so only the ends are ordered).
-        assert sizes[0] > sizes[9] and len(set(sizes.values())) == 3, (enc, sizes)
+        # The lowest level compresses least, the highest hardest (a middle level may use fixed
+        # Huffman codes and exceed the lowest on noise, so only the ends are ordered).
+        assert sizes[levels[0]] > sizes[levels[-1]] and len(set(sizes.values())) == 3, (enc, sizes)
 
 
 def test_pil_default_writes_the_bytes_datasets_writes():
@@ -120,17 +120,27 @@ def test_pil_default_writes_the_bytes_datasets_writes():
         assert ours == image_to_bytes(Image.fromarray(hwc.squeeze(-1) if hwc.shape[2] == 1 else hwc))
 
 
-@pytest.mark.skipif(not (HAVE_ZNG and HAVE_FPNG), reason="zlib-ng or fpng not installed")
-def test_auto_picks_fpng_for_rgb_and_pil_for_l_and_zlib_ng_writes_every_channel_count():
+@pytest.mark.skipif(not HAVE_ISAL, reason="isal not installed")
+def test_auto_picks_isal_and_isal_writes_every_channel_count():
+    hwc = _photo(16, 16)
+    assert encode_png(hwc) == encode_png(hwc, encoder="isal") != encode_png(hwc, encoder="pil")
+    grey = hwc[..., 0]
+    assert encode_png(grey) == encode_png(grey, encoder="isal")
+    assert _pil_pixels(encode_png(grey)).ndim == 2  # stays a 1-channel (L) PNG
+    np.testing.assert_array_equal(_pil_pixels(encode_png(grey)), grey)
+    rgba = np.dstack([hwc, hwc[..., :1]])
+    np.testing.assert_array_equal(_pil_pixels(encode_png(rgba)), rgba)
+    assert codecs.info()["png_encoder_rgb"].startswith("isal")
+
+
+@pytest.mark.skipif(not HAVE_FPNG, reason="fpng not installed")
+def test_without_isal_auto_picks_fpng_for_rgb_and_pil_for_l(monkeypatch):
+    monkeypatch.setitem(sys.modules, "isal", None)
+    monkeypatch.setitem(sys.modules, "isal.isal_zlib", None)
+    monkeypatch.setattr(codecs, "_OPTIONAL", {})
     hwc = _photo(16, 16)
     assert encode_png(hwc) == encode_png(hwc, encoder="fpng") != encode_png(hwc, encoder="pil")
-    grey = hwc[..., 0]
-    assert encode_png(grey) == encode_png(grey, encoder="pil")
-    assert _pil_pixels(encode_png(grey, encoder="zlib-ng")).ndim == 2  # stays a 1-channel (L) PNG
-    np.testing.assert_array_equal(_pil_pixels(encode_png(grey, encoder="zlib-ng")), grey)
-    rgba = np.dstack([hwc, hwc[..., :1]])
-    np.testing.assert_array_equal(_pil_pixels(encode_png(rgba, encoder="zlib-ng")), rgba)
-    assert _pil_pixels(encode_png(grey)).ndim == 2  # stays a 1-channel (L) PNG
+    assert encode_png(hwc[..., 0]) == encode_png(hwc[..., 0], encoder="pil")
 
 
 def test_fallback_without_fast_packages(no_fast):
@@ -142,7 +152,7 @@ def test_fallback_without_fast_packages(no_fast):
     assert codecs.info()["jpeg_decoder"].startswith("pil")
     jpg = _jpeg(_photo(30, 30), quality=90)
     np.testing.assert_array_equal(decode(jpg).transpose(1, 2, 0), _pil_pixels(jpg))
-    for enc in ("fpng", "zlib-ng"):
+    for enc in ("fpng", "isal"):
         with pytest.raises(ImportError, match=r"uetransforms\[fast\]"):
             encode_png(hwc, encoder=enc)
 
@@ -277,8 +287,11 @@ def test_encoder_option_errors():
     with pytest.raises(ValueError, match="unknown encoder 'png'"):
         encode_png(hwc, encoder="png")
     for level in (-1, 10, 2.5, True):
-        with pytest.raises(ValueError, match="level must be an integer 0..9"):
+        with pytest.raises(ValueError, match="level must be an integer 0..9 for encoder='pil'"):
             encode_png(hwc, encoder="pil", level=level)
+    if HAVE_ISAL:
+        with pytest.raises(ValueError, match="level must be an integer 0..3 for encoder='isal'"):
+            encode_png(hwc, encoder="isal", level=4)
     if HAVE_FPNG:
         with pytest.raises(ValueError, match="single compression level"):
             encode_png(hwc, encoder="fpng", level=3)

@@ -24,13 +24,14 @@ Adobe/CMYK JPEGs, other formats) goes through PIL.
 
 **Encoding.** :func:`encode_png` writes lossless PNG; the encoder and level are options and the
 bytes are deterministic for a given encoder, its version and the level. Measured on 2 cores on
-cuda-protected images (``benchmarks/RESULTS.md``): the default ``"fpng"`` (RGB/RGBA) is about
-50x faster than PIL level 6 at 384 px, but its files are 1.3x (32 px) to 1.6x (384 px) PIL's on
-smooth protected images, over the 1.25x budget; ``"zlib-ng"`` (PNG's "Up" filter, one vectorised
-subtraction, then zlib-ng at level 2) is about 13x faster than PIL with files about 1.1x PIL's,
-and writes 1-channel images too: pass ``encoder="zlib-ng"`` where file size matters. libpng/libspng/OpenCV were only 1.5-5x
-faster than PIL. PIL is the fallback; at its default level 6 it writes the very bytes
-``datasets`` writes. ``pip install "uetransforms[fast]"`` installs zlib-ng, fpng and simplejpeg.
+cuda-protected images (``benchmarks/RESULTS.md``): the default ``"isal"`` (PNG's "Up" filter, one
+vectorised subtraction, then Intel ISA-L's deflate at level 1) is about 34x faster than PIL level
+6 at 384 px with files about 1.11x (384 px) to 1.17x (32 px) PIL's, and writes 1-, 3- and
+4-channel images. ``"fpng"`` (RGB/RGBA) is a little faster still (about 45x), but its files are
+1.3x (32 px) to 1.6x (384 px) PIL's on smooth protected images: pass it where speed matters more
+than size. zlib-ng at the same size was 2.5x slower than ISA-L; libpng/libspng/OpenCV were only
+1.5-5x faster than PIL. PIL is the fallback; at its default level 6 it writes the very bytes
+``datasets`` writes. ``pip install "uetransforms[fast]"`` installs isal, fpng and simplejpeg.
 
 **Marker.** :func:`mark` adds a non-secret "protected by uetransforms" ``tEXt`` chunk (library
 version and method name only: no seed, key or bank hash) so that protecting or publishing an
@@ -330,13 +331,14 @@ def _array_to_chw(arr: np.ndarray, *, channels: int | None, chw: bool, column: s
 # --------------------------------------------------------------------------------------------
 # Encoding
 
-#: Encoder names :func:`encode_png` accepts (None: fpng for RGB/RGBA if installed, else PIL).
-ENCODERS = ("zlib-ng", "fpng", "pil")
-_PACKAGE = {"zlib-ng": "zlib_ng.zlib_ng", "fpng": "fpng", "pil": "PIL"}
-# zlib-ng at 2: measured the best speed within the size budget (level 1 was 1.5-1.8x PIL's size).
-# PIL at 6: its own and ``datasets``' default, so the fallback writes exactly the bytes
-# ``datasets`` would.
-_DEFAULT_LEVEL = {"zlib-ng": 2, "pil": 6}
+#: Encoder names :func:`encode_png` accepts (None: the first installed of isal, fpng, PIL).
+ENCODERS = ("isal", "fpng", "pil")
+_PACKAGE = {"isal": "isal.isal_zlib", "fpng": "fpng", "pil": "PIL"}
+# isal at 1: measured as small as its level 2 at the same speed (1.11x PIL-6 at 384 px); level 0
+# was 1.3-1.7x PIL's size. PIL at 6: its own and ``datasets``' default, so the fallback writes
+# exactly the bytes ``datasets`` would.
+_DEFAULT_LEVEL = {"isal": 1, "pil": 6}
+_LEVELS = {"isal": range(0, 4), "pil": range(0, 10)}
 
 
 def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | None = None) -> bytes:
@@ -344,11 +346,11 @@ def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | No
 
     Args:
         image: the pixels, height first (transpose ``[C, H, W]`` arrays with ``.transpose(1, 2, 0)``).
-        level: zlib level 0-9 for ``"zlib-ng"`` (default 2) and ``"pil"`` (default 6); fpng has a
-            single level and takes None.
-        encoder: ``"zlib-ng"`` (files ~1.1x PIL's), ``"fpng"`` (RGB/RGBA only; fastest, files up to
-            1.6x PIL's) or ``"pil"``; None picks fpng where it is installed and can write the
-            image, else PIL.
+        level: deflate level, 0-3 for ``"isal"`` (default 1) and 0-9 for ``"pil"`` (default 6);
+            fpng has a single level and takes None.
+        encoder: ``"isal"`` (fast, files ~1.1-1.2x PIL's), ``"fpng"`` (RGB/RGBA only; fastest,
+            files up to 1.6x PIL's) or ``"pil"``; None picks the first one installed in that
+            order that can write the image.
 
     The bytes are the same for the same pixels, encoder (and its version) and level.
     """
@@ -360,9 +362,11 @@ def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | No
         return _optional("fpng").from_ndarray(np.ascontiguousarray(hwc))
     if level is None:
         level = _DEFAULT_LEVEL[name]
-    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= 9:
-        raise ValueError(f"level must be an integer 0..9 (zlib), got {level!r}")
-    if name == "zlib-ng":
+    levels = _LEVELS[name]
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or int(level) not in levels:
+        raise ValueError(f"level must be an integer {levels.start}..{levels.stop - 1} for encoder={name!r}, "
+                         f"got {level!r}")
+    if name == "isal":
         return _up_filtered_png(hwc, int(level))
     pixels = hwc[..., 0] if hwc.shape[2] == 1 else hwc
     from PIL import Image
@@ -373,10 +377,11 @@ def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | No
 
 
 def _up_filtered_png(hwc: np.ndarray, level: int) -> bytes:
-    """8-bit PNG: filter "Up" on every row but the first (filter "None"), one zlib-ng IDAT chunk.
+    """8-bit PNG: filter "Up" on every row but the first (filter "None"), one ISA-L deflate IDAT chunk.
 
-    "Up" is one vectorised subtraction (uint8 wraps modulo 256, as PNG defines it) and captures
-    most of what adaptive per-row filtering gains on photos, at a fraction of its cost.
+    "Up" is one vectorised subtraction (uint8 wraps modulo 256, as PNG defines it) and on
+    protected images it compressed better than "Sub", "Average" and "Paeth" at ISA-L's speed
+    (``benchmarks/RESULTS.md``); adaptive per-row filtering would cost more than the deflate.
     """
     h, w, c = hwc.shape
     rows = hwc.reshape(h, w * c)
@@ -386,7 +391,7 @@ def _up_filtered_png(hwc: np.ndarray, level: int) -> bytes:
     raw[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
     ihdr = struct.pack(">IIBBBBB", w, h, 8, {1: 0, 3: 2, 4: 6}[c], 0, 0, 0)
-    idat = _optional("zlib_ng.zlib_ng").compress(raw.tobytes(), level)
+    idat = _optional("isal.isal_zlib").compress(raw.tobytes(), level)
     return _SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
@@ -411,11 +416,13 @@ def _check_hwc(image: Any) -> np.ndarray:
 
 def _choose(encoder: str | None, channels: int) -> str:
     if encoder is None:
+        if _optional(_PACKAGE["isal"]) is not None:
+            return "isal"
         return "fpng" if channels in (3, 4) and _optional("fpng") is not None else "pil"
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)} (or None for the fastest)")
     if encoder == "fpng" and channels not in (3, 4):
-        raise ValueError("encoder='fpng' writes RGB/RGBA PNGs only; use encoder='zlib-ng' or 'pil' (or None) "
+        raise ValueError("encoder='fpng' writes RGB/RGBA PNGs only; use encoder='isal' or 'pil' (or None) "
                          "for 1-channel images")
     if _optional(_PACKAGE[encoder]) is None:
         raise ImportError(f"encoder={encoder!r} needs the {encoder} package: pip install 'uetransforms[fast]' "
