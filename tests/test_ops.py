@@ -546,12 +546,17 @@ def _chws(shapes, seed=0):
     lambda: conv_bank([0, 1, 2], 3),
     lambda: synth_bank([0, 1, 2], (3, 8, 8)),
 ])
-def test_protect_mixed_sizes_in_input_order(make):
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 8 * 8 * 4 * 2, 1 << 30])  # 1 image, 2 images, all per chunk
+@pytest.mark.parametrize("layout", ["chw", "hwc-view"])
+def test_protect_mixed_sizes_in_input_order(make, chunk_bytes, layout, monkeypatch):
+    monkeypatch.setattr(ops, "_APPLY_CHUNK_BYTES", chunk_bytes)
     bank = make()
-    shapes = [(3, 8, 8), (3, 5, 7), (3, 8, 8), (3, 12, 6), (3, 5, 7)]
+    shapes = [(3, 8, 8), (3, 5, 7), (3, 8, 8), (3, 12, 6), (3, 5, 7), (3, 8, 8)]
     chws = _chws(shapes)
-    labels = [2, 0, 1, 1, 2]
-    ids = [f"s{i}" for i in range(5)]
+    if layout == "hwc-view":  # what decoders return: CHW views of contiguous HWC pixels
+        chws = [np.ascontiguousarray(c.transpose(1, 2, 0)).transpose(2, 0, 1) for c in chws]
+    labels = [2, 0, 1, 1, 2, 0]
+    ids = [f"s{i}" for i in range(6)]
     out = Applier(bank, size_mismatch="resize").protect(chws, labels=labels, sample_ids=ids)
     assert [o.shape for o in out] == shapes and all(o.dtype == np.uint8 for o in out)
     for i, (c, lab, sid) in enumerate(zip(chws, labels, ids)):  # one image at a time: the same bytes
