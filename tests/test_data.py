@@ -107,5 +107,30 @@ def test_duplicate_ids():
 
 
 def test_bad_image_column():
+    data = FitData({"image": [1, 2], "label": [0, 1]})  # constructing reads no image (see below)
     with pytest.raises(ImageModeError, match="not an image"):
-        FitData({"image": [1, 2], "label": [0, 1]})
+        data.image_shape
+    with pytest.raises(ImageModeError, match="not an image"):
+        FitData({"image": [1, 2], "label": [0, 1]}).images()
+
+
+class _CountingImages(list):
+    """A list of images that counts how often it is read."""
+
+    reads = 0
+
+    def __getitem__(self, i):
+        type(self).reads += 1
+        return super().__getitem__(i)
+
+
+def test_image_size_is_read_lazily_once():
+    imgs = _CountingImages(_imgs(3))
+    data = FitData({"image": imgs, "label": [0, 1, 2]})
+    assert _CountingImages.reads == 0 and data.labels.tolist() == [0, 1, 2]  # labels need no pixels
+    assert data.image_shape == (3, 8, 8) and data.channels == 3
+    assert _CountingImages.reads == 1  # one slice of the first image
+    gray = FitData({"image": [Image.fromarray(a[..., 0]) for a in _imgs(2)]}, label_column=None)
+    assert gray.channels == 1 and gray.image_shape == (1, 8, 8)
+    assert FitData({"image": [Image.fromarray(a[..., 0]) for a in _imgs(2)]}, label_column=None, channels=3,
+                   convert=True).image_shape == (3, 8, 8)

@@ -40,6 +40,9 @@ class FitData:
         id_column: stable sample ids; when ``None``, ids are content hashes of the pixels.
         channels: channels to decode to (3 = RGB, 1 = L); defaults to the first image's.
         convert: convert alpha/palette/... images to ``channels`` instead of refusing them.
+
+    Constructing it reads no image: the size is learnt from the first image when a method first
+    asks for ``image_shape``, ``channels`` or the images themselves.
     """
 
     def __init__(
@@ -70,7 +73,14 @@ class FitData:
         self._labels: np.ndarray | None = None
         self._images: np.ndarray | None = None
         self._ids: list[str] | None = None
+        # The image size and channels are read lazily (from the first image, on first use) so that
+        # a method that needs only text or labels (t2ue's zero-contact bank) never decodes a pixel.
+        self._channels = channels
+        self._image_shape: tuple[int, int, int] | None = None
+
+    def _first_image(self) -> None:
         first = self._raw_images(0, 1)[0]
+        channels = self._channels
         if channels is None:
             try:
                 from PIL import Image
@@ -80,9 +90,23 @@ class FitData:
             except ImportError:  # pragma: no cover
                 pass
             channels = channels or 3
-        self.channels = channels
-        chw = to_chw(first, channels=channels, convert=convert, column=image_column)
-        self.image_shape: tuple[int, int, int] = tuple(int(s) for s in chw.shape)  # type: ignore[assignment]
+        chw = to_chw(first, channels=channels, convert=self.convert, column=self.image_column)
+        self._channels = channels
+        self._image_shape = tuple(int(s) for s in chw.shape)  # type: ignore[assignment]
+
+    @property
+    def channels(self) -> int:
+        """Channels images decode to (given, or 1 for a grayscale first image, else 3); read lazily."""
+        if self._image_shape is None:
+            self._first_image()
+        return int(self._channels)  # type: ignore[arg-type]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the first image, which every image must share; read lazily."""
+        if self._image_shape is None:
+            self._first_image()
+        return self._image_shape  # type: ignore[return-value]
 
     @classmethod
     def from_arrays(

@@ -209,3 +209,39 @@ def test_bad_parameters():
         ue.fit("clusters", data, label_column=None, mode="tensor", **TINY)
     with pytest.raises(ValueError, match="train_on="):
         ue.fit("clusters", data, label_column=None, train_on="mine", **TINY)
+
+
+def test_a_fitted_bank_protects_with_an_encoder_as_with_the_cluster_column(tmp_path):
+    # A bank fitted with a user's module (raw-feature K-means, as the method's default) and saved:
+    # Protect / ProtectTransform with encoder= must give exactly the bytes of the cluster-column
+    # path, the clusters here computed independently (nearest raw centroid, by hand).
+    datasets = pytest.importorskip("datasets")
+    from uetransforms.transforms import ProtectTransform
+
+    imgs = _near_groups(6, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LowTargetHitWarning)
+        ue.fit("clusters", {"image": imgs}, label_column=None, seed=0, encoder=_Colour(), n_clusters=2,
+               mode="direct", steps=3, per_cluster=4, augment=False).save(tmp_path / "uc.arrow")
+    bank = NoiseBank.load(tmp_path / "uc.arrow")
+    assert bank.info["feature_norm"] == "none"
+    new = _near_groups(5, seed=7)  # unseen images
+    with torch.no_grad():
+        feats = _Colour()(torch.from_numpy(np.stack(new)).permute(0, 3, 1, 2).float() / 255)
+    clusters = torch.cdist(feats, torch.tensor(bank.tensors["centroid"])).argmin(1).tolist()
+    assert set(clusters) == {0, 1}  # the comparison means something only if both clusters occur
+    src = datasets.Dataset.from_dict({"image": new, "n": list(range(len(new)))},
+                                     features=datasets.Features({"image": datasets.Image(),
+                                                                 "n": datasets.Value("int64")}))
+    by_column = src.add_column("cluster", clusters).map(ue.Protect(bank, label_column="cluster"), batched=True,
+                                                         batch_size=4)
+    by_encoder = src.map(ue.Protect(bank, label_column=None, encoder=_Colour()), batched=True, batch_size=3)
+    raw = [r["bytes"] for r in by_encoder.cast_column("image", datasets.Image(decode=False))["image"]]
+    assert raw == [r["bytes"] for r in by_column.cast_column("image", datasets.Image(decode=False))["image"]]
+    assert by_encoder["n"] == src["n"] and "cluster" not in by_encoder.column_names
+    tf = ProtectTransform(bank, encoder=_Colour())
+    for im, ref in zip(src["image"], by_column["image"]):
+        out, label = tf(im, 5)  # a class label passes through untouched: clusters come from the encoder
+        assert label == 5
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+    assert not np.array_equal(np.asarray(by_column["image"][0]), new[0])  # the noise was applied

@@ -164,8 +164,9 @@ def test_zero_contact_bank_never_reads_the_protected_pixels(tmp_path):
     assert sample.keys.tolist() == ["p0", "p1", "p2", "p3"] and sample.tensors["delta"].shape == (4, 3, 16, 16)
     with pytest.raises(DataError, match="id_column"):
         t2ue.bank_from_text(_NoPixels(4, NAMES, caps), path, seed=3, mode="sample", caption_column="caption")
-    # 3. through ue.fit: the same noise as the text-only bank; no generator is trained
-    ds = _ds()
-    via_fit = ue.fit("t2ue", ds, seed=3, generator=str(path))
+    # 3. through ue.fit (FitData learns the image size lazily): the same noise as the text-only
+    # bank, no generator trained, and still no protected pixel read
+    via_fit = ue.fit("t2ue", _NoPixels(9, NAMES), seed=3, generator=str(path))
     assert via_fit.info["variant"] == "zero-contact"
     assert np.allclose(via_fit.tensors["delta"], bank.tensors["delta"])
+    assert np.allclose(ue.fit("t2ue", _ds(), seed=3, generator=str(path)).tensors["delta"], bank.tensors["delta"])
