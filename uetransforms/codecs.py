@@ -51,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import struct
@@ -390,13 +391,21 @@ def _up_filtered_png(hwc: np.ndarray, level: int) -> bytes:
     raw[0, 0] = 0
     raw[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, {1: 0, 3: 2, 4: 6}[c], 0, 0, 0)
     idat = _optional("isal.isal_zlib").compress(raw.tobytes(), level)
-    return _SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    return b"".join((_png_head(w, h, c), _chunk(b"IDAT", idat), _IEND))
+
+
+@functools.lru_cache(maxsize=64)
+def _png_head(w: int, h: int, c: int) -> bytes:
+    """Signature + IHDR of an 8-bit image: the same for every image of one size (a dataset has few)."""
+    return _SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, {1: 0, 3: 2, 4: 6}[c], 0, 0, 0))
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"".join((struct.pack(">I", len(data)), kind, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))))
+
+
+_IEND = _chunk(b"IEND", b"")
 
 
 def _check_hwc(image: Any) -> np.ndarray:
