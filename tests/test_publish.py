@@ -388,3 +388,25 @@ def test_refuses_images_carrying_the_codec_marker(tmp_path, secret_bank, streami
     if not streaming:  # num_proc > 1 protects in map() workers: the images are looked at before
         with pytest.raises(ValueError, match="marker"):
             ue.publish(tainted, secret_bank, tmp_path / "x", num_proc=2)
+
+
+def test_republishing_into_the_same_folder_returns_and_loads_the_new_copy(tmp_path):
+    """datasets caches a folder with YAML configs by its card: a second copy with the same card
+    (same sizes, other pixels) must not come back as the first one."""
+    def bank(seed):
+        rng = np.random.default_rng(seed)
+        return ue.NoiseBank(method="random", kind="additive", keying="class", keys=np.arange(3),
+                            tensors={"delta": rng.uniform(-8 / 255, 8 / 255, (3, 3, 8, 8)).astype(np.float32)},
+                            params={"epsilon": 8 / 255, "norm": "linf"})
+
+    from uetransforms.cli import load_data
+
+    ds, out = _dataset(), tmp_path / "pub"
+    first = ue.publish(ds, bank(1), out)
+    assert load_data(str(out))["train"][0]["image"].tobytes() == first[0]["image"].tobytes()
+    second = ue.publish(ds, bank(2), out, overwrite=True)
+    expected = [np.asarray(r["image"]) for r in ds.map(ue.Protect(bank(2)), batched=True)]
+    assert not np.array_equal(np.asarray(first[0]["image"]), expected[0])
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(expected, second["image"]))
+    again = load_data(str(out))["train"]  # the CLI's loader: also the new copy
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(expected, again["image"]))

@@ -42,7 +42,9 @@ def load_data(spec: str, *, split: str | None = None) -> Any:
         if os.path.exists(os.path.join(spec, "dataset_dict.json")) or os.path.exists(os.path.join(spec, "state.json")):
             ds = datasets.load_from_disk(spec)
         else:
-            ds = datasets.load_dataset(spec)
+            from .publish import load_local
+
+            ds = load_local(spec)
     elif glob.has_magic(spec) or os.path.isfile(spec):
         files = sorted(glob.glob(spec))
         if not files:

@@ -256,12 +256,24 @@ def _fingerprint(ds: Any, job: list[Any]) -> str | None:
     return None if fp is None else json.dumps([fp, *job], default=str)
 
 
-def _load_back(out_dir: str, names: list[str], is_dict: bool) -> Any:
+def load_local(path: str, **kwargs: Any) -> Any:
+    """``datasets.load_dataset`` of a local folder, always from the files as they are now.
+
+    For a folder whose card declares YAML ``configs`` (every published copy), ``datasets`` keys
+    its Arrow cache on the card alone, not on the data files, so after a re-publish into the same
+    folder (``overwrite=True``) a plain ``load_dataset`` can return the *previous* copy from the
+    cache whenever the card did not change (huggingface/datasets#2956 is the same family).
+    Rebuilding the cache costs one pass over local files; a stale copy would be a wrong result.
+    """
     import datasets
 
+    return datasets.load_dataset(path, download_mode="force_redownload", **kwargs)
+
+
+def _load_back(out_dir: str, names: list[str], is_dict: bool) -> Any:
     if is_dict:
-        return datasets.load_dataset(out_dir)
-    return datasets.load_dataset(out_dir, split=names[0])
+        return load_local(out_dir)
+    return load_local(out_dir, split=names[0])
 
 
 def _warn(note: str) -> None:
