@@ -74,3 +74,26 @@ def test_card_cites_the_method_from_its_contract():
     citation = get("cuda").citation
     assert citation and "## Citation of the method" in card and citation in card
     assert _front(card)["uetransforms"]["citation"] == citation
+
+
+def test_card_lists_what_was_measured_about_the_method(monkeypatch, tmp_path):
+    import json
+
+    from uetransforms import measured
+
+    facts = {"profile": "cpu", "command": "x", "recorded": "2026-01-01", "protects": True,
+             "harness": {"arch": "cnn-small", "epochs": 8, "train_size": 10000, "test_size": 2000},
+             "effect": {"protected_accuracy": 0.312, "clean_accuracy": 0.66, "ratio": 0.4727},
+             "quality": {"psnr_mean": 18.9, "ssim_mean": 0.8}, "broken_by": ["sharpen+lowpass"],
+             "holds_against": ["iss", "jpeg10"], "not_run": ["pgd"], "broken_ratio": 0.8}
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps({"schema": measured.SCHEMA, "methods": {"cuda": {"cpu": facts}}}))
+    monkeypatch.setattr(measured, "ASSET", str(path))
+    ds = _ds()
+    card = dataset_card({"train": ds}, ue.fit("cuda", ds, image_column="img", seed=1), image_column="img")
+    line = next(s for s in card.splitlines() if s.startswith("- Measured with uetransforms"))
+    assert "0.312 against 0.660" in line and "0.47x" in line and "PSNR 18.9 dB" in line
+    assert "broken by (>= 0.8x clean under the same defence): sharpen+lowpass" in line
+    assert "holds against: iss, jpeg10" in line and "not measured: pgd" in line
+    plain = dataset_card({"train": ds}, ue.fit("random", ds, image_column="img", seed=1), image_column="img")
+    assert "Measured with uetransforms" not in plain  # nothing recorded for it in this file: nothing claimed

@@ -37,6 +37,27 @@ def test_methods_lists_every_key(capsys):
     assert listed == [m["key"] for m in ue.methods()]
 
 
+def test_methods_key_shows_what_was_measured(capsys, monkeypatch, tmp_path):
+    import json
+
+    from uetransforms import measured
+
+    facts = {"profile": "cpu", "command": "x", "protects": True, "broken_by": ["iss"], "holds_against": [],
+             "not_run": [], "harness": {"arch": "cnn-small", "epochs": 8, "train_size": 10000},
+             "effect": {"protected_accuracy": 0.194, "clean_accuracy": 0.66, "ratio": 0.294},
+             "defences": {"iss": {"accuracy": 0.594, "clean_accuracy": 0.5985, "ratio": 0.9925}}}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"schema": measured.SCHEMA, "methods": {"em": {"cpu": facts}}}))
+    monkeypatch.setattr(measured, "ASSET", str(path))
+    assert main(["methods", "em"]) == 0
+    out = capsys.readouterr().out
+    assert "measured: cpu harness" in out and "0.194 against 0.660" in out and "broken by" in out
+    assert any(line.split()[:4] == ["iss", "0.594", "0.599", "0.99"] for line in out.splitlines())
+    assert next(r for r in ue.methods() if r["key"] == "em")["measured"] == measured.summary("em")
+    assert main(["methods", "lsp"]) == 0
+    assert "measured: nothing recorded yet" in capsys.readouterr().out
+
+
 def test_fit_writes_a_loadable_bank(tmp_path, tiny_parquet, capsys):
     out = tmp_path / "b.arrow"
     rc = main(["fit", "cuda", tiny_parquet, "--image-column", "img", "--out", str(out), "--seed", "7",

@@ -30,6 +30,9 @@ def test_record_and_read_back(tmp_path, one_thread):
     assert "seed" not in facts["bank_params"] and "epsilon" in facts["bank_params"]  # never the private key
     assert "seed" not in json.dumps(doc["method_info"]["random"]["bank_params"])
     assert measured.for_method("random", profile="paper", path=path) == {}
+    text = measured.summary("random", path=path)
+    assert f"{cells[('random', 'none')]:.3f} against {cells[('clean', 'none')]:.3f}" in text
+    assert "cpu harness" in text and "PSNR" in text and measured.summary("cuda", path=path) is None
     # another profile's facts are kept side by side, and the paper profile is preferred
     doc2 = json.loads(json.dumps(doc))
     doc2["profile"] = "paper"

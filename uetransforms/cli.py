@@ -169,7 +169,20 @@ def cmd_methods(args: argparse.Namespace) -> int:
     print(f"  {m.summary}")
     print(f"  bank kind {m.kind}, keyed by {m.keyed_by}; needs {m.needs}"
           f"{'' if m.label_free else '; needs labels'}")
-    print(f"  cite: {m.citation}\n")
+    print(f"  cite: {m.citation}")
+    from . import measured
+
+    facts = measured.for_method(m.key)
+    if facts:
+        print(f"  measured: {measured.summary(m.key)}")
+        rows = [[d, f"{v['accuracy']:.3f}", f"{v['clean_accuracy']:.3f}", f"{v['ratio']:.2f}"]
+                for d, v in facts.get("defences", {}).items()]
+        if rows:
+            print()
+            _print_table(["defence", "protected", "clean", "ratio"], rows)
+    else:
+        print("  measured: nothing recorded yet (uetransforms evaluate --suite standard --record-measured)")
+    print()
     fmt = methods.format_value
     rows = [[p.name, fmt(p.default), p.check.describe(), "-" if p.paper is None else fmt(p.paper),
              "public" if p.public else "secret", p.help] for p in m.params]

@@ -58,6 +58,39 @@ def for_method(key: str, *, profile: str | None = None, path: str | os.PathLike 
     return dict(next(iter(per_profile.values()), {}))
 
 
+def summary(key: str, *, profile: str | None = None, path: str | os.PathLike | None = None) -> str | None:
+    """One paragraph of what was measured about method ``key`` (None when it never was).
+
+    What ``uetransforms methods KEY``, ``ue.methods()`` and the dataset card say, so a user
+    chooses with facts: the harness, the effect against clean training, the image quality, and
+    which defences break it, hold against it or were not run.
+
+    Example:
+        >>> from uetransforms import measured
+        >>> measured.summary("no-such-method") is None
+        True
+    """
+    f = for_method(key, profile=profile, path=path)
+    if not f:
+        return None
+    h = f.get("harness") or {}
+    parts = [f"{f['profile']} harness ({h.get('arch')}, {h.get('train_size')} CIFAR-10 training images, "
+             f"{h.get('epochs')} epochs, recorded {f.get('recorded', '?')})"]
+    e = f.get("effect")
+    if e:
+        verdict = {True: "protects", False: "does not protect"}.get(f.get("protects"), "no verdict")
+        parts.append(f"clean-test accuracy {e['protected_accuracy']:.3f} against {e['clean_accuracy']:.3f} for clean "
+                     f"training ({e['ratio']:.2f}x; {verdict})")
+    q = f.get("quality") or {}
+    if "psnr_mean" in q:
+        parts.append(f"PSNR {q['psnr_mean']:.1f} dB, SSIM {q['ssim_mean']:.3f}")
+    ratio = f"{f.get('broken_ratio', 0.8):g}"
+    lists = [("broken by (>= " + ratio + "x clean under the same defence)", f.get("broken_by")),
+             ("holds against", f.get("holds_against")), ("not measured", f.get("not_run"))]
+    parts += [f"{label}: {', '.join(names)}" for label, names in lists if names]
+    return "; ".join(parts) + "."
+
+
 def facts_from_results(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Per-method facts from a suite results document (``results.json``)."""
     cells = {(c["method"], c["defence"]): c for c in doc["cells"]}
@@ -110,4 +143,4 @@ def record(doc: Mapping[str, Any], path: str | os.PathLike | None = None) -> str
     return p
 
 
-__all__ = ["ASSET", "facts_from_results", "for_method", "load", "record"]
+__all__ = ["ASSET", "facts_from_results", "for_method", "load", "record", "summary"]

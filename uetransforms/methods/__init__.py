@@ -328,9 +328,12 @@ class Method:
         return tuple(p.name for p in self.params if p.public) + tuple(self.public_extra)
 
     def row(self) -> dict[str, Any]:
-        """The row of ``ue.methods()``."""
+        """The row of ``ue.methods()``; ``measured`` is :func:`uetransforms.measured.summary` (or None)."""
+        from ..measured import summary
+
         return {"key": self.key, "paper": self.paper, "keyed_by": self.keyed_by, "needs": self.needs,
-                "kind": self.kind, "summary": self.summary, "label_free": self.label_free, "citation": self.citation}
+                "kind": self.kind, "summary": self.summary, "label_free": self.label_free, "citation": self.citation,
+                "measured": summary(self.key)}
 
 
 _SECRET_WORDS = ("seed", "salt", "key", "secret", "token", "path")
@@ -449,7 +452,7 @@ def get(key: str) -> Method:
 
 
 def table() -> list[dict[str, Any]]:
-    """One row per method: key, paper, keyed_by, needs, kind, summary, label_free, citation."""
+    """One row per method: key, paper, keyed_by, needs, kind, summary, label_free, citation, measured."""
     return [m.row() for m in all_methods()]
 
 
