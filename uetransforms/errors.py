@@ -74,12 +74,17 @@ class UnknownMethodError(UETransformsError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DoubleProtectionError(UETransformsError, ValueError):
+    """The images already carry the "protected by uetransforms" marker and ``allow_double`` is off."""
+
+
 class RandomInitWarning(UserWarning):
     """A CLIP surrogate with random weights was built: it is a weak surrogate."""
 
 
 __all__ = [
-    "BankError", "ClipWeightsError", "DataError", "DefenceError", "ImageModeError", "ParameterError",
+    "BankError", "ClipWeightsError", "DataError", "DefenceError", "DoubleProtectionError", "ImageModeError",
+    "ParameterError",
     "PublishConflict", "PushError", "RandomInitWarning", "SizeMismatchError", "UETransformsError",
     "UnknownMethodError", "UnknownParameterError",
 ]

@@ -35,6 +35,7 @@ import torch
 
 from .bank import BankError, NoiseBank
 from .codecs import encode_png, is_marked
+from .errors import DoubleProtectionError  # defined there; importable from here as before
 from .images import from_chw, to_chw
 from .ops import Applier
 
@@ -49,10 +50,6 @@ def _bank_ref(bank: NoiseBank | str | os.PathLike) -> NoiseBank:
     if isinstance(bank, (str, os.PathLike)):
         return NoiseBank.load(bank)
     raise TypeError(f"expected a NoiseBank or a bank file path, got {type(bank).__name__}")
-
-
-class DoubleProtectionError(ValueError):
-    """The images already carry the "protected by uetransforms" marker and ``allow_double`` is off."""
 
 
 def png_bytes(chw: np.ndarray) -> bytes:
