@@ -210,7 +210,7 @@ def publish(
         fn = None
     job = [bank.sha256, image_column, label_column, id_column, protected, __version__]
     parts = [
-        Split(name=name, tables=dataset_tables(ds, fn, image_column, batch_size, check_marker=not allow_double),
+        Split(name=name, tables=dataset_tables(ds, fn, image_column, batch_size),
               num_rows=len(ds), max_shard_bytes=max_bytes,
               nbytes_hint=int(ds.data.nbytes) if fn is None and ds._indices is None else None,
               empty_schema=output_features(ds.features, image_column).arrow_schema,

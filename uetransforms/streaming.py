@@ -140,9 +140,9 @@ def publish_stream(
         if image_column not in stream.column_names:
             raise KeyError(f"image_column={image_column!r} is not in the stream (columns: {stream.column_names}); "
                            "pass image_column=<name>")
-        tables = dataset_tables(stream, fn, image_column, batch_size, check_marker=not allow_double)
+        tables = dataset_tables(stream, fn, image_column, batch_size)
     else:
-        tables = stream_tables(stream, fn, image_column, batch_size, check_marker=not allow_double)
+        tables = stream_tables(stream, fn, image_column, batch_size)
     part = Split(name=split, tables=tables, shard_rows=shard_rows)
     written = write([part], out_dir, image_column=image_column, card=card, overwrite=overwrite, protected=protected,
                     marker_info={"method": bank.method, "library_version": __version__})[split]

@@ -176,11 +176,12 @@ def output_features(features: Any, image_column: str) -> Any:
 
 # ---------------------------------------------------------------------------- sources
 def dataset_tables(ds: Any, protect: Protect | None, image_column: str,
-                   batch_size: int, *, check_marker: bool = True) -> Callable[[int], Iterator[pa.Table]]:
+                   batch_size: int) -> Callable[[int], Iterator[pa.Table]]:
     """An in-memory ``Dataset`` as a stream of output tables, from any row (for resume).
 
     Batches are read as Arrow, so the other columns pass through untouched (no decode, no
-    re-encode, no float widening) and ``protected`` images keep their exact bytes.
+    re-encode, no float widening) and ``protected`` images keep their exact bytes. ``protect``
+    refuses already-marked images itself (unless it was made with ``allow_double=True``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -191,8 +192,6 @@ def dataset_tables(ds: Any, protect: Protect | None, image_column: str,
         for i in range(start, len(ds), batch_size):
             table = arrow[i:i + batch_size]
             if protect is not None:
-                if check_marker:
-                    _refuse_marked_bytes(table.column(image_column).to_pylist(), f"rows {i}..{i + table.num_rows - 1}")
                 batch = {name: table.column(name).to_pylist() for name in table.column_names}
                 # Protect's own PNG bytes (the codec module's encoder), the very bytes Dataset.map stores.
                 images = [{"bytes": b, "path": None} for b in protect.encoded(batch)]
@@ -204,7 +203,7 @@ def dataset_tables(ds: Any, protect: Protect | None, image_column: str,
 
 
 def stream_tables(stream: Any, protect: Protect | None, image_column: str,
-                  batch_size: int, *, check_marker: bool = True) -> Callable[[int], Iterator[pa.Table]]:
+                  batch_size: int) -> Callable[[int], Iterator[pa.Table]]:
     """A stream (``IterableDataset``, iterable of row dicts) as a stream of output tables.
 
     The written schema is the stream's features (or, untyped, those of the first protected
@@ -218,13 +217,11 @@ def stream_tables(stream: Any, protect: Protect | None, image_column: str,
         if start:  # pragma: no cover - streams carry no fingerprint, so the writer never resumes them
             raise ValueError("a stream cannot be resumed")
         out_features = schema = None
-        for n, batch in enumerate(iter_batches(stream, batch_size)):
+        for batch in iter_batches(stream, batch_size):
             if image_column not in batch:
                 raise KeyError(f"image_column={image_column!r} is not in the stream (columns: {list(batch)}); "
                                "pass image_column=<name>")
             if protect is not None:
-                if check_marker:
-                    _refuse_marked_bytes(batch[image_column], f"batch {n} of the stream")
                 out = {**batch, image_column: [{"bytes": b, "path": None} for b in protect.encoded(batch)]}
             else:
                 # Already protected: decoded images are re-encoded by the codec module, which gives
@@ -285,7 +282,9 @@ def _refuse_marked_bytes(values: Any, where: str) -> None:
 
 
 def raise_double(why: str) -> None:
-    raise ValueError(
+    from .errors import DoubleProtectionError
+
+    raise DoubleProtectionError(
         f"this data is already protected ({why}); protecting it again would add the noise a second time. "
         "If it was protected with this bank, publish it as it is with protected=True; if you really mean to "
         "protect it twice, pass allow_double=True."
