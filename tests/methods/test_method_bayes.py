@@ -9,6 +9,7 @@ import torch
 
 import uetransforms as ue
 from uetransforms.data import FitData
+from uetransforms import surrogates as sg
 from uetransforms.methods import bayes
 
 EPS = 8 / 255
@@ -135,6 +136,48 @@ def test_noise_raises_the_estimate_also_when_mixed_with_clean_rows(one_thread, p
     clean = bayes.estimate(data, None, **kw)
     mixed = bayes.estimate(data, delta, **kw)
     assert mixed > clean + (0.01 if protected == 1 else 0.1), (clean, mixed)
+
+
+def _torch_adamw_replay(data, *, seed, sigma, lr, steps, factor):
+    """torch.optim.AdamW(maximize=True) on x' = x + delta under the fit's step-0 extractor, the gradient of
+    ``factor`` x the mean estimate, then the eps-ball / box projection; the grey levels it reaches."""
+    src = sg.ImageSource(data, torch.device("cpu"))
+    y = torch.from_numpy(data.labels.astype(np.int64))
+    x = torch.cat([xb for _, xb in src.batches(len(data))])
+    model = sg.build("cnn-tiny", num_classes=2, image_shape=data.image_shape, seed=seed)  # as the fit's step 0
+    bayes.train_extractor(model, src, np.zeros(x.shape, np.float32), epochs=1, batch_size=8, lr=0.1,
+                          rng=np.random.default_rng([seed, 0]))
+    xp = x.clone().requires_grad_(True)
+    opt = torch.optim.AdamW([xp], lr=lr, weight_decay=0.01, maximize=True)
+    for _ in range(steps):
+        opt.zero_grad()
+        z = model.features(xp)
+        scale = z.detach().abs().max()
+        _, gz = bayes.bayes_error(z.detach() / scale, y, 2, sigma=sigma, grad=True)
+        (z / scale * gz * factor).sum().backward()
+        opt.step()
+        with torch.no_grad():
+            xp.copy_(torch.minimum(torch.maximum(xp, x - EPS), x + EPS).clamp(0, 1))
+            xp.copy_(x + (xp - x).half().float())  # the fit keeps delta in float16 between steps
+    return np.rint((xp.detach() - x).numpy() * 255)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 40.0])
+def test_adamw_ascent_is_torch_adamw_on_the_summed_estimate(sigma):
+    """The ascent replays torch.optim.AdamW(maximize=True, lr, weight_decay=0.01) on the pixels with the
+    gradient of the *summed* estimate, as the authors' autograd function returns it, and the gradient
+    reaches saturated pixels (0 or 255; tiny() has some). sigma=40 flattens the kernel so the gradients
+    are small enough for AdamW's eps 1e-8 to matter: there the mean-estimate gradient gives other steps."""
+    images, labels = tiny(16, k=2)
+    data = FitData.from_arrays(images, labels)
+    kw = dict(seed=4, sigma=sigma, lr=2 / 255, steps=3)
+    bank = ue.fit("bayes", data, seed=4, sigma=sigma, ascent="adamw", step_size=2 / 255, surrogate="cnn-tiny",
+                  batch_size=8, steps=3, retrain_every=3, retrain_epochs=1)  # one extractor, trained at step 0
+    got = np.rint(bank.tensors["delta"][bank.rows_for(data.sample_ids)].astype(np.float64) * 255)
+    want = _torch_adamw_replay(data, factor=len(data), **kw)
+    assert np.abs(want).max() > 0 and np.array_equal(got, want)
+    if sigma == 40.0:
+        assert (_torch_adamw_replay(data, factor=1, **kw) != got).mean() > 0.05
 
 
 def test_profiles():

@@ -380,11 +380,20 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
         t = step + 1  # AdamW's bias correction counts the steps taken
         for rows, x in src.batches(bs):
             d = torch.from_numpy(np.asarray(delta[rows], np.float32)).to(device).requires_grad_(True)
-            feats = model.features((x + d).clamp(0, 1))
+            xp = x + d
+            # The projection keeps x + d inside [0, 1] (up to float16 rounding, clamped here by value
+            # only): torch's clamp passes no gradient at 0 and 1, which would freeze every saturated
+            # pixel and every pixel the ascent took to the box, where the authors' x' moves freely.
+            feats = model.features(xp + (xp.clamp(0, 1) - xp).detach())
             sel = torch.from_numpy(rows).to(device)
             (g,) = torch.autograd.grad((feats / scale * gz[sel]).sum(), d)
             with torch.no_grad():
                 if adam:
+                    # The authors' autograd function hands AdamW the gradient of the *summed* error
+                    # (their forward reports the mean). AdamW is scale-free except for its eps 1e-8,
+                    # which a 1/N-smaller mean gradient runs into: at N=2000 already 14% of the pixel
+                    # gradients are below 1e-7, so those pixels would take damped steps.
+                    g = g * n
                     # torch.optim.AdamW(maximize=True) on the perturbed pixels x' = x + d
                     m = torch.from_numpy(np.asarray(m1[rows])).to(device).mul_(b1).add_(g, alpha=1 - b1)
                     v = torch.from_numpy(np.asarray(m2[rows])).to(device).mul_(b2).addcmul_(g, g, value=1 - b2)
