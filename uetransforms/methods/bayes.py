@@ -18,9 +18,10 @@ The Bayes error is estimated on extractor features by local averaging of the cla
 at every ascent step a *fresh* extractor is trained from scratch on the *current perturbed set*
 (ResNet-18, 30 epochs, SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine, batch 128, no
 augmentation); its penultimate features give ``BE`` and, back through the extractor, the full
-gradient ``dBE/dx'`` over every pixel of the set; one AdamW step (``maximize``, lr 1e-3, weight
-decay 0.01 on the pixels) follows, projected onto the eps-ball around the clean image and the
-pixel box. Here:
+gradient over every pixel of the set; one AdamW step (``maximize``, lr 1e-3, weight decay 0.01 on
+the pixels) follows, projected onto the eps-ball around the clean image and the pixel box. As in
+the authors' autograd function, AdamW is handed the gradient of the *summed* estimate
+``N * BE`` (the logged ``BE`` is the mean), and the gradient reaches saturated pixels. Here:
 
 * ``retrain_every`` (1) sets the cadence of the retraining, ``retrain_epochs`` its length and
   ``fresh`` (True) whether each extractor starts from new random weights (``False``: keep
