@@ -4,7 +4,9 @@
     python benchmarks/fit_bank.py clusters --no-labels --param clusters.surrogate=small-cnn \\
         --param clusters.checkpoint=/tmp/uet-surrogate/small-cnn-w32.safetensors --out /tmp/uc.bank.arrow
 
-Prints the fit time (with ``uptime``'s load: 2 cores are shared) and the bank's ``info``.
+Prints the fit time (with ``uptime``'s load: 2 cores are shared) and the bank's ``info``; for a
+cluster bank also the purity of its clusters against the CIFAR-10 labels and the animal/vehicle
+split (labels read only for this report, after the fit).
 """
 
 from __future__ import annotations
@@ -18,6 +20,23 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_protection import DEFAULT_DATA, parse_params  # noqa: E402
+
+
+def cluster_purity(bank, train) -> dict[str, float]:
+    """Share of rows whose label is their cluster's majority label (CIFAR-10 and animal/vehicle)."""
+    import numpy as np
+
+    from uetransforms.assign import ClusterAssigner
+    from uetransforms.data import FitData
+
+    ids = ClusterAssigner(bank)(list(FitData(train, image_column="img", label_column=None).images()))
+    labels = np.asarray(train["label"])
+    vehicle = np.isin(labels, (0, 1, 8, 9)).astype(np.int64)  # airplane, automobile, ship, truck
+    out = {}
+    for name, lab in (("cifar10", labels), ("animal_vehicle", vehicle)):
+        hits = sum(np.bincount(lab[ids == c]).max() for c in np.unique(ids))
+        out[name] = round(float(hits / len(lab)), 4)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     fit_s = time.perf_counter() - t0
     bank.save(args.out)
     load = os.getloadavg()
-    print(json.dumps({"fit_seconds": round(fit_s, 1), "load_average": [round(v, 1) for v in load],
-                      "params": bank.params, "info": bank.info}, indent=1, default=str))
+    report = {"fit_seconds": round(fit_s, 1), "load_average": [round(v, 1) for v in load],
+              "params": bank.params, "info": bank.info}
+    if bank.keying == "cluster" and not isinstance(params.get("encoder"), torch.nn.Module):
+        report["purity"] = cluster_purity(bank, train)
+    print(json.dumps(report, indent=1, default=str))
     print(f"wrote {args.out}")
     return 0
 

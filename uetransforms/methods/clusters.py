@@ -31,7 +31,10 @@ authors' BatchNorm sees a batch of one fixed image, which is per-channel normali
 image; here that is instance normalisation (identical maths, and the same in train and eval).
 
 ``mode="direct"`` optimises one ``epsilon * tanh(w)`` tensor per cluster instead (Adam, ``steps``,
-``per_cluster`` images of every cluster per step): far cheaper, weaker.
+``per_cluster`` images of every cluster per step): far cheaper, weaker. It reaches a higher
+target-hit rate on the surrogate than a short generator run, yet protects less on the CIFAR
+harness: the generators' spatially structured noise transfers better to the trained model
+(``benchmarks/RESULTS.md``, issue 11).
 
 K-means runs on the raw features (``feature_norm="none"``, the authors' code); ``"l2"`` gives
 cosine K-means. The noise is made at the training images' size (the surrogate resizes inputs to
