@@ -38,6 +38,18 @@ def _rows(spec: str) -> range:
     return range(int(a), int(b))
 
 
+#: The harness protects CIFAR-10 train rows [0, 10000): a surrogate trained "elsewhere" never sees them.
+HARNESS_ROWS = 10_000
+
+
+def _disjoint_rows(spec: str, flag: str) -> range:
+    """Train rows ``START:STOP`` that do not overlap the rows the harness protects."""
+    rows = _rows(spec)
+    if rows.start < HARNESS_ROWS:
+        raise SystemExit(f"{flag} overlaps the harness's protected rows [0, {HARNESS_ROWS}); pick rows >= {HARNESS_ROWS}")
+    return rows
+
+
 def _load(path: str, rows: range) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow.parquet as pq
     from PIL import Image
@@ -70,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    tr_rows, va_rows = _rows(args.train_rows), _rows(args.val_rows)
-    if tr_rows.start < 10_000:
-        raise SystemExit("--train-rows overlaps the harness's protected rows [0, 10000); pick rows >= 10000")
+    tr_rows, va_rows = _disjoint_rows(args.train_rows, "--train-rows"), _rows(args.val_rows)
     xtr, ytr = _load(os.path.join(args.data, "train-00000-of-00001.parquet"), tr_rows)
     xva, yva = _load(os.path.join(args.data, "test-00000-of-00001.parquet"), va_rows)
     net = SmallCNN(10, 3, width=args.width)

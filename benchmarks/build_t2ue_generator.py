@@ -21,7 +21,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from build_surrogate import DEFAULT_DATA, _load, _rows  # noqa: E402
+from build_surrogate import DEFAULT_DATA, _disjoint_rows, _load  # noqa: E402
 from build_text_surrogate import CIFAR10, TEMPLATES  # noqa: E402
 
 
@@ -46,9 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from uetransforms.methods import t2ue
 
     torch.set_num_threads(1)
-    rows = _rows(args.rows)
-    if rows.start < 10_000:
-        raise SystemExit("--rows overlaps the harness's protected rows [0, 10000)")
+    rows = _disjoint_rows(args.rows, "--rows")
     x, y = _load(os.path.join(args.data, "train-00000-of-00001.parquet"), rows)
     corpus = {"image": list(x.transpose(0, 2, 3, 1)),
               "caption": [[t.format(CIFAR10[int(c)]) for t in TEMPLATES] for c in y]}

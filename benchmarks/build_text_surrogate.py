@@ -26,7 +26,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from build_surrogate import DEFAULT_DATA, _load, _rows  # noqa: E402
+from build_surrogate import DEFAULT_DATA, _disjoint_rows, _load, _rows  # noqa: E402
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TEMPLATES = ["a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.",
@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    tr, va = _rows(args.train_rows), _rows(args.val_rows)
-    if tr.start < 10_000:
-        raise SystemExit("--train-rows overlaps the harness's protected rows [0, 10000)")
+    tr, va = _disjoint_rows(args.train_rows, "--train-rows"), _rows(args.val_rows)
     xtr, ytr = _load(os.path.join(args.data, "train-00000-of-00001.parquet"), tr)
     xva, yva = _load(os.path.join(args.data, "test-00000-of-00001.parquet"), va)
     cfg = TINY_CONFIGS[args.model]
