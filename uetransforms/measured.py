@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -29,6 +31,13 @@ def load(path: str | os.PathLike | None = None) -> dict[str, Any]:
     p = os.fspath(path) if path is not None else ASSET
     if not os.path.exists(p):
         return {"schema": SCHEMA, "methods": {}}
+    st = os.stat(p)
+    # ue.methods() asks once per method: parse the file once per version of it, hand out copies.
+    return copy.deepcopy(_parse(os.path.abspath(p), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(p: str, mtime_ns: int, size: int) -> dict[str, Any]:
     with open(p) as f:
         doc = json.load(f)
     if doc.get("schema") != SCHEMA:
