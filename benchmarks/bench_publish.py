@@ -34,6 +34,10 @@ against PIL's pixels): best of 3 runs in images per wall and per CPU second, byt
 Run:
     OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --n32 4000 --n384 240 --repeats 2
     OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --codecs --n32 1000 --n384 40
+    OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --conv
+
+``--conv`` times the conv kernel's two paths (shifted adds, library convolution on grid filters)
+by image size, on the same images, and checks their bytes are equal.
 """
 
 from __future__ import annotations
@@ -259,6 +263,41 @@ def compare_codecs(sources: dict[str, str], bank) -> list[dict]:
     return rows
 
 
+def compare_conv(sizes: tuple[int, ...] = (32, 64, 96, 128, 256, 384, 512), repeats: int = 5) -> list[dict]:
+    """The conv kernel's two paths on the same images and grid filters (as ``cuda`` fits them).
+
+    ``shifted``: the fixed-order multiplies and adds (``ops._convolve_shifted``); ``library``: one
+    ``F.conv2d`` per channels-last image (``ops._convolve_library``). Same bytes (checked here
+    too); best of ``repeats`` CPU times. ``ops._LIBRARY_CONV_MIN_PIXELS`` is set from this table.
+    """
+    import torch
+
+    from uetransforms import ops
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for side in sizes:
+        n = max(4, 2_000_000 // (side * side * 3))
+        x = torch.from_numpy(rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+        w = rng.uniform(0, 0.3, (n, 3, 3, 3))
+        w[..., 1, 1] = 1.0
+        f = ops.conv_grid_bits(np.abs(w).sum(axis=(-2, -1)).max())
+        w = torch.from_numpy((np.floor(w * 2.0**f) / 2.0**f).astype(np.float32))
+        per = {}
+        for name, fn in (("shifted", ops._convolve_shifted), ("library", ops._convolve_library)):
+            out = fn(x, w, "max")
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.process_time()
+                fn(x, w, "max")
+                best = min(best, time.process_time() - start)
+            per[name] = (best / n * 1e3, out)
+        same = bool(torch.equal(per["shifted"][1], per["library"][1]))
+        rows.append({"side": side, "images": n, "shifted_ms": per["shifted"][0], "library_ms": per["library"][0],
+                     "speedup": per["shifted"][0] / per["library"][0], "same_bytes": same})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--src", default=DEFAULT_SRC, help="CIFAR-10 train Parquet (img, label)")
@@ -270,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--codecs", action="store_true", help="compare the installed candidate codecs instead")
+    p.add_argument("--conv", action="store_true", help="compare the conv kernel's two paths by image size instead")
     args = p.parse_args(argv)
 
     import datasets
@@ -279,6 +319,14 @@ def main(argv: list[str] | None = None) -> dict:
     from uetransforms import codecs
 
     torch.set_num_threads(args.threads)
+    if args.conv:
+        rows = compare_conv()
+        print(f"load avg {os.getloadavg()}")
+        print("| side px | images | shifted adds ms/img (CPU) | library conv ms/img (CPU) | library speed-up | same bytes |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['side']} | {r['images']} | {r['shifted_ms']:.4f} | {r['library_ms']:.4f} | {r['speedup']:.2f}x | {r['same_bytes']} |")
+        return {"conv": rows}
     datasets.disable_caching()  # no run may load another's map output from the cache
     datasets.disable_progress_bars()
     results: dict = {"codecs": codecs.info(), "load": os.getloadavg(), "sizes": {}}

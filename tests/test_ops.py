@@ -144,6 +144,63 @@ def test_conv_bytes_do_not_depend_on_the_chunking(monkeypatch, chunk_bytes, norm
     assert ops.convolve(x[:0], w[:0]).shape == (0, 3, 9, 7)
 
 
+def _grid_filters(rng, b, c, k, *, signed=False):
+    """Random filters on the exact grid of ``ops.conv_grid_bits`` (as ``cuda`` fits them)."""
+    w = rng.uniform(-0.5 if signed else 0.0, 0.5, (b, c, k, k))
+    w[..., k // 2, k // 2] = 1.0
+    f = ops.conv_grid_bits(np.abs(w).sum(axis=(-2, -1)).max())
+    return torch.from_numpy((np.floor(w * 2.0**f) / 2.0**f).astype(np.float32))
+
+
+@pytest.mark.parametrize("hw", [(9, 7), (96, 96), (131, 100)])
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("normalise", ["max", "none"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_library_conv_gives_the_shifted_adds_bytes(monkeypatch, hw, k, normalise, signed):
+    # Grid filters may take F.conv2d (exact in any order); the bytes must be the reference's.
+    rng = np.random.default_rng(k * 100 + hw[0])
+    x = torch.from_numpy(rng.integers(0, 256, (3, 3, *hw), dtype=np.uint8))
+    x[1] = 0  # an all-black image: normalised by the clamped peak, stays black
+    w = _grid_filters(rng, 3, 3, k, signed=signed)
+    ref = ops._convolve_shifted(x, w, normalise)
+    exact = ops._library_conv_exact()  # checked once per process, before the spy counts calls
+    calls = []
+    real = ops._convolve_library
+    monkeypatch.setattr(ops, "_convolve_library", lambda *a: calls.append(1) or real(*a))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        assert torch.equal(ops.convolve(x.contiguous(memory_format=layout), w, normalise=normalise), ref)
+    # Where this torch build's convolution rounds even on the grid, every call keeps the shifted adds.
+    assert len(calls) == (2 if exact and hw[0] * hw[1] >= ops._LIBRARY_CONV_MIN_PIXELS else 0)
+
+
+def test_off_grid_filters_keep_the_shifted_adds(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, (2, 3, 100, 100), dtype=np.uint8))
+    w = _grid_filters(rng, 2, 3, 3)
+    w[0, 0, 0, 0] += 2.0**-20  # one entry off the grid: a library convolution could round differently
+    monkeypatch.setattr(ops, "_convolve_library", lambda *a: pytest.fail("off-grid filters must not take F.conv2d"))
+    assert torch.equal(ops.convolve(x, w), ops._convolve_shifted(x, w, "max"))
+
+
+def test_a_convolution_that_rounds_is_caught_by_the_self_check(monkeypatch):
+    # A build or precision switch (bf16/tf32, Winograd) that rounds must not change the bytes.
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.integers(0, 256, (2, 3, 100, 100), dtype=np.uint8))
+    w = _grid_filters(rng, 2, 3, 3)
+    real = ops._convolve_library
+    monkeypatch.setattr(ops, "_convolve_library", lambda *a: real(*a) // 2 * 2)  # drops the low bit
+    monkeypatch.setattr(ops, "_LIBRARY_CONV_EXACT", {})
+    assert torch.equal(ops.convolve(x, w), ops._convolve_shifted(x, w, "max"))
+    assert ops._LIBRARY_CONV_EXACT == {ops._conv_precision(): False}
+
+
+@pytest.mark.parametrize("l1", [1e-3, 1.0, 3.4, 9.0, 300.0, 1e6])
+def test_conv_grid_bits_is_the_finest_exact_grid(l1):
+    f = ops.conv_grid_bits(l1)
+    assert 255 * l1 * 2.0**f < 2**24  # every partial sum is an integer multiple of 2**-f below 2**24
+    assert f == 23 or 255 * l1 * 2.0 ** (f + 1) >= 2**24
+
+
 def test_conv_black_image_stays_black():
     bank = conv_bank([0], 3)
     out = apply(bank, torch.zeros((1, 3, 5, 5), dtype=torch.uint8), [0])

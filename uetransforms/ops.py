@@ -17,7 +17,8 @@ sample id -> bank row (+ per-sample seed) -> kernel", batching by image size and
 ``Protect``, ``ProtectTransform``, the Ray adapter and :func:`apply` only call it.
 
 Rounding is half-to-even (``torch.round``) everywhere, so CPU and GPU give the same bytes for
-additive, pixel and conv banks (conv is written as fixed-order float32 multiplies and adds).
+additive, pixel and conv banks (conv filters sit on a grid where float32 convolution is exact,
+see :func:`conv_grid_bits`; off-grid filters take fixed-order float32 multiplies and adds).
 
 Example:
     >>> import numpy as np, torch, uetransforms as ue
@@ -58,8 +59,66 @@ def add_delta(images: torch.Tensor, delta255: torch.Tensor) -> torch.Tensor:
 
 #: Working-set size of one :func:`convolve` chunk on the CPU (fits a core's L2/L3 cache).
 _CONV_CHUNK_BYTES = 2 << 20
+#: Images from this many pixels on go through the library convolution (grid filters only); below
+#: it the shifted adds are faster (library speed per image, CPU time: 0.22x at 32 px, 0.66x at 64,
+#: 1.08x at 96, 1.40x at 128, 1.83x at 384 px; ``benchmarks/bench_publish.py --conv``).
+_LIBRARY_CONV_MIN_PIXELS = 96 * 96
 #: Float32 pixel bytes of one chunk of :meth:`Applier.protect` on the CPU (see there).
 _APPLY_CHUNK_BYTES = 4 << 20
+
+
+def conv_grid_bits(l1: float) -> int:
+    """Fractional bits ``f`` of the weight grid on which a float32 convolution of uint8 images is exact.
+
+    With pixels in 0..255 and every weight a multiple of ``2**-f``, each product and each partial
+    sum of a filter whose absolute weights sum to at most ``l1`` is a multiple of ``2**-f`` below
+    ``2**(24 - f)``: an exact float32. The filtered image is then the same in every summation
+    order, so any convolution routine (blocked, vectorised, fused multiply-add) returns the
+    bits that the fixed-order shifted adds return. ``methods/cuda.py`` rounds its filters to
+    this grid when it draws them.
+    """
+    if not l1 > 0:
+        return 23
+    return min(23, int(np.floor(np.log2((2**24 - 1) / (255.0 * float(l1))))))
+
+
+def _on_exact_grid(kern: torch.Tensor) -> bool:
+    """Whether every filter of ``kern`` (``[B, C, k, k]``) lies on its :func:`conv_grid_bits` grid."""
+    w = kern.detach().to("cpu", torch.float64)
+    scaled = w * 2.0 ** conv_grid_bits(float(w.abs().sum(dim=(-2, -1)).max()) if w.numel() else 0.0)
+    return bool(torch.isfinite(scaled).all() and (scaled == scaled.round()).all())
+
+
+def _conv_precision() -> tuple:
+    """The switches that let oneDNN convolve float32 in bf16/tf32; exactness is checked per setting."""
+    mk = torch.backends.mkldnn
+    return tuple(str(getattr(obj, "fp32_precision", None)) for obj in (torch.backends, mk, getattr(mk, "conv", None)))
+
+
+_LIBRARY_CONV_EXACT: dict[tuple, bool] = {}
+
+
+def _library_conv_exact() -> bool:
+    """Does this torch build's CPU convolution give the shifted adds' bits on grid weights? Checked once.
+
+    Exactness is arithmetic (:func:`conv_grid_bits`), but a build or a precision switch could
+    still route float32 through bf16/tf32 or a Winograd/FFT transform, which round. A small
+    comparison per setting costs a few milliseconds once and keeps the bytes machine-independent
+    whatever the build does: on a mismatch every call takes the shifted adds.
+    """
+    key = _conv_precision()
+    if key not in _LIBRARY_CONV_EXACT:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (3, 3, 19, 23), dtype=torch.uint8, generator=gen)
+        ok = True
+        for k in (3, 5):
+            f = conv_grid_bits(k * k)
+            w = torch.floor(torch.rand((3, 3, k, k), generator=gen, dtype=torch.float64) * 2.0**f) / 2.0**f
+            w = w.to(torch.float32)
+            for mode in ("max", "none"):
+                ok = ok and torch.equal(_convolve_shifted(x, w, mode), _convolve_library(x, w, mode))
+        _LIBRARY_CONV_EXACT[key] = ok
+    return _LIBRARY_CONV_EXACT[key]
 
 
 def convolve(images: torch.Tensor, weight: torch.Tensor, *, normalise: str = "max") -> torch.Tensor:
@@ -67,20 +126,63 @@ def convolve(images: torch.Tensor, weight: torch.Tensor, *, normalise: str = "ma
 
     ``normalise="max"`` divides each filtered image by its maximum over all channels and pixels,
     as the CUDA paper does, so the output spans the full range again; ``"none"`` only clips.
+    Same bytes on every CPU and GPU: filters on the :func:`conv_grid_bits` grid (every bank
+    ``cuda`` fits) go through the library convolution, which is exact for them; other filters
+    (banks from before the grid) take fixed-order shifted adds.
     """
-    b, c, h, w = images.shape
     kh, kw = weight.shape[-2:]
     if kh % 2 == 0 or kw % 2 == 0:
         # Symmetric zero padding keeps the size (and alignment) only for odd kernels.
         raise BankError(f"conv kernels must have odd sizes to keep the image size, got {kh}x{kw}; refit with an odd kernel_size")
-    # A k x k depthwise filter is k*k shifted multiplies and adds. Written out (not F.conv2d) so
-    # the order of every float32 operation is fixed: separate elementwise IEEE ops give the same
-    # bits on every CPU and GPU, which a library convolution (its own blocking, FMA, cuDNN
-    # algorithms) does not promise. Pixels stay in 0..255 units: the paper filters x/255, but the
-    # max-normalisation cancels that scale, and "none" would multiply it back by 255.
-    kern = weight.to(device=images.device, dtype=torch.float32)
     if normalise not in ("max", "none"):
         raise BankError(f"unknown conv normalisation {normalise!r}; expected 'max' or 'none'")
+    kern = weight.to(device=images.device, dtype=torch.float32)
+    # The GPU keeps the shifted adds: they are memory-bound there and cuDNN's tf32/algorithm
+    # choices are not worth auditing for a kernel that costs microseconds.
+    if (images.dtype == torch.uint8 and not images.is_cuda and images.shape[-2] * images.shape[-1] >= _LIBRARY_CONV_MIN_PIXELS
+            and _on_exact_grid(kern) and _library_conv_exact()):
+        return _convolve_library(images, kern, normalise)
+    return _convolve_shifted(images, kern, normalise)
+
+
+def _normalise_(y: torch.Tensor, peak_dims: tuple[int, ...], normalise: str) -> torch.Tensor:
+    """Max-normalise (or not), round half-to-even and clip, in place: the one rule both paths share."""
+    if normalise == "max":
+        # An all-black image has max 0: leave it black instead of dividing by zero.
+        peak = y.amax(dim=peak_dims, keepdim=True).clamp_min_(1e-12)
+        y.div_(peak).mul_(255)
+    return y.round_().clamp_(0, 255)
+
+
+def _convolve_library(images: torch.Tensor, kern: torch.Tensor, normalise: str) -> torch.Tensor:
+    """``F.conv2d`` one image at a time, channels-last; only for uint8 images and grid filters.
+
+    Exact in any summation order (see :func:`conv_grid_bits`). One image per call: oneDNN's
+    depthwise convolution is fast on a channels-last image with its own C planes (1.9x the
+    shifted adds at 384 px) and slow when a chunk's images are folded into one image of
+    ``n * C`` planes (0.3x), and each image has its own filter.
+    """
+    b, c, h, w = images.shape
+    kh, kw = kern.shape[-2:]
+    out = torch.empty((b, c, h, w), dtype=torch.uint8, memory_format=torch.channels_last)
+    x = torch.empty((1, c, h, w), dtype=torch.float32, memory_format=torch.channels_last)
+    for i in range(b):
+        x.copy_(images[i : i + 1])
+        y = F.conv2d(x, kern[i].reshape(c, 1, kh, kw), padding=(kh // 2, kw // 2), groups=c)
+        out[i : i + 1].copy_(_normalise_(y, (1, 2, 3), normalise))
+    return out
+
+
+def _convolve_shifted(images: torch.Tensor, kern: torch.Tensor, normalise: str) -> torch.Tensor:
+    """The reference: ``k * k`` shifted multiplies and adds in a fixed order.
+
+    Separate elementwise IEEE ops give the same bits on every CPU and GPU for any filter, which
+    a library convolution (its own blocking, FMA, cuDNN algorithms) promises only on the grid.
+    Pixels stay in 0..255 units: the paper filters x/255, but the max-normalisation cancels that
+    scale, and "none" would multiply it back by 255.
+    """
+    b, c, h, w = images.shape
+    kh, kw = kern.shape[-2:]
     out = torch.empty(images.shape, dtype=torch.uint8, device=images.device)
     # In chunks of about 2 MiB of float32 pixels: the k*k passes then run over data that stays in
     # the CPU's cache instead of streaming a whole batch (hundreds of MB at photo size) through
@@ -100,11 +202,7 @@ def convolve(images: torch.Tensor, weight: torch.Tensor, *, normalise: str = "ma
             for v in range(kw):
                 torch.mul(xp[:, :, u : u + h, v : v + w], k[:, :, u, v, None, None], out=term)
                 y.add_(term)
-        if normalise == "max":
-            # An all-black image has max 0: leave it black instead of dividing by zero.
-            peak = y.amax(dim=(1, 2, 3), keepdim=True).clamp_min_(1e-12)
-            y.div_(peak).mul_(255)
-        out[s : s + per] = y.round_().clamp_(0, 255)
+        out[s : s + per] = _normalise_(y, (1, 2, 3), normalise)
     return out
 
 

@@ -31,6 +31,21 @@ def test_weights_follow_the_construction():
     assert len({int(np.argmax(x)) for x in w10}) > 1
 
 
+def test_filters_lie_on_the_exact_convolution_grid():
+    # Rounded down to 2**-f (f = 14 here) so the library convolution is exact; the draws move by < 2**-f.
+    ds, _, _ = toy_data(classes=4)
+    w = ue.fit("cuda", ds, seed=11).tensors["weight"].astype(np.float64)
+    f = ue.ops.conv_grid_bits(np.abs(w).sum(axis=(-2, -1)).max())
+    assert f == 14 and (w * 2.0**f == np.round(w * 2.0**f)).all()
+    draws = np.random.default_rng(11).uniform(0.0, 0.3, size=(3, 3))  # class 0's entries before the centre
+    centre = w[0, 0] == 1.0
+    assert (np.abs(w[0, 0] - draws)[~centre] < 2.0**-f).all()
+    # A huge kernel's grid would be too coarse to round to: its filters stay as drawn.
+    big = ue.fit("cuda", ds, seed=11, kernel_size=65).tensors["weight"].astype(np.float64)
+    assert ue.ops.conv_grid_bits(np.abs(big).sum(axis=(-2, -1)).max()) < cuda._MIN_GRID_BITS
+    assert not (big * 2.0**14 == np.round(big * 2.0**14)).all()
+
+
 def test_center_none_keeps_all_entries_uniform():
     ds, _, _ = toy_data()
     w = ue.fit("cuda", ds, seed=1, center_parameter=None).tensors["weight"]

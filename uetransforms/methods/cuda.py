@@ -19,7 +19,9 @@ Faithful to the paper and the authors' code:
 
 Ours: the random stream (``numpy.random.default_rng(seed)`` instead of the legacy global
 ``np.random.seed``), so the same seed does not give the authors' exact filters; filters are
-drawn per class in class order. Convolution has no spatial size, so the bank fits images of any
+drawn per class in class order, then rounded down to multiples of :math:`2^{-f}` (``f = 14`` at
+the paper's setting, from ``ops.conv_grid_bits``): on that grid a float32 convolution of uint8
+pixels is exact, so a fast library convolution gives the same bytes on every machine. Convolution has no spatial size, so the bank fits images of any
 size (``info["size_mismatch"] = "resize"``: nothing is resized, the filter is just applied).
 
 Parameters (all stored in ``bank.params``, with the seed):
@@ -51,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import ops
 from ..bank import NoiseBank
 from ..data import FitData
 from . import Choice, Method, Number, Param
@@ -78,6 +81,10 @@ METHOD = Method(
 )
 
 
+#: Fewest fractional bits worth rounding filters to (see ``fit``); 10 keeps entries within 1e-3.
+_MIN_GRID_BITS = 10
+
+
 def _below(limit: float) -> np.float32:
     """The largest float32 strictly below ``limit`` (so float32 rounding keeps entries < p_b)."""
     v = np.float32(limit)
@@ -102,6 +109,13 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
             i, j = rng.integers(k), rng.integers(k)
             w[i, j] = p["center_parameter"]
         weight[cls] = w[None]
+    # Round the entries down to a 2**-f grid on which float32 convolution of uint8 pixels is exact
+    # (ops.conv_grid_bits), so the kernel may use the library convolution and still give the same
+    # bytes on every machine. 14 bits at the paper's setting (entries < 0.3 move by < 6e-5); a
+    # coarser grid (huge kernels) would change the filters visibly, so those stay as drawn.
+    bits = ops.conv_grid_bits(float(np.abs(weight).sum(axis=(-2, -1)).max()))
+    if bits >= _MIN_GRID_BITS:
+        weight = (np.floor(weight.astype(np.float64) * 2.0**bits) / 2.0**bits).astype(np.float32)
     return NoiseBank(
         method="cuda",
         kind="conv",
