@@ -378,3 +378,26 @@ def test_mark_errors():
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------ threads
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("n", [0, 1, 5, 17])
+def test_map_threads_keeps_order_and_bytes(threads, n):
+    rng = np.random.default_rng(n)
+    arrays = [rng.integers(0, 256, (int(rng.integers(1, 20)), int(rng.integers(1, 20)), 3), dtype=np.uint8) for _ in range(n)]
+    assert codecs.map_threads(encode_png, arrays, threads) == [encode_png(a) for a in arrays]
+
+
+def test_map_threads_raises_the_first_failure_in_order():
+    items = [np.zeros((2, 2, 3), np.uint8)] * 6 + ["not an image", np.zeros((2, 2, 3), np.float32)]
+    with pytest.raises(TypeError, match="numpy array"):  # item 6 fails before item 7
+        codecs.map_threads(encode_png, items, 4)
+
+
+def test_map_threads_really_uses_threads():
+    import threading
+
+    seen = codecs.map_threads(lambda _: threading.current_thread().name, list(range(8)), 2)
+    assert seen[:4] == [threading.current_thread().name] * 4  # the caller takes the first slice
+    assert len(set(seen[4:])) == 1 and seen[4].startswith("uet-codec")

@@ -738,3 +738,27 @@ def test_marked_images_are_not_protected_twice(bank_path):
         np.testing.assert_array_equal(y, ref_protect(x, bank, lab))
     img, _ = ProtectTransform(bank_path, allow_double=True)(published[0]["image"], published[0]["label"])
     np.testing.assert_array_equal(np.asarray(img), decoded(twice)[0])
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_bytes_do_not_depend_on_the_codec_threads(fmt):
+    # Decodes and encodes fan out over torch.get_num_threads() threads; the stored bytes must not change.
+    import torch
+
+    ds = make_ds(fmt, n=11)
+    bank = class_bank()
+
+    def run():
+        mapped = ds.map(ue.Protect(bank), batched=True, batch_size=11, load_from_cache_file=False)
+        stored = [r["bytes"] for r in mapped.cast_column("image", Image(decode=False))["image"]]
+        return stored, ue.Protect(bank).encoded(ds[:11])
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = run()
+        torch.set_num_threads(3)
+        threaded = run()
+    finally:
+        torch.set_num_threads(before)
+    assert serial == threaded and len(serial[0]) == 11

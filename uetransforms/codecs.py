@@ -54,10 +54,14 @@ from __future__ import annotations
 import functools
 import importlib
 import io
+import os
 import struct
+import threading
 import warnings
 import zlib
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -91,6 +95,47 @@ _CONVERTIBLE = {"RGBA", "RGBX", "LA", "P", "PA", "CMYK", "YCbCr", "1", "La", "RG
 # Modes whose pixels do not fit 8 bits: protecting them at 8 bits would destroy data.
 _REFUSED = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N", "BGR;15", "BGR;16", "BGR;24"}
 _GREYISH = {"L", "LA", "La", "1"}
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def map_threads(fn: Callable[[_T], _R], items: Sequence[_T], threads: int) -> list[_R]:
+    """``[fn(x) for x in items]`` on up to ``threads`` threads, results in input order.
+
+    The codecs release the GIL while they work (ISA-L's deflate, simplejpeg's and PIL's
+    decoders), so a batch's images decode and encode in parallel on threads; each thread takes
+    one contiguous slice, so small images do not pay a future apiece. The bytes do not depend on
+    ``threads``. An exception is raised as the serial loop would raise it (the first failing
+    item in order).
+    """
+    n = len(items)
+    threads = min(int(threads), n)
+    if threads <= 1:
+        return [fn(x) for x in items]
+    # One pool per process and size: a pool inherited through fork has no threads in the child.
+    key = (os.getpid(), threads - 1)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = ThreadPoolExecutor(threads - 1, thread_name_prefix="uet-codec")
+    cuts = [n * t // threads for t in range(threads + 1)]
+
+    def part(t: int) -> list[_R]:
+        return [fn(x) for x in items[cuts[t]:cuts[t + 1]]]
+
+    # The calling thread takes the first slice itself instead of waiting idle.
+    rest = [pool.submit(part, t) for t in range(1, threads)]
+    try:
+        first = part(0)
+    except BaseException:
+        for f in rest:  # the slices still queued need not run; running ones end on their own
+            f.cancel()
+        raise
+    return [y for p in [first, *(f.result() for f in rest)] for y in p]
 
 
 def _mode_name(channels: int) -> str:
@@ -391,7 +436,7 @@ def _up_filtered_png(hwc: np.ndarray, level: int) -> bytes:
     raw[0, 0] = 0
     raw[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
-    idat = _optional("isal.isal_zlib").compress(raw.tobytes(), level)
+    idat = _optional("isal.isal_zlib").compress(raw, level)  # reads the buffer: no copy to bytes
     return b"".join((_png_head(w, h, c), _chunk(b"IDAT", idat), _IEND))
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .bank import BankError, NoiseBank
-from .codecs import encode_png, is_marked
+from .codecs import encode_png, is_marked, map_threads
 from .errors import DoubleProtectionError  # defined there; importable from here as before
 from .images import from_chw, to_chw
 from .ops import Applier
@@ -42,6 +42,15 @@ from .ops import Applier
 # The pid that imported this module. A worker forked by `datasets` (num_proc) inherits it; there,
 # torch's OpenMP pool from the parent is unusable (a forked child has its state, not its threads).
 _IMPORT_PID = os.getpid()
+
+
+def _codec_threads() -> int:
+    """Threads for a batch's decodes and encodes: torch's intra-op setting, the one CPU knob.
+
+    ``torch.set_num_threads(1)`` (and every forked ``num_proc`` worker, see ``__setstate__``)
+    keeps them serial; by default they use the cores torch would use for the kernels.
+    """
+    return torch.get_num_threads()
 
 
 def _bank_ref(bank: NoiseBank | str | os.PathLike) -> NoiseBank:
@@ -206,7 +215,7 @@ class Protect(_BankUser):
         elif self._hands_bytes(batch, images):
             # Dataset.map on an Image() column: encoded PNG records keep the column's type, and
             # datasets stores them as they are instead of encoding PIL images itself.
-            new = [{"bytes": png_bytes(o), "path": None} for o in out]
+            new = [{"bytes": b, "path": None} for b in map_threads(png_bytes, out, _codec_threads())]
         else:
             # set_transform / streamed maps / tensors: new PIL images, which nothing re-decodes and
             # datasets can encode as PNG in their own mode (it cannot encode tensors, and it widens
@@ -221,7 +230,7 @@ class Protect(_BankUser):
     def encoded(self, batch: Mapping[str, Any], rank: int | None = None) -> list[bytes]:
         """Protect a batch and return its images as PNG bytes, in row order (for writers and Ray)."""
         _, _, out = self._protect_batch(batch, rank)
-        return [png_bytes(o) for o in out]
+        return map_threads(png_bytes, out, _codec_threads())
 
     def _protect_batch(self, batch: Mapping[str, Any], rank: int | None) -> tuple[Any, bool, list[np.ndarray]]:
         """The column's images, whether the call is for one example, and the protected ``[C, H, W]`` arrays."""
@@ -237,7 +246,8 @@ class Protect(_BankUser):
         labels = self._column(batch, self.label_column, single, needed=self._needs_labels())
         ids = self._column(batch, self.id_column, single, needed=self.id_column is not None)
         self._refuse_protected(imgs, col)
-        chws = [to_chw(im, channels=self.bank.channels, convert=self.convert, column=col) for im in imgs]
+        chws = map_threads(lambda im: to_chw(im, channels=self.bank.channels, convert=self.convert, column=col),
+                           imgs, _codec_threads())
         return images, single, self._protect_chws(chws, labels, ids, rank)
 
     def _hands_bytes(self, batch: Mapping[str, Any], images: Any) -> bool:
