@@ -88,6 +88,22 @@ def test_layout_rows_order_and_png_pixels(tmp_path, secret_bank):
     assert len(prot) == len(ds)
 
 
+def test_image_bytes_are_stored_plain_and_other_columns_as_pyarrow_writes_them(tmp_path, secret_bank):
+    # PNG is deflated already: no Snappy, dictionary or min/max stats on it; the rest keeps the defaults.
+    ds = _dataset().add_column("tags", [[i, i + 1] for i in range(6)])
+    ue.publish(ds, secret_bank, tmp_path / "pub")
+    shard = tmp_path / "pub" / "data" / "train-00000-of-00001.parquet"
+    meta = pq.ParquetFile(shard).metadata.row_group(0)
+    columns = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert set(columns) == {"image.bytes", "image.path", "label", "caption", "tags.list.element"}
+    img = columns.pop("image.bytes")
+    assert (img.compression, img.is_stats_set, img.has_dictionary_page) == ("UNCOMPRESSED", False, False)
+    for name, col in columns.items():
+        assert (col.compression, col.is_stats_set, col.has_dictionary_page) == ("SNAPPY", True, True), name
+    back = datasets.load_dataset(str(tmp_path / "pub"), split="train")
+    assert back["tags"] == ds["tags"] and back["caption"] == ds["caption"]
+
+
 def test_shard_count_follows_max_shard_size(tmp_path, secret_bank):
     ds = _dataset(n=10)
     prot = ds.map(ue.Protect(secret_bank), batched=True)
