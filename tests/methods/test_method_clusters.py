@@ -126,10 +126,18 @@ def _near_groups(n=16, size=12, seed=0):
 
 
 @pytest.fixture(scope="module")
-def toy_generator_bank():
+def toy_generator_fit():
     # the paper's loss (KL), generators trained on the whole set, a raised lr for a short run
-    return ue.fit("clusters", {"image": _near_groups()}, label_column=None, seed=0, encoder=_Colour(),
-                  n_clusters=2, epochs=8, batch_size=8, lr=3e-3, ngf=8, n_blocks=1, augment=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bank = ue.fit("clusters", {"image": _near_groups()}, label_column=None, seed=0, encoder=_Colour(),
+                      n_clusters=2, epochs=8, batch_size=8, lr=3e-3, ngf=8, n_blocks=1, augment=False)
+    return bank, [w.category for w in caught]
+
+
+@pytest.fixture(scope="module")
+def toy_generator_bank(toy_generator_fit):
+    return toy_generator_fit[0]
 
 
 def test_generator_training_reduces_the_uc_loss(toy_generator_bank):
@@ -149,6 +157,14 @@ def test_hit_rate_above_chance_on_a_toy_set(toy_generator_bank):
     assert (ClusterAssigner(bank, encoder=_Colour())(list(moved)) == 1 - ids).mean() > 0.9
 
 
+def test_hit_rate_is_recorded_and_an_above_chance_fit_does_not_warn(toy_generator_fit, tmp_path):
+    bank, caught = toy_generator_fit
+    assert LowTargetHitWarning not in caught  # the warning is about chance, not raised on every fit
+    bank.save(tmp_path / "toy.arrow")
+    info = NoiseBank.load(tmp_path / "toy.arrow").info  # the rate travels with the published bank
+    assert info["target_hit_rate"] == bank.info["target_hit_rate"] and info["chance_hit_rate"] == 0.5
+
+
 def test_low_hit_rate_warns():
     # an encoder blind to the noise (it averages pixels in blocks coarser than the image): nothing moves
     enc = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
@@ -159,6 +175,36 @@ def test_low_hit_rate_warns():
         bank = ue.fit("clusters", {"image": _near_groups(4)}, label_column=None, seed=0, encoder=enc, n_clusters=2,
                       epochs=0.5, **SMALL)
     assert bank.info["target_hit_rate"] <= 0.5
+
+
+def test_default_budget_is_the_measured_cpu_profile():
+    # On a CPU, profile="auto" fills the generator schedule measured to protect (RESULTS.md, issue 11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LowTargetHitWarning)
+        bank = ue.fit("clusters", {"image": _near_groups(8)}, label_column=None, seed=0, encoder=_Colour(),
+                      n_clusters=2, n_blocks=1, device="cpu")
+    p = bank.params
+    assert (p["profile"], p["epochs"], p["batch_size"], p["lr"], p["ngf"]) == ("cpu", 6.0, 32, 1e-3, 16)
+    assert p["iterations"] == 3  # ceil(6 epochs * 16 images / batch 32)
+    assert bank.tensors["delta"].shape == (2, 3, 12, 12)
+
+
+def test_profile_paper_and_explicit_values_win():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LowTargetHitWarning)
+        paper = ue.fit("clusters", {"image": _near_groups(4)}, label_column=None, seed=0, encoder=_Colour(),
+                       n_clusters=2, profile="paper", epochs=0.25, ngf=4, n_blocks=1)
+        direct = ue.fit("clusters", {"image": _near_groups(4)}, label_column=None, seed=0, encoder=_Colour(),
+                        n_clusters=2, mode="direct", steps=1, per_cluster=2)
+    p = paper.params
+    # the paper's batch and lr, the explicit epochs and width: 0.25 * 8 images / 256 -> one iteration
+    assert (p["profile"], p["epochs"], p["batch_size"], p["lr"], p["ngf"], p["iterations"]) == \
+        ("paper", 0.25, 256, 1e-4, 4, 1)
+    assert direct.params["lr"] == 0.05 and "profile" not in direct.params
+    assert ue.methods.get("clusters").check({"profile": "cpu"})["batch_size"] == 32
+    assert ue.methods.get("clusters").check({})["batch_size"] is None  # "auto" waits for the device
+    with pytest.raises(ValueError, match="profile="):
+        ue.methods.get("clusters").check({"profile": "gpu"})
 
 
 def test_batched_generators_equal_separate_ones():

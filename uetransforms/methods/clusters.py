@@ -16,14 +16,28 @@ embeddings; ``loss="cosine"`` maximises the cosine similarity to the target cent
   down-samplings, ``n_blocks`` residual blocks, two transposed-conv up-samplings, 7x7 conv to 3
   channels, ``tanh``) fed one fixed ``U(0, 1)`` image; its output is clamped to +-epsilon:
   ``delta_i = clamp(G_i(sigma_i), -eps, eps)``;
-* Adam (lr 1e-4, weight decay 5e-4) with a per-iteration cosine schedule down to 1e-6, batches of
-  ``batch_size`` (256) images per generator, the clean images augmented (random shift + flip)
-  before the noise is added;
+* Adam (the paper: lr 1e-4, weight decay 5e-4) with a per-iteration cosine schedule down to 1e-6,
+  batches of ``batch_size`` (the paper: 256) images per generator, the clean images augmented
+  (random shift + flip) before the noise is added;
 * each generator trains on the *whole* dataset (``train_on="all"``), as the released code does;
   ``train_on="cluster"`` uses only the cluster's own images (the paper's text);
-* the paper trains 50 epochs per generator. On a CPU that is days, so ``epochs`` scales the
-  schedule: the default 0.5 epoch (each generator sees half the data once) fits 10k CIFAR
-  images in minutes with a small surrogate. The cosine schedule always spans the run.
+* the budget: ``epochs`` passes over the training pool per generator, i.e. ``epochs * N * K``
+  surrogate forward + backward passes. The cosine schedule always spans the run.
+
+The budget comes from ``profile`` (explicit ``epochs`` / ``batch_size`` / ``lr`` / ``ngf`` win):
+
+* ``"paper"``: 50 epochs, batch 256, lr 1e-4, ``ngf`` 64, the authors' schedule; GPU work.
+* ``"cpu"``: 6 epochs, batch 32, lr 1e-3, ``ngf`` 16, the same loop shrunk to what a CPU can run
+  and measured to protect: on 10k CIFAR-10 images with a small CNN surrogate trained on disjoint
+  rows (benchmarks/RESULTS.md, issue 11) the trained model's clean accuracy fell to 0.65x of
+  clean training (1875 iterations, 600k surrogate passes; 0.69x at 2 epochs; 0.74x at 0.5 epoch
+  with ``ngf`` 32). The effect grows with the images the generators see, not with the target-hit
+  rate, so a smaller budget protects less. Cost: the 600k passes took 1106 s on one shared CPU
+  thread for 10k images (1.8 ms per pass of that 0.06-GFLOP surrogate); 50k images take 5x. An ImageNet
+  ResNet-50 at 224 px is about 270x the arithmetic per pass, so on a CPU use a small surrogate
+  (``encoder=`` / ``surrogate="small-cnn"``) or a GPU.
+* ``"auto"`` (default): ``"paper"`` on a CUDA device, ``"cpu"`` elsewhere. ``bank.params``
+  records the profile and the resolved schedule.
 
 All K generators are ONE module (:class:`ClusterGenerators`): every layer is a grouped convolution
 with K groups over the K stacked inputs, so one forward pass makes all K perturbations. The
@@ -76,7 +90,30 @@ from ..assign import embed_batch, embed_images, encoder_identity, normalise
 from ..bank import NoiseBank
 from ..data import FitData
 from ..kmeans import assign, kmeans
-from . import Choice, Flag, Free, Method, Number, Param, ParameterError
+from . import Choice, Flag, Free, Method, Number, Param, ParameterError, _common
+
+
+#: What a profile gives the generator-mode parameters left at ``None`` (explicit values win).
+#: "paper": the authors' schedule (GPU work). "cpu": the same loop at a budget measured to protect
+#: on the CPU harness (benchmarks/RESULTS.md, issue 11); see the module docstring for the numbers.
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {"epochs": 50.0, "batch_size": 256, "lr": 1e-4, "ngf": 64},
+    "cpu": {"epochs": 6.0, "batch_size": 32, "lr": 1e-3, "ngf": 16},
+}
+_PAPER = PROFILES["paper"]
+_FROM_PROFILE = " (None: the profile's value)"
+_DIRECT_LR = 0.05
+
+
+def _fill_profile(p: dict[str, Any], profile: str) -> dict[str, Any]:
+    """Generator parameters left at ``None`` take ``profile``'s value; direct mode's lr is 0.05."""
+    values = PROFILES[profile]
+    out = {**p, "profile": profile}
+    for name in ("epochs", "batch_size", "ngf"):
+        out[name] = values[name] if p[name] is None else p[name]
+    if p["lr"] is None:
+        out["lr"] = values["lr"] if p["mode"] == "generator" else _DIRECT_LR
+    return out
 
 
 def _resolve(p: dict[str, Any], data: FitData | None) -> dict[str, Any]:
@@ -86,7 +123,8 @@ def _resolve(p: dict[str, Any], data: FitData | None) -> dict[str, Any]:
     if p["target_offset"] % p["n_clusters"] == 0:
         raise ParameterError(f"target_offset={p['target_offset']} maps clusters onto themselves; use one not "
                              f"divisible by n_clusters={p['n_clusters']}")
-    return p
+    # "auto" is settled by fit(), which knows the device
+    return p if p["profile"] == "auto" else _fill_profile(p, p["profile"])
 
 
 METHOD = Method(
@@ -125,14 +163,20 @@ METHOD = Method(
         Param("augment", True, Flag(), paper=True, help="random flips and shifts of the images while training"),
         Param("feature_norm", "none", Choice(("none", "l2")), paper="none",
               help="'none' (raw-feature K-means, the authors' code) or 'l2' (cosine K-means)"),
-        Param("epochs", 0.5, Number(0, lo_open=True), paper=50, public=True,
-              help="generator mode: passes over the training pool per generator (the paper's 50 is GPU-sized)"),
-        Param("batch_size", 256, Number(1, integer=True), paper=256, help="generator mode: images per generator per step"),
-        Param("lr", None, Number(0, lo_open=True, none=True), paper=1e-4,
-              help="Adam learning rate (None: 1e-4 for generators, the paper's; 0.05 for direct tensors)"),
+        Param("profile", "auto", Choice(("auto", *PROFILES)), paper="paper", public=True,
+              help="generator budget: 'auto' (default) is 'paper' on a CUDA device, else 'cpu'; 'cpu': the "
+                   "schedule measured to protect on a CPU (epochs 6, batch 32, lr 1e-3, ngf 16); 'paper': 50 "
+                   "epochs, batch 256, lr 1e-4, ngf 64"),
+        Param("epochs", None, Number(0, lo_open=True, none=True), paper=_PAPER["epochs"], public=True,
+              help="generator mode: passes over the training pool per generator" + _FROM_PROFILE),
+        Param("batch_size", None, Number(1, integer=True, none=True), paper=_PAPER["batch_size"],
+              help="generator mode: images per generator per step" + _FROM_PROFILE),
+        Param("lr", None, Number(0, lo_open=True, none=True), paper=_PAPER["lr"],
+              help="Adam learning rate (None: the profile's for generators; 0.05 for direct tensors)"),
         Param("lr_min", 1e-6, Number(0), paper=1e-6, help="generator mode: floor of the per-iteration cosine schedule"),
         Param("weight_decay", 5e-4, Number(0), paper=5e-4, help="generator mode: Adam weight decay"),
-        Param("ngf", 64, Number(1, integer=True), paper=64, help="generator mode: generator width"),
+        Param("ngf", None, Number(1, integer=True, none=True), paper=_PAPER["ngf"],
+              help="generator mode: generator width" + _FROM_PROFILE),
         Param("n_blocks", 6, Number(0, integer=True), paper=6, help="generator mode: residual blocks per generator"),
         Param("train_on", "all", Choice(("all", "cluster")), paper="all",
               help="generator mode: 'all' (every generator on the whole set, the released code) or 'cluster'"),
@@ -142,6 +186,7 @@ METHOD = Method(
               help="mini-batch K-means with this batch for very large data (None: full-batch Lloyd)"),
         Param("kmeans_iter", 100, Number(1, integer=True), help="K-means iterations at most"),
         Param("embed_batch_size", 256, Number(1, integer=True), help="images per surrogate forward pass"),
+        _common.PROGRESS,
     ),
     resolve=_resolve,
 )
@@ -278,7 +323,10 @@ def _uc_loss(f: torch.Tensor, tk: torch.Tensor, tgt_prob: torch.Tensor, tgt_dir:
 def _train_generators(enc: nn.Module, x_all: torch.Tensor, members: list[torch.Tensor], tgt_prob: torch.Tensor,
                       tgt_dir: torch.Tensor, *, epsilon: float, loss: str, epochs: float, batch_size: int, lr: float,
                       lr_min: float, weight_decay: float, ngf: int, n_blocks: int, train_on: str, augment: bool,
-                      gen: torch.Generator, seed: int, device: torch.device) -> tuple[torch.Tensor, list[float]]:
+                      gen: torch.Generator, seed: int, device: torch.device,
+                      progress: bool | None) -> tuple[torch.Tensor, list[float]]:
+    from ..surrogates import progress as _bar
+
     k = len(members)
     n, c, h, w = x_all.shape
     nets = ClusterGenerators(k, c, (h, w), ngf=ngf, n_blocks=n_blocks, seed=seed).to(device)
@@ -290,6 +338,7 @@ def _train_generators(enc: nn.Module, x_all: torch.Tensor, members: list[torch.T
     keys = torch.arange(k).repeat_interleave(batch_size).to(device)
     shift = max(1, min(h, w) // 8) if augment else 0
     history: list[float] = []
+    bar = _bar(total=iters, desc="clusters generators", enabled=progress)
     for _ in range(iters):
         if train_on == "all":  # each generator its own draw from the whole set (the released code)
             rows = torch.randint(n, (k * batch_size,), generator=gen)
@@ -306,13 +355,19 @@ def _train_generators(enc: nn.Module, x_all: torch.Tensor, members: list[torch.T
         opt.step()
         sched.step()
         history.append(float(lval.detach()))
+        bar.set_postfix(loss=f"{history[-1]:.4f}", refresh=False)
+        bar.update()
+    bar.close()
     with torch.no_grad():
         return nets().clamp(-epsilon, epsilon), history
 
 
 def _train_direct(enc: nn.Module, x_all: torch.Tensor, members: list[torch.Tensor], tgt_prob: torch.Tensor,
                   tgt_dir: torch.Tensor, *, epsilon: float, loss: str, steps: int, per_cluster: int, lr: float,
-                  augment: bool, gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, list[float]]:
+                  augment: bool, gen: torch.Generator, device: torch.device,
+                  progress: bool | None) -> tuple[torch.Tensor, list[float]]:
+    from ..surrogates import progress as _bar
+
     k = len(members)
     _, c, h, w = x_all.shape
     # Small random start (drawn on CPU so every device starts the same): tanh is near-linear there.
@@ -321,6 +376,7 @@ def _train_direct(enc: nn.Module, x_all: torch.Tensor, members: list[torch.Tenso
     keys = torch.arange(k).repeat_interleave(per_cluster).to(device)
     shift = max(1, min(h, w) // 8) if augment else 0
     history: list[float] = []
+    bar = _bar(total=int(steps), desc="clusters direct", enabled=progress)
     for _ in range(int(steps)):
         rows = torch.cat([m[torch.randint(len(m), (per_cluster,), generator=gen)] for m in members])
         x = x_all[rows].to(device, torch.float32).div_(255)
@@ -332,6 +388,9 @@ def _train_direct(enc: nn.Module, x_all: torch.Tensor, members: list[torch.Tenso
         lval.backward()
         opt.step()
         history.append(float(lval.detach()))
+        bar.set_postfix(loss=f"{history[-1]:.4f}", refresh=False)
+        bar.update()
+    bar.close()
     with torch.no_grad():
         return (epsilon * torch.tanh(w_param)).clamp(-epsilon, epsilon), history
 
@@ -354,9 +413,10 @@ def target_hit_rate(enc: nn.Module, images: np.ndarray, labels: torch.Tensor, de
 def fit(data: FitData, *, seed: int, device: torch.device, surrogate: str, weights: str | None,
         checkpoint: str | os.PathLike | None, encoder: torch.nn.Module | None, allow_random_surrogate: bool,
         init_seed: int, mode: str, n_clusters: int, epsilon: float, target_offset: int, loss: str, augment: bool,
-        feature_norm: str, epochs: float, batch_size: int, lr: float | None, lr_min: float, weight_decay: float,
-        ngf: int, n_blocks: int, train_on: str, steps: int, per_cluster: int, kmeans_batch_size: int | None,
-        kmeans_iter: int, embed_batch_size: int) -> NoiseBank:
+        feature_norm: str, profile: str, epochs: float | None, batch_size: int | None, lr: float | None,
+        lr_min: float, weight_decay: float, ngf: int | None, n_blocks: int, train_on: str, steps: int,
+        per_cluster: int, kmeans_batch_size: int | None, kmeans_iter: int, embed_batch_size: int,
+        progress: bool | None) -> NoiseBank:
     """Fit Unlearnable Clusters noise.
 
     Args:
@@ -375,10 +435,14 @@ def fit(data: FitData, *, seed: int, device: torch.device, surrogate: str, weigh
         loss: ``"kl"`` (paper) or ``"cosine"``.
         augment: random flips and shifts while training.
         feature_norm: ``"none"`` (raw-feature K-means, the authors' code) or ``"l2"`` (cosine).
+        profile: the generator budget for ``epochs`` / ``batch_size`` / ``lr`` / ``ngf`` left at
+            ``None``: ``"paper"`` (50, 256, 1e-4, 64), ``"cpu"`` (6, 32, 1e-3, 16: measured to
+            protect on a CPU) or ``"auto"`` (``"paper"`` on CUDA, else ``"cpu"``).
         epochs / batch_size / lr / lr_min / weight_decay: generator mode: passes over the training
-            pool per generator (paper: 50), images per generator per step (256), Adam lr (default
-            1e-4, the paper's), the cosine floor (1e-6) and weight decay (5e-4).
-        ngf / n_blocks: generator width (64) and residual blocks (6), as the paper's.
+            pool per generator, images per generator per step, Adam lr (direct mode: 0.05 when
+            ``None``), the cosine floor (1e-6) and weight decay (5e-4, the paper's).
+        ngf / n_blocks: generator width and residual blocks (6, the paper's).
+        progress: a progress bar over the training iterations (``None``: only on a terminal).
         train_on: ``"all"`` (each generator on the whole dataset, as the released code) or
             ``"cluster"`` (on its own cluster, as the paper describes).
         steps / per_cluster: direct mode: Adam steps (lr default 0.05) and images of each cluster
@@ -386,6 +450,10 @@ def fit(data: FitData, *, seed: int, device: torch.device, surrogate: str, weigh
         kmeans_batch_size: mini-batch K-means with this batch (for very large data); ``None``
             runs full-batch Lloyd.
     """
+    if profile == "auto":  # the paper's schedule where a GPU can run it, the measured CPU one elsewhere
+        given = {"mode": mode, "epochs": epochs, "batch_size": batch_size, "lr": lr, "ngf": ngf}
+        filled = _fill_profile(given, "paper" if device.type == "cuda" else "cpu")
+        profile, epochs, batch_size, lr, ngf = (filled[n] for n in ("profile", "epochs", "batch_size", "lr", "ngf"))
     k = n_clusters  # 2 <= K <= N and a target offset that moves every cluster: checked by METHOD
     target = (torch.arange(k) + int(target_offset)) % k
     gen = torch.Generator().manual_seed(int(seed))
@@ -408,20 +476,20 @@ def fit(data: FitData, *, seed: int, device: torch.device, surrogate: str, weigh
     x_all = torch.from_numpy(images)
 
     if mode == "generator":
-        lr_used = 1e-4 if lr is None else float(lr)
+        lr_used = float(lr)
         delta_t, history = _train_generators(
             enc, x_all, members, tgt_prob, tgt_dir, epsilon=epsilon, loss=loss, epochs=float(epochs),
             batch_size=int(batch_size), lr=lr_used, lr_min=float(lr_min), weight_decay=float(weight_decay),
             ngf=int(ngf), n_blocks=int(n_blocks), train_on=train_on, augment=bool(augment), gen=gen, seed=int(seed),
-            device=device)
-        schedule = {"epochs": float(epochs), "batch_size": int(batch_size), "lr": lr_used, "lr_min": float(lr_min),
-                    "weight_decay": float(weight_decay), "ngf": int(ngf), "n_blocks": int(n_blocks),
-                    "train_on": train_on, "iterations": len(history)}
+            device=device, progress=progress)
+        schedule = {"profile": profile, "epochs": float(epochs), "batch_size": int(batch_size), "lr": lr_used,
+                    "lr_min": float(lr_min), "weight_decay": float(weight_decay), "ngf": int(ngf),
+                    "n_blocks": int(n_blocks), "train_on": train_on, "iterations": len(history)}
     else:
-        lr_used = 0.05 if lr is None else float(lr)
+        lr_used = float(lr)
         delta_t, history = _train_direct(enc, x_all, members, tgt_prob, tgt_dir, epsilon=epsilon, loss=loss,
                                          steps=int(steps), per_cluster=int(per_cluster), lr=lr_used,
-                                         augment=bool(augment), gen=gen, device=device)
+                                         augment=bool(augment), gen=gen, device=device, progress=progress)
         schedule = {"steps": int(steps), "per_cluster": int(per_cluster), "lr": lr_used}
     delta = delta_t.detach().cpu().numpy().astype(np.float32)
     hit = target_hit_rate(enc, images, labels, torch.from_numpy(delta), km.centroids, target, feature_norm,
