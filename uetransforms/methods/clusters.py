@@ -97,8 +97,8 @@ from . import Choice, Flag, Free, Method, Number, Param, ParameterError, _common
 #: "paper": the authors' schedule (GPU work). "cpu": the same loop at a budget measured to protect
 #: on the CPU harness (benchmarks/RESULTS.md, issue 11); see the module docstring for the numbers.
 PROFILES: dict[str, dict[str, Any]] = {
-    "paper": {"epochs": 50.0, "batch_size": 256, "lr": 1e-4, "ngf": 64},
-    "cpu": {"epochs": 6.0, "batch_size": 32, "lr": 1e-3, "ngf": 16},
+    "paper": {"epochs": 50, "batch_size": 256, "lr": 1e-4, "ngf": 64},
+    "cpu": {"epochs": 6, "batch_size": 32, "lr": 1e-3, "ngf": 16},
 }
 _PAPER = PROFILES["paper"]
 _FROM_PROFILE = " (None: the profile's value)"
