@@ -27,15 +27,16 @@ embeddings; ``loss="cosine"`` maximises the cosine similarity to the target cent
 The budget comes from ``profile`` (explicit ``epochs`` / ``batch_size`` / ``lr`` / ``ngf`` win):
 
 * ``"paper"``: 50 epochs, batch 256, lr 1e-4, ``ngf`` 64, the authors' schedule; GPU work.
-* ``"cpu"``: 6 epochs, batch 32, lr 1e-3, ``ngf`` 16, the same loop shrunk to what a CPU can run
-  and measured to protect: on 10k CIFAR-10 images with a small CNN surrogate trained on disjoint
-  rows (benchmarks/RESULTS.md, issue 11) the trained model's clean accuracy fell to 0.65x of
-  clean training (1875 iterations, 600k surrogate passes; 0.69x at 2 epochs; 0.74x at 0.5 epoch
-  with ``ngf`` 32). The effect grows with the images the generators see, not with the target-hit
-  rate, so a smaller budget protects less. Cost: the 600k passes took 1106 s on one shared CPU
-  thread for 10k images (1.8 ms per pass of that 0.06-GFLOP surrogate); 50k images take 5x. An ImageNet
-  ResNet-50 at 224 px is about 270x the arithmetic per pass, so on a CPU use a small surrogate
-  (``encoder=`` / ``surrogate="small-cnn"``) or a GPU.
+* ``"cpu"``: 6 epochs, batch 32, lr 1e-3, ``ngf`` 16, the same loop shrunk to what a CPU can run,
+  at the budget that protected best when measured: on 10k CIFAR-10 images with a small CNN
+  surrogate trained on disjoint rows (benchmarks/RESULTS.md, issue 11) the trained model's clean
+  accuracy fell to 0.65x of clean training (1875 iterations, 600k surrogate passes). Shorter
+  runs protected less (2 epochs 0.69x; 0.5 epoch with ``ngf`` 32 0.74x) and so did a longer one
+  (20 epochs, 2M passes: 0.76x): more budget is not reliably better here, and each figure is one
+  training run. Cost: the 600k passes took 1106 s on one shared CPU thread for 10k images (1.8 ms
+  per pass of that 0.06-GFLOP surrogate); 50k images take 5x. An ImageNet ResNet-50 at 224 px is
+  about 270x the arithmetic per pass, so on a CPU use a small surrogate (``encoder=`` /
+  ``surrogate="small-cnn"``) or a GPU.
 * ``"auto"`` (default): ``"paper"`` on a CUDA device, ``"cpu"`` elsewhere. ``bank.params``
   records the profile and the resolved schedule.
 
