@@ -39,26 +39,40 @@ def separable(n=32, hw=8, seed=0):
 # ------------------------------------------------------------------ the estimator
 def test_estimate_on_known_configurations():
     y = torch.tensor([0, 0, 1, 1])
-    far, _ = bayes.bayes_error(torch.tensor([[0.0], [0.01], [5.0], [5.01]]), y, 2, sigma=0.3)
-    same, _ = bayes.bayes_error(torch.zeros(4, 3), y, 2, sigma=0.3)
-    assert far < 1e-6
+    far, _, far_wrong = bayes.bayes_error(torch.tensor([[0.0], [0.01], [5.0], [5.01]]), y, 2, sigma=0.3)
+    same, _, _ = bayes.bayes_error(torch.zeros(4, 3), y, 2, sigma=0.3)
+    assert far < 1e-6 and far_wrong == 0
     assert same == pytest.approx(1 / 3, abs=1e-6)  # each sees one same-class and two other-class twins
-    huge, _ = bayes.bayes_error(torch.tensor([[0.0], [100.0], [200.0], [300.0]]), y, 2, sigma=0.3)
+    huge, _, _ = bayes.bayes_error(torch.tensor([[0.0], [100.0], [200.0], [300.0]]), y, 2, sigma=0.3)
     assert np.isfinite(huge)  # no 0/0 when every kernel weight underflows
 
 
 def test_chunking_changes_nothing():
     torch.manual_seed(0)
     z, y = torch.randn(37, 4, dtype=torch.float64), torch.randint(0, 3, (37,))
-    a, ga = bayes.bayes_error(z, y, 3, sigma=0.8, chunk=5, grad=True)
-    b, gb = bayes.bayes_error(z, y, 3, sigma=0.8, chunk=1000, grad=True)
-    assert a == pytest.approx(b, abs=1e-12) and torch.allclose(ga, gb, atol=1e-12)
+    a, ga, wa = bayes.bayes_error(z, y, 3, sigma=0.8, chunk=5, grad=True)
+    b, gb, wb = bayes.bayes_error(z, y, 3, sigma=0.8, chunk=1000, grad=True)
+    assert a == pytest.approx(b, abs=1e-12) and torch.allclose(ga, gb, atol=1e-12) and wa == wb
+
+
+def test_kernel_error_is_the_leave_one_out_kernel_classifier():
+    """The third value is what the authors' BayesErrorRBF reports: the share of samples whose kernel
+    posterior (other samples only) puts its mode on another class. Checked against a direct loop."""
+    torch.manual_seed(2)
+    z, y = torch.randn(23, 3, dtype=torch.float64), torch.randint(0, 3, (23,))
+    _, _, wrong = bayes.bayes_error(z, y, 3, sigma=0.6, chunk=7)
+    miss = 0
+    for i in range(len(z)):
+        w = torch.exp(-((z - z[i]) ** 2).sum(1) / (2 * 0.6**2))
+        w[i] = 0
+        miss += int(torch.stack([w[y == c].sum() for c in range(3)]).argmax() != y[i])
+    assert 0 < miss < len(z) and wrong == pytest.approx(miss / len(z))
 
 
 def test_gradient_matches_finite_differences():
     torch.manual_seed(1)
     z, y = torch.randn(9, 2, dtype=torch.float64), torch.randint(0, 2, (9,))
-    _, g = bayes.bayes_error(z, y, 2, sigma=0.7, chunk=4, grad=True)
+    _, g, _ = bayes.bayes_error(z, y, 2, sigma=0.7, chunk=4, grad=True)
     h = 1e-6
     for i, j in [(0, 0), (3, 1), (8, 0)]:
         zp, zm = z.clone(), z.clone()
@@ -75,6 +89,8 @@ def test_ascent_respects_the_budget_and_is_applied_as_stored():
     bank = ue.fit("bayes", data, seed=0, **fast(steps=4, sigma=0.5))
     info = bank.info
     assert [s for s, _ in info["bayes_error_history"]] == [0, 1, 2, 3] and info["steps"] == 4
+    assert [s for s, _ in info["kernel_error_history"]] == [0, 1, 2, 3]
+    assert all(0 <= e <= 1 for _, e in info["kernel_error_history"]) and 0 <= info["kernel_error_final"] <= 1
     assert info["stopped_by"] == "completed" and info["retrains"] == 4  # a fresh extractor every step
     assert bank.params["profile"] == "cpu"  # "auto" on a CPU device
     d = bank.tensors["delta"]
@@ -153,7 +169,7 @@ def _torch_adamw_replay(data, *, seed, sigma, lr, steps, factor):
         opt.zero_grad()
         z = model.features(xp)
         scale = z.detach().abs().max()
-        _, gz = bayes.bayes_error(z.detach() / scale, y, 2, sigma=sigma, grad=True)
+        _, gz, _ = bayes.bayes_error(z.detach() / scale, y, 2, sigma=sigma, grad=True)
         (z / scale * gz * factor).sum().backward()
         opt.step()
         with torch.no_grad():
@@ -244,5 +260,6 @@ def test_a_stopped_fit_resumes_from_its_checkpoint_to_the_same_bank(tmp_path, fr
     assert resumed.info["steps"] == 4 and resumed.info["stopped_by"] == "completed"
     assert np.array_equal(resumed.tensors["delta"], straight.tensors["delta"])
     assert resumed.info["bayes_error_history"] == straight.info["bayes_error_history"]
+    assert resumed.info["kernel_error_history"] == straight.info["kernel_error_history"]
     with pytest.raises(ValueError, match="another fit"):
         ue.fit("bayes", data, checkpoint=ckpt, **{**kw, "sigma": 0.5})
