@@ -201,7 +201,8 @@ def test_profiles():
     assert (paper["surrogate"], paper["steps"], paper["retrain_every"], paper["retrain_epochs"], paper["ascent"],
             paper["step_size"]) == ("resnet18", 2000, 1, 30, "adamw", 1e-3)
     cpu = bayes.METHOD.check({"profile": "cpu"})
-    assert cpu["profile"] == "cpu" and cpu["surrogate"] == "cnn-tiny" and cpu["retrain_every"] == 1
+    assert (cpu["profile"], cpu["surrogate"], cpu["fresh"], cpu["retrain_every"], cpu["retrain_epochs"], cpu["steps"],
+            cpu["step_size"]) == ("cpu", "cnn-small", True, 1, 10, 12, 2 / 255)
     assert bayes.METHOD.check({})["profile"] == "auto"  # settled by fit, which knows the device
     assert bayes.METHOD.check({"profile": "paper", "steps": 3})["steps"] == 3  # explicit values win
 
