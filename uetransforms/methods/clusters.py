@@ -29,8 +29,8 @@ The budget comes from ``profile`` (explicit ``epochs`` / ``batch_size`` / ``lr``
 * ``"paper"``: 50 epochs, batch 256, lr 1e-4, ``ngf`` 64, the authors' schedule; GPU work.
 * ``"cpu"``: 6 epochs, batch 32, lr 1e-3, ``ngf`` 16, the same loop shrunk to what a CPU can run.
   Measured on 10k CIFAR-10 images with a small CNN surrogate trained on disjoint rows
-  (benchmarks/RESULTS.md, issue 11): the trained model's clean accuracy fell to 0.65x and 0.78x
-  of clean training with two bank seeds (600k surrogate passes). Other budgets (0.5 to 20
+  (benchmarks/RESULTS.md, issue 11): the trained model's clean accuracy fell to 0.65x, 0.78x and
+  0.65x of clean training with three bank seeds (600k surrogate passes). Other budgets (0.5 to 20
   epochs) gave 0.69x-0.76x, within that bank-to-bank spread: more budget was not more
   protection, so this is the cheapest budget that gave the best bank, not a converged one.
   Cost: 640-1106 s on one shared CPU thread for 10k images (1.1-1.8 ms per pass of that
