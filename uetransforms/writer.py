@@ -626,6 +626,7 @@ def _write_split(split: Split, tmp: str, manifest: dict[str, Any], *, image_colu
     result = Written(schema=schema if schema is not None else pa.schema([]),
                      num_rows=sum(s["rows"] for s in done), nbytes=sum(s["nbytes"] for s in done))
     writer: pq.ParquetWriter | None = None
+    options: dict[str, Any] | None = None
     part = ""
     rows_in_shard = shard_nbytes = 0
 
@@ -660,7 +661,9 @@ def _write_split(split: Split, tmp: str, manifest: dict[str, Any], *, image_colu
             while pos < table.num_rows:
                 if writer is None:
                     part = os.path.join(data_dir, f".{split.name}-{len(state['shards']):05d}.parquet.partial")
-                    writer = pq.ParquetWriter(part, schema, **parquet_options(schema, image_column))
+                    if options is None:  # once per split: the schema is fixed by then
+                        options = parquet_options(schema, image_column)
+                    writer = pq.ParquetWriter(part, schema, **options)
                     rows_in_shard = shard_nbytes = 0
                 # A size plan estimated from the first batch can fall short: the rest goes in one more shard.
                 want = shard_target() or rows_in_shard + table.num_rows - pos
