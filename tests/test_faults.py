@@ -136,8 +136,10 @@ def test_killed_new_publish_leaves_nothing_and_resumes(tmp_path, bank, reference
     real = ue.Protect.encoded
     monkeypatch.setattr(ue.Protect, "encoded",
                         lambda self, batch, *a, **kw: protected_rows.extend(batch["idx"]) or real(self, batch, *a, **kw))
-    _publish(_dataset(), bank, out)
+    result = _publish(_dataset(), bank, out)
     assert _rows(out) == list(range(N)) and _leftovers(tmp_path) == []
+    # The dead run's rows were never seen by this one: the result is read back from the folder.
+    assert result["idx"] == list(range(N)) and result.cache_files and "uetransforms-publish" not in result.cache_files[0]["filename"]
     done = N if event == "card" else index + 1
     assert protected_rows == list(range(done, N))
     assert _shard_bytes(out) == reference  # resumed output is byte-identical to an undisturbed one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import os
 
 import datasets
@@ -426,3 +427,72 @@ def test_republishing_into_the_same_folder_returns_and_loads_the_new_copy(tmp_pa
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(expected, second["image"]))
     again = load_data(str(out))["train"]  # the CLI's loader: also the new copy
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(expected, again["image"]))
+
+
+def _same_as_loaded(result, loaded) -> None:
+    """publish's result and ``load_dataset(out)``: same rows, order, features, marker and split."""
+    assert result.with_format("arrow")[:].equals(loaded.with_format("arrow")[:])
+    assert result.features == loaded.features and result.split == loaded.split
+    assert result.info.description == loaded.info.description
+    assert result.info.splits.keys() == loaded.info.splits.keys()
+    assert all(result.info.splits[k].num_examples == loaded.info.splits[k].num_examples for k in loaded.info.splits)
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_result_is_what_loading_the_folder_gives_without_reading_it_back(tmp_path, secret_bank, monkeypatch, as_dict):
+    """The returned copy is mapped from the rows as they were written (no second pass over the
+    Parquet files) and equals what datasets loads from the folder."""
+    from uetransforms.publish import load_local
+
+    ds = _dataset(n=7)
+    data = datasets.DatasetDict({"train": ds, "test": _dataset(n=3, seed=1)}) if as_dict else ds
+    calls = []
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    out = ue.publish(data, secret_bank, tmp_path / "pub", max_shard_size=2000, batch_size=3)
+    assert calls == []  # nothing was read back
+    monkeypatch.setattr(datasets, "load_dataset", real)
+    assert len(_files(tmp_path / "pub" / "data")) >= (3 if as_dict else 2)  # the copy spans shards and batches
+    if as_dict:
+        loaded = load_local(str(tmp_path / "pub"))
+        assert list(out) == list(loaded) == ["train", "test"]
+        for name in loaded:
+            _same_as_loaded(out[name], loaded[name])
+    else:
+        _same_as_loaded(out, load_local(str(tmp_path / "pub"), split="train"))
+    # The copy lives where ds.map would put a cache file, never in the published folder.
+    copies = [f["filename"] for d in (out.values() if as_dict else [out]) for f in d.cache_files]
+    assert copies and all(os.path.basename(c).startswith("cache-") for c in copies)
+    assert not any(str(tmp_path / "pub") in c for c in copies)
+
+
+def test_result_copy_goes_next_to_the_inputs_cache_files(tmp_path, secret_bank):
+    """With caching on, the copy sits beside the input's own cache files (as ds.map's would) and
+    cleanup_cache_files removes it."""
+    _dataset().save_to_disk(str(tmp_path / "src"))
+    ds = datasets.load_from_disk(str(tmp_path / "src"))
+    out = ue.publish(ds, secret_bank, tmp_path / "pub")
+    (copy,) = [f["filename"] for f in out.cache_files]
+    assert os.path.dirname(copy) == os.path.dirname(ds.cache_files[0]["filename"])
+    assert out.cleanup_cache_files() == 0  # the dataset's own file is in use: kept
+    del out
+    assert ds.cleanup_cache_files() == 1 and not os.path.exists(copy)
+
+
+def test_failed_publish_leaves_no_copy_behind(tmp_path, secret_bank, monkeypatch):
+    from uetransforms import writer
+    from uetransforms.publish import _arrow_copy_path
+
+    made = []
+    real_path = _arrow_copy_path
+    monkeypatch.setattr(sys.modules["uetransforms.publish"], "_arrow_copy_path",
+                        lambda ds: made.append(real_path(ds)) or made[-1])
+
+    def fail(event, **info):
+        if event == "card":
+            raise OSError("disk full")
+
+    monkeypatch.setattr(writer, "checkpoint", fail)
+    with pytest.raises(OSError, match="disk full"):
+        ue.publish(_dataset(), secret_bank, tmp_path / "pub")
+    assert made and not any(os.path.exists(p) for p in made)

@@ -29,11 +29,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import uuid
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +43,7 @@ from typing import Any
 from .bank import NoiseBank
 from .card import _guard_secrets, dataset_card
 from .errors import PushError  # defined there; importable from here as before
-from .writer import (PNG_SIGNATURE, Split, dataset_tables, output_features, refuse_double, refuse_marked,
+from .writer import (MARKER, PNG_SIGNATURE, Split, dataset_tables, output_features, refuse_double, refuse_marked,
                      shard_count, write)
 
 __all__ = ["IMAGE_FORMATS", "PNG_SIGNATURE", "PUBLIC_PARAMS", "PushError", "check_hub", "num_shards_for",
@@ -152,7 +154,11 @@ def publish(
             (noise on top of noise). Without it such input is refused.
 
     Returns:
-        The protected ``Dataset``/``DatasetDict``, read back from the written shards.
+        The protected ``Dataset``/``DatasetDict`` as ``datasets.load_dataset(path)`` gives it (same
+        rows, features, split names and marker), memory-mapped from an Arrow copy of the rows made
+        while they were written: where ``dataset.map`` puts its cache files (the datasets cache,
+        or a temporary directory when caching is off or the input is in memory). A publish that
+        resumed a killed run reads the folder back instead.
     """
     import datasets
 
@@ -214,7 +220,7 @@ def publish(
               num_rows=len(ds), max_shard_bytes=max_bytes,
               nbytes_hint=int(ds.data.nbytes) if fn is None and ds._indices is None else None,
               empty_schema=output_features(ds.features, image_column).arrow_schema,
-              fingerprint=_fingerprint(ds, job))
+              fingerprint=_fingerprint(ds, job), arrow_copy=_arrow_copy_path(ds))
         for name, ds in splits.items()
     ]
 
@@ -226,15 +232,15 @@ def publish(
     marker_info = {"method": bank.method, "library_version": __version__}
     if not push:
         out_dir = os.fspath(path_or_repo_id)
-        write(parts, out_dir, image_column=image_column, card=card, overwrite=overwrite, protected=protected,
-              marker_info=marker_info, on_recover=_warn)
-        return _load_back(out_dir, list(splits), is_dict)
+        written = _write_with_copies(parts, out_dir, image_column=image_column, card=card, overwrite=overwrite,
+                                     protected=protected, marker_info=marker_info, on_recover=_warn)
+        return _result(out_dir, written, is_dict)
     staging = tempfile.mkdtemp(prefix="uetransforms-push-")
     folder = os.path.join(staging, repo_id.split("/")[-1])
     try:
-        write(parts, folder, image_column=image_column, card=card, overwrite=False, protected=protected,
-              marker_info=marker_info)
-        result = _load_back(folder, list(splits), is_dict)
+        written = _write_with_copies(parts, folder, image_column=image_column, card=card, overwrite=False,
+                                     protected=protected, marker_info=marker_info)
+        result = _result(folder, written, is_dict)
         upload(folder, repo_id, token=token, private=private, splits=list(splits))
     except PushError:
         raise  # the complete copy stays in staging: the message says where and how to resume
@@ -270,10 +276,64 @@ def load_local(path: str, **kwargs: Any) -> Any:
     return datasets.load_dataset(path, download_mode="force_redownload", **kwargs)
 
 
-def _load_back(out_dir: str, names: list[str], is_dict: bool) -> Any:
-    if is_dict:
-        return load_local(out_dir)
-    return load_local(out_dir, split=names[0])
+def _arrow_copy_path(ds: Any) -> str:
+    """Where the returned split's rows go: where ``ds.map`` would put its cache file.
+
+    That is next to ``ds``'s own cache files when caching is on (the datasets cache, which has
+    room for a copy of the dataset), else datasets' temporary directory, deleted when the
+    process exits. The ``cache-`` prefix lets ``Dataset.cleanup_cache_files`` remove it.
+    """
+    import datasets
+    from datasets.fingerprint import get_temporary_cache_files_directory
+
+    files = ds.cache_files if datasets.is_caching_enabled() else []
+    folder = os.path.dirname(files[0]["filename"]) if files else get_temporary_cache_files_directory()
+    return os.path.join(folder, f"cache-uetransforms-publish-{uuid.uuid4().hex}.arrow")
+
+
+def _write_with_copies(parts: list[Split], out_dir: str, **kwargs: Any) -> dict[str, Any]:
+    """``writer.write``, removing the splits' Arrow copies when it fails (nobody will map them)."""
+    try:
+        return write(parts, out_dir, **kwargs)
+    except BaseException:
+        for part in parts:
+            with contextlib.suppress(OSError):
+                os.remove(part.arrow_copy)
+        raise
+
+
+def _result(out_dir: str, written: Mapping[str, Any], is_dict: bool) -> Any:
+    """What ``load_local(out_dir)`` returns, mapped from the Arrow copies the writer made of the rows.
+
+    Same rows, order, features, split names and ``info.description`` (the protection marker) as
+    reading the shards back, without the second pass over them. A split resumed after a dead
+    run's shards has no complete copy: then the folder is read back as before.
+    """
+    import datasets
+
+    if not all(w.arrow_copy for w in written.values()):
+        for w in written.values():
+            if w.arrow_copy:
+                with contextlib.suppress(OSError):
+                    os.remove(w.arrow_copy)
+        return load_local(out_dir) if is_dict else load_local(out_dir, split=next(iter(written)))
+    from datasets.table import MemoryMappedTable
+
+    name_of_dir = os.path.basename(os.path.abspath(out_dir))
+    tables = {name: MemoryMappedTable.from_file(w.arrow_copy) for name, w in written.items()}
+    splits = datasets.SplitDict(dataset_name=name_of_dir)
+    for name, table in tables.items():
+        splits.add(datasets.SplitInfo(name=name, num_bytes=table.nbytes, num_examples=table.num_rows))
+    stored = sum(os.path.getsize(p) for w in written.values() for p in w.shards)
+    size = sum(t.nbytes for t in tables.values())
+    out = {}
+    for name, w in written.items():
+        # The fields load_dataset fills for a local Parquet folder, so the two are interchangeable.
+        info = datasets.DatasetInfo(description=MARKER, features=w.features, splits=splits, builder_name="parquet",
+                                    config_name="default", dataset_name=name_of_dir, version="0.0.0",
+                                    dataset_size=size, download_size=stored, size_in_bytes=size + stored)
+        out[name] = datasets.Dataset(tables[name], info=info, split=datasets.NamedSplit(name))
+    return datasets.DatasetDict(out) if is_dict else out[next(iter(out))]
 
 
 def _warn(note: str) -> None:

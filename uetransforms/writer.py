@@ -86,6 +86,7 @@ class Split:
     nbytes_hint: int | None = None         # exact uncompressed size when known in advance
     empty_schema: pa.Schema | None = None  # for a known-empty split: one empty shard
     fingerprint: str | None = None         # identifies the input for resume
+    arrow_copy: str | None = None          # also write the rows here as an Arrow stream file (see Written)
 
 
 @dataclass
@@ -96,6 +97,10 @@ class Written:
     num_rows: int = 0
     nbytes: int = 0
     shards: list[str] = field(default_factory=list)
+    #: ``Split.arrow_copy`` when it holds every row of the split, in order (an Arrow stream file
+    #: ``datasets.Dataset.from_file`` maps); None when it was not asked for or the split resumed
+    #: after shards of a dead run, whose rows this run never saw.
+    arrow_copy: str | None = None
 
     @property
     def features(self) -> Any:
@@ -628,6 +633,10 @@ def _write_split(split: Split, tmp: str, manifest: dict[str, Any], *, image_colu
     writer: pq.ParquetWriter | None = None
     options: dict[str, Any] | None = None
     part = ""
+    # The caller's own copy of the rows, written from the tables in hand: reading the Parquet
+    # back (datasets.load_dataset) cost a second pass, 20% of a publish (benchmarks/RESULTS.md).
+    copy: pa.ipc.RecordBatchStreamWriter | None = None
+    want_copy = split.arrow_copy is not None and not done
     rows_in_shard = shard_nbytes = 0
 
     def shard_target() -> int:
@@ -657,6 +666,10 @@ def _write_split(split: Split, tmp: str, manifest: dict[str, Any], *, image_colu
                 plan = state["plan"] = _plan(split, table)
                 state["schema"] = schema.serialize().to_pybytes().hex()
             table = table.replace_schema_metadata(schema.metadata)
+            if want_copy:
+                if copy is None:
+                    copy = pa.ipc.new_stream(split.arrow_copy, schema)
+                copy.write_table(table)
             pos = 0
             while pos < table.num_rows:
                 if writer is None:
@@ -679,11 +692,23 @@ def _write_split(split: Split, tmp: str, manifest: dict[str, Any], *, image_colu
             result.nbytes += table.nbytes
         if writer is not None:
             close_shard()
+        if want_copy:
+            if copy is None and schema is None and split.empty_schema is not None:
+                copy = pa.ipc.new_stream(split.arrow_copy, with_marker(split.empty_schema, marker_info))
+            if copy is not None:
+                copy.close()
+                copy = None
+                result.arrow_copy = split.arrow_copy
     except BaseException:
         if writer is not None:
             writer.close()
             with contextlib.suppress(OSError):
                 os.remove(part)
+        if copy is not None:
+            copy.close()
+        if want_copy:
+            with contextlib.suppress(OSError):
+                os.remove(split.arrow_copy)
         raise
     if schema is None:
         if split.empty_schema is None:
