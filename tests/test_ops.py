@@ -182,6 +182,24 @@ def test_off_grid_filters_keep_the_shifted_adds(monkeypatch):
     assert torch.equal(ops.convolve(x, w), ops._convolve_shifted(x, w, "max"))
 
 
+@pytest.mark.parametrize("off_grid", [False, True])
+def test_fused_adds_only_for_grid_filters(monkeypatch, off_grid):
+    # Fused multiply-adds round once instead of twice: the same bits only where nothing rounds.
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.integers(0, 256, (2, 3, 16, 16), dtype=np.uint8))
+    w = _grid_filters(rng, 2, 3, 3)
+    if off_grid:
+        w[1, 2, 1, 1] += 2.0**-20
+    exact = ops._library_conv_exact()  # checked once per process, before the spy counts calls
+    seen = []
+    real = ops._convolve_shifted
+    monkeypatch.setattr(ops, "_convolve_shifted", lambda *a, fused=False: seen.append(fused) or real(*a, fused=fused))
+    out = ops.convolve(x, w)
+    assert seen == [not off_grid and exact]
+    assert torch.equal(out, real(x, w, "max"))
+    assert out.is_contiguous(memory_format=torch.channels_last)  # HWC for the encoder without a copy
+
+
 def test_a_convolution_that_rounds_is_caught_by_the_self_check(monkeypatch):
     # A build or precision switch (bf16/tf32, Winograd) that rounds must not change the bytes.
     rng = np.random.default_rng(1)

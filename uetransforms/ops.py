@@ -133,7 +133,9 @@ def _library_conv_exact() -> bool:
             w = torch.floor(torch.rand((3, 3, k, k), generator=gen, dtype=torch.float64) * 2.0**f) / 2.0**f
             w = w.to(torch.float32)
             for mode in ("max", "none"):
-                ok = ok and torch.equal(_convolve_shifted(x, w, mode), _convolve_library(x, w, mode))
+                ref = _convolve_shifted(x, w, mode)
+                ok = ok and torch.equal(ref, _convolve_library(x, w, mode))
+                ok = ok and torch.equal(ref, _convolve_shifted(x, w, mode, fused=True))
         _LIBRARY_CONV_EXACT[key] = ok
     return _LIBRARY_CONV_EXACT[key]
 
@@ -154,12 +156,12 @@ def convolve(images: torch.Tensor, weight: torch.Tensor, *, normalise: str = "ma
     if normalise not in ("max", "none"):
         raise BankError(f"unknown conv normalisation {normalise!r}; expected 'max' or 'none'")
     kern = weight.to(device=images.device, dtype=torch.float32)
+    exact = images.dtype == torch.uint8 and not images.is_cuda and _on_exact_grid(kern) and _library_conv_exact()
     # The GPU keeps the shifted adds: they are memory-bound there and cuDNN's tf32/algorithm
     # choices are not worth auditing for a kernel that costs microseconds.
-    if (images.dtype == torch.uint8 and not images.is_cuda and images.shape[-2] * images.shape[-1] >= _LIBRARY_CONV_MIN_PIXELS
-            and _on_exact_grid(kern) and _library_conv_exact()):
+    if exact and images.shape[-2] * images.shape[-1] >= _LIBRARY_CONV_MIN_PIXELS:
         return _convolve_library(images, kern, normalise)
-    return _convolve_shifted(images, kern, normalise)
+    return _convolve_shifted(images, kern, normalise, fused=exact)
 
 
 def _normalise_(y: torch.Tensor, peak_dims: tuple[int, ...], normalise: str) -> torch.Tensor:
@@ -190,17 +192,24 @@ def _convolve_library(images: torch.Tensor, kern: torch.Tensor, normalise: str) 
     return out
 
 
-def _convolve_shifted(images: torch.Tensor, kern: torch.Tensor, normalise: str) -> torch.Tensor:
+def _convolve_shifted(images: torch.Tensor, kern: torch.Tensor, normalise: str, *, fused: bool = False) -> torch.Tensor:
     """The reference: ``k * k`` shifted multiplies and adds in a fixed order.
 
     Separate elementwise IEEE ops give the same bits on every CPU and GPU for any filter, which
     a library convolution (its own blocking, FMA, cuDNN algorithms) promises only on the grid.
     Pixels stay in 0..255 units: the paper filters x/255, but the max-normalisation cancels that
     scale, and "none" would multiply it back by 255.
+
+    ``fused=True`` (grid filters only, where every product and sum is exact) multiplies and adds
+    in one ``addcmul_`` pass per tap instead of two: 0.8x the time at 32 px, same bits.
     """
     b, c, h, w = images.shape
     kh, kw = kern.shape[-2:]
-    out = torch.empty(images.shape, dtype=torch.uint8, device=images.device)
+    # Channels-last on the CPU: the adapters encode HWC pixels, and a channels-last result is
+    # already HWC (the cast writes it in that order for free; a separate permute copy cost 3 us
+    # per 32-px image). Values do not depend on the layout.
+    layout = torch.contiguous_format if images.is_cuda else torch.channels_last
+    out = torch.empty(images.shape, dtype=torch.uint8, device=images.device, memory_format=layout)
     # In chunks of about 2 MiB of float32 pixels: the k*k passes then run over data that stays in
     # the CPU's cache instead of streaming a whole batch (hundreds of MB at photo size) through
     # memory k*k times -- 9x faster at 384 px. Every element still sees the same operations in
@@ -213,12 +222,18 @@ def _convolve_shifted(images: torch.Tensor, kern: torch.Tensor, normalise: str) 
         k = kern[s : s + per]
         # Zero padding keeps the size for odd kernels, as the paper's Conv2d(padding=k//2) does.
         xp = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2))
-        y = torch.zeros_like(x)
-        term = torch.empty_like(x)
-        for u in range(kh):
-            for v in range(kw):
-                torch.mul(xp[:, :, u : u + h, v : v + w], k[:, :, u, v, None, None], out=term)
-                y.add_(term)
+        if fused:
+            y = torch.mul(xp[:, :, :h, :w], k[:, :, 0, 0, None, None])
+            for t in range(1, kh * kw):
+                u, v = divmod(t, kw)
+                y.addcmul_(xp[:, :, u : u + h, v : v + w], k[:, :, u, v, None, None])
+        else:
+            y = torch.zeros_like(x)
+            term = torch.empty_like(x)
+            for u in range(kh):
+                for v in range(kw):
+                    torch.mul(xp[:, :, u : u + h, v : v + w], k[:, :, u, v, None, None], out=term)
+                    y.add_(term)
         _cast_into(out[s : s + per], _normalise_(y, (1, 2, 3), normalise))
     return out
 
