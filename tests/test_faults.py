@@ -131,7 +131,7 @@ def test_killed_new_publish_leaves_nothing_and_resumes(tmp_path, bank, reference
     _killed_at(lambda: _publish(_dataset(), bank, out), event, index)
     assert _rows(out) is None
     assert _leftovers(tmp_path) == [".pub.uetransforms-tmp"]
-    # The next run reuses the shards whose sha256 and row count match the dead run's manifest.
+    # The next run reuses the shards whose checksum and row count match the dead run's manifest.
     protected_rows = []
     real = ue.Protect.encoded
     monkeypatch.setattr(ue.Protect, "encoded",

@@ -711,9 +711,21 @@ class Applier:
             _check_batch(images)
             rows, seeds = self.rows_and_seeds(images, labels, sample_ids)
             return self(images, rows, seeds)
+        return chunk_views(self.protect_chunks(images, labels, sample_ids), len(images))
+
+    def protect_chunks(
+        self, images: Sequence[np.ndarray | torch.Tensor], labels: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+        sample_ids: Sequence[Any] | None = None,
+    ) -> list[tuple[list[int], np.ndarray]]:
+        """:meth:`protect` of a sequence of ``[C, H, W]`` images, as the kernel produced them.
+
+        Returns ``(positions, pixels)`` pairs: ``pixels`` is a uint8 ``[n, H, W, C]`` numpy
+        batch of same-size images, ``positions`` their indices in ``images``. Encoders take
+        the batches whole (:func:`uetransforms.codecs.encode_png_batch`).
+        """
         chws = list(images)
         rows, seeds = self.rows_and_seeds(chws, labels, sample_ids)
-        out: list[np.ndarray | None] = [None] * len(chws)
+        chunks: list[tuple[list[int], np.ndarray]] = []
         buckets: dict[tuple[int, ...], list[int]] = {}
         for i, c in enumerate(chws):
             buckets.setdefault(tuple(c.shape), []).append(i)
@@ -729,13 +741,9 @@ class Applier:
                 part = idx[s : s + per]
                 res = self(self._stage([chws[i] for i in part]), rows[part],
                            None if seeds is None else [seeds[i] for i in part])
-                # One batched copy to HWC (none when the kernel kept the channels-last layout);
-                # each image is then a CHW view whose HWC transpose is contiguous, so encoding
-                # it needs no further per-image copy.
-                hwc = res.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-                for j, i in enumerate(part):
-                    out[i] = hwc[j].transpose(2, 0, 1)
-        return out
+                # One batched copy to HWC (none when the kernel kept the channels-last layout).
+                chunks.append((part, res.permute(0, 2, 3, 1).contiguous().cpu().numpy()))
+        return chunks
 
     def _stage(self, parts: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
         """One uint8 ``[B, C, H, W]`` batch of same-size images, ready for the kernel's device."""
@@ -751,6 +759,18 @@ class Applier:
             # Page-locked staging buffer: the non_blocking copy to the device is then a real DMA.
             batch = batch.pin_memory()
         return batch
+
+
+def chunk_views(chunks: list[tuple[list[int], np.ndarray]], n: int) -> list[np.ndarray]:
+    """:meth:`Applier.protect_chunks`' images as ``[C, H, W]`` views of their chunks, in input order.
+
+    Each view's HWC transpose is contiguous, so encoding one needs no further copy.
+    """
+    out: list[Any] = [None] * n
+    for part, hwc in chunks:
+        for j, i in enumerate(part):
+            out[i] = hwc[j].transpose(2, 0, 1)
+    return out
 
 
 def _cpu_layout(t: torch.Tensor) -> torch.Tensor:

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from .bank import BankError, NoiseBank
-from .codecs import encode_png, is_marked, map_threads
+from .codecs import encode_png, encode_png_batch, is_marked, map_threads
 from .errors import DoubleProtectionError  # defined there; importable from here as before
 from .images import from_chw, to_chw
-from .ops import Applier
+from .ops import Applier, chunk_views
 
 # The pid that imported this module. A worker forked by `datasets` (num_proc) inherits it; there,
 # torch's OpenMP pool from the parent is unusable (a forked child has its state, not its threads).
@@ -68,6 +68,15 @@ def png_bytes(chw: np.ndarray) -> bytes:
     store the same bytes; writers add :func:`uetransforms.codecs.mark` to what they publish.
     """
     return encode_png(chw.transpose(1, 2, 0))
+
+
+def _encode(chunks: list[tuple[list[int], np.ndarray]], n: int) -> list[bytes]:
+    """PNG bytes of the protected images in input order: each chunk encoded whole, on the codec threads."""
+    out: list[Any] = [None] * n
+    for part, hwc in chunks:
+        for i, data in zip(part, encode_png_batch(hwc, threads=_codec_threads())):
+            out[i] = data
+    return out
 
 
 class _BankUser:
@@ -115,6 +124,11 @@ class _BankUser:
                       rank: int | None = None) -> list[np.ndarray]:
         """Protected uint8 ``[C, H, W]`` arrays, in input order (the one apply entry does the work)."""
         return self._applier(self._device_for(rank)).protect(chws, labels=labels, sample_ids=ids)
+
+    def _protect_chunks(self, chws: list[np.ndarray], labels: Sequence[Any] | None, ids: Sequence[Any] | None,
+                        rank: int | None = None) -> list[tuple[list[int], np.ndarray]]:
+        """The same, as the kernel's HWC batches with their input positions (for batch encoding)."""
+        return self._applier(self._device_for(rank)).protect_chunks(chws, labels=labels, sample_ids=ids)
 
     def _state(self) -> dict[str, Any]:
         from . import __version__
@@ -207,20 +221,21 @@ class Protect(_BankUser):
         for a in args:
             if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
                 rank = int(a)
-        images, single, out = self._protect_batch(batch, rank)
+        images, single, chunks = self._protect_batch(batch, rank)
+        n = 1 if single else len(images)
         new: Any
         if not single and isinstance(images, np.ndarray) and images.dtype != object and images.ndim == 4:
             # A numpy [B, H, W, C] batch (formatted map, Ray Data) stays numpy.
-            new = np.stack([o.transpose(1, 2, 0) for o in out]) if out else images[:0]
+            new = np.stack([o.transpose(1, 2, 0) for o in chunk_views(chunks, n)]) if n else images[:0]
         elif self._hands_bytes(batch, images):
             # Dataset.map on an Image() column: encoded PNG records keep the column's type, and
             # datasets stores them as they are instead of encoding PIL images itself.
-            new = [{"bytes": b, "path": None} for b in map_threads(png_bytes, out, _codec_threads())]
+            new = [{"bytes": b, "path": None} for b in _encode(chunks, n)]
         else:
             # set_transform / streamed maps / tensors: new PIL images, which nothing re-decodes and
             # datasets can encode as PNG in their own mode (it cannot encode tensors, and it widens
             # returned arrays to int64, so a grayscale [B, H, W] batch would become a 32-bit TIFF).
-            new = [from_chw(o) for o in out]
+            new = [from_chw(o) for o in chunk_views(chunks, n)]
         if single:
             new = new[0]
         result = dict(batch) if self._return_all(batch, images) else {}
@@ -229,11 +244,12 @@ class Protect(_BankUser):
 
     def encoded(self, batch: Mapping[str, Any], rank: int | None = None) -> list[bytes]:
         """Protect a batch and return its images as PNG bytes, in row order (for writers and Ray)."""
-        _, _, out = self._protect_batch(batch, rank)
-        return map_threads(png_bytes, out, _codec_threads())
+        images, single, chunks = self._protect_batch(batch, rank)
+        return _encode(chunks, 1 if single else len(images))
 
-    def _protect_batch(self, batch: Mapping[str, Any], rank: int | None) -> tuple[Any, bool, list[np.ndarray]]:
-        """The column's images, whether the call is for one example, and the protected ``[C, H, W]`` arrays."""
+    def _protect_batch(self, batch: Mapping[str, Any], rank: int | None,
+                       ) -> tuple[Any, bool, list[tuple[list[int], np.ndarray]]]:
+        """The column's images, whether the call is for one example, and the kernel's protected chunks."""
         col = self.image_column
         if col not in batch:
             raise KeyError(
@@ -248,7 +264,7 @@ class Protect(_BankUser):
         self._refuse_protected(imgs, col)
         chws = map_threads(lambda im: to_chw(im, channels=self.bank.channels, convert=self.convert, column=col),
                            imgs, _codec_threads())
-        return images, single, self._protect_chws(chws, labels, ids, rank)
+        return images, single, self._protect_chunks(chws, labels, ids, rank)
 
     def _hands_bytes(self, batch: Mapping[str, Any], images: Any) -> bool:
         if not _is_datasets_batch(batch) or isinstance(images, (np.ndarray, torch.Tensor)):

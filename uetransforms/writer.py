@@ -20,7 +20,7 @@ What a crash can leave (a process killed at any point, an exception, a full disk
 * A lock file inside the temporary copy keeps two publishes from writing the same target; a dead
   run's leftovers are removed (or resumed) by the next one, which knows they are dead because
   their lock is free.
-* In-memory datasets resume: shards completed by a killed run whose sha256 and row count match
+* In-memory datasets resume: shards completed by a killed run whose checksum and row count match
   its manifest are kept, and protection restarts after them (same input, bank and options only).
 """
 
@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import sys
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -652,7 +653,7 @@ def _write_split(split: Split, tmp: str, manifest: dict[str, Any], *, image_colu
         writer = None
         _fsync_file(part)
         state["shards"].append({"file": os.path.basename(part), "rows": rows_in_shard, "nbytes": shard_nbytes,
-                                "sha256": _sha256(part)})
+                                "checksum": _checksum(part)})
         _save_manifest(tmp, manifest)
         checkpoint("shard", split=split.name, index=len(state["shards"]) - 1)
 
@@ -717,7 +718,7 @@ def _write_split(split: Split, tmp: str, manifest: dict[str, Any], *, image_colu
         part = os.path.join(data_dir, f".{split.name}-00000.parquet.partial")
         pq.write_table(schema.empty_table(), part, **parquet_options(schema, image_column))
         _fsync_file(part)
-        state["shards"].append({"file": os.path.basename(part), "rows": 0, "nbytes": 0, "sha256": _sha256(part)})
+        state["shards"].append({"file": os.path.basename(part), "rows": 0, "nbytes": 0, "checksum": _checksum(part)})
         state["schema"] = schema.serialize().to_pybytes().hex()
     result.shards = [os.path.join(data_dir, s["file"]) for s in state["shards"]]
     return result
@@ -755,7 +756,7 @@ def _verified_shards(manifest: dict[str, Any], name: str, data_dir: str) -> list
     for e in entries:
         path = os.path.join(data_dir, e["file"])
         try:
-            ok = _sha256(path) == e["sha256"] and pq.ParquetFile(path).metadata.num_rows == e["rows"]
+            ok = _checksum(path) == e.get("checksum") and pq.ParquetFile(path).metadata.num_rows == e["rows"]
         except (OSError, pa.ArrowInvalid):
             ok = False
         if not ok:
@@ -780,10 +781,23 @@ def _write_text(path: str, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _sha256(path: str) -> str:
-    from .clip import file_sha256  # the one chunked file hash of the package
+def _checksum(path: str) -> str:
+    """``crc32:<hex>:<size>`` of a shard: what tells a complete shard of a dead run from a torn one.
 
-    return file_sha256(path)
+    Not a content hash against tampering (the shard is our own file in our own temporary folder)
+    but a check of truncated or half-flushed writes, so a CRC is enough: ISA-L's runs at ~35 GB/s,
+    where sha256 took 2% of a 384-px publish. zlib's CRC-32 gives the same value where ISA-L is
+    not installed.
+    """
+    from .codecs import _optional
+
+    isal = _optional("isal.isal_zlib")
+    crc32 = isal.crc32 if isal is not None else zlib.crc32
+    value = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(4 << 20), b""):
+            value = crc32(chunk, value)
+    return f"crc32:{value:08x}:{os.path.getsize(path)}"
 
 
 def _fsync_file(path: str) -> None:
