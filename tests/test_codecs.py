@@ -86,6 +86,30 @@ def test_png_round_trip_is_lossless_and_deterministic(h, w, channels, kind, seed
     assert encode_png(hwc[..., 0] if channels == 1 else hwc) == encode_png(hwc)  # [H, W] == [H, W, 1]
 
 
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 5), h=st.integers(1, 19), w=st.integers(1, 19), channels=st.sampled_from([1, 3, 4]),
+       choice=st.sampled_from([(None, None), ("isal", 0), ("isal", 3), ("pil", 1), ("pil", 6), ("fpng", None)]),
+       threads=st.integers(1, 4), seed=st.integers(0, 999))
+def test_batch_encode_gives_each_images_bytes(b, h, w, channels, choice, threads, seed):
+    # One row-filter pass over the batch and slices on threads: the bytes of encode_png, image by image.
+    encoder, level = choice
+    if encoder == "fpng" and (not HAVE_FPNG or channels == 1):
+        return
+    batch = np.random.default_rng(seed).integers(0, 256, (b, h, w, channels), dtype=np.uint8)
+    got = codecs.encode_png_batch(batch, encoder=encoder, level=level, threads=threads)
+    assert got == [codecs.encode_png(a, encoder=encoder, level=level) for a in batch]
+
+
+def test_batch_encode_errors():
+    with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
+        codecs.encode_png_batch(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        codecs.encode_png_batch(np.zeros((2, 4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="level"):
+        codecs.encode_png_batch(np.zeros((2, 4, 4, 3), np.uint8), encoder="pil", level=12)
+    assert codecs.encode_png_batch(np.zeros((0, 4, 4, 3), np.uint8)) == []
+
+
 @pytest.mark.parametrize("encoder", ["pil", "isal", "fpng"])
 def test_each_encoder_is_readable_by_datasets(encoder):
     if codecs._optional(codecs._PACKAGE[encoder]) is None:
