@@ -306,3 +306,28 @@ def test_protecting_a_published_copy_again_is_refused_unless_allowed(tmp_path, t
     assert "already protected" in err and "--allow-double" in err and "allow_double=" not in err
     assert not (tmp_path / "twice").exists()
     assert main(again + ["--allow-double"]) == 0
+
+
+def test_protect_size_policy_and_png_flags(tmp_path, tiny_parquet, capsys):
+    """A bank fitted on other sizes: refused in CLI terms, then published with --size-mismatch resize;
+    --png-encoder/--png-level choose the encoder (same pixels, other bytes)."""
+    rng = np.random.default_rng(1)
+    bank = ue.NoiseBank(method="random", kind="additive", keying="class", keys=np.arange(3),
+                        tensors={"delta": rng.uniform(-8 / 255, 8 / 255, (3, 3, 6, 6)).astype(np.float32)},
+                        params={"epsilon": 8 / 255, "norm": "linf"})
+    path = str(bank.save(tmp_path / "b6.arrow"))
+    base = ["protect", tiny_parquet, "--bank", path, "--image-column", "img"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2
+    assert "pass --size-mismatch 'resize'" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b"), "--size-mismatch", "resize"]) == 0
+    assert main([*base, "--out", str(tmp_path / "c"), "--size-mismatch", "resize", "--png-encoder", "pil",
+                 "--png-level", "9"]) == 0
+    capsys.readouterr()
+    b, c = (datasets.load_dataset(str(tmp_path / x), split="train") for x in "bc")
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(b["img"], c["img"]))
+    raw = [d.cast_column("img", datasets.Image(decode=False))["img"][0]["bytes"] for d in (b, c)]
+    assert raw[0] != raw[1]
+    assert main([*base, "--out", str(tmp_path / "d"), "--size-mismatch", "resize", "--png-encoder", "isal",
+                 "--png-level", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "level must be an integer 0..3" in err and "Traceback" not in err

@@ -496,3 +496,49 @@ def test_failed_publish_leaves_no_copy_behind(tmp_path, secret_bank, monkeypatch
     with pytest.raises(OSError, match="disk full"):
         ue.publish(_dataset(), secret_bank, tmp_path / "pub")
     assert made and not any(os.path.exists(p) for p in made)
+
+
+# ------------------------------------------------------------------ every bank kind through publish, mixed sizes
+from test_protect import KIND_BANKS, _kind_banks, _options, _want, mixed_ds  # noqa: E402  (the shared kind banks)
+
+
+@pytest.mark.parametrize("name", KIND_BANKS)
+def test_every_kind_through_publish_gives_the_reference_pixels(tmp_path, name):
+    bank = _kind_banks()[name]
+    src = mixed_ds()
+    out = ue.publish(src, bank, tmp_path / "pub", batch_size=3, **_options(name))
+    for got, ref in zip(out["image"], _want(bank, src)):
+        assert got.format == "PNG"
+        np.testing.assert_array_equal(np.asarray(got), ref)
+    assert out["uid"] == src["uid"] and out["label"] == src["label"] and out.features == src.features
+    if name in ("additive-cluster", "conv-class", "synth-class"):  # the process pool is slow to start: three kinds
+        again = ue.publish(src, bank, tmp_path / "pub2", batch_size=3, num_proc=2, **_options(name))
+        assert _stored(again) == _stored(out)
+
+
+def _stored(ds) -> list[bytes]:
+    return [r["bytes"] for r in ds.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def test_publish_takes_the_size_policy_and_png_options(tmp_path):
+    """Photos of many sizes with a fixed-size bank: refused by default, with the argument that fixes it."""
+    from uetransforms.errors import SizeMismatchError
+
+    bank = _kind_banks()["additive-class"].replace(info={})  # no size policy of its own: "error"
+    src = mixed_ds()
+    with pytest.raises(SizeMismatchError, match="size_mismatch='resize'"):
+        ue.publish(src, bank, tmp_path / "a")
+    out = ue.publish(src, bank, tmp_path / "b", size_mismatch="resize")
+    want = _want(bank, src)
+    assert all(np.array_equal(np.asarray(g), w) for g, w in zip(out["image"], want))
+    pil = ue.publish(src, bank, tmp_path / "c", size_mismatch="resize", png_encoder="pil", png_level=9)
+    assert all(np.array_equal(np.asarray(g), w) for g, w in zip(pil["image"], want))
+    assert _stored(pil) != _stored(out)  # another encoder: other bytes, same pixels
+    from uetransforms import codecs
+
+    assert _stored(pil)[0] == codecs.encode_png(want[0], encoder="pil", level=9)
+    with pytest.raises(ValueError, match="level must be an integer 0..3"):
+        ue.publish(src, bank, tmp_path / "d", size_mismatch="resize", png_encoder="isal", png_level=7)
+    assert not os.path.exists(tmp_path / "d")  # refused before anything was written
+    with pytest.raises(ValueError, match="only apply when publish protects"):
+        ue.publish(out, bank, tmp_path / "e", protected=True, png_level=2)

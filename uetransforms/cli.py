@@ -257,7 +257,8 @@ def cmd_protect(args: argparse.Namespace) -> int:
                   card_extra=card_extra or None)
     prot = ue.publish(ds, bank, args.out, label_column=_label_column(args.label_column), id_column=args.id_column,
                       batch_size=args.batch_size, num_proc=args.num_proc, device=args.device,
-                      overwrite=args.overwrite, allow_double=args.allow_double, **common)
+                      overwrite=args.overwrite, allow_double=args.allow_double, size_mismatch=args.size_mismatch,
+                      convert=args.convert, png_encoder=args.png_encoder, png_level=args.png_level, **common)
     shards = sorted(glob.glob(os.path.join(args.out, "data", "*.parquet")))
     rows = sum(len(d) for d in prot.values()) if hasattr(prot, "values") else len(prot)
     card = os.path.join(args.out, "README.md")
@@ -350,6 +351,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the card and shards in a non-empty --out")
     p.add_argument("--allow-double", action="store_true",
                    help="protect DATA even though it already carries the uetransforms marker (adds noise twice)")
+    p.add_argument("--size-mismatch", choices=("error", "resize"), default=None,
+                   help="images of another size than the bank's: refuse them (error) or interpolate the noise "
+                        "to each image (resize); default: the bank's own setting, else error")
+    p.add_argument("--convert", action="store_true", help="convert RGBA/palette/... images instead of refusing them")
+    p.add_argument("--png-encoder", choices=("isal", "fpng", "pil"), default=None,
+                   help="lossless PNG encoder (default: the fastest installed)")
+    p.add_argument("--png-level", type=int, default=None, metavar="N",
+                   help="PNG compression level: 0-3 for isal (default 1), 0-9 for pil (default 6)")
     p.add_argument("--license", default=None, metavar="ID",
                    help="the source's licence for the card, e.g. mit or cc-by-4.0 (default: read from DATA, else unknown)")
     p.add_argument("--source-dataset", action="append", metavar="REPO_ID",
@@ -385,6 +394,8 @@ _FLAGS = {
     "device": "--device ", "seed": "--seed ", "split": "--split ", "batch_size": "--batch-size ",
     "num_proc": "--num-proc ", "token": "--token ", "clean_train": "--clean-train ",
     "overwrite=True": "--overwrite", "convert=True": "--convert", "push=True": "--push REPO_ID",
+    "size_mismatch": "--size-mismatch ", "encoder": "--png-encoder ", "level": "--png-level ",
+    "encoder=None": "no --png-encoder", "level=None": "no --png-level",
     "allow_double=True": "--allow-double", "private=False": "--public", "label_column=None": "--label-column none",
     "protected=True": "ue.publish(..., protected=True) from Python (the CLI always adds the noise)",
 }

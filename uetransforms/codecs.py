@@ -68,7 +68,7 @@ import numpy as np
 from .errors import ImageModeError  # defined there; importable from here as before
 
 __all__ = [
-    "ENCODERS", "ImageModeError", "MARK_KEYWORD", "decode", "encode_png", "encode_png_batch", "info", "is_marked", "mark",
+    "ENCODERS", "ImageModeError", "MARK_KEYWORD", "check_png_options", "decode", "encode_png", "encode_png_batch", "info", "is_marked", "mark",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -438,6 +438,16 @@ def encode_png_batch(images: np.ndarray, *, level: int | None = None, encoder: s
         return [_isal_png(raw, images.shape[1:], level) for raw in _up_filtered(piece)]
 
     return [b for chunk in map_threads(part, range(threads), threads) for b in chunk]
+
+
+def check_png_options(encoder: str | None, level: int | None, *, channels: int | None = None) -> None:
+    """Raise the error :func:`encode_png` would raise for ``encoder``/``level``, before any image is read.
+
+    ``channels`` (1 or 3; None: both must work) is the images' channel count, which decides
+    whether fpng can write them.
+    """
+    for c in (1, 3) if channels is None else (channels,):
+        _encoder_and_level(encoder, level, c)
 
 
 def _encoder_and_level(encoder: str | None, level: int | None, channels: int) -> tuple[str, int | None]:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .bank import BankError, NoiseBank
-from .codecs import encode_png, encode_png_batch, is_marked, map_threads
+from .codecs import check_png_options, encode_png, encode_png_batch, is_marked, map_threads
 from .errors import DoubleProtectionError  # defined there; importable from here as before
 from .images import from_chw, to_chw
 from .ops import Applier, chunk_views
@@ -64,19 +64,10 @@ def _bank_ref(bank: NoiseBank | str | os.PathLike) -> NoiseBank:
 def png_bytes(chw: np.ndarray) -> bytes:
     """PNG bytes of protected ``[C, H, W]`` pixels: what the adapters store (the codec module's encoder).
 
-    Unmarked, so ``Dataset.map``, streamed maps (whose PIL images ``datasets`` encodes) and Ray
-    store the same bytes; writers add :func:`uetransforms.codecs.mark` to what they publish.
+    Unmarked, so ``Dataset.map``, Ray and ``publish`` store the same bytes; a published copy
+    says it is protected in its card and Parquet schema metadata instead (:data:`writer.MARKER`).
     """
     return encode_png(chw.transpose(1, 2, 0))
-
-
-def _encode(chunks: list[tuple[list[int], np.ndarray]], n: int) -> list[bytes]:
-    """PNG bytes of the protected images in input order: each chunk encoded whole, on the codec threads."""
-    out: list[Any] = [None] * n
-    for part, hwc in chunks:
-        for i, data in zip(part, encode_png_batch(hwc, threads=_codec_threads())):
-            out[i] = data
-    return out
 
 
 class _BankUser:
@@ -181,6 +172,9 @@ class Protect(_BankUser):
             cannot rebuild it itself (a custom module): clusters are then assigned with it.
         allow_double: protect images that already carry the "protected by uetransforms" marker
             (refused by default: the noise would be added a second time).
+        png_encoder / png_level: the lossless encoder of the PNG bytes this writes (``"isal"``,
+            ``"fpng"`` or ``"pil"``; None: the fastest installed) and its level
+            (see :func:`uetransforms.codecs.encode_png`). Checked here, before any image.
 
     Works batched (``batched=True``, the fast path) and per example; returns only the image
     column for ``map`` (PNG records for an ``Image()`` column) and the whole batch for
@@ -201,9 +195,14 @@ class Protect(_BankUser):
         convert: bool = False,
         encoder: torch.nn.Module | None = None,
         allow_double: bool = False,
+        png_encoder: str | None = None,
+        png_level: int | None = None,
     ) -> None:
         super().__init__(bank, device=device, size_mismatch=size_mismatch, convert=convert, encoder=encoder,
                          allow_double=allow_double)
+        check_png_options(png_encoder, png_level, channels=self.bank.channels)
+        self.png_encoder = png_encoder
+        self.png_level = png_level
         self.image_column = image_column
         if self.bank.keying == "cluster" and isinstance(label_column, _DefaultLabel):
             # A dataset's "label" is its class, not the protector's cluster id: unless the caller
@@ -230,7 +229,7 @@ class Protect(_BankUser):
         elif self._hands_bytes(batch, images):
             # Dataset.map on an Image() column: encoded PNG records keep the column's type, and
             # datasets stores them as they are instead of encoding PIL images itself.
-            new = [{"bytes": b, "path": None} for b in _encode(chunks, n)]
+            new = [{"bytes": b, "path": None} for b in self._encode(chunks, n)]
         else:
             # set_transform / streamed maps / tensors: new PIL images, which nothing re-decodes and
             # datasets can encode as PNG in their own mode (it cannot encode tensors, and it widens
@@ -245,7 +244,23 @@ class Protect(_BankUser):
     def encoded(self, batch: Mapping[str, Any], rank: int | None = None) -> list[bytes]:
         """Protect a batch and return its images as PNG bytes, in row order (for writers and Ray)."""
         images, single, chunks = self._protect_batch(batch, rank)
-        return _encode(chunks, 1 if single else len(images))
+        return self._encode(chunks, 1 if single else len(images))
+
+    def png(self, images: np.ndarray | Sequence[np.ndarray]) -> list[bytes]:
+        """PNG bytes of uint8 HWC images (a ``[B, H, W, C]`` batch or a list), with this Protect's encoder."""
+        # getattr: a Protect pickled before the PNG options existed encodes with the defaults.
+        opts = {"encoder": getattr(self, "png_encoder", None), "level": getattr(self, "png_level", None)}
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            return encode_png_batch(images, threads=_codec_threads(), **opts)
+        return map_threads(lambda a: encode_png(a, **opts), list(images), _codec_threads())
+
+    def _encode(self, chunks: list[tuple[list[int], np.ndarray]], n: int) -> list[bytes]:
+        """PNG bytes of the protected images in input order: each chunk encoded whole, on the codec threads."""
+        out: list[Any] = [None] * n
+        for part, hwc in chunks:
+            for i, data in zip(part, self.png(hwc)):
+                out[i] = data
+        return out
 
     def _protect_batch(self, batch: Mapping[str, Any], rank: int | None,
                        ) -> tuple[Any, bool, list[tuple[list[int], np.ndarray]]]:

@@ -124,6 +124,10 @@ def publish(
     image_format: str = "PNG",
     overwrite: bool = False,
     allow_double: bool = False,
+    size_mismatch: str | None = None,
+    convert: bool = False,
+    png_encoder: str | None = None,
+    png_level: int | None = None,
 ) -> Any:
     """Protect ``dataset`` with ``bank`` and write (or push) it as lossless Parquet shards plus a card.
 
@@ -152,6 +156,11 @@ def publish(
             write are kept). The old copy is swapped out only once the new one is complete.
         allow_double: protect a dataset that already carries the uetransforms marker anyway
             (noise on top of noise). Without it such input is refused.
+        size_mismatch / convert / png_encoder / png_level: passed to :class:`~uetransforms.Protect`:
+            ``size_mismatch="resize"`` protects images of other sizes than the bank's (photos of
+            many sizes) by interpolating the noise; ``convert=True`` converts RGBA/palette/...
+            images to the bank's mode; the PNG encoder and its level (default: the fastest
+            installed, at its default level). Only when publish protects (not ``protected=True``).
 
     Returns:
         The protected ``Dataset``/``DatasetDict`` as ``datasets.load_dataset(path)`` gives it (same
@@ -171,6 +180,12 @@ def publish(
             f"longer be unlearnable. Use one of {IMAGE_FORMATS}."
         )
     bank = _bank_ref(bank)
+    protect_options = {"size_mismatch": size_mismatch, "convert": convert, "png_encoder": png_encoder,
+                       "png_level": png_level}
+    if protected and any(v not in (None, False) for v in protect_options.values()):
+        given = ", ".join(f"{k}={v!r}" for k, v in protect_options.items() if v not in (None, False))
+        raise ValueError(f"{given} only apply when publish protects the images; with protected=True they are "
+                         "written as they are (pass these options to the Protect that protected them)")
     is_dict = isinstance(dataset, datasets.DatasetDict)
     if not is_dict and not isinstance(dataset, datasets.Dataset):
         raise TypeError(
@@ -203,7 +218,8 @@ def publish(
 
     max_bytes = convert_file_size_to_int(max_shard_size)
     fn = None if protected else Protect(bank, image_column=image_column, label_column=label_column,
-                                        id_column=id_column, device=device, allow_double=allow_double)
+                                        id_column=id_column, device=device, allow_double=allow_double,
+                                        **protect_options)
     if fn is not None and num_proc and num_proc > 1:
         if not allow_double:  # map() protects before the writer sees a batch: look at the images first
             for name, ds in splits.items():

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..bank import NoiseBank
 from ..images import to_chw
-from ..protect import Protect, png_bytes
+from ..protect import Protect
 
 #: Hidden per-row flag carried between the split stages: "encode this row's image as PNG".
 _PNG_FLAG = "__uetransforms_png__"
@@ -126,10 +126,6 @@ class _Decode:
         return out
 
 
-def _chw(hwc: np.ndarray) -> np.ndarray:
-    return hwc[None] if hwc.ndim == 2 else hwc.transpose(2, 0, 1)
-
-
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
     if len({a.shape for a in arrays}) == 1:
         return np.stack(arrays)
@@ -157,8 +153,9 @@ class _Apply:
 class _Encode:
     """CPU stage of the GPU pipeline: flagged rows -> PNG records, the flag dropped."""
 
-    def __init__(self, image_column: str, metadata: bytes) -> None:
-        self.image_column = image_column
+    def __init__(self, fn: Protect, metadata: bytes) -> None:
+        self.fn = fn  # its PNG options; the kernel ran in _Apply
+        self.image_column = fn.image_column
         self.metadata = metadata
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
@@ -170,7 +167,7 @@ class _Encode:
         if not flag.all():
             raise ValueError(f"column {col!r} mixes encoded and array images within one batch; "
                              "store them one way before protecting")
-        return _to_block(out, col, [png_bytes(_chw(a)) for a in batch[col]], self.metadata)
+        return _to_block(out, col, self.fn.png(batch[col]), self.metadata)
 
 
 def _map_batches_kwargs() -> dict[str, Any]:
@@ -211,7 +208,7 @@ def protect(
             recorded as ``Image()``.
         split_stages: run decode / kernel / encode as separate stages (default: only with GPUs).
         **protect_options: ``label_column``, ``id_column``, ``device``, ``size_mismatch``, ``allow_double``,
-            ``convert`` -- as for :class:`~uetransforms.Protect`.
+            ``convert``, ``png_encoder``, ``png_level`` -- as for :class:`~uetransforms.Protect`.
 
     Returns:
         A ``ray.data.Dataset`` with the same rows and columns, the images protected.
@@ -249,7 +246,7 @@ def protect(
     applied = decoded.map_batches(
         _Apply, fn_constructor_kwargs={"fn": fn}, batch_size=batch_size, batch_format="numpy",
         num_gpus=num_gpus, concurrency=concurrency, **extra)
-    return applied.map_batches(_Encode(image_column, metadata), batch_size=batch_size, batch_format="numpy",
+    return applied.map_batches(_Encode(fn, metadata), batch_size=batch_size, batch_format="numpy",
                                **extra)
 
 
