@@ -33,6 +33,7 @@ against PIL's pixels): best of 3 runs in images per wall and per CPU second, byt
 
 Run:
     OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --n32 4000 --n384 240 --repeats 2
+    OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --n32 4000 --n384 240 --repeats 3 --threads 1 --publish-threads 2
     OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --codecs --n32 1000 --n384 40
     OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --conv
 
@@ -97,10 +98,10 @@ def run_identity(ds, out: str) -> None:
     ds.map(identity, batched=True, batch_size=256).to_parquet(out)
 
 
-def run_publish(ds, bank, out: str) -> None:
+def run_publish(ds, bank, out: str, threads: int | None = None) -> None:
     import uetransforms as ue
 
-    ue.publish(ds, bank, out, image_column="img", label_column="label")
+    ue.publish(ds, bank, out, image_column="img", label_column="label", threads=threads)
 
 
 def run_bytes_map(ds, bank, out: str) -> None:
@@ -307,6 +308,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--method", default="cuda", help="protection method of the bank ('uniform' with --codecs: "
                    "source + uniform integer noise in [-8, 8] instead of a bank)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    p.add_argument("--publish-threads", type=int, default=None,
+                   help="publish(threads=N): batch slices protected in parallel (default: the library's, "
+                        "torch's thread count)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--codecs", action="store_true", help="compare the installed candidate codecs instead")
     p.add_argument("--conv", action="store_true", help="compare the conv kernel's two paths by image size instead")
@@ -329,7 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {"conv": rows}
     datasets.disable_caching()  # no run may load another's map output from the cache
     datasets.disable_progress_bars()
-    results: dict = {"codecs": codecs.info(), "load": os.getloadavg(), "sizes": {}}
+    results: dict = {"codecs": codecs.info(), "load": os.getloadavg(), "sizes": {},
+                     "torch_threads": args.threads, "publish_threads": args.publish_threads or args.threads}
     with tempfile.TemporaryDirectory(prefix="bench_publish_") as tmp:
         sources = build_sources(args.src, tmp, args.n32, args.n384)
         if args.codecs:
@@ -371,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
                     os.makedirs(out)
                     run_bytes_map(ds, bank, os.path.join(out, "data.parquet"))
                 else:
-                    run_publish(ds, bank, out)
+                    run_publish(ds, bank, out, args.publish_threads)
                 times[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
                 out_files[name] = glob.glob(os.path.join(out, "**", "*.parquet"), recursive=True)
@@ -399,7 +404,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[{size}] done: {json.dumps(results['sizes'][size])}", file=sys.stderr, flush=True)
     results["load_after"] = os.getloadavg()
 
-    print(f"codecs: {results['codecs']}; load avg before {results['load']}, after {results['load_after']}")
+    print(f"codecs: {results['codecs']}; torch threads {results['torch_threads']}, publish threads "
+          f"{results['publish_threads']}; load avg before {results['load']}, after {results['load_after']}")
     print("| size | images | pipeline | img/s wall (CPU) | time vs identity wall (CPU) | target | bytes/img | "
           "vs PIL-6 same pixels |")
     print("|---|---|---|---|---|---|---|---|")

@@ -542,3 +542,17 @@ def test_publish_takes_the_size_policy_and_png_options(tmp_path):
     assert not os.path.exists(tmp_path / "d")  # refused before anything was written
     with pytest.raises(ValueError, match="only apply when publish protects"):
         ue.publish(out, bank, tmp_path / "e", protected=True, png_level=2)
+
+
+@pytest.mark.parametrize("name", KIND_BANKS)
+def test_threads_give_the_same_bytes(name):
+    """Slices of a batch run decode -> kernel -> encode on threads: the bytes do not depend on how many."""
+    bank = _kind_banks()[name]
+    batch = mixed_ds().with_format("arrow")[:].to_pydict()
+    by_threads = {}
+    for threads in (1, 2, 3, 7, 16):
+        fn = ue.Protect(bank, threads=threads, **_options(name))  # a fresh Applier: its caches fill on threads
+        by_threads[threads] = fn.encoded(batch)
+    assert all(v == by_threads[1] for v in by_threads.values())
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        ue.Protect(bank, threads=0)

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -537,6 +538,9 @@ class Applier:
         self._cache: dict[str, torch.Tensor] = {}
         self._sized: OrderedDict[tuple[str, tuple[int, int]], torch.Tensor] = OrderedDict()
         self._assigner: Any = None
+        # Protect runs slices of a batch on threads through one Applier: the lazily filled caches
+        # below are built under this lock (an LRU reordered by two threads at once can fail).
+        self._lock = threading.RLock()
 
     def __reduce__(self):
         return (Applier, (self.bank, str(self.device), self._size_mismatch_arg, self.encoder))
@@ -547,12 +551,17 @@ class Applier:
     # ------------------------------------------------------------------ bank rows on the device
     def _full(self, name: str) -> torch.Tensor:
         full = self._cache.get(name)
-        if full is None:
-            arr = self.bank.tensors[name]
-            full = torch.from_numpy(np.array(arr, dtype=np.float32 if arr.dtype == np.float16 else arr.dtype))
-            if name == "delta":
-                full = full.to(torch.float32).mul_(255)  # pre-scaled once: the hot path is one add
-            full = self._cache[name] = _cpu_layout(full.to(self.device))
+        if full is not None:
+            return full
+        with self._lock:
+            return self._cache.get(name) if name in self._cache else self._load_full(name)
+
+    def _load_full(self, name: str) -> torch.Tensor:
+        arr = self.bank.tensors[name]
+        full = torch.from_numpy(np.array(arr, dtype=np.float32 if arr.dtype == np.float16 else arr.dtype))
+        if name == "delta":
+            full = full.to(torch.float32).mul_(255)  # pre-scaled once: the hot path is one add
+        full = self._cache[name] = _cpu_layout(full.to(self.device))
         return full
 
     def rows_of(self, name: str, rows: np.ndarray) -> torch.Tensor:
@@ -581,17 +590,18 @@ class Applier:
         if not self._resident:
             return self.fit_size(self.rows_of(name, rows), hw, mode=mode)
         key = (name, hw)
-        full = self._sized.get(key)
-        if full is None:
-            full = _cpu_layout(self.fit_size(self._full(name), hw, mode=mode))
-            if full.element_size() * full.nelement() <= self.SIZE_CACHE_BYTES:
-                self._sized[key] = full
-                used = sum(t.element_size() * t.nelement() for t in self._sized.values())
-                while used > self.SIZE_CACHE_BYTES:
-                    _, old = self._sized.popitem(last=False)
-                    used -= old.element_size() * old.nelement()
-        else:
-            self._sized.move_to_end(key)
+        with self._lock:
+            full = self._sized.get(key)
+            if full is None:
+                full = _cpu_layout(self.fit_size(self._full(name), hw, mode=mode))
+                if full.element_size() * full.nelement() <= self.SIZE_CACHE_BYTES:
+                    self._sized[key] = full
+                    used = sum(t.element_size() * t.nelement() for t in self._sized.values())
+                    while used > self.SIZE_CACHE_BYTES:
+                        _, old = self._sized.popitem(last=False)
+                        used -= old.element_size() * old.nelement()
+            else:
+                self._sized.move_to_end(key)
         return full[torch.from_numpy(rows).to(self.device)]
 
     def _check_size(self, native: tuple[int, ...], hw: tuple[int, int]) -> None:
@@ -683,10 +693,11 @@ class Applier:
         return rows, seeds
 
     def _assign(self, images: torch.Tensor | Sequence[Any]) -> np.ndarray:
-        if self._assigner is None:
-            from .assign import ClusterAssigner
+        with self._lock:
+            if self._assigner is None:
+                from .assign import ClusterAssigner
 
-            self._assigner = ClusterAssigner(self.bank, device=self.device, encoder=self.encoder)
+                self._assigner = ClusterAssigner(self.bank, device=self.device, encoder=self.encoder)
         if isinstance(images, torch.Tensor):
             return self._assigner(images.cpu().numpy())
         return self._assigner([_numpy_chw(im) for im in images])

@@ -44,11 +44,11 @@ from .ops import Applier, chunk_views
 _IMPORT_PID = os.getpid()
 
 
-def _codec_threads() -> int:
-    """Threads for a batch's decodes and encodes: torch's intra-op setting, the one CPU knob.
+def _default_threads() -> int:
+    """Threads when the caller names none: torch's intra-op setting, so one knob covers both.
 
     ``torch.set_num_threads(1)`` (and every forked ``num_proc`` worker, see ``__setstate__``)
-    keeps them serial; by default they use the cores torch would use for the kernels.
+    keeps everything serial; by default the slices use the cores torch would use for kernels.
     """
     return torch.get_num_threads()
 
@@ -175,6 +175,11 @@ class Protect(_BankUser):
         png_encoder / png_level: the lossless encoder of the PNG bytes this writes (``"isal"``,
             ``"fpng"`` or ``"pil"``; None: the fastest installed) and its level
             (see :func:`uetransforms.codecs.encode_png`). Checked here, before any image.
+        threads: on the CPU a batch is cut into this many slices that go through decode, kernel
+            and encode in parallel (the codecs and torch release the GIL); on a GPU the codecs
+            use them around one kernel call. Default: ``torch.get_num_threads()``. The bytes do
+            not depend on it. Torch's own intra-op threads still run inside each slice: for many
+            small images ``torch.set_num_threads(1)`` with ``threads=<cores>`` was fastest.
 
     Works batched (``batched=True``, the fast path) and per example; returns only the image
     column for ``map`` (PNG records for an ``Image()`` column) and the whole batch for
@@ -197,12 +202,17 @@ class Protect(_BankUser):
         allow_double: bool = False,
         png_encoder: str | None = None,
         png_level: int | None = None,
+        threads: int | None = None,
     ) -> None:
         super().__init__(bank, device=device, size_mismatch=size_mismatch, convert=convert, encoder=encoder,
                          allow_double=allow_double)
         check_png_options(png_encoder, png_level, channels=self.bank.channels)
         self.png_encoder = png_encoder
         self.png_level = png_level
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):
+            raise ValueError(f"threads must be a positive integer (or None for torch.get_num_threads()), got {threads!r}")
+        self.threads = None if threads is None else int(threads)
         self.image_column = image_column
         if self.bank.keying == "cluster" and isinstance(label_column, _DefaultLabel):
             # A dataset's "label" is its class, not the protector's cluster id: unless the caller
@@ -220,21 +230,23 @@ class Protect(_BankUser):
         for a in args:
             if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
                 rank = int(a)
-        images, single, chunks = self._protect_batch(batch, rank)
+        images = batch.get(self.image_column) if isinstance(batch, Mapping) else None
+        as_bytes = images is not None and self._hands_bytes(batch, images)
+        images, single, done = self._protect_batch(batch, rank, encode=as_bytes)
         n = 1 if single else len(images)
         new: Any
-        if not single and isinstance(images, np.ndarray) and images.dtype != object and images.ndim == 4:
-            # A numpy [B, H, W, C] batch (formatted map, Ray Data) stays numpy.
-            new = np.stack([o.transpose(1, 2, 0) for o in chunk_views(chunks, n)]) if n else images[:0]
-        elif self._hands_bytes(batch, images):
+        if as_bytes:
             # Dataset.map on an Image() column: encoded PNG records keep the column's type, and
             # datasets stores them as they are instead of encoding PIL images itself.
-            new = [{"bytes": b, "path": None} for b in self._encode(chunks, n)]
+            new = [{"bytes": b, "path": None} for b in done]
+        elif not single and isinstance(images, np.ndarray) and images.dtype != object and images.ndim == 4:
+            # A numpy [B, H, W, C] batch (formatted map, Ray Data) stays numpy.
+            new = np.stack([o.transpose(1, 2, 0) for o in chunk_views(done, n)]) if n else images[:0]
         else:
             # set_transform / streamed maps / tensors: new PIL images, which nothing re-decodes and
             # datasets can encode as PNG in their own mode (it cannot encode tensors, and it widens
             # returned arrays to int64, so a grayscale [B, H, W] batch would become a 32-bit TIFF).
-            new = [from_chw(o) for o in chunk_views(chunks, n)]
+            new = [from_chw(o) for o in chunk_views(done, n)]
         if single:
             new = new[0]
         result = dict(batch) if self._return_all(batch, images) else {}
@@ -243,28 +255,26 @@ class Protect(_BankUser):
 
     def encoded(self, batch: Mapping[str, Any], rank: int | None = None) -> list[bytes]:
         """Protect a batch and return its images as PNG bytes, in row order (for writers and Ray)."""
-        images, single, chunks = self._protect_batch(batch, rank)
-        return self._encode(chunks, 1 if single else len(images))
+        return self._protect_batch(batch, rank, encode=True)[2]
 
-    def png(self, images: np.ndarray | Sequence[np.ndarray]) -> list[bytes]:
+    def png(self, images: np.ndarray | Sequence[np.ndarray], threads: int | None = None) -> list[bytes]:
         """PNG bytes of uint8 HWC images (a ``[B, H, W, C]`` batch or a list), with this Protect's encoder."""
         # getattr: a Protect pickled before the PNG options existed encodes with the defaults.
         opts = {"encoder": getattr(self, "png_encoder", None), "level": getattr(self, "png_level", None)}
+        threads = self._threads() if threads is None else threads
         if isinstance(images, np.ndarray) and images.ndim == 4:
-            return encode_png_batch(images, threads=_codec_threads(), **opts)
-        return map_threads(lambda a: encode_png(a, **opts), list(images), _codec_threads())
+            return encode_png_batch(images, threads=threads, **opts)
+        return map_threads(lambda a: encode_png(a, **opts), list(images), threads)
 
-    def _encode(self, chunks: list[tuple[list[int], np.ndarray]], n: int) -> list[bytes]:
-        """PNG bytes of the protected images in input order: each chunk encoded whole, on the codec threads."""
-        out: list[Any] = [None] * n
-        for part, hwc in chunks:
-            for i, data in zip(part, self.png(hwc)):
-                out[i] = data
-        return out
+    def _threads(self) -> int:
+        # getattr: a Protect pickled before the option existed uses the default.
+        return getattr(self, "threads", None) or _default_threads()
 
-    def _protect_batch(self, batch: Mapping[str, Any], rank: int | None,
-                       ) -> tuple[Any, bool, list[tuple[list[int], np.ndarray]]]:
-        """The column's images, whether the call is for one example, and the kernel's protected chunks."""
+    def _protect_batch(self, batch: Mapping[str, Any], rank: int | None, *, encode: bool = False,
+                       ) -> tuple[Any, bool, Any]:
+        """The column's images, whether the call is for one example, and the protected images:
+        the kernel's chunks (``[(positions, [n, H, W, C] pixels)]``), or with ``encode`` their PNG
+        bytes in row order."""
         col = self.image_column
         if col not in batch:
             raise KeyError(
@@ -277,9 +287,34 @@ class Protect(_BankUser):
         labels = self._column(batch, self.label_column, single, needed=self._needs_labels())
         ids = self._column(batch, self.id_column, single, needed=self.id_column is not None)
         self._refuse_protected(imgs, col)
+        n, threads = len(imgs), self._threads()
+        if threads > 1 and n > 1 and self._device_for(rank) == "cpu":
+            # CPU: each thread takes a contiguous slice through decode, kernel and encode. The
+            # kernels release the GIL too, so no stage waits on a serial one (codecs on threads
+            # around one kernel call reached 0.28x the identity map at 32 px; see RESULTS.md).
+            threads = min(threads, n)
+            cuts = [n * t // threads for t in range(threads + 1)]
+            parts = [p for ps in map_threads(lambda t: self._slice(imgs, labels, ids, cuts[t], cuts[t + 1], rank,
+                                                                   encode, 1), range(threads), threads) for p in ps]
+        else:  # one kernel call for the batch (a GPU wants it whole); the codecs still use the threads
+            parts = self._slice(imgs, labels, ids, 0, n, rank, encode, threads)
+        if not encode:
+            return images, single, parts
+        out: list[Any] = [None] * n
+        for positions, data in parts:
+            for i, b in zip(positions, data):
+                out[i] = b
+        return images, single, out
+
+    def _slice(self, imgs: list[Any], labels: Any, ids: Any, a: int, b: int, rank: int | None, encode: bool,
+               threads: int) -> list[tuple[list[int], Any]]:
+        """Rows ``a:b`` decoded, protected and (``encode``) encoded: ``[(positions, pixels or PNG bytes)]``."""
+        col = self.image_column
         chws = map_threads(lambda im: to_chw(im, channels=self.bank.channels, convert=self.convert, column=col),
-                           imgs, _codec_threads())
-        return images, single, self._protect_chunks(chws, labels, ids, rank)
+                           imgs[a:b], threads)
+        chunks = self._protect_chunks(chws, None if labels is None else labels[a:b],
+                                      None if ids is None else ids[a:b], rank)
+        return [([a + i for i in part], self.png(hwc, threads) if encode else hwc) for part, hwc in chunks]
 
     def _hands_bytes(self, batch: Mapping[str, Any], images: Any) -> bool:
         if not _is_datasets_batch(batch) or isinstance(images, (np.ndarray, torch.Tensor)):

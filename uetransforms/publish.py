@@ -128,6 +128,7 @@ def publish(
     convert: bool = False,
     png_encoder: str | None = None,
     png_level: int | None = None,
+    threads: int | None = None,
 ) -> Any:
     """Protect ``dataset`` with ``bank`` and write (or push) it as lossless Parquet shards plus a card.
 
@@ -156,11 +157,12 @@ def publish(
             write are kept). The old copy is swapped out only once the new one is complete.
         allow_double: protect a dataset that already carries the uetransforms marker anyway
             (noise on top of noise). Without it such input is refused.
-        size_mismatch / convert / png_encoder / png_level: passed to :class:`~uetransforms.Protect`:
+        size_mismatch / convert / png_encoder / png_level / threads: passed to :class:`~uetransforms.Protect`:
             ``size_mismatch="resize"`` protects images of other sizes than the bank's (photos of
             many sizes) by interpolating the noise; ``convert=True`` converts RGBA/palette/...
             images to the bank's mode; the PNG encoder and its level (default: the fastest
-            installed, at its default level). Only when publish protects (not ``protected=True``).
+            installed, at its default level); slices of a batch protected in parallel (default:
+            ``torch.get_num_threads()``). Only when publish protects (not ``protected=True``).
 
     Returns:
         The protected ``Dataset``/``DatasetDict`` as ``datasets.load_dataset(path)`` gives it (same
@@ -181,7 +183,7 @@ def publish(
         )
     bank = _bank_ref(bank)
     protect_options = {"size_mismatch": size_mismatch, "convert": convert, "png_encoder": png_encoder,
-                       "png_level": png_level}
+                       "png_level": png_level, "threads": threads}
     if protected and any(v not in (None, False) for v in protect_options.values()):
         given = ", ".join(f"{k}={v!r}" for k, v in protect_options.items() if v not in (None, False))
         raise ValueError(f"{given} only apply when publish protects the images; with protected=True they are "
