@@ -556,3 +556,26 @@ def test_threads_give_the_same_bytes(name):
     assert all(v == by_threads[1] for v in by_threads.values())
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         ue.Protect(bank, threads=0)
+
+
+def test_publish_slices_run_torch_single_threaded_and_restore_it(tmp_path, monkeypatch):
+    import torch
+
+    seen = []
+    real = ue.Protect.encoded
+    monkeypatch.setattr(ue.Protect, "encoded",
+                        lambda self, batch, *a, **kw: seen.append((torch.get_num_threads(), self._threads()))
+                        or real(self, batch, *a, **kw))
+    bank = _kind_banks()["conv-class"]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        a = ue.publish(mixed_ds(), bank, tmp_path / "a", batch_size=4)
+        assert torch.get_num_threads() == 3  # restored
+        assert seen and all(s == (1, 3) for s in seen)  # 3 slices, each with one torch thread
+        seen.clear()
+        b = ue.publish(mixed_ds(), bank, tmp_path / "b", batch_size=4, threads=1)
+        assert seen and all(s == (3, 1) for s in seen)  # one slice: torch keeps its threads
+    finally:
+        torch.set_num_threads(before)
+    assert _stored(a) == _stored(b)
