@@ -132,11 +132,14 @@ def test_killed_new_publish_leaves_nothing_and_resumes(tmp_path, bank, reference
     assert _rows(out) is None
     assert _leftovers(tmp_path) == [".pub.uetransforms-tmp"]
     # The next run reuses the shards whose checksum and row count match the dead run's manifest.
+    # Which rows the new run protects, told by their (distinct) source image bytes.
+    source = _dataset()
+    row_of = {r["bytes"]: i for i, r in enumerate(source.cast_column("image", datasets.Image(decode=False))["image"])}
     protected_rows = []
     real = ue.Protect.encoded
-    monkeypatch.setattr(ue.Protect, "encoded",
-                        lambda self, batch, *a, **kw: protected_rows.extend(batch["idx"]) or real(self, batch, *a, **kw))
-    result = _publish(_dataset(), bank, out)
+    monkeypatch.setattr(ue.Protect, "encoded", lambda self, batch, *a, **kw: protected_rows.extend(
+        row_of[im if isinstance(im, bytes) else im["bytes"]] for im in batch["image"]) or real(self, batch, *a, **kw))
+    result = _publish(source, bank, out)
     assert _rows(out) == list(range(N)) and _leftovers(tmp_path) == []
     # The dead run's rows were never seen by this one: the result is read back from the folder.
     assert result["idx"] == list(range(N)) and result.cache_files and "uetransforms-publish" not in result.cache_files[0]["filename"]

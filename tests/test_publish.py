@@ -579,3 +579,21 @@ def test_publish_slices_run_torch_single_threaded_and_restore_it(tmp_path, monke
     finally:
         torch.set_num_threads(before)
     assert _stored(a) == _stored(b)
+
+
+def test_publish_reads_images_stored_as_paths(tmp_path, secret_bank):
+    """Rows whose Image() record holds only a path (no bytes) are read from the file, mixed with byte rows."""
+    rng = np.random.default_rng(3)
+    arrays = list(rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+    records = []
+    for i, a in enumerate(arrays):
+        path = tmp_path / f"im{i}.png"
+        Image.fromarray(a).save(path)
+        records.append({"bytes": None, "path": str(path)} if i % 2 else {"bytes": path.read_bytes(), "path": None})
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    ds = datasets.Dataset.from_dict({"image": records, "label": [0, 1, 2, 0]}, features=feats)
+    assert ds.with_format("arrow")[:]["image"].combine_chunks().field("bytes").null_count == 2
+    out = ue.publish(ds, secret_bank, tmp_path / "pub")
+    by_bytes = ue.publish(datasets.Dataset.from_dict({"image": arrays, "label": [0, 1, 2, 0]}, features=feats),
+                          secret_bank, tmp_path / "pub2")
+    assert _stored(out) == _stored(by_bytes)

@@ -198,14 +198,28 @@ def dataset_tables(ds: Any, protect: Protect | None, image_column: str,
         for i in range(start, len(ds), batch_size):
             table = arrow[i:i + batch_size]
             if protect is not None:
-                batch = {name: table.column(name).to_pylist() for name in table.column_names}
+                # Only the columns Protect reads become Python objects; the rest stay Arrow.
+                wanted = {image_column, protect.label_column, protect.id_column} & set(table.column_names)
+                batch = {name: _pylist(table.column(name), name == image_column) for name in wanted}
                 # Protect's own PNG bytes (the codec module's encoder), the very bytes Dataset.map stores.
-                images = [{"bytes": b, "path": None} for b in protect.encoded(batch)]
+                png = protect.encoded(batch)
+                images = pa.StructArray.from_arrays([pa.array(png, pa.binary()), pa.nulls(len(png), pa.string())],
+                                                    fields=list(schema.field(image_column).type))
                 table = table.set_column(table.schema.get_field_index(image_column), schema.field(image_column),
-                                         pa.array(images, type=schema.field(image_column).type))
+                                         images)
             yield pa.Table.from_arrays(table.columns, schema=schema)
 
     return tables
+
+
+def _pylist(column: pa.ChunkedArray, is_image: bool) -> list[Any]:
+    """A column as Python values; an Image() column whose rows all hold bytes as the bytes alone."""
+    if is_image and pa.types.is_struct(column.type) and column.type.get_field_index("bytes") >= 0:
+        data = column.combine_chunks()
+        raw = data.field("bytes")
+        if data.null_count == 0 and raw.null_count == 0:
+            return raw.to_pylist()  # the decoders read bytes; no {"bytes", "path"} dict per row
+    return column.to_pylist()
 
 
 def stream_tables(stream: Any, protect: Protect | None, image_column: str,
