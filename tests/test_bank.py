@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import stat
+import weakref
 
 import numpy as np
 import pyarrow as pa
@@ -448,6 +449,93 @@ def test_bank_is_immutable_after_construction(tmp_path):
     assert not loaded.tensors["delta"].flags.writeable
     with pytest.raises(TypeError):
         loaded.info["x"] = 1
+
+
+def _mutations(bank: NoiseBank, other: np.ndarray):
+    """Every way the audit found (or could think of) to change a made bank, by name."""
+    return {
+        "tensors[name] = other": lambda: bank.tensors.__setitem__("delta", other),
+        "tensors[new] = other": lambda: bank.tensors.__setitem__("extra", other),
+        "del tensors[name]": lambda: bank.tensors.__delitem__("delta"),
+        "tensors.update": lambda: bank.tensors.update(delta=other),
+        "tensors.pop": lambda: bank.tensors.pop("delta"),
+        "tensors.setdefault": lambda: bank.tensors.setdefault("extra", other),
+        "tensors.clear": lambda: bank.tensors.clear(),
+        "tensors |= ": lambda: bank.tensors.__ior__({"delta": other}),
+        **{f"bank.{name} = ...": (lambda name=name, value=value: setattr(bank, name, value)) for name, value in {
+            "method": "em", "kind": "conv", "keying": "sample", "keys": np.arange(3) + 5, "tensors": {"delta": other},
+            "params": {"epsilon": 1.0}, "info": {}, "image_shape": (3, 4, 4), "version": "0", "path": "/tmp/x",
+            "fit_seconds": 1.0, "sha256": "0" * 64, "_sha256": "0" * 64, "_bytes": b"", "new_attribute": 1,
+        }.items()},
+        **{f"del bank.{name}": (lambda name=name: delattr(bank, name)) for name in ("method", "keys", "_sha256")},
+    }
+
+
+def test_made_bank_refuses_every_change_and_keeps_its_digest(tmp_path):
+    bank = additive_bank()
+    before, fresh = bank.sha256, additive_bank().sha256
+    assert before == fresh
+    other = np.ones_like(bank.tensors["delta"])
+    for route, change in _mutations(bank, other).items():
+        with pytest.raises((TypeError, AttributeError), match=r"immutable.*bank\.replace\(\.\.\.\)") as err:
+            change()
+        assert isinstance(err.value, AttributeError) == route.startswith(("bank.", "del bank.")), route
+    keys_before = bank.keys.copy()
+    for write in (lambda: bank.keys.__setitem__(0, 9), lambda: bank.keys.sort(), lambda: bank.keys.fill(1)):
+        with pytest.raises(ValueError, match="read-only"):
+            write()
+    with pytest.raises(ValueError, match="read-only"):
+        bank.tensors["delta"] += 1
+    # Nothing changed, and the cached digest is still the digest of what the bank holds.
+    np.testing.assert_array_equal(bank.keys, keys_before)
+    assert (bank.method, bank.kind, bank.image_shape, bank.path) == ("random", "additive", (3, 8, 8), None)
+    assert sorted(bank.tensors) == ["delta"] and not np.any(bank.tensors["delta"] == 1)
+    assert bank.sha256 == before == NoiseBank.from_bytes(bank.to_bytes(), verify=True).sha256
+    with pytest.raises(AttributeError, match=r"bank\.save\(path\)"):
+        bank.path = str(tmp_path / "elsewhere.arrow")
+    assert not hasattr(bank, "__dict__")  # no back door around __setattr__ (bank.__dict__["kind"] = ...)
+    assert weakref.ref(bank)() is bank  # callers may still cache by bank
+
+
+def test_bank_takes_a_copy_of_the_keys_and_sample_keys_are_read_only_too():
+    keys = np.arange(3)
+    bank = NoiseBank(method="m", kind="additive", keying="class", keys=keys,
+                     tensors={"delta": np.zeros((3, 3, 2, 2), "float32")})
+    keys[0] = 7  # the caller's array is still theirs to write
+    assert bank.keys.tolist() == [0, 1, 2] and not bank.keys.flags.writeable
+    sample = NoiseBank(method="m", kind="additive", keying="sample", keys=["a", "b"],
+                       tensors={"delta": np.zeros((2, 3, 2, 2), "float32")})
+    with pytest.raises(ValueError, match="read-only"):
+        sample.keys[0] = "b"
+    assert sample.rows_for(["b", "a"]).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("how", ["load", "from_bytes", "pickle", "replace", "copy", "deepcopy"])
+def test_banks_made_any_way_are_frozen_and_still_work(tmp_path, how):
+    import copy
+
+    bank = additive_bank()
+    path = tmp_path / "b.arrow"
+    made = {
+        "load": lambda: NoiseBank.load(bank.save(path)),
+        "from_bytes": lambda: NoiseBank.from_bytes(bank.to_bytes()),
+        "pickle": lambda: pickle.loads(pickle.dumps(bank)),
+        "replace": lambda: bank.replace(fit_seconds=2.0),
+        "copy": lambda: copy.copy(bank),
+        "deepcopy": lambda: copy.deepcopy(bank),
+    }[how]()
+    assert_same_bank(made, bank)
+    assert (made.path is not None) == (how == "load")
+    assert made.rows_for([2, 0]).tolist() == [2, 0]  # the lazily built row index is a cache, not a change
+    with pytest.raises(TypeError, match="immutable"):
+        made.tensors["delta"] = np.zeros_like(bank.tensors["delta"])
+    with pytest.raises(AttributeError, match="immutable"):
+        made.image_shape = (3, 4, 4)
+    assert not made.keys.flags.writeable and not made.tensors["delta"].flags.writeable
+    # A changed bank is a new bank with its own digest; the original keeps its own.
+    changed = made.replace(tensors={"delta": np.zeros_like(bank.tensors["delta"])}, method="em")
+    assert changed.method == "em" and changed.sha256 != bank.sha256 and made.sha256 == bank.sha256
+    assert pickle.loads(pickle.dumps(changed)).sha256 == changed.sha256
 
 
 def test_replace_makes_a_new_bank():

@@ -77,9 +77,11 @@ class NoiseBank:
             same seed and data must give the same bytes).
 
     A bank is immutable: it takes its arrays and makes them read-only (pass copies if you still
-    need to write to yours), ``params``/``info`` refuse changes, and
-    :meth:`replace` returns a new bank with some fields changed. It pickles as its path and
-    sha256 once saved (the receiver maps the file), and as Arrow IPC bytes before.
+    need to write to yours); ``tensors``, ``params`` and ``info`` refuse changes, ``keys`` is a
+    read-only array, its attributes cannot be set or deleted, and :meth:`replace` returns a new
+    bank with some fields changed (its sha256 is computed once and cached: a bank changed
+    afterwards would carry a stale digest into caches, pickles and files). It pickles as its path
+    and sha256 once saved (the receiver maps the file), and as Arrow IPC bytes before.
     """
 
     def __init__(
@@ -115,7 +117,7 @@ class NoiseBank:
         missing = [t for t in spec.required_tensors if t not in tensors]
         if missing:
             raise BankError(f"a {kind!r} bank needs tensors {missing}")
-        self.tensors: dict[str, np.ndarray] = {}
+        payload: dict[str, np.ndarray] = {}
         for name, arr in tensors.items():
             if name == "key":
                 raise BankError("'key' is reserved for the key column")
@@ -129,30 +131,57 @@ class NoiseBank:
             # The bank takes the array, read-only: its digest must stay true for its lifetime, and
             # sample-wise payloads are too large to copy defensively.
             arr.flags.writeable = False
-            self.tensors[name] = arr
-        self.method = method
-        self.kind = kind
-        self.keying = keying
-        self.keys = keys
-        # Normalised through JSON now, so numpy scalars from a method are stored as plain numbers,
-        # an unserialisable value fails here (not at save time), and the object equals its reload.
-        self.params: dict[str, Any] = _frozen(_json_safe(params or {}, "params"))
-        self.info: dict[str, Any] = _frozen(_json_safe(info or {}, "info"))
+            payload[name] = arr
+        keys.flags.writeable = False  # a copy made above (astype), so the caller's array stays writeable
         if image_shape is None:
-            first = None if spec.shape_tensor is None else self.tensors[spec.shape_tensor]
+            first = None if spec.shape_tensor is None else payload[spec.shape_tensor]
             if first is None or first.ndim != 4:
                 raise BankError(f"image_shape is required for a {kind!r} bank")
             image_shape = first.shape[1:]
-        self.image_shape: tuple[int, int, int] = tuple(int(s) for s in image_shape)  # type: ignore[assignment]
-        if len(self.image_shape) != 3:
-            raise BankError(f"image_shape must be (C, H, W), got {self.image_shape}")
-        self.version = _library_version()
-        self.path: str | None = None
+        shape = tuple(int(s) for s in image_shape)
+        if len(shape) != 3:
+            raise BankError(f"image_shape must be (C, H, W), got {shape}")
+        # Attributes are set here and by the bank's own I/O only (_set): __setattr__ refuses everyone else.
+        _set = object.__setattr__
+        _set(self, "tensors", _FrozenDict(payload))
+        _set(self, "method", method)
+        _set(self, "kind", kind)
+        _set(self, "keying", keying)
+        _set(self, "keys", keys)
+        # Normalised through JSON now, so numpy scalars from a method are stored as plain numbers,
+        # an unserialisable value fails here (not at save time), and the object equals its reload.
+        _set(self, "params", _frozen(_json_safe(params or {}, "params")))
+        _set(self, "info", _frozen(_json_safe(info or {}, "info")))
+        _set(self, "image_shape", shape)
+        _set(self, "version", _library_version())
+        _set(self, "path", None)  # set by save()/load() only: where the bank lives is not its content
         #: Seconds ``ue.fit`` took (not stored in the file: it would make refits differ).
-        self.fit_seconds: float | None = None if fit_seconds is None else float(fit_seconds)
-        self._sha256: str | None = None
-        self._bytes: bytes | None = None
-        self._row_index: Any = None
+        _set(self, "fit_seconds", None if fit_seconds is None else float(fit_seconds))
+        # Caches of values derived from the immutable content, filled on first use.
+        _set(self, "_sha256", None)
+        _set(self, "_bytes", None)
+        _set(self, "_row_index", None)
+
+    # Slots, not a __dict__: ``bank.__dict__["method"] = ...`` would bypass __setattr__.
+    __slots__ = ("tensors", "method", "kind", "keying", "keys", "params", "info", "image_shape", "version", "path",
+                 "fit_seconds", "_sha256", "_bytes", "_row_index", "__weakref__")
+    tensors: Mapping[str, np.ndarray]
+    method: str
+    kind: str
+    keying: str
+    keys: np.ndarray
+    params: dict[str, Any]
+    info: dict[str, Any]
+    image_shape: tuple[int, int, int]
+    version: str
+    path: str | None
+    fit_seconds: float | None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(_immutable_message(name))
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(_immutable_message(name))
 
     def replace(self, **changes: Any) -> NoiseBank:
         """A new bank with some constructor fields changed (``info``, ``params``, ``fit_seconds``...).
@@ -195,7 +224,7 @@ class NoiseBank:
     def sha256(self) -> str:
         """Digest of the keys, payload and metadata: identifies the bank in caches and pickles."""
         if self._sha256 is None:
-            self._sha256 = _digest(self._meta_core(), self.keys, self.tensors)
+            object.__setattr__(self, "_sha256", _digest(self._meta_core(), self.keys, self.tensors))
         return self._sha256
 
     def __repr__(self) -> str:
@@ -213,7 +242,7 @@ class NoiseBank:
             return np.empty(0, dtype=np.int64)
         if self.keying == "sample":
             if self._row_index is None:
-                self._row_index = {k: i for i, k in enumerate(self.keys.tolist())}
+                object.__setattr__(self, "_row_index", {k: i for i, k in enumerate(self.keys.tolist())})
             rows = np.empty(len(keys), dtype=np.int64)
             for i, k in enumerate(keys.astype(str).tolist()):
                 r = self._row_index.get(k)
@@ -236,9 +265,9 @@ class NoiseBank:
             if sk.min() >= 0 and sk.max() < 1_000_000:
                 lut = np.full(int(sk.max()) + 1, -1, dtype=np.int64)
                 lut[sk] = np.arange(len(sk))
-                self._row_index = lut
+                object.__setattr__(self, "_row_index", lut)
             else:
-                self._row_index = {int(k): i for i, k in enumerate(sk.tolist())}
+                object.__setattr__(self, "_row_index", {int(k): i for i, k in enumerate(sk.tolist())})
         idx = self._row_index
         if isinstance(idx, np.ndarray):
             ok = (keys >= 0) & (keys < len(idx))
@@ -330,7 +359,7 @@ class NoiseBank:
                 os.replace(tmp, path)
             else:
                 os.remove(tmp)
-        self.path = os.path.abspath(path)
+        object.__setattr__(self, "path", os.path.abspath(path))
         return path
 
     def to_bytes(self) -> bytes:
@@ -340,7 +369,7 @@ class NoiseBank:
             sink = pa.BufferOutputStream()
             with pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table, max_chunksize=max(1, table.num_rows))
-            self._bytes = sink.getvalue().to_pybytes()
+            object.__setattr__(self, "_bytes", sink.getvalue().to_pybytes())
         return self._bytes
 
     @classmethod
@@ -362,7 +391,7 @@ class NoiseBank:
                 "It may be truncated or not a bank at all; re-save it with NoiseBank.save()."
             ) from err
         bank = cls._from_table(table, verify=verify, where=path, expect_sha256=expect_sha256)
-        bank.path = os.path.abspath(path)
+        object.__setattr__(bank, "path", os.path.abspath(path))
         return bank
 
     @classmethod
@@ -421,7 +450,7 @@ class NoiseBank:
             )
         except KeyError as err:
             raise BankError(f"{where}: bank metadata lacks {err}") from err
-        bank.version = meta.get("library_version", "?")
+        object.__setattr__(bank, "version", meta.get("library_version", "?"))
         stored = meta.get("sha256")
         if expect_sha256 is not None and stored != expect_sha256:
             raise BankError(
@@ -435,9 +464,9 @@ class NoiseBank:
                     f"{where}: sha256 mismatch (stored {str(stored)[:12]}..., computed {actual[:12]}...): the bank "
                     "was tampered with or corrupted. Restore it from your backup or refit it."
                 )
-            bank._sha256 = actual
+            object.__setattr__(bank, "_sha256", actual)
         else:
-            bank._sha256 = stored
+            object.__setattr__(bank, "_sha256", stored)
         return bank
 
     def __reduce__(self):  # cheap, pickle-free of arrays: a path + digest, or Arrow bytes
@@ -448,11 +477,20 @@ class NoiseBank:
         return (_from_bytes, (self.to_bytes(),))
 
 
+_IMMUTABLE = "a NoiseBank is immutable after it is made; build a changed copy with bank.replace(...)"
+
+
+def _immutable_message(name: str) -> str:
+    if name == "path":
+        return f"cannot set NoiseBank.path: {_IMMUTABLE}, and give it a path with bank.save(path)"
+    return f"cannot set or delete NoiseBank.{name}: {_IMMUTABLE}"
+
+
 class _Frozen:
-    """Refuses changes (a bank's ``params``/``info`` and what they contain); reads like JSON values."""
+    """Refuses changes (a bank's ``tensors``/``params``/``info`` and what they contain)."""
 
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("a NoiseBank is immutable after it is made; build a changed copy with bank.replace(...)")
+        raise TypeError(_IMMUTABLE)
 
     def __reduce__(self):
         return (_frozen, (_thaw(self),))
@@ -515,7 +553,7 @@ def _load_expect(path: str, sha256: str) -> NoiseBank:
 
 def _from_bytes(data: bytes) -> NoiseBank:
     bank = NoiseBank.from_bytes(data, verify=False)  # made by to_bytes in this library: no re-hash
-    bank._bytes = data
+    object.__setattr__(bank, "_bytes", data)
     return bank
 
 
