@@ -273,6 +273,27 @@ def test_modes_through_bytes():
     assert decode(encode_png(rgb[..., 0])).shape == (1, 9, 11)  # channels=None keeps L as one channel
 
 
+@pytest.mark.parametrize("as_bytes", [True, False], ids=["png-bytes", "pil-image"])
+def test_one_bit_images_convert_to_full_range_pixels(as_bytes):
+    # Mode "1" is one bit per pixel: numpy reads it as bools (0/1), so an unconverted 1-bit image
+    # would be protected as near-black 0/1 pixels. It must be refused, or converted to 0/255.
+    bits = _photo(9, 11)[..., 0] > 127  # 11 px wide: rows do not fill whole bytes in the file
+    img = Image.fromarray(bits)
+    assert img.mode == "1"
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == "1"  # stored as a 1-bit PNG, read back as "1"
+    value = buf.getvalue() if as_bytes else img
+    for channels, want in ((None, "L"), (1, "L"), (3, "RGB")):
+        with pytest.raises(ImageModeError, match=f"1 image but the bank is for {want} images.*convert=True"):
+            decode(value, channels=channels)
+        with pytest.warns(UserWarning, match=f"converting 1 images to {want}"):
+            got = decode(value, channels=channels, convert=True)
+        assert got.dtype == np.uint8 and got.shape == (1 if want == "L" else 3, 9, 11)
+        for plane in got:
+            np.testing.assert_array_equal(plane, np.where(bits, 255, 0))
+
+
 def test_decode_reads_paths(tmp_path):
     hwc = _photo(6, 8)
     path = tmp_path / "x.png"

@@ -366,6 +366,26 @@ def test_convert_true_through_map(bank_path):
     assert out[0]["image"].mode == "RGB"
 
 
+@pytest.mark.parametrize("channels", [3, 1], ids=["rgb-bank", "grey-bank"])
+def test_one_bit_images_through_map_with_convert_true(channels):
+    # Mode "1" reads as 0/1 bools in numpy: converted it must be protected as 0/255 pixels.
+    bank = class_bank(channels=channels)
+    bits = _pixels(3)[..., 0] > 127
+    src = Dataset.from_dict({"image": [PILImage.fromarray(b) for b in bits], "label": [0, 1, 2]},
+                            features=Features({"image": Image(), "label": ClassLabel(num_classes=3)}))
+    assert src[0]["image"].mode == "1"  # stored and read back as a 1-bit image
+    want = "RGB" if channels == 3 else "L"
+    with pytest.raises(ImageModeError, match=f"1 image but the bank is for {want} images.*convert=True"):
+        src.map(ue.Protect(bank), batched=True)
+    with pytest.warns(UserWarning, match=f"converting 1 images to {want}"):
+        out = src.map(ue.Protect(bank, convert=True), batched=True, batch_size=2)
+    assert all(b.startswith(b"\x89PNG") for b in stored_bytes(out))
+    for bit, img, lab in zip(bits, out["image"], src["label"]):
+        assert img.mode == want
+        full = np.repeat(np.where(bit, 255, 0).astype(np.uint8)[..., None], channels, axis=-1)
+        np.testing.assert_array_equal(np.asarray(img).reshape(H, W, channels), ref_protect(full, bank, lab))
+
+
 def test_sixteen_bit_refused_even_with_convert(bank_path):
     with pytest.raises(ImageModeError, match="16-bit"):
         ue.Protect(bank_path, convert=True)({"image": [_mode_image("I;16")], "label": [0]})
