@@ -690,12 +690,15 @@ def test_every_kind_through_set_transform_transform_and_stream(kind_banks, name)
         np.testing.assert_array_equal(np.asarray(img), ref)
 
 
-@pytest.mark.parametrize("name", ["additive-class", "synth-class", "additive-sample"])
+@pytest.mark.parametrize("name", ["additive-class", "additive-cluster", "pixel-class", "synth-class",
+                                  "additive-sample"])
 def test_every_kind_num_proc_equals_single_process(kind_banks, name):
     src = mixed_ds()
     one = src.map(ue.Protect(kind_banks[name], **_options(name)), batched=True, batch_size=2)
     two = src.map(ue.Protect(kind_banks[name], **_options(name)), batched=True, batch_size=2, num_proc=2)
     assert stored_bytes(two) == stored_bytes(one) and two["uid"] == src["uid"]
+    for got, ref in zip(decoded(two), _want(NoiseBank.load(kind_banks[name]), src)):
+        np.testing.assert_array_equal(got, ref)
 
 
 def test_protect_and_transform_with_an_encoder_equal_the_cluster_column():
