@@ -117,8 +117,10 @@ def test_ray_every_kind_and_mixed_sizes_equal_datasets_map(cluster, tmp_path):
     src = tp.mixed_ds().add_column("idx", list(range(len(tp.SIZES))))
     path = str(tmp_path / "mixed.parquet")
     src.to_parquet(path)
-    # Fused tasks for every kind (additive-class is covered above); the split (GPU) pipeline once.
-    runs = [("conv-class", False), ("pixel-class", False), ("additive-sample", False), ("synth-class", True)]
+    # Fused tasks for every kind (additive-class is covered above; the cluster bank keys on the "cluster"
+    # column, not the label); the split (GPU) pipeline once.
+    runs = [("conv-class", False), ("pixel-class", False), ("additive-cluster", False), ("additive-sample", False),
+            ("synth-class", True)]
     banks = tp._kind_banks()
     for name, split_stages in runs:
         bank = banks[name]
