@@ -651,21 +651,31 @@ def test_protect_tensor_batch_equals_list():
     assert torch.equal(again, as_tensor[[3, 0]])
 
 
-def test_noise_is_resized_once_per_size(monkeypatch):
-    bank = additive_bank([0, 1, 2], (3, 8, 8))
+@pytest.mark.parametrize("kind, tensors", [
+    ("additive", [(3, "bilinear")]),  # delta: [K, 3, h, w]
+    ("pixel", [(1, "nearest"), (3, "nearest")]),  # mask [K, 1, h, w] and value [K, 3, h, w]: both, once each
+])
+def test_noise_is_resized_once_per_size(monkeypatch, kind, tensors):
+    bank = {"additive": additive_bank, "pixel": pixel_bank}[kind]([0, 1, 2], (3, 8, 8))
     app = Applier(bank, size_mismatch="resize")
     sizes = []
     real = Applier.fit_size
 
     def counting(self, t, hw, *, mode):
-        if tuple(t.shape[-2:]) != hw:
-            sizes.append((hw, t.shape[0]))
+        if self is app and tuple(t.shape[-2:]) != hw:  # not the one-image references below
+            sizes.append((hw, t.shape[0], t.shape[1], mode))
         return real(self, t, hw, mode=mode)
 
     monkeypatch.setattr(Applier, "fit_size", counting)
+    shapes = [(3, 5, 7), (3, 9, 9), (3, 5, 7)]
     for seed in range(3):
-        app.protect(_chws([(3, 5, 7), (3, 9, 9), (3, 5, 7)], seed=seed), labels=[0, 1, 2])
-    assert sorted(sizes) == [((5, 7), 3), ((9, 9), 3)]  # the whole bank, once per size
+        chws = _chws(shapes, seed=seed)
+        out = app.protect(chws, labels=[0, 1, 2])
+        for i, (c, lab) in enumerate(zip(chws, [0, 1, 2])):  # the cached sizes give per-image bytes
+            one = apply(bank, torch.from_numpy(c[None]), [lab], size_mismatch="resize")[0]
+            np.testing.assert_array_equal(out[i], one.numpy(), err_msg=f"{seed} {i}")
+    # The whole bank (3 rows), once per size and payload tensor, over 3 batches of repeated sizes.
+    assert sorted(sizes) == sorted((hw, 3, c, mode) for hw in [(5, 7), (9, 9)] for c, mode in tensors)
 
 
 def test_resized_cache_equals_resizing_the_rows(tmp_path, monkeypatch):
