@@ -102,3 +102,16 @@ def test_modes():
     for mode in ("I", "F"):
         with pytest.raises(ImageModeError, match="32-bit"):
             to_chw(rgb.convert("L").convert(mode), channels=1, convert=True)
+
+
+def test_encoded_bytes_only_when_every_row_has_them():
+    import pyarrow as pa
+
+    from uetransforms.images import encoded_bytes
+
+    typ = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    full = pa.chunked_array([pa.array([{"bytes": b"a", "path": None}], typ), pa.array([{"bytes": b"b", "path": "x"}], typ)])
+    assert encoded_bytes(full) == [b"a", b"b"]
+    assert encoded_bytes(pa.array([{"bytes": b"a", "path": None}, {"bytes": None, "path": "p.png"}], typ)) is None
+    assert encoded_bytes(pa.array([{"bytes": b"a", "path": None}, None], typ)) is None
+    assert encoded_bytes(pa.array([b"a"])) is None  # not an Image() struct

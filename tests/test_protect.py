@@ -763,6 +763,43 @@ def test_marked_images_are_not_protected_twice(bank_path):
     np.testing.assert_array_equal(np.asarray(img), decoded(twice)[0])
 
 
+@pytest.mark.parametrize("mode", [None, "L"])
+def test_map_reads_undecoded_bytes_with_the_package_decoders(monkeypatch, mode):
+    """map(Protect) on an Image() column: the encoded bytes go to uetransforms.codecs (datasets'
+    PIL decode was two thirds of the cost), with datasets' pixels: EXIF orientation applied, and
+    a feature mode to convert to left to datasets."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(6):
+        img = PILImage.fromarray(rng.integers(0, 256, (9, 13, 3), dtype=np.uint8))
+        buf = io.BytesIO()
+        if i % 2:
+            exif = PILImage.Exif()
+            exif[0x0112] = 6  # displayed rotated: datasets transposes, so must we
+            img.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+        else:
+            img.save(buf, format="JPEG", quality=90)
+        rows.append({"bytes": buf.getvalue(), "path": None})
+    feats = Features({"image": Image(mode=mode), "label": ClassLabel(num_classes=3)})
+    ds = Dataset.from_dict({"image": rows, "label": [i % 3 for i in range(6)]}, features=feats)
+    channels = 1 if mode == "L" else 3
+    rng2 = np.random.default_rng(5)
+    bank = NoiseBank(method="random", kind="additive", keying="class", keys=[0, 1, 2], info={"size_mismatch": "resize"},
+                     tensors={"delta": rng2.uniform(-EPS, EPS, (3, channels, 4, 4)).astype("float32")})
+    want = [np.asarray(im) for im in ds["image"]]  # datasets' own decode
+    calls = []
+    real = Image.decode_example
+    monkeypatch.setattr(Image, "decode_example", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    out = ds.map(ue.Protect(bank), batched=True, batch_size=4)
+    assert (len(calls) > 0) == (mode is not None)  # no PIL decode unless a mode must be applied
+    monkeypatch.setattr(Image, "decode_example", real)
+    applier = ops.Applier(bank)
+    for got, src, lab in zip(out["image"], want, ds["label"]):
+        chw = src[None] if src.ndim == 2 else src.transpose(2, 0, 1)
+        ref = applier.protect([chw], labels=[lab])[0]
+        np.testing.assert_array_equal(np.asarray(got), ref[0] if channels == 1 else ref.transpose(1, 2, 0))
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_bytes_do_not_depend_on_the_codec_threads(fmt):
     # Decodes and encodes fan out over torch.get_num_threads() threads; the stored bytes must not change.

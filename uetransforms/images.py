@@ -14,15 +14,35 @@ Example:
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 
 from .codecs import ImageModeError, decode
 
-__all__ = ["ImageModeError", "content_id", "from_chw", "to_chw"]
+__all__ = ["ImageModeError", "content_id", "encoded_bytes", "from_chw", "to_chw"]
 
 #: Decode one image to uint8 ``[C, H, W]``; see :func:`uetransforms.codecs.decode`.
 to_chw = decode
+
+
+def encoded_bytes(column: Any) -> list[bytes] | None:
+    """The encoded bytes of an Arrow ``Image()`` column (``{bytes, path}`` structs), or None.
+
+    None unless every row holds its bytes (a row with only a path, or a null row, is read by
+    whoever decodes the records: ``datasets`` for remote paths). Reading the bytes straight
+    from Arrow skips a ``{bytes, path}`` dict per row, and lets the fast decoders in
+    :mod:`uetransforms.codecs` see the bytes before ``datasets`` decodes them with PIL.
+    """
+    import pyarrow as pa
+
+    data = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_struct(data.type) or data.type.get_field_index("bytes") < 0:
+        return None
+    raw = data.field("bytes")
+    if data.null_count or raw.null_count:
+        return None
+    return raw.to_pylist()
 
 
 def from_chw(arr: np.ndarray):

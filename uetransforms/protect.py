@@ -36,7 +36,7 @@ import torch
 from .bank import BankError, NoiseBank
 from .codecs import check_png_options, encode_png, encode_png_batch, is_marked, map_threads
 from .errors import DoubleProtectionError  # defined there; importable from here as before
-from .images import from_chw, to_chw
+from .images import encoded_bytes, from_chw, to_chw
 from .ops import Applier, chunk_views
 
 # The pid that imported this module. A worker forked by `datasets` (num_proc) inherits it; there,
@@ -230,9 +230,9 @@ class Protect(_BankUser):
         for a in args:
             if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
                 rank = int(a)
-        images = batch.get(self.image_column) if isinstance(batch, Mapping) else None
+        images = self._images_of(batch) if isinstance(batch, Mapping) and self.image_column in batch else None
         as_bytes = images is not None and self._hands_bytes(batch, images)
-        images, single, done = self._protect_batch(batch, rank, encode=as_bytes)
+        images, single, done = self._protect_batch(batch, rank, encode=as_bytes, images=images)
         n = 1 if single else len(images)
         new: Any
         if as_bytes:
@@ -266,12 +266,35 @@ class Protect(_BankUser):
             return encode_png_batch(images, threads=threads, **opts)
         return map_threads(lambda a: encode_png(a, **opts), list(images), threads)
 
+    def _images_of(self, batch: Mapping[str, Any]) -> Any:
+        """The image column; from a ``Dataset.map`` batch not yet decoded, its encoded bytes.
+
+        ``datasets`` would decode an ``Image()`` column with PIL when the column is read
+        (two thirds of a 32-px ``map(Protect)``); the bytes go to :mod:`uetransforms.codecs`
+        instead, whose decoders return the pixels ``datasets`` returns (same EXIF and mode rules).
+        Only for the plain Python format and an ``Image()`` feature without a ``mode`` to
+        convert to, and only when every row holds its bytes; otherwise ``datasets`` decodes.
+        """
+        from datasets.formatting.formatting import LazyDict, LazyRow, PythonFormatter
+
+        col = self.image_column
+        if (isinstance(batch, LazyDict) and type(batch.formatter) is PythonFormatter and col in batch.keys_to_format
+                and col in batch.pa_table.column_names):
+            import datasets
+
+            feature = (batch.formatter.features or {}).get(col)
+            if isinstance(feature, datasets.Image) and feature.decode and feature.mode is None:
+                raw = encoded_bytes(batch.pa_table.column(col))
+                if raw is not None:
+                    return raw[0] if isinstance(batch, LazyRow) else raw
+        return batch[col]
+
     def _threads(self) -> int:
         # getattr: a Protect pickled before the option existed uses the default.
         return getattr(self, "threads", None) or _default_threads()
 
     def _protect_batch(self, batch: Mapping[str, Any], rank: int | None, *, encode: bool = False,
-                       ) -> tuple[Any, bool, Any]:
+                       images: Any = None) -> tuple[Any, bool, Any]:
         """The column's images, whether the call is for one example, and the protected images:
         the kernel's chunks (``[(positions, [n, H, W, C] pixels)]``), or with ``encode`` their PNG
         bytes in row order."""
@@ -281,7 +304,8 @@ class Protect(_BankUser):
                 f"image_column={col!r} is not in the batch (columns: {list(batch.keys())}); "
                 "pass Protect(bank, image_column=<name>)"
             )
-        images = batch[col]
+        if images is None:
+            images = self._images_of(batch)
         single = self._is_single(batch, images)
         imgs = [images] if single else list(images)
         labels = self._column(batch, self.label_column, single, needed=self._needs_labels())

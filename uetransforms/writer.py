@@ -214,12 +214,10 @@ def dataset_tables(ds: Any, protect: Protect | None, image_column: str,
 
 def _pylist(column: pa.ChunkedArray, is_image: bool) -> list[Any]:
     """A column as Python values; an Image() column whose rows all hold bytes as the bytes alone."""
-    if is_image and pa.types.is_struct(column.type) and column.type.get_field_index("bytes") >= 0:
-        data = column.combine_chunks()
-        raw = data.field("bytes")
-        if data.null_count == 0 and raw.null_count == 0:
-            return raw.to_pylist()  # the decoders read bytes; no {"bytes", "path"} dict per row
-    return column.to_pylist()
+    from .images import encoded_bytes
+
+    raw = encoded_bytes(column) if is_image else None
+    return column.to_pylist() if raw is None else raw
 
 
 def stream_tables(stream: Any, protect: Protect | None, image_column: str,
