@@ -558,27 +558,31 @@ def test_threads_give_the_same_bytes(name):
         ue.Protect(bank, threads=0)
 
 
-def test_publish_slices_run_torch_single_threaded_and_restore_it(tmp_path, monkeypatch):
+def test_slices_run_torch_single_threaded_and_restore_it(tmp_path, monkeypatch):
     import torch
 
+    from uetransforms.ops import Applier
+
     seen = []
-    real = ue.Protect.encoded
-    monkeypatch.setattr(ue.Protect, "encoded",
-                        lambda self, batch, *a, **kw: seen.append((torch.get_num_threads(), self._threads()))
-                        or real(self, batch, *a, **kw))
+    real = Applier.protect_chunks
+    monkeypatch.setattr(Applier, "protect_chunks",
+                        lambda self, *a, **kw: seen.append(torch.get_num_threads()) or real(self, *a, **kw))
     bank = _kind_banks()["conv-class"]
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
         a = ue.publish(mixed_ds(), bank, tmp_path / "a", batch_size=4)
         assert torch.get_num_threads() == 3  # restored
-        assert seen and all(s == (1, 3) for s in seen)  # 3 slices, each with one torch thread
+        assert len(seen) >= 3 and set(seen) == {1}  # 3 slices of each batch, each with one torch thread
         seen.clear()
         b = ue.publish(mixed_ds(), bank, tmp_path / "b", batch_size=4, threads=1)
-        assert seen and all(s == (3, 1) for s in seen)  # one slice: torch keeps its threads
+        assert seen and set(seen) == {3}  # one slice: torch keeps its threads
+        seen.clear()
+        m = mixed_ds().map(ue.Protect(bank), batched=True, batch_size=4)  # the same rule in a map
+        assert set(seen) == {1} and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
-    assert _stored(a) == _stored(b)
+    assert _stored(a) == _stored(b) == _stored(m)
 
 
 def test_publish_reads_images_stored_as_paths(tmp_path, secret_bank):

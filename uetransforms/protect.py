@@ -26,8 +26,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,6 +53,38 @@ def _default_threads() -> int:
     keeps everything serial; by default the slices use the cores torch would use for kernels.
     """
     return torch.get_num_threads()
+
+
+_TORCH_LOCK = threading.Lock()
+_TORCH_HELD: list[int] = []  # [torch's setting before the first holder] while any holder is inside
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Torch at one intra-op thread while a batch's slices run on their own threads; restored after.
+
+    Each slice already has a core, and torch's threads inside the slices only contended for
+    them: a 32-px ``map(Protect)`` on 2 cores took 0.49x the identity map's time with torch's 2
+    threads in 2 slices and 0.26x with 1 (``benchmarks/RESULTS.md``). Nested or concurrent
+    holders share one save/restore.
+    """
+    with _TORCH_LOCK:
+        if not _TORCH_HELD:
+            _TORCH_HELD.append(torch.get_num_threads())
+            _TORCH_HELD.append(0)
+            if _TORCH_HELD[0] != 1:
+                torch.set_num_threads(1)
+        _TORCH_HELD[1] += 1
+    try:
+        yield
+    finally:
+        with _TORCH_LOCK:
+            _TORCH_HELD[1] -= 1
+            if _TORCH_HELD[1] == 0:
+                before = _TORCH_HELD[0]
+                _TORCH_HELD.clear()
+                if before != 1:
+                    torch.set_num_threads(before)
 
 
 def _bank_ref(bank: NoiseBank | str | os.PathLike) -> NoiseBank:
@@ -178,8 +212,8 @@ class Protect(_BankUser):
         threads: on the CPU a batch is cut into this many slices that go through decode, kernel
             and encode in parallel (the codecs and torch release the GIL); on a GPU the codecs
             use them around one kernel call. Default: ``torch.get_num_threads()``. The bytes do
-            not depend on it. Torch's own intra-op threads still run inside each slice: for many
-            small images ``torch.set_num_threads(1)`` with ``threads=<cores>`` was fastest.
+            not depend on it. While the slices run, torch is held at one intra-op thread (each
+            slice has its core; torch's own threads only contended) and restored after the batch.
 
     Works batched (``batched=True``, the fast path) and per example; returns only the image
     column for ``map`` (PNG records for an ``Image()`` column) and the whole batch for
@@ -318,8 +352,9 @@ class Protect(_BankUser):
             # around one kernel call reached 0.28x the identity map at 32 px; see RESULTS.md).
             threads = min(threads, n)
             cuts = [n * t // threads for t in range(threads + 1)]
-            parts = [p for ps in map_threads(lambda t: self._slice(imgs, labels, ids, cuts[t], cuts[t + 1], rank,
-                                                                   encode, 1), range(threads), threads) for p in ps]
+            with _one_torch_thread():
+                parts = [p for ps in map_threads(lambda t: self._slice(imgs, labels, ids, cuts[t], cuts[t + 1], rank,
+                                                                       encode, 1), range(threads), threads) for p in ps]
         else:  # one kernel call for the batch (a GPU wants it whole); the codecs still use the threads
             parts = self._slice(imgs, labels, ids, 0, n, rank, encode, threads)
         if not encode:

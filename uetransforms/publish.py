@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from .bank import NoiseBank
@@ -162,8 +162,7 @@ def publish(
             many sizes) by interpolating the noise; ``convert=True`` converts RGBA/palette/...
             images to the bank's mode; the PNG encoder and its level (default: the fastest
             installed, at its default level); slices of a batch protected in parallel (default:
-            ``torch.get_num_threads()``; while they run on the CPU, torch itself is set to one
-            thread, restored on return). Only when publish protects (not ``protected=True``).
+            ``torch.get_num_threads()``). Only when publish protects (not ``protected=True``).
 
     Returns:
         The protected ``Dataset``/``DatasetDict`` as ``datasets.load_dataset(path)`` gives it (same
@@ -251,16 +250,14 @@ def publish(
     marker_info = {"method": bank.method, "library_version": __version__}
     if not push:
         out_dir = os.fspath(path_or_repo_id)
-        with _slices_own_the_cores(fn, device):
-            written = _write_with_copies(parts, out_dir, image_column=image_column, card=card, overwrite=overwrite,
-                                         protected=protected, marker_info=marker_info, on_recover=_warn)
+        written = _write_with_copies(parts, out_dir, image_column=image_column, card=card, overwrite=overwrite,
+                                     protected=protected, marker_info=marker_info, on_recover=_warn)
         return _result(out_dir, written, is_dict)
     staging = tempfile.mkdtemp(prefix="uetransforms-push-")
     folder = os.path.join(staging, repo_id.split("/")[-1])
     try:
-        with _slices_own_the_cores(fn, device):
-            written = _write_with_copies(parts, folder, image_column=image_column, card=card, overwrite=False,
-                                         protected=protected, marker_info=marker_info)
+        written = _write_with_copies(parts, folder, image_column=image_column, card=card, overwrite=False,
+                                     protected=protected, marker_info=marker_info)
         result = _result(folder, written, is_dict)
         upload(folder, repo_id, token=token, private=private, splits=list(splits))
     except PushError:
@@ -310,29 +307,6 @@ def _arrow_copy_path(ds: Any) -> str:
     files = ds.cache_files if datasets.is_caching_enabled() else []
     folder = os.path.dirname(files[0]["filename"]) if files else get_temporary_cache_files_directory()
     return os.path.join(folder, f"cache-uetransforms-publish-{uuid.uuid4().hex}.arrow")
-
-
-@contextlib.contextmanager
-def _slices_own_the_cores(fn: Any, device: str | None) -> Iterator[None]:
-    """While publish protects on the CPU with several slices, torch runs one intra-op thread.
-
-    Each slice already has a core; torch's own threads inside the slices only contended for them
-    (32 px: 0.39x the identity map with 2 torch threads in 2 slices, 0.25x with 1; RESULTS.md).
-    The slice count is fixed first, then torch's setting is restored when publish returns.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    on_cpu = device is None or str(device) == "cpu"
-    if fn is None or not on_cpu or before == 1 or fn._threads() == 1:
-        yield
-        return
-    fn.threads = fn._threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _write_with_copies(parts: list[Split], out_dir: str, **kwargs: Any) -> dict[str, Any]:
