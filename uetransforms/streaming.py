@@ -6,8 +6,10 @@ writing half: it pulls protected batches from any stream and appends them to Par
 Hub layout (``data/<split>-00000-of-0000N.parquet`` + the same card :func:`~uetransforms.publish`
 writes), so peak memory is one batch plus one Parquet row group, whatever the stream's length.
 
-Images are encoded exactly as ``Dataset.map`` encodes them (``datasets``' own PNG encoder), so a
-streamed copy holds the same bytes as an in-memory one for the same bank and input.
+Images are encoded by the codec module's PNG encoder, the one ``Dataset.map(Protect(bank))`` and
+:func:`~uetransforms.publish` use, so a streamed copy holds the same bytes as an in-memory one for
+the same bank and input. (A streamed ``IterableDataset.map(Protect(bank))`` yields PIL images,
+which ``datasets`` itself encodes if you write them: same pixels, its own PNG bytes.)
 
 Example:
     >>> import datasets, numpy as np, os, tempfile, uetransforms as ue

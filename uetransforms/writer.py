@@ -225,7 +225,9 @@ def stream_tables(stream: Any, protect: Protect | None, image_column: str,
     """A stream (``IterableDataset``, iterable of row dicts) as a stream of output tables.
 
     The written schema is the stream's features (or, untyped, those of the first protected
-    batch) with the image column as ``Image()``; ``datasets``' own encoder turns images into PNG.
+    batch) with the image column as ``Image()``: Protect's PNG bytes (the codec module's encoder),
+    or for an already protected stream its records as they are and decoded images re-encoded
+    by the same encoder.
     """
     from .streaming import iter_batches
 
