@@ -514,6 +514,12 @@ def test_every_kind_through_publish_gives_the_reference_pixels(tmp_path, name):
     if name in ("additive-cluster", "conv-class", "synth-class"):  # the process pool is slow to start: three kinds
         again = ue.publish(src, bank, tmp_path / "pub2", batch_size=3, num_proc=2, **_options(name))
         assert _stored(again) == _stored(out)
+    # The stream writer (one writer behind both): the same bytes from an IterableDataset.
+    from uetransforms.streaming import publish_stream
+
+    publish_stream(src.to_iterable_dataset(), bank, tmp_path / "stream", batch_size=2, shard_rows=4, **_options(name))
+    streamed = datasets.load_dataset(str(tmp_path / "stream"), split="train", download_mode="force_redownload")
+    assert _stored(streamed) == _stored(out) and streamed["uid"] == src["uid"]
 
 
 def _stored(ds) -> list[bytes]:
