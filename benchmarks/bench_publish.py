@@ -11,10 +11,10 @@ bytes, decoded by ``datasets`` on access) and end with Parquet files on disk:
 * ``map(Protect) + to_parquet`` -- the README quickstart: ``ds.map(ue.Protect(bank), batched=True)``
   (Protect reads the undecoded bytes and hands ``datasets`` PNG records) then ``to_parquet``.
 
-A third pipeline, ``bytes-map``, is what ``publish`` is being rebuilt into (issue 14): one map over
-the *undecoded* column that decodes with ``codecs.decode``, applies the bank with ``ops.apply`` and
-returns ``{"bytes": codecs.mark(codecs.encode_png(...))}`` so ``datasets`` never re-encodes, then
-``to_parquet``. It shows what the codecs allow before the adapters use them.
+A fourth pipeline, ``bytes-map``, is a hand-written map over the *undecoded* column with the
+public pieces: ``codecs.decode``, ``ops.apply`` and ``{"bytes": codecs.mark(codecs.encode_png(...))}``
+(so ``datasets`` never re-encodes), then ``to_parquet``: what a user assembling their own pipeline
+pays (one image at a time through ``mark``).
 
 They run in the same process, alternated (identity, publish, publish, identity, ...), with
 ``datasets`` caching off so no run reuses another's output; each is reported by its best run,
