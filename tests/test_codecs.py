@@ -447,3 +447,18 @@ def test_map_threads_really_uses_threads():
     seen = codecs.map_threads(lambda _: threading.current_thread().name, list(range(8)), 2)
     assert seen[:4] == [threading.current_thread().name] * 4  # the caller takes the first slice
     assert len(set(seen[4:])) == 1 and seen[4].startswith("uet-codec")
+
+
+def test_remote_path_records_are_opened_by_datasets(tmp_path):
+    """A record with only a URL (streamed image folders yield them) is opened by datasets' own file
+    systems; one that cannot be opened says which image and why."""
+    import fsspec
+
+    arr = _photo(9, 7)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    fsspec.filesystem("memory").pipe("/uet-test/x.png", buf.getvalue())  # an fsspec URL, not a local file
+    chw = decode({"bytes": None, "path": "memory://uet-test/x.png"}, channels=3)
+    np.testing.assert_array_equal(chw.transpose(1, 2, 0), arr)
+    with pytest.raises(ImageModeError, match="could not open"):
+        decode({"bytes": None, "path": "memory://uet-test/missing.png"}, channels=3)

@@ -200,3 +200,18 @@ def test_publish_stream_of_an_in_memory_dataset_equals_publish(tmp_path):
     a, b = pq.read_table(tmp_path / "s" / "data" / name), pq.read_table(tmp_path / "p" / "data" / name)
     assert a.equals(b) and a.schema.metadata == b.schema.metadata
     assert png_bytes(datasets.load_dataset(str(tmp_path / "s"), split="train")) == reference(ds, bank)
+
+
+def test_publish_stream_reads_image_bytes_without_datasets_decoding(tmp_path, monkeypatch):
+    """A typed stream's Image() column reaches Protect as encoded bytes: the package's decoders,
+    not datasets' PIL decode per image, and the bytes publish writes."""
+    ds, bank = make_ds(), additive_bank()
+    calls = []
+    real = datasets.Image.decode_example
+    monkeypatch.setattr(datasets.Image, "decode_example", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    publish_stream(ds.to_iterable_dataset(), bank, tmp_path / "s", shard_rows=len(ds), batch_size=3)
+    assert len(calls) <= 1  # at most a first-row look, never once per image
+    monkeypatch.setattr(datasets.Image, "decode_example", real)
+    ue.publish(ds, bank, tmp_path / "p")
+    name = "train-00000-of-00001.parquet"
+    assert pq.read_table(tmp_path / "s" / "data" / name).equals(pq.read_table(tmp_path / "p" / "data" / name))

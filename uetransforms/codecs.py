@@ -160,7 +160,8 @@ def decode(value: Any, *, channels: int | None = None, convert: bool = False, co
             faithfully (the message names the fix).
     """
     if _is_record(value):
-        value = _record_bytes(value, column)
+        data = _record_bytes(value, column)
+        value = _remote_image(value, column) if data is None else data
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _decode_bytes(bytes(value), channels=channels, convert=convert, column=column)
     from PIL import Image
@@ -186,13 +187,20 @@ def _is_record(value: Any) -> bool:
     return isinstance(value, dict) and ("bytes" in value or "path" in value)
 
 
-def _record_bytes(record: dict, column: str) -> bytes:
-    """The encoded bytes of a ``datasets`` ``{"bytes", "path"}`` record (read from a local path)."""
+def _record_bytes(record: dict, column: str) -> bytes | None:
+    """The encoded bytes of a ``datasets`` ``{"bytes", "path"}`` record (read from a local path).
+
+    None for a remote path (``hf://``, ``https://``, fsspec chains such as ``zip://...::https://...``,
+    as streamed image folders yield): ``datasets`` opens those (:func:`_remote_image`).
+    """
     if record.get("bytes") is not None:
         return record["bytes"]
     if record.get("path"):
+        path = str(record["path"])
+        if "://" in path and not os.path.exists(path):
+            return None
         try:
-            with open(record["path"], "rb") as f:
+            with open(path, "rb") as f:
                 return f.read()
         except OSError as e:
             raise ImageModeError(
@@ -200,6 +208,19 @@ def _record_bytes(record: dict, column: str) -> bytes:
                 "load the dataset where its files are, or embed the bytes"
             ) from None
     raise ImageModeError(f"column {column!r} holds an empty image record (no bytes, no path)")
+
+
+def _remote_image(record: dict, column: str) -> Any:
+    """A remote image record opened by ``datasets`` (its file systems and Hub credentials), as PIL."""
+    import datasets
+
+    try:
+        return datasets.Image().decode_example({"path": record["path"], "bytes": None})
+    except Exception as e:  # network, credentials, a missing file: say which image and why
+        raise ImageModeError(
+            f"column {column!r} points to {record['path']!r}, which datasets could not open "
+            f"({type(e).__name__}: {e}); check the path and your Hub login, or embed the bytes"
+        ) from None
 
 
 def _decode_bytes(data: bytes, *, channels: int | None, convert: bool, column: str) -> np.ndarray:

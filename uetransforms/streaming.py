@@ -137,6 +137,13 @@ def publish_stream(
 
     import datasets
 
+    if fn is not None and isinstance(stream, datasets.IterableDataset):
+        feature = (stream.features or {}).get(image_column)
+        if isinstance(feature, datasets.Image) and feature.decode and feature.mode is None:
+            # Let Protect read the encoded bytes: the package's decoders return datasets' pixels
+            # and skip its PIL decode (publish_stream took 1.8x publish's time at 384 px).
+            stream = stream.cast_column(image_column, datasets.Image(decode=False))
+
     if isinstance(stream, datasets.Dataset):
         # An in-memory dataset is a stream too: read as Arrow batches, other columns untouched.
         if image_column not in stream.column_names:
