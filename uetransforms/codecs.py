@@ -112,10 +112,15 @@ def map_threads(fn: Callable[[_T], _R], items: Sequence[_T], threads: int) -> li
     ``threads``. An exception is raised as the serial loop would raise it (the first failing
     item in order).
     """
-    n = len(items)
+    return map_slices(lambda a, b: [fn(x) for x in items[a:b]], len(items), threads)
+
+
+def map_slices(fn: Callable[[int, int], Sequence[_R]], n: int, threads: int) -> list[_R]:
+    """``fn(a, b)`` for ``threads`` contiguous slices ``a:b`` of ``range(n)``, on threads; the
+    slices' results concatenated in order (a whole-slice step, e.g. one filter pass per slice)."""
     threads = min(int(threads), n)
     if threads <= 1:
-        return [fn(x) for x in items]
+        return list(fn(0, n)) if n else []
     # One pool per process and size: a pool inherited through fork has no threads in the child.
     key = (os.getpid(), threads - 1)
     with _POOLS_LOCK:
@@ -124,8 +129,8 @@ def map_threads(fn: Callable[[_T], _R], items: Sequence[_T], threads: int) -> li
             pool = _POOLS[key] = ThreadPoolExecutor(threads - 1, thread_name_prefix="uet-codec")
     cuts = [n * t // threads for t in range(threads + 1)]
 
-    def part(t: int) -> list[_R]:
-        return [fn(x) for x in items[cuts[t]:cuts[t + 1]]]
+    def part(t: int) -> Sequence[_R]:
+        return fn(cuts[t], cuts[t + 1])
 
     # The calling thread takes the first slice itself instead of waiting idle.
     rest = [pool.submit(part, t) for t in range(1, threads)]
@@ -449,16 +454,13 @@ def encode_png_batch(images: np.ndarray, *, level: int | None = None, encoder: s
         return []
     _check_hwc(images[0])  # dtype and shape rules, said as encode_png says them
     name, level = _encoder_and_level(encoder, level, images.shape[3])
-    threads = max(1, min(int(threads), len(images)))
-    cuts = [len(images) * t // threads for t in range(threads + 1)]
-
-    def part(t: int) -> list[bytes]:
-        piece = images[cuts[t]:cuts[t + 1]]
+    def part(a: int, b: int) -> list[bytes]:
+        piece = images[a:b]
         if name != "isal":
-            return [_library_png(a, name, level) for a in piece]
+            return [_library_png(x, name, level) for x in piece]
         return [_isal_png(raw, images.shape[1:], level) for raw in _up_filtered(piece)]
 
-    return [b for chunk in map_threads(part, range(threads), threads) for b in chunk]
+    return map_slices(part, len(images), threads)
 
 
 def check_png_options(encoder: str | None, level: int | None, *, channels: int | None = None) -> None:

@@ -772,16 +772,22 @@ class Applier:
         return batch
 
 
+def in_row_order(chunks: Sequence[tuple[Sequence[int], Any]], n: int) -> list[Any]:
+    """``(positions, items)`` chunks (:meth:`Applier.protect_chunks`' pixels, or their PNG bytes)
+    as one list of ``n`` items in input order."""
+    out: list[Any] = [None] * n
+    for positions, items in chunks:
+        for i, item in zip(positions, items):
+            out[i] = item
+    return out
+
+
 def chunk_views(chunks: list[tuple[list[int], np.ndarray]], n: int) -> list[np.ndarray]:
     """:meth:`Applier.protect_chunks`' images as ``[C, H, W]`` views of their chunks, in input order.
 
     Each view's HWC transpose is contiguous, so encoding one needs no further copy.
     """
-    out: list[Any] = [None] * n
-    for part, hwc in chunks:
-        for j, i in enumerate(part):
-            out[i] = hwc[j].transpose(2, 0, 1)
-    return out
+    return [hwc.transpose(2, 0, 1) for hwc in in_row_order(chunks, n)]
 
 
 def _cpu_layout(t: torch.Tensor) -> torch.Tensor:

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from .bank import BankError, NoiseBank
-from .codecs import check_png_options, encode_png, encode_png_batch, is_marked, map_threads
+from .codecs import check_png_options, encode_png, encode_png_batch, is_marked, map_slices, map_threads
 from .errors import DoubleProtectionError  # defined there; importable from here as before
 from .images import encoded_bytes, from_chw, to_chw
-from .ops import Applier, chunk_views
+from .ops import Applier, chunk_views, in_row_order
 
 # The pid that imported this module. A worker forked by `datasets` (num_proc) inherits it; there,
 # torch's OpenMP pool from the parent is unusable (a forked child has its state, not its threads).
@@ -56,7 +56,8 @@ def _default_threads() -> int:
 
 
 _TORCH_LOCK = threading.Lock()
-_TORCH_HELD: list[int] = []  # [torch's setting before the first holder] while any holder is inside
+_torch_holders = 0  # batches whose slices are running now
+_torch_before = 1   # torch's setting when the first of them started
 
 
 @contextlib.contextmanager
@@ -68,23 +69,20 @@ def _one_torch_thread() -> Iterator[None]:
     threads in 2 slices and 0.26x with 1 (``benchmarks/RESULTS.md``). Nested or concurrent
     holders share one save/restore.
     """
+    global _torch_holders, _torch_before
     with _TORCH_LOCK:
-        if not _TORCH_HELD:
-            _TORCH_HELD.append(torch.get_num_threads())
-            _TORCH_HELD.append(0)
-            if _TORCH_HELD[0] != 1:
+        if _torch_holders == 0:
+            _torch_before = torch.get_num_threads()
+            if _torch_before != 1:
                 torch.set_num_threads(1)
-        _TORCH_HELD[1] += 1
+        _torch_holders += 1
     try:
         yield
     finally:
         with _TORCH_LOCK:
-            _TORCH_HELD[1] -= 1
-            if _TORCH_HELD[1] == 0:
-                before = _TORCH_HELD[0]
-                _TORCH_HELD.clear()
-                if before != 1:
-                    torch.set_num_threads(before)
+            _torch_holders -= 1
+            if _torch_holders == 0 and _torch_before != 1:
+                torch.set_num_threads(_torch_before)
 
 
 def _bank_ref(bank: NoiseBank | str | os.PathLike) -> NoiseBank:
@@ -350,20 +348,11 @@ class Protect(_BankUser):
             # CPU: each thread takes a contiguous slice through decode, kernel and encode. The
             # kernels release the GIL too, so no stage waits on a serial one (codecs on threads
             # around one kernel call reached 0.28x the identity map at 32 px; see RESULTS.md).
-            threads = min(threads, n)
-            cuts = [n * t // threads for t in range(threads + 1)]
             with _one_torch_thread():
-                parts = [p for ps in map_threads(lambda t: self._slice(imgs, labels, ids, cuts[t], cuts[t + 1], rank,
-                                                                       encode, 1), range(threads), threads) for p in ps]
+                parts = map_slices(lambda a, b: self._slice(imgs, labels, ids, a, b, rank, encode, 1), n, threads)
         else:  # one kernel call for the batch (a GPU wants it whole); the codecs still use the threads
             parts = self._slice(imgs, labels, ids, 0, n, rank, encode, threads)
-        if not encode:
-            return images, single, parts
-        out: list[Any] = [None] * n
-        for positions, data in parts:
-            for i, b in zip(positions, data):
-                out[i] = b
-        return images, single, out
+        return images, single, in_row_order(parts, n) if encode else parts
 
     def _slice(self, imgs: list[Any], labels: Any, ids: Any, a: int, b: int, rank: int | None, encode: bool,
                threads: int) -> list[tuple[list[int], Any]]:
