@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from uetransforms import ops
+from uetransforms.core import kernels
 
 # The baseline is the test suite's reference copy of the old synthesiser (one copy in the repo).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -39,11 +39,11 @@ def main() -> None:
     shape = (3, args.size, args.size)
     rows = []
     for b in args.batch:
-        seeds = [ops.sample_seed(1, f"img-{i}") for i in range(b)]
+        seeds = [kernels.sample_seed(1, f"img-{i}") for i in range(b)]
         times = {"raster": [], "diagonal": []}
         outs = {}
         for _ in range(args.repeats):  # alternated, so machine load hits both alike
-            for name, fn in (("raster", raster_synth_ar), ("diagonal", ops.synth_ar)):
+            for name, fn in (("raster", raster_synth_ar), ("diagonal", kernels.synth_ar)):
                 t = time.perf_counter()
                 outs[name] = fn(coef[:b], seeds, shape, epsilon=1.0, norm="l2")
                 times[name].append(time.perf_counter() - t)

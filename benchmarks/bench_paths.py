@@ -57,7 +57,7 @@ def timed(fn):
 
 
 def kernel_throughput(bank, device: str, batch: int, repeats: int) -> dict:
-    from uetransforms.ops import Applier
+    from uetransforms.core.apply import Applier
 
     c, h, w = bank.image_shape
     app = Applier(bank, device)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     import pyarrow.parquet as pq
 
     import uetransforms as ue
-    from uetransforms.streaming import publish_stream
+    from uetransforms.publishing.streaming import publish_stream
 
     if not os.path.exists(args.src):
         sys.exit(f"source {args.src!r} not found; pass --src <parquet with img/label columns>")

@@ -1,6 +1,6 @@
 """Which PNG filter and which deflate library, on protected photo-sized pixels.
 
-``uetransforms.codecs.encode_png`` writes PNG with one fixed row filter and one deflate call; this
+``uetransforms.core.codecs.encode_png`` writes PNG with one fixed row filter and one deflate call; this
 script is the measurement behind that choice. It protects CIFAR-10 images (upscaled to ``--size``
 px with bicubic, stored as JPEG q90 and decoded, as ``bench_publish.py`` does) with a bank of
 ``--method`` and encodes them with every combination of a PNG row filter (Up, Sub, Average, Paeth;
@@ -37,7 +37,7 @@ def protected_pixels(src: str, size: int, n: int, method: str) -> list[np.ndarra
     from PIL import Image
 
     import uetransforms as ue
-    from uetransforms import ops
+    from uetransforms.core import apply as apply_mod
 
     table = pq.read_table(src).slice(0, n)
     pixels = []
@@ -52,7 +52,7 @@ def protected_pixels(src: str, size: int, n: int, method: str) -> list[np.ndarra
         features=datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)}))
     bank = ue.fit(method, fit_on, seed=1, image_column="img")
     chw = torch.from_numpy(np.stack(pixels).transpose(0, 3, 1, 2).copy())
-    return [np.ascontiguousarray(a) for a in ops.apply(bank, chw, labels).numpy().transpose(0, 2, 3, 1)]
+    return [np.ascontiguousarray(a) for a in apply_mod.apply(bank, chw, labels).numpy().transpose(0, 2, 3, 1)]
 
 
 def filtered(hwc: np.ndarray, name: str) -> bytes:
@@ -94,7 +94,7 @@ def png(hwc: np.ndarray, scanlines: bytes, compress) -> bytes:
 def main() -> None:
     from PIL import Image
 
-    from uetransforms import codecs
+    from uetransforms.core import codecs
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", default=DEFAULT_SRC)

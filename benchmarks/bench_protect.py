@@ -7,8 +7,8 @@ Side by side, on the first N images of CIFAR-10 (JPEG in the source Parquet):
 * protect map: ``ds.map(Protect(bank), batched=True)`` for a ``cuda`` (convolution) bank and a
   ``random`` (additive) bank, same batch size;
 * per-example: ``ds.map(Protect(bank))`` without batching, and a Python loop calling
-  ``ops.apply`` once per pre-decoded image;
-* the kernel alone: ``ops.Applier`` on a pre-decoded uint8 ``[N, 3, 32, 32]`` tensor.
+  ``ue.apply`` once per pre-decoded image;
+* the kernel alone: ``uetransforms.core.apply.Applier`` on a pre-decoded uint8 ``[N, 3, 32, 32]`` tensor.
 
 Every map runs with ``load_from_cache_file=False, keep_in_memory=True``; each timing is the best
 of ``--repeats``. Run from the repository root:
@@ -70,7 +70,8 @@ def main() -> None:
     from PIL import Image
 
     import uetransforms as ue
-    from uetransforms.images import to_chw
+    from uetransforms.core.apply import Applier
+    from uetransforms.core.images import to_chw
 
     datasets.disable_progress_bars()
     if args.threads:
@@ -110,9 +111,9 @@ def main() -> None:
     for key, bank in banks.items():
         def loop(bank=bank):
             for i in range(ne):
-                ue.ops.apply(bank, x[i:i + 1], labels[i:i + 1])
+                ue.apply(bank, x[i:i + 1], labels[i:i + 1])
         loops[key] = loop
-        app = ue.ops.Applier(bank, "cpu")
+        app = Applier(bank, "cpu")
         rows = bank.rows_for(labels)
 
         def kernel(app=app, rows=rows):
@@ -126,7 +127,7 @@ def main() -> None:
     results = [("identity map (decode + new PIL, PNG re-encode), batched", tb["identity"], n)]
     results += [(f"protect map, {k} bank, batched", tb[k], n) for k in banks]
     results += [(f"protect map, {k} bank, per example (batched=False)", te[k], ne) for k in banks]
-    results += [(f"Python loop, ops.apply per image, {k} bank (pre-decoded)", tl[k], ne) for k in banks]
+    results += [(f"Python loop, ue.apply per image, {k} bank (pre-decoded)", tl[k], ne) for k in banks]
     results += [(f"kernel only, Applier, {k} bank, batch {args.batch_size} (pre-decoded uint8)", tk[k], n)
                 for k in banks]
 

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=["clean", "random", "cuda"],
                    help="'clean' (no protection) and/or method keys of ue.methods()")
     p.add_argument("--defences", nargs="+", default=["none", "grayscale", "jpeg75"],
-                   help="defence specs (see uetransforms.defences), e.g. none grayscale jpeg75 cutout pgd:eps=8,steps=5")
+                   help="defence specs (see uetransforms.evaluation.defences), e.g. none grayscale jpeg75 cutout pgd:eps=8,steps=5")
     p.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
                    help="method parameter, repeatable: --param cuda.blur_parameter=0.3")
     p.add_argument("--epochs", type=int, default=8)

@@ -12,7 +12,7 @@ bytes, decoded by ``datasets`` on access) and end with Parquet files on disk:
   (Protect reads the undecoded bytes and hands ``datasets`` PNG records) then ``to_parquet``.
 
 A fourth pipeline, ``bytes-map``, is a hand-written map over the *undecoded* column with the
-public pieces: ``codecs.decode``, ``ops.apply`` and ``{"bytes": codecs.mark(codecs.encode_png(...))}``
+public pieces: ``codecs.decode``, ``ue.apply`` and ``{"bytes": codecs.mark(codecs.encode_png(...))}``
 (so ``datasets`` never re-encodes), then ``to_parquet``: what a user assembling their own pipeline
 pays (one image at a time through ``mark``).
 
@@ -22,7 +22,7 @@ in wall time and in CPU time of this process (the machine is shared: CPU time is
 contention distorts least). Reported: images/s, the time ratio
 publish/identity (target <= 0.33 at 32 px, <= 0.10 at 384 px), PNG bytes per image against PIL
 level 6 on the *same published pixels* (target <= 1.25x), and the codec floor: decode + encode
-alone on the source bytes, with this installation's codecs (``uetransforms.codecs``) and with PIL.
+alone on the source bytes, with this installation's codecs (``uetransforms.core.codecs``) and with PIL.
 
 Sources: CIFAR-10 train prefix (32 px, as stored: JPEG), and the same images upscaled to 384 px
 (bicubic) and stored as JPEG q90 -- built in a temporary directory, never in the repository.
@@ -117,11 +117,12 @@ def run_bytes_map(ds, bank, out: str) -> None:
     import datasets
     import torch
 
-    from uetransforms import codecs, ops
+    import uetransforms as ue
+    from uetransforms.core import codecs
 
     def protect(batch):
         chw = np.stack([codecs.decode(r, channels=bank.channels) for r in batch["img"]])
-        noisy = ops.apply(bank, torch.from_numpy(chw), batch["label"]).numpy()
+        noisy = ue.apply(bank, torch.from_numpy(chw), batch["label"]).numpy()
         return {"img": [{"bytes": codecs.mark(codecs.encode_png(a.transpose(1, 2, 0))), "path": None} for a in noisy]}
 
     raw = ds.cast_column("img", datasets.Image(decode=False))
@@ -132,7 +133,7 @@ def codec_floor(byte_rows: list[bytes]) -> dict[str, float]:
     """Images per CPU second (best of 3) of decode + lossless encode alone: our codecs, and PIL at level 6."""
     from PIL import Image
 
-    from uetransforms import codecs
+    from uetransforms.core import codecs
 
     def ours(b):
         return codecs.encode_png(codecs.decode(b, channels=3).transpose(1, 2, 0))
@@ -230,16 +231,16 @@ def compare_codecs(sources: dict[str, str], bank) -> list[dict]:
     """Every installed candidate on the same images: images/s, bytes vs PIL level 6, checks."""
     from PIL import Image
 
-    from uetransforms import codecs
+    from uetransforms.core import codecs
 
     encoders, decoders = _candidates()
-    encoders["uetransforms.codecs.encode_png (default)"] = codecs.encode_png
+    encoders["uetransforms.core.codecs.encode_png (default)"] = codecs.encode_png
     for name in ("isal", "fpng"):
         if codecs._optional(codecs._PACKAGE[name]) is not None:
             for level in ((0, 1, 2, 3) if name == "isal" else (None,)):
                 encoders[f"codecs {name}" + (f" level {level}" if level else "")] = (
                     lambda a, name=name, level=level: codecs.encode_png(a, encoder=name, level=level))
-    decoders["uetransforms.codecs.decode"] = lambda b: codecs.decode(b, channels=3).transpose(1, 2, 0)
+    decoders["uetransforms.core.codecs.decode"] = lambda b: codecs.decode(b, channels=3).transpose(1, 2, 0)
     rng = np.random.default_rng(0)
     rows = []
     for size, src in sources.items():
@@ -251,11 +252,11 @@ def compare_codecs(sources: dict[str, str], bank) -> list[dict]:
             import pyarrow.parquet as pq
             import torch
 
-            from uetransforms import ops
+            from uetransforms.core import apply as apply_mod
 
             labels = pq.read_table(src).column("label").to_pylist()
             chw = torch.from_numpy(np.stack(pixels).transpose(0, 3, 1, 2).copy())
-            noisy = list(ops.apply(bank, chw, labels).numpy().transpose(0, 2, 3, 1).copy())
+            noisy = list(apply_mod.apply(bank, chw, labels).numpy().transpose(0, 2, 3, 1).copy())
         ref = None
         for name, enc in encoders.items():
             rate, cpu_rate, out = best_rate(lambda: [enc(a) for a in noisy], len(noisy))
@@ -276,13 +277,13 @@ def compare_codecs(sources: dict[str, str], bank) -> list[dict]:
 def compare_conv(sizes: tuple[int, ...] = (32, 64, 96, 128, 256, 384, 512), repeats: int = 5) -> list[dict]:
     """The conv kernel's two paths on the same images and grid filters (as ``cuda`` fits them).
 
-    ``shifted``: the fixed-order multiplies and adds (``ops._convolve_shifted``); ``library``: one
-    ``F.conv2d`` per channels-last image (``ops._convolve_library``). Same bytes (checked here
-    too); best of ``repeats`` CPU times. ``ops._LIBRARY_CONV_MIN_PIXELS`` is set from this table.
+    ``shifted``: the fixed-order multiplies and adds (``kernels._convolve_shifted``); ``library``: one
+    ``F.conv2d`` per channels-last image (``kernels._convolve_library``). Same bytes (checked here
+    too); best of ``repeats`` CPU times. ``kernels._LIBRARY_CONV_MIN_PIXELS`` is set from this table.
     """
     import torch
 
-    from uetransforms import ops
+    from uetransforms.core import kernels
 
     rng = np.random.default_rng(0)
     rows = []
@@ -291,10 +292,10 @@ def compare_conv(sizes: tuple[int, ...] = (32, 64, 96, 128, 256, 384, 512), repe
         x = torch.from_numpy(rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
         w = rng.uniform(0, 0.3, (n, 3, 3, 3))
         w[..., 1, 1] = 1.0
-        f = ops.conv_grid_bits(np.abs(w).sum(axis=(-2, -1)).max())
+        f = kernels.conv_grid_bits(np.abs(w).sum(axis=(-2, -1)).max())
         w = torch.from_numpy((np.floor(w * 2.0**f) / 2.0**f).astype(np.float32))
         per = {}
-        for name, fn in (("shifted", ops._convolve_shifted), ("library", ops._convolve_library)):
+        for name, fn in (("shifted", kernels._convolve_shifted), ("library", kernels._convolve_library)):
             out = fn(x, w, "max")
             best = float("inf")
             for _ in range(repeats):
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     import uetransforms as ue
-    from uetransforms import codecs
+    from uetransforms.core import codecs
 
     torch.set_num_threads(args.threads)
     if args.conv:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
     import torch
 
-    from uetransforms.suite import collect, evaluate_suite
+    from uetransforms.evaluation.suite import collect, evaluate_suite
 
     torch.set_num_threads(args.threads)
     if args.collect_only:
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 def _finish(doc: dict, args: argparse.Namespace) -> int:
     import shutil
 
-    from uetransforms import measured
-    from uetransforms.suite import table
+    from uetransforms.algorithms import measured
+    from uetransforms.evaluation.suite import table
 
     print(table(doc))
     print(f"\nnot run: {len(doc['not_run'])} cells; results in {doc['files']['results']}")

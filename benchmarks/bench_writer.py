@@ -33,8 +33,8 @@ def previous_publish(ds, bank, out, *, image_column, max_shard_size, batch_size=
     from datasets.utils.py_utils import convert_file_size_to_int
 
     import uetransforms as ue
-    from uetransforms.card import dataset_card
-    from uetransforms.publish import num_shards_for
+    from uetransforms.publishing.card import dataset_card
+    from uetransforms.publishing.pipeline import num_shards_for
 
     prot = ds.map(ue.Protect(bank, image_column=image_column), batched=True, batch_size=batch_size)
     card = dataset_card({"train": prot}, bank, image_column=image_column)
@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     import uetransforms as ue
     import importlib
 
-    publish_mod = importlib.import_module("uetransforms.publish")  # ue.publish is the function
-    from uetransforms import writer
+    publish_mod = importlib.import_module("uetransforms.publishing.pipeline")  # ue.publish is the function
+    from uetransforms.publishing import writer
 
     torch.set_num_threads(1)
     datasets.disable_caching()

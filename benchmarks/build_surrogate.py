@@ -9,7 +9,7 @@ this script trains on train rows ``[30000, 50000)`` (with their labels, as an Im
 trained on ImageNet's) and validates on test rows ``[5000, 10000)``.
 
 The output is a safetensors file (weights + JSON metadata, nothing pickled) that
-``uetransforms.encoders.load("small-cnn", checkpoint=PATH)`` turns into a frozen encoder whose
+``uetransforms.models.encoders.load("small-cnn", checkpoint=PATH)`` turns into a frozen encoder whose
 features are the classifier's penultimate layer (global-average-pooled conv features, the input
 of its linear head), as UC's code uses ResNet-50's input to ``fc``.
 
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from uetransforms.encoders import save_small_cnn
-    from uetransforms.models import Normalise, SmallCNN
+    from uetransforms.models.encoders import save_small_cnn
+    from uetransforms.models.networks import Normalise, SmallCNN
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)

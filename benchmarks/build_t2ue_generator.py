@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from uetransforms.methods import t2ue
+    from uetransforms.algorithms import t2ue
 
     torch.set_num_threads(1)
     rows = _disjoint_rows(args.rows, "--rows")

@@ -1,6 +1,6 @@
 """Build the offline CLIP-style surrogate (image + text towers) the T2UE benchmark uses.
 
-No pretrained CLIP can be downloaded here. The honest stand-in: ``uetransforms.clip``'s built-in
+No pretrained CLIP can be downloaded here. The honest stand-in: ``uetransforms.models.clip``'s built-in
 ``uet-tiny-rn-ctx16`` CLIP (a small modified-ResNet image tower and a 3-layer text transformer
 with a 16-token context, at 32 px), trained contrastively *here* on CIFAR-10 rows the harness never protects (train rows
 ``[30000, 50000)``), each image paired with a caption drawn from class-name templates
@@ -9,7 +9,7 @@ OpenAI's CLIP; results with it must say so.
 
 The loss is CLIP's symmetric InfoNCE with every image of the same caption counted as a positive
 (with 10 classes, a batch repeats captions). The file is a plain state dict (safetensors) that
-``uetransforms.clip.load("uet-tiny-rn-ctx16", PATH)`` loads offline.
+``uetransforms.models.clip.load("uet-tiny-rn-ctx16", PATH)`` loads offline.
 
     OMP_NUM_THREADS=1 python benchmarks/build_text_surrogate.py --out /tmp/uet-surrogate/tiny-clip.safetensors
 """
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
     from safetensors.torch import save_file
 
-    from uetransforms.clip import _OPENAI_MEAN, _OPENAI_STD, TINY_CONFIGS, file_sha256
-    from uetransforms.methods.t2ue import _info_nce
+    from uetransforms.models.clip import _OPENAI_MEAN, _OPENAI_STD, TINY_CONFIGS, file_sha256
+    from uetransforms.algorithms.t2ue import _info_nce
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)

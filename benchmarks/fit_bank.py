@@ -26,8 +26,8 @@ def cluster_purity(bank, train) -> dict[str, float]:
     """Share of rows whose label is their cluster's majority label (CIFAR-10 and animal/vehicle)."""
     import numpy as np
 
-    from uetransforms.assign import ClusterAssigner
-    from uetransforms.data import FitData
+    from uetransforms.models.assign import ClusterAssigner
+    from uetransforms.core.data import FitData
 
     ids = ClusterAssigner(bank)(list(FitData(train, image_column="img", label_column=None).images()))
     labels = np.asarray(train["label"])

@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import uetransforms as ue
-    from uetransforms.assign import embed_images, normalise
-    from uetransforms.data import FitData
-    from uetransforms.kmeans import assign
+    from uetransforms.models.assign import embed_images, normalise
+    from uetransforms.core.data import FitData
+    from uetransforms.models.kmeans import assign
 
     torch.set_num_threads(args.threads)
     params = {"surrogate": "small-cnn", "checkpoint": args.checkpoint, **parse_params(args.param).get("clusters", {})}
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         bank.save(args.out)
 
-    from uetransforms.methods.clusters import _surrogate
+    from uetransforms.algorithms.clusters import _surrogate
 
     enc = _surrogate(params["surrogate"], params.get("weights", "default"), params.get("checkpoint"),
                      params.get("encoder"), bool(params.get("allow_random_surrogate", False)), 0, torch.device("cpu"))

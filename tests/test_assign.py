@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from uetransforms import clip
-from uetransforms.assign import ClusterAssigner, embed_images, encoder_identity, normalise
-from uetransforms.bank import BankError, NoiseBank
+from uetransforms.models import clip
+from uetransforms.models.assign import ClusterAssigner, embed_images, encoder_identity, normalise
+from uetransforms.core.bank import BankError, NoiseBank
 
 
 def _groups(n, size=16, seed=0):

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 import uetransforms as ue
-from uetransforms.bank import FORMAT_VERSION, META_KEY, BankError, NoiseBank
+from uetransforms.core.bank import FORMAT_VERSION, META_KEY, BankError, NoiseBank
 
 
 def additive_bank(k: int = 3, shape=(3, 8, 8), dtype="float32", seed: int = 0) -> NoiseBank:

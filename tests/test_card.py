@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import uetransforms as ue
-from uetransforms.card import dataset_card
+from uetransforms.publishing.card import dataset_card
 
 
 def _ds(n: int = 6, *, license: str = "", name: str = "") -> datasets.Dataset:
@@ -67,7 +67,7 @@ def test_card_never_holds_seed_or_bank_identity(method, tmp_path):
 
 
 def test_card_cites_the_method_from_its_contract():
-    from uetransforms.methods import get
+    from uetransforms.algorithms import get
 
     ds = _ds()
     card = dataset_card({"train": ds}, ue.fit("cuda", ds, image_column="img", seed=1), image_column="img")
@@ -79,7 +79,7 @@ def test_card_cites_the_method_from_its_contract():
 def test_card_lists_what_was_measured_about_the_method(monkeypatch, tmp_path):
     import json
 
-    from uetransforms import measured
+    from uetransforms.algorithms import measured
 
     facts = {"profile": "cpu", "command": "x", "recorded": "2026-01-01", "protects": True,
              "harness": {"arch": "cnn-small", "epochs": 8, "train_size": 10000, "test_size": 2000},

@@ -40,7 +40,7 @@ def test_methods_lists_every_key(capsys):
 def test_methods_key_shows_what_was_measured(capsys, monkeypatch, tmp_path):
     import json
 
-    from uetransforms import measured
+    from uetransforms.algorithms import measured
 
     facts = {"profile": "cpu", "command": "x", "protects": True, "broken_by": ["iss"], "holds_against": [],
              "not_run": [], "harness": {"arch": "cnn-small", "epochs": 8, "train_size": 10000},
@@ -139,13 +139,13 @@ def test_debug_shows_the_traceback(tmp_path, tiny_parquet, capsys):
 def test_demo_delegates_to_run_demo(tmp_path, monkeypatch):
     seen = {}
 
-    def run_demo(out_dir="uetransforms-demo", *, quick=False):
+    def run_demo(out_dir="uetransforms.cli.demo", *, quick=False):
         seen.update(out_dir=out_dir, quick=quick)
         return {}
 
-    fake = types.ModuleType("uetransforms.demo")
+    fake = types.ModuleType("uetransforms.cli.demo")
     fake.run_demo = run_demo
-    monkeypatch.setitem(sys.modules, "uetransforms.demo", fake)
+    monkeypatch.setitem(sys.modules, "uetransforms.cli.demo", fake)
     assert main(["demo", "--out", str(tmp_path / "d"), "--quick"]) == 0
     assert seen == {"out_dir": str(tmp_path / "d"), "quick": True}
 

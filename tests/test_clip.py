@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from uetransforms import clip
+from uetransforms.models import clip
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from uetransforms import codecs, images
+from uetransforms.core import codecs, images
 import uetransforms as ue
-from uetransforms.codecs import ImageModeError, decode, encode_png, is_marked, mark
+from uetransforms.core.codecs import ImageModeError, decode, encode_png, is_marked, mark
 
 HAVE_FPNG = codecs._optional("fpng") is not None
 HAVE_ISAL = codecs._optional("isal.isal_zlib") is not None

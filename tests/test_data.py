@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uetransforms.data import DataError, FitData
-from uetransforms.images import ImageModeError, content_id
+from uetransforms.core.data import DataError, FitData
+from uetransforms.core.images import ImageModeError, content_id
 
 
 def _imgs(n=6, h=8, w=8, seed=0) -> np.ndarray:

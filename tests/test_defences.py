@@ -5,9 +5,7 @@ from PIL import Image
 
 import torch.nn.functional as F
 
-from uetransforms.defences import (Defence, DefenceError, bit_depth_reduce, cutmix, cutout, fit_linear_directions, jpeg,
-                                   lowpass_dct, mixup, orthogonal_projection, parse_defence, pgd, plasma, random_sharpen,
-                                   to_grayscale, ueraser_augment)
+from uetransforms.evaluation.defences import Defence, DefenceError, bit_depth_reduce, cutmix, cutout, fit_linear_directions, jpeg, lowpass_dct, mixup, orthogonal_projection, parse_defence, pgd, plasma, random_sharpen, to_grayscale, ueraser_augment
 
 
 def _images(n=4, c=3, size=16, seed=0):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uetransforms.demo import load_digits, run_demo
+from uetransforms.cli.demo import load_digits, run_demo
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from uetransforms import encoders
-from uetransforms.assign import ClusterAssigner
-from uetransforms.bank import NoiseBank
-from uetransforms.models import SmallCNN
+from uetransforms.models import encoders
+from uetransforms.models.assign import ClusterAssigner
+from uetransforms.core.bank import NoiseBank
+from uetransforms.models.networks import SmallCNN
 
 
 @pytest.fixture(scope="module")

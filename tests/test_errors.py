@@ -1,25 +1,12 @@
-"""uetransforms.errors: one base class, the old import paths and built-in bases kept."""
+"""uetransforms.core.errors: one base class, and the built-in bases callers catch."""
 
 from __future__ import annotations
-
-import importlib
 
 import pytest
 
 import uetransforms as ue
-from uetransforms import bank, clip, codecs, data, defences, errors, images, ops, writer
-
-OLD_HOMES = [
-    (bank, "BankError"), (data, "DataError"), (codecs, "ImageModeError"), (images, "ImageModeError"),
-    (ops, "SizeMismatchError"), (defences, "DefenceError"), (clip, "ClipWeightsError"), (clip, "RandomInitWarning"),
-    # `from uetransforms import publish` is the function ue.publish; the module is reached by its name
-    (importlib.import_module("uetransforms.publish"), "PushError"), (writer, "PublishConflict"),
-]
-
-
-@pytest.mark.parametrize("module, name", OLD_HOMES)
-def test_old_import_paths_are_the_same_classes(module, name):
-    assert getattr(module, name) is getattr(errors, name)
+from uetransforms.algorithms import get
+from uetransforms.core import errors
 
 
 def test_one_base_class_and_the_builtin_bases_callers_caught():
@@ -33,19 +20,12 @@ def test_one_base_class_and_the_builtin_bases_callers_caught():
     assert issubclass(errors.UnknownMethodError, KeyError)
 
 
-def test_top_level_exception_names_resolve_but_are_not_exported():
-    for name in ("BankError", "DataError", "ImageModeError", "SizeMismatchError"):
-        assert getattr(ue, name) is getattr(errors, name)
-        assert name not in ue.__all__
-    assert "errors" in ue.__all__
-
-
 def test_library_errors_are_caught_by_the_base_class():
     with pytest.raises(errors.UETransformsError, match="unknown method 'nope'"):
-        ue.methods.get("nope")
+        get("nope")
     with pytest.raises(errors.UETransformsError, match="kernel_size"):
-        ue.methods.get("cuda").check({"kernel_size": 4})
+        get("cuda").check({"kernel_size": 4})
     with pytest.raises(errors.UETransformsError, match="empty"):
         ue.fit("cuda", {"image": [], "label": []})
-    err = pytest.raises(KeyError, ue.methods.get, "nope").value
+    err = pytest.raises(KeyError, get, "nope").value
     assert str(err).startswith("unknown method")  # not wrapped in quotes as KeyError would

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 import uetransforms as ue
-from uetransforms.evaluate import SCHEMA, SCHEMA_VERSION, add_cli_arguments, evaluate, random_crop_flip, run_cli
-from uetransforms.ops import apply
+from uetransforms.cli.evaluate import add_cli_arguments, run_cli
+from uetransforms.evaluation.harness import SCHEMA, SCHEMA_VERSION, evaluate, random_crop_flip
+from uetransforms.core.apply import apply
 
 FAST = dict(epochs=3, batch_size=64, progress=False)
 
@@ -196,7 +197,7 @@ def test_cli_with_bank_and_parquet(data, tmp_path):
 
 
 def test_peak_accuracy_and_epoch():
-    from uetransforms.evaluate import EvalRow
+    from uetransforms.evaluation.harness import EvalRow
 
     row = EvalRow(setting="protected", defence="none", test_accuracy=0.2, curve=[0.3, 0.5, 0.5, 0.2],
                   train_accuracy=0.9, seconds=1.0, protected_fraction=1.0, train_size=10)

@@ -1,6 +1,6 @@
 """Faults while publishing: after each, the output loads with every row or does not exist.
 
-The writer calls ``uetransforms.writer.checkpoint(event, ...)`` at each commit point; a child
+The writer calls ``uetransforms.publishing.target.checkpoint(event, ...)`` at each commit point; a child
 process replaces it to SIGKILL itself at an exact point (no sleeps, no races), as an out-of-memory
 kill or a preempted job would. Other faults raise inside the writer: an exception from the
 protection of one batch, a full disk (``ENOSPC`` from the Parquet writer).
@@ -39,8 +39,8 @@ import pytest
 import torch
 
 import uetransforms as ue
-from uetransforms import writer
-from uetransforms.streaming import publish_stream
+from uetransforms.publishing import target as publish_target
+from uetransforms.publishing.streaming import publish_stream
 
 N = 12
 
@@ -78,9 +78,9 @@ def _killed_at(fn, event: str, index: int | None = None, *, exchange: bool = Tru
                 if ev == event and (index is None or info.get("index") == index):
                     os.kill(os.getpid(), signal.SIGKILL)
 
-            writer.checkpoint = die
+            publish_target.checkpoint = die
             if not exchange:
-                writer._exchange = lambda a, b: False
+                publish_target._exchange = lambda a, b: False
             fn()
             code = 2  # the kill point was never reached
         except BaseException:
@@ -171,11 +171,11 @@ def test_sigkill_of_a_real_process(tmp_path, bank):
     out = tmp_path / "pub"
     script = f"""
 import os, signal, datasets, numpy as np, uetransforms as ue
-from uetransforms import writer
+from uetransforms.publishing import target as publish_target
 def die(ev, **info):
     if ev == "shard" and info["index"] == 3:
         os.kill(os.getpid(), signal.SIGKILL)
-writer.checkpoint = die
+publish_target.checkpoint = die
 rng = np.random.default_rng(0)
 ds = datasets.Dataset.from_dict({{"image": list(rng.integers(0, 256, ({N}, 8, 8, 3), dtype=np.uint8)),
                                   "label": [i % 3 for i in range({N})]}},
@@ -288,6 +288,6 @@ def test_disk_full(tmp_path, bank, monkeypatch, stream):
 
 def test_concurrent_publish_to_the_same_directory_is_refused(tmp_path, bank):
     out = tmp_path / "pub"
-    target = writer.Target(out)
-    with target.locked(), pytest.raises(writer.PublishConflict, match="another publish"):
+    target = publish_target.Target(out)
+    with target.locked(), pytest.raises(ue.PublishConflict, match="another publish"):
         _publish(_dataset(), bank, out)

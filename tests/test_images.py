@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from uetransforms.codecs import encode_png
-from uetransforms.images import ImageModeError, content_id, from_chw, to_chw
+from uetransforms.core.codecs import encode_png
+from uetransforms.core.images import ImageModeError, content_id, from_chw, to_chw
 
 
 def _hwc(h=5, w=7, c=3, seed=0) -> np.ndarray:
@@ -107,7 +107,7 @@ def test_modes():
 def test_encoded_bytes_only_when_every_row_has_them():
     import pyarrow as pa
 
-    from uetransforms.images import encoded_bytes
+    from uetransforms.core.images import encoded_bytes
 
     typ = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     full = pa.chunked_array([pa.array([{"bytes": b"a", "path": None}], typ), pa.array([{"bytes": b"b", "path": "x"}], typ)])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import uetransforms as ue
-from uetransforms.bank import NoiseBank
+from uetransforms.core.bank import NoiseBank
 
 ray = pytest.importorskip("ray")
 ue_ray = pytest.importorskip("uetransforms.integrations.ray")

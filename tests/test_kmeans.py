@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from uetransforms.kmeans import assign, kmeans, kmeans_plusplus
+from uetransforms.models.kmeans import assign, kmeans, kmeans_plusplus
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.cluster import KMeans  # noqa: E402

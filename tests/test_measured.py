@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from uetransforms import measured
-from uetransforms.suite import evaluate_suite
+from uetransforms.algorithms import measured
+from uetransforms.evaluation.suite import evaluate_suite
 
 
 def test_record_and_read_back(tmp_path, one_thread):

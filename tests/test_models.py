@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from uetransforms.models import available_models, build_model
+from uetransforms.models.networks import available_models, build_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

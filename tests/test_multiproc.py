@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import uetransforms as ue
-from uetransforms.bank import NoiseBank
+from uetransforms.core.bank import NoiseBank
 
 FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3)})
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import math
 
 import numpy as np
@@ -10,9 +12,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uetransforms import ops
-from uetransforms.bank import BankError, NoiseBank
-from uetransforms.ops import Applier, SizeMismatchError, apply
+from uetransforms.core import apply as apply_mod
+from uetransforms.core import kernels
+from uetransforms.core import kinds
+from uetransforms.core.bank import BankError, NoiseBank
+from uetransforms.core.apply import Applier, apply
+from uetransforms.core.errors import SizeMismatchError
 
 EPS = 8 / 255
 
@@ -138,17 +143,17 @@ def test_conv_bytes_do_not_depend_on_the_chunking(monkeypatch, chunk_bytes, norm
     rng = np.random.default_rng(3)
     x = torch.from_numpy(rng.integers(0, 256, (5, 3, 9, 7), dtype=np.uint8))
     w = torch.from_numpy(rng.uniform(0, 1, (5, 3, 3, 3)).astype("float32"))
-    whole = ops.convolve(x, w, normalise=normalise)
-    monkeypatch.setattr(ops, "_CONV_CHUNK_BYTES", chunk_bytes)
-    assert torch.equal(ops.convolve(x, w, normalise=normalise), whole)
-    assert ops.convolve(x[:0], w[:0]).shape == (0, 3, 9, 7)
+    whole = kernels.convolve(x, w, normalise=normalise)
+    monkeypatch.setattr(kernels, "_CONV_CHUNK_BYTES", chunk_bytes)
+    assert torch.equal(kernels.convolve(x, w, normalise=normalise), whole)
+    assert kernels.convolve(x[:0], w[:0]).shape == (0, 3, 9, 7)
 
 
 def _grid_filters(rng, b, c, k, *, signed=False):
-    """Random filters on the exact grid of ``ops.conv_grid_bits`` (as ``cuda`` fits them)."""
+    """Random filters on the exact grid of ``kernels.conv_grid_bits`` (as ``cuda`` fits them)."""
     w = rng.uniform(-0.5 if signed else 0.0, 0.5, (b, c, k, k))
     w[..., k // 2, k // 2] = 1.0
-    f = ops.conv_grid_bits(np.abs(w).sum(axis=(-2, -1)).max())
+    f = kernels.conv_grid_bits(np.abs(w).sum(axis=(-2, -1)).max())
     return torch.from_numpy((np.floor(w * 2.0**f) / 2.0**f).astype(np.float32))
 
 
@@ -162,15 +167,15 @@ def test_library_conv_gives_the_shifted_adds_bytes(monkeypatch, hw, k, normalise
     x = torch.from_numpy(rng.integers(0, 256, (3, 3, *hw), dtype=np.uint8))
     x[1] = 0  # an all-black image: normalised by the clamped peak, stays black
     w = _grid_filters(rng, 3, 3, k, signed=signed)
-    ref = ops._convolve_shifted(x, w, normalise)
-    exact = ops._library_conv_exact()  # checked once per process, before the spy counts calls
+    ref = kernels._convolve_shifted(x, w, normalise)
+    exact = kernels._library_conv_exact()  # checked once per process, before the spy counts calls
     calls = []
-    real = ops._convolve_library
-    monkeypatch.setattr(ops, "_convolve_library", lambda *a: calls.append(1) or real(*a))
+    real = kernels._convolve_library
+    monkeypatch.setattr(kernels, "_convolve_library", lambda *a: calls.append(1) or real(*a))
     for layout in (torch.contiguous_format, torch.channels_last):
-        assert torch.equal(ops.convolve(x.contiguous(memory_format=layout), w, normalise=normalise), ref)
+        assert torch.equal(kernels.convolve(x.contiguous(memory_format=layout), w, normalise=normalise), ref)
     # Where this torch build's convolution rounds even on the grid, every call keeps the shifted adds.
-    assert len(calls) == (2 if exact and hw[0] * hw[1] >= ops._LIBRARY_CONV_MIN_PIXELS else 0)
+    assert len(calls) == (2 if exact and hw[0] * hw[1] >= kernels._LIBRARY_CONV_MIN_PIXELS else 0)
 
 
 def test_off_grid_filters_keep_the_shifted_adds(monkeypatch):
@@ -178,8 +183,8 @@ def test_off_grid_filters_keep_the_shifted_adds(monkeypatch):
     x = torch.from_numpy(rng.integers(0, 256, (2, 3, 100, 100), dtype=np.uint8))
     w = _grid_filters(rng, 2, 3, 3)
     w[0, 0, 0, 0] += 2.0**-20  # one entry off the grid: a library convolution could round differently
-    monkeypatch.setattr(ops, "_convolve_library", lambda *a: pytest.fail("off-grid filters must not take F.conv2d"))
-    assert torch.equal(ops.convolve(x, w), ops._convolve_shifted(x, w, "max"))
+    monkeypatch.setattr(kernels, "_convolve_library", lambda *a: pytest.fail("off-grid filters must not take F.conv2d"))
+    assert torch.equal(kernels.convolve(x, w), kernels._convolve_shifted(x, w, "max"))
 
 
 @pytest.mark.parametrize("off_grid", [False, True])
@@ -190,11 +195,11 @@ def test_fused_adds_only_for_grid_filters(monkeypatch, off_grid):
     w = _grid_filters(rng, 2, 3, 3)
     if off_grid:
         w[1, 2, 1, 1] += 2.0**-20
-    exact = ops._library_conv_exact()  # checked once per process, before the spy counts calls
+    exact = kernels._library_conv_exact()  # checked once per process, before the spy counts calls
     seen = []
-    real = ops._convolve_shifted
-    monkeypatch.setattr(ops, "_convolve_shifted", lambda *a, fused=False: seen.append(fused) or real(*a, fused=fused))
-    out = ops.convolve(x, w)
+    real = kernels._convolve_shifted
+    monkeypatch.setattr(kernels, "_convolve_shifted", lambda *a, fused=False: seen.append(fused) or real(*a, fused=fused))
+    out = kernels.convolve(x, w)
     assert seen == [not off_grid and exact]
     assert torch.equal(out, real(x, w, "max"))
     assert out.is_contiguous(memory_format=torch.channels_last)  # HWC for the encoder without a copy
@@ -205,16 +210,16 @@ def test_a_convolution_that_rounds_is_caught_by_the_self_check(monkeypatch):
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.integers(0, 256, (2, 3, 100, 100), dtype=np.uint8))
     w = _grid_filters(rng, 2, 3, 3)
-    real = ops._convolve_library
-    monkeypatch.setattr(ops, "_convolve_library", lambda *a: real(*a) // 2 * 2)  # drops the low bit
-    monkeypatch.setattr(ops, "_LIBRARY_CONV_EXACT", {})
-    assert torch.equal(ops.convolve(x, w), ops._convolve_shifted(x, w, "max"))
-    assert ops._LIBRARY_CONV_EXACT == {ops._conv_precision(): False}
+    real = kernels._convolve_library
+    monkeypatch.setattr(kernels, "_convolve_library", lambda *a: real(*a) // 2 * 2)  # drops the low bit
+    monkeypatch.setattr(kernels, "_LIBRARY_CONV_EXACT", {})
+    assert torch.equal(kernels.convolve(x, w), kernels._convolve_shifted(x, w, "max"))
+    assert kernels._LIBRARY_CONV_EXACT == {kernels._conv_precision(): False}
 
 
 @pytest.mark.parametrize("l1", [1e-3, 1.0, 3.4, 9.0, 300.0, 1e6])
 def test_conv_grid_bits_is_the_finest_exact_grid(l1):
-    f = ops.conv_grid_bits(l1)
+    f = kernels.conv_grid_bits(l1)
     assert 255 * l1 * 2.0**f < 2**24  # every partial sum is an integer multiple of 2**-f below 2**24
     assert f == 23 or 255 * l1 * 2.0 ** (f + 1) >= 2**24
 
@@ -251,41 +256,41 @@ def test_pixel_matches_reference(mask_channels):
 def test_synth_ar_deterministic_and_scaled():
     rng = np.random.default_rng(0)
     coef = stable_coef(rng, 3, 3)
-    a = ops.synth_ar(coef, [1, 2, 3], (3, 10, 10), epsilon=0.5, norm="l2")
-    b = ops.synth_ar(coef, [1, 2, 3], (3, 10, 10), epsilon=0.5, norm="l2")
+    a = kernels.synth_ar(coef, [1, 2, 3], (3, 10, 10), epsilon=0.5, norm="l2")
+    b = kernels.synth_ar(coef, [1, 2, 3], (3, 10, 10), epsilon=0.5, norm="l2")
     assert a.dtype == np.float32 and a.shape == (3, 3, 10, 10)
     np.testing.assert_array_equal(a, b)
-    c = ops.synth_ar(coef, [1, 2, 4], (3, 10, 10), epsilon=0.5, norm="l2")
+    c = kernels.synth_ar(coef, [1, 2, 4], (3, 10, 10), epsilon=0.5, norm="l2")
     np.testing.assert_array_equal(a[:2], c[:2])  # each sample depends on its own seed only
     assert not np.allclose(a[2], c[2])
     norms = np.linalg.norm(a.reshape(3, -1).astype(np.float64), axis=1)
     np.testing.assert_allclose(norms, 0.5, atol=1e-5)
-    linf = ops.synth_ar(coef, [1, 2, 3], (3, 10, 10), epsilon=EPS, norm="linf")
+    linf = kernels.synth_ar(coef, [1, 2, 3], (3, 10, 10), epsilon=EPS, norm="linf")
     np.testing.assert_allclose(np.abs(linf).reshape(3, -1).max(1), EPS, atol=1e-6)
 
 
 def test_synth_ar_uses_its_coefficients():
     rng = np.random.default_rng(0)
     coef = stable_coef(rng, 2, 1)
-    a = ops.synth_ar(coef, [5, 5], (1, 8, 8), epsilon=1.0, norm="l2")
+    a = kernels.synth_ar(coef, [5, 5], (1, 8, 8), epsilon=1.0, norm="l2")
     assert not np.allclose(a[0], a[1])  # same seed, different coefficients
 
 
 def test_synth_ar_unstable_coefficients_refused():
     coef = np.full((1, 1, 8), 1e6, np.float32)
     with pytest.raises(BankError, match="unstable"), np.errstate(all="ignore"):
-        ops.synth_ar(coef, [0], (1, 32, 32), epsilon=1.0, norm="l2")
+        kernels.synth_ar(coef, [0], (1, 32, 32), epsilon=1.0, norm="l2")
 
 
 def test_synth_unknown_norm():
     with pytest.raises(BankError, match="norm"):
-        ops.synth_ar(np.zeros((1, 1, 8), np.float32), [0], (1, 4, 4), epsilon=1.0, norm="l1")
+        kernels.synth_ar(np.zeros((1, 1, 8), np.float32), [0], (1, 4, 4), epsilon=1.0, norm="l1")
 
 
 def test_sample_seed_stable():
-    assert ops.sample_seed(1, "a") == ops.sample_seed(1, "a")
-    assert ops.sample_seed(1, "a") != ops.sample_seed(2, "a") != ops.sample_seed(1, "b")
-    assert 0 <= ops.sample_seed(0, "x") < 2**63
+    assert kernels.sample_seed(1, "a") == kernels.sample_seed(1, "a")
+    assert kernels.sample_seed(1, "a") != kernels.sample_seed(2, "a") != kernels.sample_seed(1, "b")
+    assert 0 <= kernels.sample_seed(0, "x") < 2**63
 
 
 def test_synth_apply_reproducible_per_sample_id():
@@ -301,9 +306,9 @@ def test_synth_apply_reproducible_per_sample_id():
     out4 = apply(bank, x, [0, 1, 0], sample_ids=["a", "b", "z"])
     assert torch.equal(out4[:2], out1[:2]) and not torch.equal(out4[2], out1[2])
     # Matches the pieces: delta synthesised for the sample's seed, then added.
-    seeds = [ops.sample_seed(11, s) for s in ids]
+    seeds = [kernels.sample_seed(11, s) for s in ids]
     rows = bank.rows_for([0, 1, 0])
-    delta = ops.synth_ar(bank.tensors["coef"][rows], seeds, (3, 8, 8), epsilon=2.0, norm="l2")
+    delta = kernels.synth_ar(bank.tensors["coef"][rows], seeds, (3, 8, 8), epsilon=2.0, norm="l2")
     ref = np.clip(np.round(x.numpy().astype(np.float32) + delta * np.float32(255)), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(out1.numpy(), ref)
 
@@ -416,7 +421,7 @@ def test_mapped_gather_path_equals_resident(tmp_path, monkeypatch, make):
     app = Applier(mapped)
     assert not app._resident
     rows = mapped.rows_for(labels)
-    seeds = [ops.sample_seed(11, s) for s in ids] if bank.kind == "synth" else None
+    seeds = [kernels.sample_seed(11, s) for s in ids] if bank.kind == "synth" else None
     assert torch.equal(app(x, rows, seeds), resident)
     assert torch.equal(apply(mapped, x, labels, sample_ids=ids), resident)
 
@@ -538,9 +543,9 @@ def _raster_synth_ar(coef, seeds, shape, *, epsilon, norm, innovation=0.0, warmu
 ])
 def test_synth_ar_same_bytes_as_raster_loop(b, c, h, w, innovation, norm):
     coef = stable_coef(np.random.default_rng(h * w + b), b, c)
-    seeds = [ops.sample_seed(3, f"s{i}") for i in range(b)]
+    seeds = [kernels.sample_seed(3, f"s{i}") for i in range(b)]
     want = _raster_synth_ar(coef, seeds, (c, h, w), epsilon=0.5, norm=norm, innovation=innovation)
-    got = ops.synth_ar(coef, seeds, (c, h, w), epsilon=0.5, norm=norm, innovation=innovation)
+    got = kernels.synth_ar(coef, seeds, (c, h, w), epsilon=0.5, norm=norm, innovation=innovation)
     assert got.tobytes() == want.tobytes()
 
 
@@ -548,7 +553,7 @@ def test_ar_recursion_prunes_only_what_it_is_told():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((12, 11, 4))
     a = np.ascontiguousarray(np.concatenate([stable_coef(rng, 3, 1)[:, 0].T, np.full((8, 1), 1.0)], axis=1))
-    full, alive = ops.ar_recursion(x.copy(), a)
+    full, alive = kernels.ar_recursion(x.copy(), a)
     assert alive.tolist() == [0, 1, 2, 3]
     seen = []
 
@@ -556,7 +561,7 @@ def test_ar_recursion_prunes_only_what_it_is_told():
         seen.append(sq.copy())
         return np.isfinite(sq) & (sq < 1e6)
 
-    kept, alive = ops.ar_recursion(x.copy(), a, prune=prune, crop=4, prune_every=2)
+    kept, alive = kernels.ar_recursion(x.copy(), a, prune=prune, crop=4, prune_every=2)
     assert alive.tolist() == [0, 1, 2]  # the fourth process (coefficients summing to 8) explodes
     np.testing.assert_array_equal(kept, full[:, :, :3])
     # The final call sees every finished pixel of the crop: the exact sum of squares.
@@ -565,18 +570,16 @@ def test_ar_recursion_prunes_only_what_it_is_told():
 
 # ------------------------------------------------------------------ kind and synthesiser registries
 def test_kind_registry_drives_bank_dispatch_and_required_tensors(monkeypatch):
-    from uetransforms import bank as bank_module
 
-    monkeypatch.setattr(ops, "_KINDS", dict(ops._KINDS))
+    monkeypatch.setattr(kinds, "_KINDS", dict(kinds._KINDS))
     calls = []
 
     def invert(app, x, rows, seeds):
         calls.append(rows.tolist())
         return torch.where(app.rows_of("mask", rows).bool(), 255 - x, x)
 
-    ops.register_kind("invert", required_tensors=("mask",), kernel=invert, shape_tensor="mask",
-                      public_params=("fraction",))
-    assert "invert" in bank_module.KINDS and bank_module.REQUIRED_TENSORS["invert"] == ("mask",)
+    kinds.register_kind("invert", required_tensors=("mask",), kernel=invert, shape_tensor="mask")
+    assert "invert" in kinds.kinds() and kinds.bank_kind("invert").required_tensors == ("mask",)
     with pytest.raises(BankError, match=r"needs tensors \['mask'\]"):
         NoiseBank(method="toy", kind="invert", keying="class", keys=[0], tensors={"delta": np.zeros((1, 1, 2, 2))})
     bank = NoiseBank(method="toy", kind="invert", keying="class", keys=[4, 5],
@@ -588,25 +591,25 @@ def test_kind_registry_drives_bank_dispatch_and_required_tensors(monkeypatch):
     assert calls == [[1, 0]]
     assert torch.equal(out[0], 255 - x[0]) and torch.equal(out[1], x[1])
     with pytest.raises(ValueError, match="already registered"):
-        ops.register_kind("invert", required_tensors=("mask",), kernel=invert)
+        kinds.register_kind("invert", required_tensors=("mask",), kernel=invert)
     with pytest.raises(BankError, match="unknown bank kind 'warp'"):
         NoiseBank(method="toy", kind="warp", keying="class", keys=[0], tensors={"mask": np.zeros((1, 1, 2, 2))})
 
 
 def test_register_synth_by_name(monkeypatch):
-    monkeypatch.setattr(ops, "_SYNTHS", dict(ops._SYNTHS))
+    monkeypatch.setattr(kinds, "_SYNTHS", dict(kinds._SYNTHS))
 
     def flat(coef, seeds, shape, *, epsilon, norm, innovation=0.0):
         return np.full((len(seeds), *shape), epsilon, np.float32) * coef[:, :1, :1, None].astype(np.float32)
 
-    ops.register_synth("flat", flat)
+    kinds.register_synth("flat", flat)
     bank = NoiseBank(method="toy", kind="synth", keying="class", keys=[0, 1], image_shape=(1, 3, 3),
                      tensors={"coef": np.array([[[1.0] * 8], [[-1.0] * 8]], np.float32)},
                      params={"synth": "flat", "epsilon": 4 / 255})
     out = apply(bank, torch.full((2, 1, 3, 3), 100, dtype=torch.uint8), [0, 1], sample_ids=["a", "b"])
     assert out[0].unique().tolist() == [104] and out[1].unique().tolist() == [96]
     with pytest.raises(ValueError, match="already registered"):
-        ops.register_synth("flat", lambda *a, **k: None)
+        kinds.register_synth("flat", lambda *a, **k: None)
 
 
 # ------------------------------------------------------------------ Applier.protect: the one front door
@@ -624,7 +627,7 @@ def _chws(shapes, seed=0):
 @pytest.mark.parametrize("chunk_bytes", [1, 3 * 8 * 8 * 4 * 2, 1 << 30])  # 1 image, 2 images, all per chunk
 @pytest.mark.parametrize("layout", ["chw", "hwc-view"])
 def test_protect_mixed_sizes_in_input_order(make, chunk_bytes, layout, monkeypatch):
-    monkeypatch.setattr(ops, "_APPLY_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(apply_mod, "_APPLY_CHUNK_BYTES", chunk_bytes)
     bank = make()
     shapes = [(3, 8, 8), (3, 5, 7), (3, 8, 8), (3, 12, 6), (3, 5, 7), (3, 8, 8)]
     chws = _chws(shapes)
@@ -735,7 +738,7 @@ def test_applier_pickles_small_and_equal(tmp_path):
 
 
 def test_cluster_bank_with_an_encoder_equals_the_cluster_column():
-    from uetransforms.assign import ClusterAssigner
+    from uetransforms.models.assign import ClusterAssigner
 
     torch.manual_seed(0)
     encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 4))
@@ -749,8 +752,10 @@ def test_cluster_bank_with_an_encoder_equals_the_cluster_column():
     clusters = ClusterAssigner(bank, encoder=encoder)(chws)
     assert clusters[:3].tolist() == [0, 1, 2]  # the test means something only if clusters differ
     by_column = Applier(bank).protect(chws, labels=clusters)
-    by_encoder = Applier(bank, encoder=encoder).protect(chws)
+    by_encoder = Applier(bank, assigner=functools.partial(ClusterAssigner, bank, encoder=encoder)).protect(chws)
     for a, b in zip(by_column, by_encoder):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(BankError, match="custom encoder"):
-        Applier(bank).protect(chws)  # nothing to rebuild the surrogate from
+        Applier(bank, assigner=functools.partial(ClusterAssigner, bank)).protect(chws)  # nothing to rebuild it from
+    with pytest.raises(BankError, match="cluster id"):
+        Applier(bank).protect(chws)  # the core layer alone has no surrogate

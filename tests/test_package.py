@@ -1,10 +1,12 @@
-"""The top-level namespace: light to import, names that explain themselves."""
+"""The top-level namespace: light to import, one list of public names, no module shadows a function."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+import uetransforms as ue
 
 
 def _fresh(code: str) -> str:
@@ -16,30 +18,29 @@ def test_import_is_light():
     out = _fresh("import sys, json, uetransforms; print(json.dumps(sorted(m for m in sys.modules "
                  "if m.split('.')[0] in ('torch', 'pyarrow', 'datasets', 'torchvision', 'open_clip') "
                  "or m.startswith('uetransforms.'))))")
-    assert json.loads(out) == ["uetransforms.errors", "uetransforms.methods"]
+    assert json.loads(out) == ["uetransforms.core", "uetransforms.core.version"]
 
 
-def test_functions_sharing_a_module_name_stay_callable():
+def test_public_functions_stay_functions_after_every_subpackage_loads():
     out = _fresh(
         "import uetransforms as ue\n"
-        "import uetransforms.publish, uetransforms.evaluate\n"  # the submodules load first
-        "from uetransforms.publish import public_params\n"
+        "import uetransforms.publishing.pipeline, uetransforms.evaluation.harness, uetransforms.algorithms.cuda\n"
         "print(ue.publish.__module__, ue.publish.__name__, ue.evaluate.__module__, ue.evaluate.__name__,\n"
-        "      callable(ue.publish), callable(ue.evaluate), public_params.__name__)\n")
-    assert out.split() == ["uetransforms.publish", "publish", "uetransforms.evaluate", "evaluate", "True", "True",
-                           "public_params"]
+        "      ue.methods.__name__, ue.methods()[0]['key'])\n")
+    assert out.split() == ["uetransforms.publishing.pipeline", "publish", "uetransforms.evaluation.harness", "evaluate",
+                           "table", "cuda"]
 
 
-def test_method_submodules_import_by_name_and_the_table_still_works():
-    out = _fresh(
-        "import uetransforms as ue\n"
-        "import uetransforms.methods.cuda, uetransforms.methods.onepixel\n"
-        "print(uetransforms.methods.cuda.METHOD.key, uetransforms.methods.onepixel.METHOD.key,\n"
-        "      ue.methods()[0]['key'], ue.ops.__name__)\n")
-    assert out.split() == ["cuda", "ops", "cuda", "uetransforms.ops"]  # the kernels and the method: two names
+def test_every_public_name_resolves_and_nothing_else_does():
+    for name in ue.__all__:
+        assert getattr(ue, name) is not None, name
+    for gone in ("ops", "bank", "quality", "errors", "codecs", "measured"):  # old module re-exports
+        assert gone not in ue.__all__
+        assert not hasattr(ue, gone), f"ue.{gone} still resolves"
 
 
-def test_lazy_names_resolve():
-    out = _fresh("import uetransforms as ue; print(ue.fit.__module__, ue.NoiseBank.__name__, ue.FitData.__name__, "
-                 "ue.Protect.__name__, ue.quality.__name__)")
-    assert out.split() == ["uetransforms.fitting", "NoiseBank", "FitData", "Protect", "uetransforms.quality"]
+def test_exceptions_are_public_and_share_one_base():
+    for name in ue.__all__:
+        obj = getattr(ue, name)
+        if isinstance(obj, type) and issubclass(obj, Exception) and not issubclass(obj, Warning):
+            assert issubclass(obj, ue.UETransformsError), name

@@ -13,10 +13,11 @@ from datasets import ClassLabel, Dataset, Features, Image, List, Value
 from PIL import Image as PILImage
 
 import uetransforms as ue
-from uetransforms import ops
-from uetransforms.bank import BankError, NoiseBank
-from uetransforms.data import DataError, FitData
-from uetransforms.images import ImageModeError, content_id
+from uetransforms.core import apply as apply_mod
+from uetransforms.core import kernels
+from uetransforms.core.bank import BankError, NoiseBank
+from uetransforms.core.data import DataError, FitData
+from uetransforms.core.images import ImageModeError, content_id
 
 N, H, W = 7, 8, 8
 EPS = 8 / 255
@@ -480,7 +481,7 @@ def test_kernel_output_matches_ops(bank_path):
     import torch
 
     x = torch.from_numpy(np.stack(decoded(src)).transpose(0, 3, 1, 2).copy())
-    ref = ops.apply(bank, x, src["label"]).numpy().transpose(0, 2, 3, 1)
+    ref = apply_mod.apply(bank, x, src["label"]).numpy().transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(np.stack(decoded(out)), ref)
 
 
@@ -612,18 +613,18 @@ def reference_kernel(bank: NoiseBank, hwc: np.ndarray, *, label: int, cluster: i
 
     if bank.kind == "additive":
         d = torch.from_numpy(bank.tensors["delta"][row : row + 1].astype(np.float32)).mul_(255)
-        out = ops.add_delta(x, sized(d, "bilinear"))
+        out = kernels.add_delta(x, sized(d, "bilinear"))
     elif bank.kind == "conv":
-        out = ops.convolve(x, torch.from_numpy(bank.tensors["weight"][row : row + 1].copy()))
+        out = kernels.convolve(x, torch.from_numpy(bank.tensors["weight"][row : row + 1].copy()))
     elif bank.kind == "pixel":
         mask = sized(torch.from_numpy(bank.tensors["mask"][row : row + 1].copy()), "nearest")
         value = sized(torch.from_numpy(bank.tensors["value"][row : row + 1].copy()), "nearest")
-        out = ops.blend_pixels(x, mask, value)
+        out = kernels.blend_pixels(x, mask, value)
     else:
-        seed = ops.sample_seed(bank.params["salt"], content_id(chw))
-        delta = ops.synth_ar(bank.tensors["coef"][row : row + 1], [seed], bank.image_shape,
+        seed = kernels.sample_seed(bank.params["salt"], content_id(chw))
+        delta = kernels.synth_ar(bank.tensors["coef"][row : row + 1], [seed], bank.image_shape,
                              epsilon=bank.params["epsilon"], norm=bank.params["norm"])
-        out = ops.add_delta(x, sized(torch.from_numpy(delta).mul_(255), "bilinear"))
+        out = kernels.add_delta(x, sized(torch.from_numpy(delta).mul_(255), "bilinear"))
     return out[0].numpy().transpose(1, 2, 0)
 
 
@@ -668,7 +669,7 @@ def test_every_kind_through_map_as_png(kind_banks, name):
 
 @pytest.mark.parametrize("name", KIND_BANKS)
 def test_every_kind_through_set_transform_transform_and_stream(kind_banks, name):
-    from uetransforms.transforms import ProtectTransform
+    from uetransforms.integrations.transforms import ProtectTransform
 
     bank = NoiseBank.load(kind_banks[name])
     src = mixed_ds()
@@ -704,8 +705,8 @@ def test_every_kind_num_proc_equals_single_process(kind_banks, name):
 def test_protect_and_transform_with_an_encoder_equal_the_cluster_column():
     import torch
 
-    from uetransforms.assign import ClusterAssigner
-    from uetransforms.transforms import ProtectTransform
+    from uetransforms.models.assign import ClusterAssigner
+    from uetransforms.integrations.transforms import ProtectTransform
 
     torch.manual_seed(0)
     encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * H * W, 5))
@@ -735,9 +736,9 @@ def test_protect_and_transform_with_an_encoder_equal_the_cluster_column():
 
 # ------------------------------------------------------------------ the protection marker
 def test_marked_images_are_not_protected_twice(bank_path):
-    from uetransforms import codecs
-    from uetransforms.protect import DoubleProtectionError
-    from uetransforms.transforms import ProtectTransform
+    from uetransforms.core import codecs
+    from uetransforms.integrations.datasets import DoubleProtectionError
+    from uetransforms.integrations.transforms import ProtectTransform
 
     src = make_ds()
     once = src.map(ue.Protect(bank_path), batched=True, batch_size=3)
@@ -765,7 +766,7 @@ def test_marked_images_are_not_protected_twice(bank_path):
 
 @pytest.mark.parametrize("mode", [None, "L"])
 def test_map_reads_undecoded_bytes_with_the_package_decoders(monkeypatch, mode):
-    """map(Protect) on an Image() column: the encoded bytes go to uetransforms.codecs (datasets'
+    """map(Protect) on an Image() column: the encoded bytes go to uetransforms.core.codecs (datasets'
     PIL decode was two thirds of the cost), with datasets' pixels: EXIF orientation applied, and
     a feature mode to convert to left to datasets."""
     rng = np.random.default_rng(4)
@@ -793,7 +794,7 @@ def test_map_reads_undecoded_bytes_with_the_package_decoders(monkeypatch, mode):
     out = ds.map(ue.Protect(bank), batched=True, batch_size=4)
     assert (len(calls) > 0) == (mode is not None)  # no PIL decode unless a mode must be applied
     monkeypatch.setattr(Image, "decode_example", real)
-    applier = ops.Applier(bank)
+    applier = apply_mod.Applier(bank)
     for got, src, lab in zip(out["image"], want, ds["label"]):
         chw = src[None] if src.ndim == 2 else src.transpose(2, 0, 1)
         ref = applier.protect([chw], labels=[lab])[0]

@@ -16,9 +16,10 @@ from PIL import Image
 import uetransforms as ue
 
 # Resolve the lazy ``ue.publish`` export before importing the submodule by name: a first
-# ``import uetransforms.publish`` would bind the *module* to ``ue.publish``.
+# ``import uetransforms.publishing.pipeline`` would bind the *module* to ``ue.publish``.
 assert callable(ue.publish)
-from uetransforms.publish import PNG_SIGNATURE, dataset_card, num_shards_for, public_params  # noqa: E402
+from uetransforms.algorithms import public_params  # noqa: E402
+from uetransforms.publishing.pipeline import PNG_SIGNATURE, dataset_card, num_shards_for  # noqa: E402
 
 SEED = 987654321123
 SALT = 31337424242
@@ -167,11 +168,11 @@ def test_public_params_allow_list():
                         tensors={"weight": np.zeros((1, 3, 3, 3), np.float32)}, image_shape=(3, 8, 8),
                         params={"blur_parameter": 0.3, "kernel_size": 3, "seed": 5, "weights": [1, 2],
                                 "normalise": "max", "secret_thing": "x"})
-    assert public_params(bank) == {"kernel_size": 3, "blur_parameter": 0.3, "normalise": "max"}
+    assert public_params(bank.method, bank.params) == {"kernel_size": 3, "blur_parameter": 0.3, "normalise": "max"}
     synth = ue.NoiseBank(method="ar", kind="synth", keying="class", keys=[0],
                          tensors={"coef": np.zeros((1, 3, 8), np.float32)}, image_shape=(3, 8, 8),
                          params={"synth": "ar", "epsilon": 1.0, "norm": "l2", "salt": 99, "seed": 7})
-    assert public_params(synth) == {"epsilon": 1.0, "norm": "l2", "synth": "ar"}
+    assert public_params(synth.method, synth.params) == {"epsilon": 1.0, "norm": "l2", "synth": "ar"}
 
 
 def test_dataset_dict_one_shard_set_per_split(tmp_path, secret_bank):
@@ -257,7 +258,7 @@ def test_push_fails_fast_before_protecting(tmp_path, secret_bank, monkeypatch, f
     protected = []
     real_call = ue.Protect.__call__
     monkeypatch.setattr(ue.Protect, "__call__", lambda self, *a, **kw: protected.append(1) or real_call(self, *a, **kw))
-    from uetransforms.publish import PushError
+    from uetransforms.publishing.pipeline import PushError
 
     with pytest.raises(PushError) as info:
         ue.publish(_dataset(), secret_bank, "me/x", push=True)
@@ -269,7 +270,7 @@ def test_push_fails_fast_before_protecting(tmp_path, secret_bank, monkeypatch, f
 
 def test_push_failure_says_what_was_uploaded_and_how_to_resume(tmp_path, secret_bank, monkeypatch):
     FakeHub(monkeypatch, upload=ConnectionError("connection reset"))
-    from uetransforms.publish import PushError
+    from uetransforms.publishing.pipeline import PushError
 
     with pytest.raises(PushError) as info:
         ue.publish(_dataset(), secret_bank, "me/x", push=True)
@@ -340,7 +341,7 @@ def test_card_is_a_function_of_data_and_public_params(secret_bank):
 
 
 def test_output_carries_the_non_secret_marker(tmp_path, secret_bank):
-    from uetransforms.writer import MARKER, SCHEMA_KEY
+    from uetransforms.core.codecs import MARKER, SCHEMA_KEY
 
     out = tmp_path / "pub"
     prot = ue.publish(_dataset(), secret_bank, out)
@@ -352,7 +353,7 @@ def test_output_carries_the_non_secret_marker(tmp_path, secret_bank):
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_refuses_to_protect_a_published_copy_twice(tmp_path, secret_bank, streaming):
-    from uetransforms.streaming import publish_stream
+    from uetransforms.publishing.streaming import publish_stream
 
     out = tmp_path / "pub"
     ue.publish(_dataset(), secret_bank, out)
@@ -385,8 +386,8 @@ def test_refuses_bank_files_in_the_output_directory(tmp_path, secret_bank):
 @pytest.mark.parametrize("streaming", [False, True])
 def test_refuses_images_carrying_the_codec_marker(tmp_path, secret_bank, streaming):
     """Protected images keep the PNG marker wherever they travel (a concatenation, a re-saved copy)."""
-    from uetransforms import codecs
-    from uetransforms.streaming import publish_stream
+    from uetransforms.core import codecs
+    from uetransforms.publishing.streaming import publish_stream
 
     ds = _dataset()
     rows = [np.asarray(im) for im in ds["image"]]
@@ -442,7 +443,7 @@ def _same_as_loaded(result, loaded) -> None:
 def test_result_is_what_loading_the_folder_gives_without_reading_it_back(tmp_path, secret_bank, monkeypatch, as_dict):
     """The returned copy is mapped from the rows as they were written (no second pass over the
     Parquet files) and equals what datasets loads from the folder."""
-    from uetransforms.publish import load_local
+    from uetransforms.publishing.pipeline import load_local
 
     ds = _dataset(n=7)
     data = datasets.DatasetDict({"train": ds, "test": _dataset(n=3, seed=1)}) if as_dict else ds
@@ -480,19 +481,19 @@ def test_result_copy_goes_next_to_the_inputs_cache_files(tmp_path, secret_bank):
 
 
 def test_failed_publish_leaves_no_copy_behind(tmp_path, secret_bank, monkeypatch):
-    from uetransforms import writer
-    from uetransforms.publish import _arrow_copy_path
+    from uetransforms.publishing import target
+    from uetransforms.publishing.pipeline import _arrow_copy_path
 
     made = []
     real_path = _arrow_copy_path
-    monkeypatch.setattr(sys.modules["uetransforms.publish"], "_arrow_copy_path",
+    monkeypatch.setattr(sys.modules["uetransforms.publishing.pipeline"], "_arrow_copy_path",
                         lambda ds: made.append(real_path(ds)) or made[-1])
 
     def fail(event, **info):
         if event == "card":
             raise OSError("disk full")
 
-    monkeypatch.setattr(writer, "checkpoint", fail)
+    monkeypatch.setattr(target, "checkpoint", fail)
     with pytest.raises(OSError, match="disk full"):
         ue.publish(_dataset(), secret_bank, tmp_path / "pub")
     assert made and not any(os.path.exists(p) for p in made)
@@ -515,7 +516,7 @@ def test_every_kind_through_publish_gives_the_reference_pixels(tmp_path, name):
         again = ue.publish(src, bank, tmp_path / "pub2", batch_size=3, num_proc=2, **_options(name))
         assert _stored(again) == _stored(out)
     # The stream writer (one writer behind both): the same bytes from an IterableDataset.
-    from uetransforms.streaming import publish_stream
+    from uetransforms.publishing.streaming import publish_stream
 
     publish_stream(src.to_iterable_dataset(), bank, tmp_path / "stream", batch_size=2, shard_rows=4, **_options(name))
     streamed = datasets.load_dataset(str(tmp_path / "stream"), split="train", download_mode="force_redownload")
@@ -528,7 +529,7 @@ def _stored(ds) -> list[bytes]:
 
 def test_publish_takes_the_size_policy_and_png_options(tmp_path):
     """Photos of many sizes with a fixed-size bank: refused by default, with the argument that fixes it."""
-    from uetransforms.errors import SizeMismatchError
+    from uetransforms.core.errors import SizeMismatchError
 
     bank = _kind_banks()["additive-class"].replace(info={})  # no size policy of its own: "error"
     src = mixed_ds()
@@ -540,7 +541,7 @@ def test_publish_takes_the_size_policy_and_png_options(tmp_path):
     pil = ue.publish(src, bank, tmp_path / "c", size_mismatch="resize", png_encoder="pil", png_level=9)
     assert all(np.array_equal(np.asarray(g), w) for g, w in zip(pil["image"], want))
     assert _stored(pil) != _stored(out)  # another encoder: other bytes, same pixels
-    from uetransforms import codecs
+    from uetransforms.core import codecs
 
     assert _stored(pil)[0] == codecs.encode_png(want[0], encoder="pil", level=9)
     with pytest.raises(ValueError, match="level must be an integer 0..3"):
@@ -567,7 +568,7 @@ def test_threads_give_the_same_bytes(name):
 def test_slices_run_torch_single_threaded_and_restore_it(tmp_path, monkeypatch):
     import torch
 
-    from uetransforms.ops import Applier
+    from uetransforms.core.apply import Applier
 
     seen = []
     real = Applier.protect_chunks

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from uetransforms import quality
+from uetransforms.evaluation import quality
 
 
 def _batch(seed=0, shape=(4, 3, 16, 16)):

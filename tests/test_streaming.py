@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 import uetransforms as ue
-from uetransforms.bank import NoiseBank
-from uetransforms.streaming import iter_batches, publish_stream
+from uetransforms.core.bank import NoiseBank
+from uetransforms.publishing.sources import iter_batches
+from uetransforms.publishing.streaming import publish_stream
 
 FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3),
                               "idx": datasets.Value("int64")})

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uetransforms import suite as suite_mod
-from uetransforms.suite import (BROKEN_RATIO, PROFILES, SCHEMA, _Claim, evaluate_suite, resolve_profile, summarise,
-                                table)
+from uetransforms.evaluation import suite as suite_mod
+from uetransforms.evaluation.suite import BROKEN_RATIO, PROFILES, SCHEMA, _Claim, evaluate_suite, resolve_profile, summarise, table
 
 TINY = {"epochs": 1, "train_size": None, "test_size": None}
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from uetransforms import surrogates as sg
-from uetransforms.data import FitData
+from uetransforms.models import surrogates as sg
+from uetransforms.core.data import FitData
 
 HAS_CLIP = os.path.exists(os.path.join(os.path.dirname(sg.__file__), "clip.py")) and importlib.util.find_spec("open_clip")
 

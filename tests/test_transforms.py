@@ -13,8 +13,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 import uetransforms as ue
-from uetransforms.bank import BankError, NoiseBank
-from uetransforms.transforms import ProtectTransform, default_labels_getter
+from uetransforms.core.bank import BankError, NoiseBank
+from uetransforms.integrations.transforms import ProtectTransform, default_labels_getter
 
 H, W, N = 8, 8, 5
 EPS = 8 / 255
@@ -218,7 +218,7 @@ def test_sample_wise_bank_with_id_getter():
 
 def test_cluster_bank_ignores_the_class_label(monkeypatch):
     """The default getter reads the class label; a cluster bank must assign the cluster itself."""
-    from uetransforms.ops import Applier
+    from uetransforms.core.apply import Applier
 
     rng = np.random.default_rng(0)
     bank = NoiseBank(method="clusters", kind="additive", keying="cluster", keys=[0, 1],

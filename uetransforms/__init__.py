@@ -4,6 +4,11 @@ Fit a protection once (``fit``), keep the precomputed noise as an Arrow :class:`
 and apply it wherever images flow: ``datasets.Dataset.map(Protect(bank), batched=True)``,
 a torchvision v2 pipeline (``ProtectTransform``), or ``publish`` for lossless hub shards.
 
+The public names are the ones in ``__all__`` (the README lists them); everything else is
+reached through its subpackage, whose imports flow one way (lowest first):
+``core`` <- ``models`` <- ``algorithms`` <- ``integrations`` <- ``publishing`` <- ``evaluation``
+<- ``cli``.
+
 Example:
     >>> import numpy as np, uetransforms as ue
     >>> ds = {"image": list(np.zeros((4, 8, 8, 3), np.uint8)), "label": [0, 1, 0, 1]}
@@ -14,73 +19,73 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import importlib
-import importlib.util
-import sys
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from . import errors, methods  # both light; `methods` is the subpackage, callable: ue.methods() is its table
+from .core.version import __version__
 
-# Everything else loads on first use, so `import uetransforms` does not pull in torch, pyarrow or
-# the evaluation stack (see benchmarks/RESULTS.md, "import time"). name -> module that defines it.
-_LAZY = {
-    "fit": ".fitting",
-    "NoiseBank": ".bank",
-    "FitData": ".data",
-    "Protect": ".protect",
-    "ProtectTransform": ".transforms",
-    "publish": ".publish",
-    "evaluate": ".evaluate",
-    "evaluate_suite": ".suite",
+# Everything loads on first use, so `import uetransforms` does not pull in torch, pyarrow or the
+# evaluation stack (benchmarks/bench_import.py). Public name -> the module that defines it.
+_PUBLIC = {
+    "fit": ".algorithms.fitting",
+    "methods": ".algorithms",
+    "NoiseBank": ".core.bank",
+    "FitData": ".core.data",
+    "apply": ".core.apply",
+    "Protect": ".integrations.datasets",
+    "ProtectTransform": ".integrations.transforms",
+    "publish": ".publishing.pipeline",
+    "publish_stream": ".publishing.streaming",
+    "evaluate": ".evaluation.harness",
+    "evaluate_suite": ".evaluation.suite",
+    # The exceptions callers catch (all subclasses of UETransformsError).
+    "UETransformsError": ".core.errors",
+    "BankError": ".core.errors",
+    "DataError": ".core.errors",
+    "ImageModeError": ".core.errors",
+    "SizeMismatchError": ".core.errors",
+    "ParameterError": ".core.errors",
+    "UnknownMethodError": ".core.errors",
+    "UnknownParameterError": ".core.errors",
+    "DoubleProtectionError": ".core.errors",
+    "DefenceError": ".core.errors",
+    "PublishConflict": ".core.errors",
+    "PushError": ".core.errors",
+    "ClipWeightsError": ".core.errors",
+    "RandomInitWarning": ".core.errors",
 }
-#: Old top-level names of the exceptions: they still resolve, from :mod:`uetransforms.errors`.
-_ERRORS = ("BankError", "DataError", "ImageModeError", "SizeMismatchError")
-#: Functions that share their module's name: ``ue.publish(...)`` stays the function even after
-#: ``import uetransforms.publish`` (which would otherwise rebind the package attribute to the module).
-_SHADOWING = ("publish", "evaluate")
+_ATTRIBUTE = {"methods": "table"}  # ue.methods() is the registry's table
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import ops
-    from .bank import NoiseBank
-    from .data import FitData
-    from .evaluate import evaluate
-    from .fitting import fit
-    from .protect import Protect
-    from .publish import publish
-    from .suite import evaluate_suite
-    from .transforms import ProtectTransform
+    from .algorithms import table as methods
+    from .algorithms.fitting import fit
+    from .core.apply import apply
+    from .core.bank import NoiseBank
+    from .core.data import FitData
+    from .core.errors import (
+        BankError, ClipWeightsError, DataError, DefenceError, DoubleProtectionError, ImageModeError, ParameterError,
+        PublishConflict, PushError, RandomInitWarning, SizeMismatchError, UETransformsError, UnknownMethodError,
+        UnknownParameterError,
+    )
+    from .evaluation.harness import evaluate
+    from .evaluation.suite import evaluate_suite
+    from .integrations.datasets import Protect
+    from .integrations.transforms import ProtectTransform
+    from .publishing.pipeline import publish
+    from .publishing.streaming import publish_stream
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    elif name in _ERRORS:
-        value = getattr(errors, name)
-    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        value = importlib.import_module(f".{name}", __name__)  # a submodule: ue.ops, ue.bank, ue.quality...
-    else:
+    module = _PUBLIC.get(name)
+    if module is None:
         raise AttributeError(f"module 'uetransforms' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), _ATTRIBUTE.get(name, name))
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__) | set(_ERRORS))
+    return sorted(set(globals()) | set(__all__))
 
 
-class _Package(ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SHADOWING and isinstance(value, ModuleType):
-            return  # the import system binding the submodule; the module stays in sys.modules
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-__all__ = [
-    "FitData", "NoiseBank", "Protect", "ProtectTransform", "__version__", "errors", "evaluate", "evaluate_suite",
-    "fit", "methods", "ops", "publish",
-]
+__all__ = ["__version__", *_PUBLIC]

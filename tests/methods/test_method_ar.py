@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import uetransforms as ue
+from uetransforms.core import kernels
 from _toy import to_chw, toy_data
-from uetransforms.methods import ar
+from uetransforms.algorithms import ar
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +89,12 @@ def test_l2_budget_after_apply():
     for eps in (1.0, 0.5):
         bank = ue.fit("ar", ds, seed=3, epsilon=eps)
         ids = ["a", "b", "c", "d"]
-        seeds = [ue.ops.sample_seed(bank.params["salt"], i) for i in ids]
-        delta = ue.ops.synth_ar(bank.gather("coef", bank.rows_for(labels)), seeds, bank.image_shape,
+        seeds = [kernels.sample_seed(bank.params["salt"], i) for i in ids]
+        delta = kernels.synth_ar(bank.gather("coef", bank.rows_for(labels)), seeds, bank.image_shape,
                                 epsilon=eps, norm="l2")
         np.testing.assert_allclose(np.linalg.norm(delta.reshape(4, -1).astype(np.float64), axis=1), eps, rtol=1e-5)
         x = to_chw(imgs)
-        diff = (ue.ops.apply(bank, x, labels, sample_ids=ids).double() - x.double()) / 255
+        diff = (ue.apply(bank, x, labels, sample_ids=ids).double() - x.double()) / 255
         l2 = diff.reshape(4, -1).norm(dim=1).numpy()
         rounding = 0.5 * np.sqrt(3 * 16 * 16) / 255  # each entry is rounded by at most half a level
         assert (np.abs(l2 - eps) <= rounding).all()
@@ -105,16 +106,16 @@ def test_linf_budget_after_apply():
     bank = ue.fit("ar", ds, seed=3, norm="linf")
     assert bank.params["epsilon"] == 8 / 255
     x = to_chw(imgs)
-    diff = (ue.ops.apply(bank, x, labels, sample_ids=["p", "q"]).int() - x.int()).abs()
+    diff = (ue.apply(bank, x, labels, sample_ids=["p", "q"]).int() - x.int()).abs()
     assert diff.reshape(2, -1).max(dim=1).values.tolist() == [8, 8]
 
 
 def test_noise_is_per_sample_and_per_class(fitted):
     _, imgs, labels, bank = fitted
     x = to_chw(imgs[:1]).repeat(3, 1, 1, 1)
-    out = ue.ops.apply(bank, x, [0, 0, 0], sample_ids=["s1", "s1", "s2"])
+    out = ue.apply(bank, x, [0, 0, 0], sample_ids=["s1", "s1", "s2"])
     assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[2])
-    other = ue.ops.apply(bank, x[:1], [1], sample_ids=["s1"])
+    other = ue.apply(bank, x[:1], [1], sample_ids=["s1"])
     assert not torch.equal(out[0], other[0])
 
 
@@ -135,7 +136,7 @@ def test_save_load_round_trip(fitted, tmp_path):
     assert loaded.sha256 == bank.sha256 and loaded.params == bank.params
     x = to_chw(imgs)
     ids = [f"id{i}" for i in range(len(labels))]
-    assert torch.equal(ue.ops.apply(loaded, x, labels, sample_ids=ids), ue.ops.apply(bank, x, labels, sample_ids=ids))
+    assert torch.equal(ue.apply(loaded, x, labels, sample_ids=ids), ue.apply(bank, x, labels, sample_ids=ids))
 
 
 def test_reads_labels_only_not_images():
@@ -170,6 +171,6 @@ def test_applied_noise_is_predicted_exactly_by_its_class_filter(fitted):
             pred += a[:, n, None, None] * noise[:, 2 + di : h + di, 2 + dj : w + dj]
         return np.abs(noise[:, 2:, 2:] - pred).max() / np.abs(noise).max()
 
-    noise = ue.ops.synth_ar(coef[:1], [12345], (c, h, w), epsilon=1.0, norm="l2")[0].astype(np.float64)
+    noise = kernels.synth_ar(coef[:1], [12345], (c, h, w), epsilon=1.0, norm="l2")[0].astype(np.float64)
     assert residual(noise, coef[0].astype(np.float64)) < 1e-4  # float32 output rounding only
     assert residual(noise, coef[1].astype(np.float64)) > 1e-2

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import uetransforms as ue
-from uetransforms.data import FitData
-from uetransforms import surrogates as sg
-from uetransforms.methods import bayes
+from uetransforms.core.data import FitData
+from uetransforms.models import surrogates as sg
+from uetransforms.algorithms import bayes
 
 EPS = 8 / 255
 
@@ -96,7 +96,7 @@ def test_ascent_respects_the_budget_and_is_applied_as_stored():
     d = bank.tensors["delta"]
     assert d.dtype == np.float16 and (np.abs(d.astype(np.float64)) <= EPS).all() and np.abs(d).max() > 0
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    out = ue.ops.apply(bank, x, data.sample_ids)
+    out = ue.apply(bank, x, data.sample_ids)
     change = out.int() - x.int()
     assert change.abs().max() <= 8
     rows = bank.rows_for(data.sample_ids)

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 import uetransforms as ue
-from uetransforms.assign import ClusterAssigner
-from uetransforms.bank import NoiseBank
-from uetransforms.encoders import RandomSurrogateError
-from uetransforms.methods.clusters import ClusterGenerators, LowTargetHitWarning
+from uetransforms.algorithms import get
+from uetransforms.models.assign import ClusterAssigner
+from uetransforms.core.bank import NoiseBank
+from uetransforms.models.encoders import RandomSurrogateError
+from uetransforms.algorithms.clusters import ClusterGenerators, LowTargetHitWarning
 
 TINY = {"surrogate": "clip:uet-tiny-vit", "weights": None, "allow_random_surrogate": True}
 #: a small generator and a short schedule: the tests check behaviour, not the paper's budget
@@ -201,10 +202,10 @@ def test_profile_paper_and_explicit_values_win():
     assert (p["profile"], p["epochs"], p["batch_size"], p["lr"], p["ngf"], p["iterations"]) == \
         ("paper", 0.25, 256, 1e-4, 4, 1)
     assert direct.params["lr"] == 0.05 and "profile" not in direct.params
-    assert ue.methods.get("clusters").check({"profile": "cpu"})["batch_size"] == 32
-    assert ue.methods.get("clusters").check({})["batch_size"] is None  # "auto" waits for the device
+    assert get("clusters").check({"profile": "cpu"})["batch_size"] == 32
+    assert get("clusters").check({})["batch_size"] is None  # "auto" waits for the device
     with pytest.raises(ValueError, match="profile="):
-        ue.methods.get("clusters").check({"profile": "gpu"})
+        get("clusters").check({"profile": "gpu"})
 
 
 def test_batched_generators_equal_separate_ones():
@@ -236,7 +237,7 @@ def test_any_module_encoder(tmp_path):
     assert bank.info["random_surrogate"] is False  # a user's module: the user vouches for it
     assert bank.info["surrogate"]["kind"] == "module" and bank.tensors["centroid"].shape == (2, 16)
     bank.save(tmp_path / "m.arrow")
-    with pytest.raises(ue.bank.BankError, match="encoder="):
+    with pytest.raises(ue.BankError, match="encoder="):
         ClusterAssigner(NoiseBank.load(tmp_path / "m.arrow"))
     assert ClusterAssigner(bank, encoder=enc)([im.transpose(2, 0, 1) for im in _images(1)]).shape == (2,)
 
@@ -262,7 +263,7 @@ def test_a_fitted_bank_protects_with_an_encoder_as_with_the_cluster_column(tmp_p
     # Protect / ProtectTransform with encoder= must give exactly the bytes of the cluster-column
     # path, the clusters here computed independently (nearest raw centroid, by hand).
     datasets = pytest.importorskip("datasets")
-    from uetransforms.transforms import ProtectTransform
+    from uetransforms.integrations.transforms import ProtectTransform
 
     imgs = _near_groups(6, seed=2)
     with warnings.catch_warnings():

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import uetransforms as ue
+from uetransforms.core import kernels
 from _toy import to_chw, toy_data
-from uetransforms.methods import cuda
+from uetransforms.algorithms import cuda
 
 
 def test_weights_follow_the_construction():
@@ -35,14 +36,14 @@ def test_filters_lie_on_the_exact_convolution_grid():
     # Rounded down to 2**-f (f = 14 here) so the library convolution is exact; the draws move by < 2**-f.
     ds, _, _ = toy_data(classes=4)
     w = ue.fit("cuda", ds, seed=11).tensors["weight"].astype(np.float64)
-    f = ue.ops.conv_grid_bits(np.abs(w).sum(axis=(-2, -1)).max())
+    f = kernels.conv_grid_bits(np.abs(w).sum(axis=(-2, -1)).max())
     assert f == 14 and (w * 2.0**f == np.round(w * 2.0**f)).all()
     draws = np.random.default_rng(11).uniform(0.0, 0.3, size=(3, 3))  # class 0's entries before the centre
     centre = w[0, 0] == 1.0
     assert (np.abs(w[0, 0] - draws)[~centre] < 2.0**-f).all()
     # A huge kernel's grid would be too coarse to round to: its filters stay as drawn.
     big = ue.fit("cuda", ds, seed=11, kernel_size=65).tensors["weight"].astype(np.float64)
-    assert ue.ops.conv_grid_bits(np.abs(big).sum(axis=(-2, -1)).max()) < cuda._MIN_GRID_BITS
+    assert kernels.conv_grid_bits(np.abs(big).sum(axis=(-2, -1)).max()) < cuda._MIN_GRID_BITS
     assert not (big * 2.0**14 == np.round(big * 2.0**14)).all()
 
 
@@ -67,7 +68,7 @@ def test_apply_is_the_per_class_filter_then_max_normalisation():
     ds, imgs, labels = toy_data()
     bank = ue.fit("cuda", ds, seed=2)
     x = to_chw(imgs)
-    out = ue.ops.apply(bank, x, labels)
+    out = ue.apply(bank, x, labels)
     w = torch.from_numpy(bank.tensors["weight"]).to(torch.float64)
     for i, y in enumerate(labels):
         ref = F.conv2d(x[i : i + 1].double() / 255, w[y].unsqueeze(1), padding=1, groups=3)
@@ -75,7 +76,7 @@ def test_apply_is_the_per_class_filter_then_max_normalisation():
         assert torch.equal(out[i : i + 1], ref)
     # size-independent: the same bank filters a larger image
     big = torch.randint(0, 256, (2, 3, 16, 12), dtype=torch.uint8)
-    assert ue.ops.apply(bank, big, [0, 1]).shape == big.shape
+    assert ue.apply(bank, big, [0, 1]).shape == big.shape
 
 
 def test_save_load_round_trip(tmp_path):
@@ -85,7 +86,7 @@ def test_save_load_round_trip(tmp_path):
     loaded = ue.NoiseBank.load(path)
     assert loaded.sha256 == bank.sha256 and loaded.params == bank.params
     x = to_chw(imgs)
-    assert torch.equal(ue.ops.apply(loaded, x, labels), ue.ops.apply(bank, x, labels))
+    assert torch.equal(ue.apply(loaded, x, labels), ue.apply(bank, x, labels))
 
 
 def test_reads_labels_only_not_images():

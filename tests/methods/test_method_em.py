@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import uetransforms as ue
-from uetransforms.bank import NoiseBank
-from uetransforms.data import FitData
-from uetransforms.methods import em
+from uetransforms.core.bank import NoiseBank
+from uetransforms.core.data import FitData
+from uetransforms.core.images import content_id
+from uetransforms.algorithms import em
 
 EPS = 8 / 255
 
@@ -87,7 +88,7 @@ def test_noise_lowers_the_surrogate_loss_against_random_noise():
     d_rand = torch.from_numpy(np.random.default_rng(1).uniform(-EPS, EPS, d_em.shape).astype(np.float32))
     x = chw(images).float() / 255
     y = torch.from_numpy(labels)
-    from uetransforms import surrogates as sg
+    from uetransforms.models import surrogates as sg
 
     losses = {}
     for name, d in (("em", d_em), ("random", d_rand)):
@@ -112,7 +113,7 @@ def test_linf_budget_is_exact_and_applied_as_stored(mode):
     assert np.abs(d).max() > 0
     x = chw(images)
     keys = labels if mode == "class" else FitData.from_arrays(images, labels).sample_ids
-    out = ue.ops.apply(bank, x, keys)
+    out = ue.apply(bank, x, keys)
     change = out.int() - x.int()
     assert change.abs().max() <= 8
     rows = bank.rows_for(keys)
@@ -128,7 +129,7 @@ def test_linf_budget_is_exact_and_applied_as_stored(mode):
 def test_smaller_budget_is_respected():
     images, labels = tiny(8)
     bank = ue.fit("em", FitData.from_arrays(images, labels), seed=0, epsilon=4 / 255, **fast(max_rounds=1))
-    out = ue.ops.apply(bank, chw(images), FitData.from_arrays(images, labels).sample_ids)
+    out = ue.apply(bank, chw(images), FitData.from_arrays(images, labels).sample_ids)
     assert (out.int() - chw(images).int()).abs().max() <= 4
 
 
@@ -142,12 +143,12 @@ def test_sample_noise_is_keyed_by_id_and_survives_shuffle_and_select():
     # same label, different images -> different noise (it is not indexed by label)
     assert not np.array_equal(d[0], d[2])
     full = ds.map(ue.Protect(bank), batched=True, batch_size=5)
-    by_content = {ue.images.content_id(np.asarray(a).transpose(2, 0, 1)): np.asarray(b)
+    by_content = {content_id(np.asarray(a).transpose(2, 0, 1)): np.asarray(b)
                   for a, b in zip(ds["image"], full["image"])}
     sub = ds.shuffle(seed=3).select([7, 1, 12, 4])
     prot = sub.map(ue.Protect(bank), batched=True, batch_size=3)
     for a, b in zip(sub["image"], prot["image"]):
-        assert np.array_equal(np.asarray(b), by_content[ue.images.content_id(np.asarray(a).transpose(2, 0, 1))])
+        assert np.array_equal(np.asarray(b), by_content[content_id(np.asarray(a).transpose(2, 0, 1))])
 
 
 def test_id_column_keys():

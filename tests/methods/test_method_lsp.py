@@ -8,7 +8,7 @@ import torch
 
 import uetransforms as ue
 from _toy import to_chw, toy_data
-from uetransforms.methods import lsp
+from uetransforms.algorithms import lsp
 
 
 def _patch_constant(delta, ps):
@@ -64,10 +64,10 @@ def test_budget_respected_after_apply():
     ds, imgs, labels = toy_data(h=32, w=32, n=4, classes=2, value=128)
     bank = ue.fit("lsp", ds, seed=4)
     x = to_chw(imgs)
-    diff = ue.ops.apply(bank, x, labels).int() - x.int()
+    diff = ue.apply(bank, x, labels).int() - x.int()
     assert set(diff.flatten().tolist()) == {-6, 6}
     bank16 = ue.fit("lsp", ds, seed=4, epsilon=16 / 255, pattern="gaussian")
-    diff16 = (ue.ops.apply(bank16, x, labels).int() - x.int()).abs()
+    diff16 = (ue.apply(bank16, x, labels).int() - x.int()).abs()
     assert int(diff16.max()) == 16
 
 
@@ -87,7 +87,7 @@ def test_save_load_round_trip(tmp_path):
     loaded = ue.NoiseBank.load(bank.save(tmp_path / "lsp.bank.arrow"))
     assert loaded.sha256 == bank.sha256 and loaded.params == bank.params
     x = to_chw(imgs)
-    assert torch.equal(ue.ops.apply(loaded, x, labels), ue.ops.apply(bank, x, labels))
+    assert torch.equal(ue.apply(loaded, x, labels), ue.apply(bank, x, labels))
 
 
 def test_reads_labels_only_not_images():

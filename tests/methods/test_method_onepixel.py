@@ -6,7 +6,7 @@ import torch
 
 import uetransforms as ue
 from _toy import to_chw
-from uetransforms.methods import onepixel as ops_method
+from uetransforms.algorithms import onepixel as ops_method
 
 
 def _random(n=12, h=6, w=5, classes=3, seed=0):
@@ -66,7 +66,7 @@ def test_exactly_one_pixel_per_class_changes():
     assert ((value != 0).any(axis=1) <= mask[:, 0].astype(bool)).all()  # colour only under the mask
     assert set(np.unique(value).tolist()) <= {0, 255}
     x = to_chw(imgs)
-    out = ue.ops.apply(bank, x, labels)
+    out = ue.apply(bank, x, labels)
     changed = (out != x).any(dim=1)  # [B, H, W]
     assert (changed.sum(dim=(1, 2)) <= 1).all()
     for i, y in enumerate(labels):
@@ -138,7 +138,7 @@ def test_save_load_round_trip(tmp_path):
     loaded = ue.NoiseBank.load(bank.save(tmp_path / "ops.bank.arrow"))
     assert loaded.sha256 == bank.sha256 and loaded.info == bank.info
     x = to_chw(imgs)
-    assert torch.equal(ue.ops.apply(loaded, x, labels), ue.ops.apply(bank, x, labels))
+    assert torch.equal(ue.apply(loaded, x, labels), ue.apply(bank, x, labels))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -6,7 +6,7 @@ import torch
 
 import uetransforms as ue
 from _toy import to_chw, toy_data
-from uetransforms.methods import random as random_method
+from uetransforms.algorithms import random as random_method
 
 
 def test_bank_shape_range_and_params():
@@ -25,7 +25,7 @@ def test_budget_respected_after_apply(eps):
     ds, imgs, labels = toy_data(n=4, h=16, w=16, classes=2, value=128)  # mid-grey: no clipping
     bank = ue.fit("random", ds, seed=3, epsilon=eps)
     x = to_chw(imgs)
-    out = ue.ops.apply(bank, x, labels)
+    out = ue.apply(bank, x, labels)
     diff = (out.int() - x.int()).abs()
     assert int(diff.max()) <= round(255 * eps)
     assert int(diff.max()) >= round(255 * eps) - 1
@@ -49,7 +49,7 @@ def test_save_load_round_trip(tmp_path):
     loaded = ue.NoiseBank.load(bank.save(tmp_path / "random.bank.arrow"))
     assert loaded.sha256 == bank.sha256
     x = to_chw(imgs)
-    assert torch.equal(ue.ops.apply(loaded, x, labels), ue.ops.apply(bank, x, labels))
+    assert torch.equal(ue.apply(loaded, x, labels), ue.apply(bank, x, labels))
 
 
 def test_reads_labels_only_not_images():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import uetransforms as ue
-from uetransforms.data import FitData
-from uetransforms.methods import salm
+from uetransforms.core.data import FitData
+from uetransforms.algorithms import salm
 
 EPS = 8 / 255
 
@@ -56,7 +56,7 @@ def test_l0_and_linf_budgets_are_exact(mode, fraction):
     assert (np.abs(d.astype(np.float64)) <= EPS).all()
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     keys = labels if mode == "class" else data.sample_ids
-    out = ue.ops.apply(bank, x, keys)
+    out = ue.apply(bank, x, keys)
     diff = (out.int() - x.int()).abs()
     assert diff.max() <= 8
     assert ((diff.amax(1) > 0).flatten(1).sum(1) <= k).all()  # what is applied, not only what is stored

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 import uetransforms as ue
-from uetransforms import clip
-from uetransforms.data import DataError
-from uetransforms.encoders import RandomSurrogateError
-from uetransforms.methods import t2ue
+from uetransforms.models import clip
+from uetransforms.core.data import DataError
+from uetransforms.models.encoders import RandomSurrogateError
+from uetransforms.algorithms import t2ue
 
 datasets = pytest.importorskip("datasets")
 TINY = {"surrogate": "clip:uet-tiny-vit", "weights": None, "allow_random_surrogate": True}

@@ -1,4 +1,4 @@
-"""The method contract (uetransforms.methods.Method / Param): one declaration per method, read by
+"""The method contract (uetransforms.algorithms.Method / Param): one declaration per method, read by
 the registry, ``ue.methods()``, the CLI listing, the validation path and the card allow-list."""
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import yaml
 
 import uetransforms as ue
 from uetransforms import cli
-from uetransforms import methods as registry
-from uetransforms.methods import Method, Number, Param, ParameterError, UnknownParameterError
+from uetransforms import algorithms as registry
+from uetransforms.algorithms import Method, Number, Param, ParameterError, UnknownParameterError
 
 # A third-party method, written as its own module file: nothing in the package is touched.
 TOY_SOURCE = '''
 """toy_stripes: adds a fixed +/- stripe pattern per class (a test method, not a protection)."""
 import numpy as np
 
-from uetransforms.bank import NoiseBank
-from uetransforms.methods import Choice, Method, Number, Param
+from uetransforms.core.bank import NoiseBank
+from uetransforms.algorithms import Choice, Method, Number, Param
 
 METHOD = Method(
     key="toy-stripes",
@@ -168,16 +168,26 @@ def test_every_builtin_declares_one_method_in_display_order():
 
 
 def test_card_allow_list_is_read_from_the_declarations():
-    from uetransforms.publish import PUBLIC_PARAMS
+    assert registry.public_names("cuda") == ("blur_parameter", "center_parameter", "kernel_size", "normalise")
+    assert "synth" in registry.public_names("ar") and "salt" not in registry.public_names("ar")
+    assert registry.public_params("not-installed", {"epsilon": 0.1}) == {}  # an unknown method publishes nothing
 
-    assert PUBLIC_PARAMS["cuda"] == ("blur_parameter", "center_parameter", "kernel_size", "normalise")
-    assert "synth" in PUBLIC_PARAMS["ar"] and "salt" not in PUBLIC_PARAMS["ar"]
-    assert set(PUBLIC_PARAMS) == {m.key for m in registry.all_methods()}
-    bank = ue.NoiseBank(method="not-installed", kind="additive", keying="class", keys=[0],
-                        tensors={"delta": np.zeros((1, 3, 2, 2), np.float32)}, params={"epsilon": 0.1})
-    from uetransforms.publish import public_params
 
-    assert public_params(bank) == {}  # an unknown method publishes nothing
+def test_the_public_secret_rule_has_one_owner():
+    """Cards, suite results and the shipped measured facts all call the registry's rule."""
+    import inspect
+
+    from uetransforms.algorithms import measured
+    from uetransforms.evaluation import suite
+    from uetransforms.publishing import card
+
+    for module in (card, suite, measured):
+        src = inspect.getsource(module)
+        assert "public_params(" in src, module.__name__
+        assert "def public_params" not in src and "SECRET" not in src, f"{module.__name__} keeps its own rule"
+    for m, profiles in measured.load()["methods"].items():
+        for facts in profiles.values():
+            assert set(facts.get("bank_params") or {}) <= set(registry.public_names(m)), m
 
 
 def test_contract_refuses_secret_public_params_and_duplicates():
@@ -195,10 +205,10 @@ def test_contract_refuses_secret_public_params_and_duplicates():
 
 
 def test_method_modules_are_importable_by_name():
-    import uetransforms.methods.cuda as cuda_module
+    import uetransforms.algorithms.cuda as cuda_module
 
     assert cuda_module.METHOD is registry.get("cuda")
-    assert callable(ue.methods) and ue.methods is registry
+    assert ue.methods is registry.table
 
 
 # ------------------------------------------------------------------ `uetransforms methods KEY`
@@ -233,13 +243,13 @@ def test_cli_unknown_method_names_the_known_ones(capsys):
 
 # ------------------------------------------------------------------ a plug-in package (entry point)
 def test_entry_point_plugin_is_found_by_a_fresh_process(tmp_path):
-    """A package of yours declares ``[uetransforms.methods] toy = toy_stripes`` and the CLI lists
+    """A package of yours declares ``[uetransforms.algorithms] toy = toy_stripes`` and the CLI lists
     it in a new process, with no register() call anywhere."""
     (tmp_path / "toy_stripes.py").write_text(textwrap.dedent(TOY_SOURCE))
     info = tmp_path / "toy_stripes-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-stripes\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[uetransforms.methods]\ntoy = toy_stripes\n")
+    (info / "entry_points.txt").write_text("[uetransforms.algorithms]\ntoy = toy_stripes\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-m", "uetransforms", "methods"], capture_output=True, text=True, env=env,
                          check=True).stdout

@@ -1,6 +1,6 @@
 """Adapters that run :class:`~uetransforms.Protect` on other data engines, beyond one process.
 
-The maths stays in :mod:`uetransforms.ops`; an adapter only moves batches in and out, so every
+The maths stays in :mod:`uetransforms.core.apply`; an adapter only moves batches in and out, so every
 path gives the same bytes for the same bank and input:
 
 * one process: ``Dataset.map(Protect(bank), batched=True)``;
@@ -10,7 +10,7 @@ path gives the same bytes for the same bank and input:
   ``multiprocess.set_start_method("spawn", force=True)`` before ``map`` (``datasets`` uses the
   ``multiprocess`` package, not ``multiprocessing``);
 * a stream that does not fit on disk: ``load_dataset(..., streaming=True).map(Protect(bank),
-  batched=True)`` and :func:`uetransforms.streaming.publish_stream`;
+  batched=True)`` and :func:`uetransforms.publishing.streaming.publish_stream`;
 * several machines: :func:`uetransforms.integrations.ray.protect` (Ray Data ``map_batches``).
 
 Submodules import their engine lazily: ``import uetransforms.integrations`` needs no Ray.

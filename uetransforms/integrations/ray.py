@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from ..bank import NoiseBank
-from ..images import to_chw
-from ..protect import Protect
+from ..core.bank import NoiseBank
+from ..core.images import to_chw
+from .datasets import Protect
 
 #: Hidden per-row flag carried between the split stages: "encode this row's image as PNG".
 _PNG_FLAG = "__uetransforms_png__"

@@ -1,0 +1,118 @@
+"""Helpers shared by the fitted (surrogate-based) methods: grey-level quantisation, work arrays,
+and the parameter declarations several methods share (so each is written once).
+
+Private: methods import from here; users read the parameters through ``uetransforms methods KEY``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import Choice, Flag, Free, Number, Param, Rule
+
+#: Work arrays above this size are memory-mapped from a temporary file instead of held in RAM.
+RAM_LIMIT_BYTES = 256 * 2**20
+
+
+# ---------------------------------------------------------------------------- numerics
+def level_limit(epsilon: float) -> int:
+    """The largest whole number of grey levels within ``epsilon``: ``floor(255 * eps)``."""
+    return int(math.floor(255 * epsilon + 1e-6))
+
+
+def quantise(delta: np.ndarray, epsilon: float, dtype: Any = np.float16, out: np.ndarray | None = None) -> np.ndarray:
+    """Whole grey levels ``q / 255`` (``|q| <= floor(255 eps)``), rounded towards zero in ``dtype``.
+
+    ``255 * result`` rounds back to ``q`` exactly and ``|result| <= epsilon`` holds in float64,
+    which a plain cast of ``q / 255`` to float16/float32 does not guarantee (it may round up).
+    ``out`` may be ``delta`` itself (chunked, in place, for memory-mapped arrays).
+    """
+    dtype = np.dtype(dtype)
+    out = np.empty(delta.shape, dtype) if out is None else out
+    lim = level_limit(epsilon)
+    step = max(1, (1 << 24) // max(1, int(np.prod(delta.shape[1:]))))  # ~16M values per chunk
+    for s in range(0, len(delta), step):
+        q = np.clip(np.rint(np.asarray(delta[s : s + step], np.float64) * 255), -lim, lim) / 255
+        d = q.astype(dtype)
+        outward = np.abs(d.astype(np.float64)) > np.abs(q)
+        d[outward] = np.nextafter(d[outward], dtype.type(0))
+        out[s : s + step] = d
+    return out
+
+
+def workspace(shape: tuple[int, ...], dtype: Any, *, limit: int | None = None) -> np.ndarray:
+    """A zeroed array, memory-mapped from an anonymous temporary file when bigger than ``limit``."""
+    limit = RAM_LIMIT_BYTES if limit is None else limit
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes <= limit:
+        return np.zeros(shape, dtype)
+    # TemporaryFile is already unlinked: the pages vanish when the last mapping (the bank) goes.
+    return np.memmap(tempfile.TemporaryFile(prefix="uetransforms-"), dtype=dtype, mode="w+", shape=shape)
+
+
+# ---------------------------------------------------------------------------- shared parameters
+def _grey_level_budget(value: Any) -> float:
+    eps = Number(0, 1, lo_open=True)(value)
+    if eps * 255 < 1 - 1e-6:
+        raise ValueError("below one grey level (1/255): uint8 images could not change at all")
+    return eps
+
+
+def epsilon_linf(default: float = 8 / 255, paper: float | None = 8 / 255) -> Param:
+    """The L-inf budget of noise that is quantised to whole grey levels (at least 1/255)."""
+    return Param("epsilon", default, Rule(_grey_level_budget, "a number in [1/255, 1]"), paper=paper, public=True,
+                 budget="linf", help="L-inf budget in [0, 1] pixel units (8/255 = 8 grey levels)")
+
+
+NORM_LINF = Param("norm", "linf", Choice(("linf",)), paper="linf", public=True,
+                  help="perturbation norm (only 'linf' is supported)")
+
+
+
+SURROGATE_CHECK = Free("a name of uetransforms.models.surrogates.build or an nn.Module")
+
+
+def surrogate(default: str = "cnn-small") -> Param:
+    return Param("surrogate", default, SURROGATE_CHECK,
+                 help="the classifier trained on the fly (see uetransforms.models.surrogates.build)")
+
+
+def count(name: str, default: int, help: str, *, lo: int = 1, paper: Any = None, public: bool = False) -> Param:
+    """A whole-number setting (steps, batch size...), stored as given."""
+    return Param(name, default, Number(lo, integer=True, cast=False), paper=paper, public=public, help=help)
+
+
+def positive(name: str, default: Any, help: str, *, paper: Any = None, none: bool = False,
+             public: bool = False) -> Param:
+    """A positive real (learning rate, step size...), stored as given."""
+    return Param(name, default, Number(0, lo_open=True, none=none, cast=False), paper=paper, public=public, help=help)
+
+
+#: The budget of the grey-level-quantised L-inf methods (em, salm, bayes)...
+LINF_BUDGET = (epsilon_linf(), NORM_LINF)
+#: ... and, with a fixed default surrogate, what em and salm start with.
+SURROGATE_LINF = (*LINF_BUDGET, surrogate())
+
+BATCH_SIZE = count("batch_size", 128, "images per surrogate / noise batch")
+LR = positive("lr", 0.1, "the surrogate's SGD learning rate")
+MAX_STEPS = Param("max_steps", None, Number(0, integer=True, none=True, cast=False),
+                  help="stop after this many surrogate + noise steps (None: no limit)")
+MAX_SECONDS = Param("max_seconds", None, Number(0, none=True, cast=False),
+                    help="stop after this many seconds (None: no limit); every sample still gets noise")
+PROGRESS = Param("progress", None, Flag(none=True), help="progress bar (None: only on a terminal)")
+
+
+def step_size_from_epsilon(fraction: float) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """A ``Method.resolve``: ``step_size=None`` means ``epsilon * fraction`` (em: 1/10, bayes: 1/4)."""
+
+    def resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
+        if p["step_size"] is None:
+            p["step_size"] = p["epsilon"] * fraction
+        return p
+
+    return resolve

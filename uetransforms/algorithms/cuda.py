@@ -1,0 +1,128 @@
+"""CUDA: Convolution-based Unlearnable DAtasets (Sadasivan et al., CVPR 2023).
+
+Paper: V. S. Sadasivan, M. Soltanolkotabi, S. Feizi, "CUDA: Convolution-based Unlearnable
+Datasets", CVPR 2023 (arXiv:2303.04278).
+
+Every class ``k`` gets its own random ``k x k`` filter and each image of that class is filtered
+with it (one depthwise convolution per channel, zero padding ``k // 2``), then divided by its own
+maximum so it spans the full range again. The filters are the private key; nothing is learned
+and no image is read (only the label column and the first image's shape).
+
+Faithful to the paper and the authors' code:
+
+* filter entries drawn from ``U(0, blur_parameter)`` (the paper's :math:`p_b`);
+* one uniformly random entry of channel 0 set to ``center_parameter`` (1.0, as the code does),
+  then channel 0 copied to every channel (the code's ``w[1] = w[0]; w[2] = w[0]``);
+* ``kernel_size`` 3 and ``blur_parameter`` 0.3, the paper's CIFAR-10 setting (the paper uses a
+  smaller :math:`p_b` for higher-resolution data such as ImageNet-100);
+* per-image max normalisation after filtering (``kernels.convolve``, ``normalise="max"``).
+
+Ours: the random stream (``numpy.random.default_rng(seed)`` instead of the legacy global
+``np.random.seed``), so the same seed does not give the authors' exact filters; filters are
+drawn per class in class order, then rounded down to multiples of :math:`2^{-f}` (``f = 14`` at
+the paper's setting, from ``kernels.conv_grid_bits``): on that grid a float32 convolution of uint8
+pixels is exact, so a fast library convolution gives the same bytes on every machine. Convolution has no spatial size, so the bank fits images of any
+size (``info["size_mismatch"] = "resize"``: nothing is resized, the filter is just applied).
+
+Parameters (all stored in ``bank.params``, with the seed):
+
+* ``blur_parameter`` (default 0.3): upper bound :math:`p_b` of the uniform entries, > 0.
+* ``center_parameter`` (default 1.0): value of the one random "centre" entry, >= 0, or ``None``
+  to leave all entries uniform (the code's ``center_parameter=None``).
+* ``kernel_size`` (default 3): odd integer >= 1.
+* ``normalise`` (default ``"max"``): ``"max"`` (the paper) or ``"none"`` (clip only).
+
+Example:
+    >>> import numpy as np, torch, uetransforms as ue
+    >>> ds = {"image": list(np.full((4, 8, 8, 3), 128, np.uint8)), "label": [0, 1, 0, 1]}
+    >>> bank = ue.fit("cuda", ds, seed=1234)
+    >>> bank.kind, bank.tensors["weight"].shape
+    ('conv', (2, 3, 3, 3))
+    >>> w = bank.tensors["weight"]
+    >>> bool((w[:, 1] == w[:, 0]).all() and (w[:, 0] == 1.0).sum() == 2)
+    True
+    >>> x = torch.from_numpy(np.stack(ds["image"])).permute(0, 3, 1, 2).contiguous()
+    >>> ue.apply(bank, x, ds["label"]).shape
+    torch.Size([4, 3, 8, 8])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core import kernels
+from ..core.bank import NoiseBank
+from ..core.data import FitData
+from . import Choice, Method, Number, Param
+
+METHOD = Method(
+    key="cuda",
+    paper="Convolution-based Unlearnable DAtasets (Sadasivan et al., CVPR 2023)",
+    citation="V. S. Sadasivan, M. Soltanolkotabi, S. Feizi, CUDA: Convolution-based Unlearnable Datasets, "
+             "CVPR 2023, arXiv:2303.04278",
+    keyed_by="class",
+    needs="a private key only",
+    kind="conv",
+    summary="one random k x k blur filter per class; images are filtered, not noised",
+    order=10,
+    params=(
+        Param("blur_parameter", 0.3, Number(0, lo_open=True), paper=0.3, public=True,
+              help="upper bound p_b of the uniform filter entries (smaller for high-resolution data)"),
+        Param("center_parameter", 1.0, Number(0, none=True), paper=1.0, public=True,
+              help="value of the one random centre entry (None: all entries uniform)"),
+        Param("kernel_size", 3, Number(1, integer=True, odd=True), paper=3, public=True,
+              help="filter side k"),
+        Param("normalise", "max", Choice(("max", "none")), paper="max", public=True,
+              help="'max': divide each filtered image by its maximum (the paper); 'none': clip only"),
+    ),
+)
+
+
+#: Fewest fractional bits worth rounding filters to (see ``fit``); 10 keeps entries within 1e-3.
+_MIN_GRID_BITS = 10
+
+
+def _below(limit: float) -> np.float32:
+    """The largest float32 strictly below ``limit`` (so float32 rounding keeps entries < p_b)."""
+    v = np.float32(limit)
+    while float(v) >= limit:
+        v = np.nextafter(v, np.float32(0))
+    return v
+
+
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
+    """One random filter per class; reads only the label column (``data.num_classes``)."""
+    num_classes = data.num_classes
+    c, _, _ = data.image_shape
+    k = p["kernel_size"]
+    rng = np.random.default_rng(seed)
+    weight = np.empty((num_classes, c, k, k), dtype=np.float32)
+    top = _below(p["blur_parameter"])
+    for cls in range(num_classes):
+        w = rng.uniform(0.0, p["blur_parameter"], size=(k, k))  # channel 0; the others are copies
+        w = np.minimum(w.astype(np.float32), top)
+        if p["center_parameter"] is not None:
+            i, j = rng.integers(k), rng.integers(k)
+            w[i, j] = p["center_parameter"]
+        weight[cls] = w[None]
+    # Round the entries down to a 2**-f grid on which float32 convolution of uint8 pixels is exact
+    # (kernels.conv_grid_bits), so the kernel may use the library convolution and still give the same
+    # bytes on every machine. 14 bits at the paper's setting (entries < 0.3 move by < 6e-5); a
+    # coarser grid (huge kernels) would change the filters visibly, so those stay as drawn.
+    bits = kernels.conv_grid_bits(float(np.abs(weight).sum(axis=(-2, -1)).max()))
+    if bits >= _MIN_GRID_BITS:
+        weight = (np.floor(weight.astype(np.float64) * 2.0**bits) / 2.0**bits).astype(np.float32)
+    return NoiseBank(
+        method="cuda",
+        kind="conv",
+        keying="class",
+        keys=np.arange(num_classes),
+        tensors={"weight": weight},
+        params={**p, "seed": int(seed)},
+        image_shape=data.image_shape,
+        info={"size_mismatch": "resize"},
+    )

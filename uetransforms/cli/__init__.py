@@ -1,0 +1,366 @@
+"""The ``uetransforms`` command line: ``methods``, ``fit``, ``protect``, ``evaluate``, ``demo``.
+
+Each subcommand is a thin shell over the library (``ue.methods``, ``ue.fit``, ``ue.publish``,
+``uetransforms.evaluation.harness``, ``uetransforms.demo``); no maths lives here. Errors print one
+``error: ...`` line and exit with status 2; ``--debug`` shows the traceback as well.
+
+Example:
+    $ uetransforms methods
+    $ uetransforms fit cuda ../shared/data/cifar10/train-00000-of-00001.parquet --image-column img \\
+          --out cifar10-cuda.bank.arrow
+    $ uetransforms protect ../shared/data/cifar10/train-00000-of-00001.parquet --image-column img \\
+          --bank cifar10-cuda.bank.arrow --out cifar10-unlearnable
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+
+from .data import DATA_HELP, _looks_like_path, choose_splits, limit_rows, load_data, select_split  # noqa: E402
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``k=v`` -> ``(k, value)``: JSON (``3``, ``0.5``, ``null``), fractions (``8/255``), else text (``linf``)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise ValueError(f"--param {text!r}: expected NAME=VALUE, e.g. --param epsilon=8/255")
+    raw = raw.strip()
+    frac = re.fullmatch(r"(-?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)", raw)
+    if frac:
+        return key, float(frac.group(1)) / float(frac.group(2))
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def _label_column(value: str | None) -> str | None:
+    return None if value is None or value.lower() in ("", "none") else value
+
+
+# ---------------------------------------------------------------------------- subcommands
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell; the last column is left ragged (it holds prose)."""
+    table = [list(header)] + [list(r) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
+    for n, line in enumerate(table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
+        if n == 0:
+            print("  ".join("-" * w for w in widths) + "  " + "-" * len(line[-1]))
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .. import algorithms as methods
+
+    if args.key is None:
+        cols = [("key", "key"), ("kind", "kind"), ("keyed_by", "keyed by"), ("needs", "needs"), ("paper", "paper")]
+        _print_table([h for _, h in cols], [[str(r[k]) for k, _ in cols] for r in methods.table()])
+        # stderr: stdout stays one clean table (for grep/cut)
+        print("Parameters, defaults, ranges and the paper's values: uetransforms methods KEY", file=sys.stderr)
+        return 0
+    m = methods.get(args.key)
+    print(f"{m.key}: {m.paper}")
+    print(f"  {m.summary}")
+    print(f"  bank kind {m.kind}, keyed by {m.keyed_by}; needs {m.needs}"
+          f"{'' if m.label_free else '; needs labels'}")
+    print(f"  cite: {m.citation}")
+    from ..algorithms import measured
+
+    facts = measured.for_method(m.key)
+    if facts:
+        print(f"  measured: {measured.summary(m.key)}")
+        rows = [[d, f"{v['accuracy']:.3f}", f"{v['clean_accuracy']:.3f}", f"{v['ratio']:.2f}"]
+                for d, v in facts.get("defences", {}).items()]
+        if rows:
+            print()
+            _print_table(["defence", "protected", "clean", "ratio"], rows)
+    else:
+        print("  measured: nothing recorded yet (uetransforms evaluate --suite standard --record-measured)")
+    print()
+    fmt = methods.format_value
+    rows = [[p.name, fmt(p.default), p.check.describe(), "-" if p.paper is None else fmt(p.paper),
+             "public" if p.public else "secret", p.help] for p in m.params]
+    if rows:
+        _print_table(["parameter", "default", "valid", "paper", "card", "help"], rows)
+    else:
+        print("(no parameters)")
+    print("\npublic: printed on the dataset card; secret: kept only in the bank (with the seed).")
+    print(f"Set with: uetransforms fit {m.key} DATA --param NAME=VALUE (fractions such as 8/255 work).")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    import uetransforms as ue
+    from ..evaluation import quality
+    from ..algorithms import get
+
+    get(args.method)  # an unknown method fails before any data is read
+    if os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(
+            f"{args.out!r} exists; a bank is a secret key, so it is not replaced unless you pass --overwrite"
+        )
+    params = dict(parse_param(p) for p in args.param or [])
+    ds = select_split(load_data(args.data, split=args.split), args.split, need_one=True, what="fit")
+    ds = limit_rows(ds, args.limit)
+    print(f"fitting {args.method!r} on {len(ds):,} images"
+          + (f" (seed {args.seed})" if args.seed is not None else " (fresh secret seed, kept only in the bank)"),
+          file=sys.stderr)
+    start = time.perf_counter()
+    label_column = _label_column(args.label_column)
+    # seed=None: ue.fit draws the private key itself (secrets), so the CLI and Python agree.
+    bank = ue.fit(args.method, ds, image_column=args.image_column, label_column=label_column,
+                  id_column=args.id_column, seed=args.seed, device=args.device, convert=args.convert, **params)
+    seconds = time.perf_counter() - start
+    bank.save(args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {bank.method} bank, {bank.kind}, {bank.num_keys} {bank.keying} keys, "
+          f"image shape {bank.image_shape}, {seconds:.1f}s. Keep it private: it is the key.")
+    if hasattr(ds, "select") and len(ds):
+        q = quality.probe(bank, ds, image_column=args.image_column, label_column=label_column,
+                          id_column=args.id_column, n=64)
+        print(f"quality: {quality.describe(q)}")
+        if quality.visible(q):
+            print(f"warning: the change is likely visible (PSNR < {quality.VISIBLE_PSNR_DB:g} dB or SSIM < "
+                  f"{quality.VISIBLE_SSIM:g}); look at a few images before publishing", file=sys.stderr)
+    return 0
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    import uetransforms as ue
+
+    from ..publishing.pipeline import check_hub, upload
+
+    if args.push:  # before anything is protected or written: offline or a bad token fails in seconds
+        check_hub(args.push, args.token, cli=True)
+    bank = ue.NoiseBank.load(args.bank)
+    ds = load_data(args.data, split=args.split)
+    if args.split is None:
+        ds = choose_splits(ds, args.splits, what="protect")
+    elif args.splits:
+        raise ValueError("pass either --split (one split) or --splits (several), not both")
+    ds = limit_rows(ds, args.limit)
+    card_extra: dict[str, Any] = {}
+    if args.license:
+        card_extra["license"] = args.license
+    sources = list(args.source_dataset or [])
+    if not sources and not os.path.exists(args.data) and not glob.has_magic(args.data) \
+            and not _looks_like_path(args.data):
+        sources = [args.data]  # DATA was a Hub dataset id: the protected copy derives from it
+    if sources:
+        card_extra["source_datasets"] = sources
+    common = dict(image_column=args.image_column, max_shard_size=args.max_shard_size,
+                  card_extra=card_extra or None)
+    prot = ue.publish(ds, bank, args.out, label_column=_label_column(args.label_column), id_column=args.id_column,
+                      batch_size=args.batch_size, num_proc=args.num_proc, device=args.device,
+                      overwrite=args.overwrite, allow_double=args.allow_double, size_mismatch=args.size_mismatch,
+                      convert=args.convert, png_encoder=args.png_encoder, png_level=args.png_level,
+                      threads=args.threads, **common)
+    shards = sorted(glob.glob(os.path.join(args.out, "data", "*.parquet")))
+    rows = sum(len(d) for d in prot.values()) if hasattr(prot, "values") else len(prot)
+    card = os.path.join(args.out, "README.md")
+    print(f"wrote {rows:,} protected rows in {len(shards)} shard(s) to {args.out} (card: {card})")
+    if args.push:
+        upload(args.out, args.push, token=args.token, private=not args.public, cli=True)
+        print(f"pushed to https://huggingface.co/datasets/{args.push} ({'public' if args.public else 'private'})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import run_cli
+
+    return int(run_cli(args) or 0)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+    return 0
+
+
+def _evaluate_unavailable(reason: str):
+    def handler(args: argparse.Namespace) -> int:
+        raise RuntimeError(f"the evaluate command is not available in this installation ({reason})")
+
+    return handler
+
+
+# ---------------------------------------------------------------------------- parser
+def _subcommand(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The argument parser. ``evaluate``'s options are added only when it is the command, so
+    ``uetransforms methods`` never imports the training stack."""
+    from ..core.version import __version__
+
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    parser = argparse.ArgumentParser(
+        prog="uetransforms", parents=[debug],
+        description="Make image datasets unlearnable: fit a noise bank, protect, publish, evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"uetransforms {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("methods", parents=[debug], help="list the protection methods, or one method's parameters")
+    p.add_argument("key", nargs="?", default=None, metavar="KEY",
+                   help="a method key: list its parameters (default, valid range, the paper's value, public or "
+                        "secret, help), its citation and summary")
+    p.set_defaults(handler=cmd_methods)
+
+    def columns(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--split", default=None, help="split to use when DATA has several")
+        p.add_argument("--image-column", default="image", help="image column (default: image)")
+        p.add_argument("--label-column", default="label",
+                       help="integer label column (default: label); 'none' for label-free methods/banks")
+        p.add_argument("--id-column", default=None, help="stable sample ids (default: pixel content hash)")
+        p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N")
+
+    p = sub.add_parser("fit", parents=[debug], help="fit a method on a dataset and save its (secret) bank")
+    p.add_argument("method", help="method key (see `uetransforms methods`)")
+    p.add_argument("data", metavar="DATA", help=DATA_HELP)
+    p.add_argument("--out", required=True, help="bank file to write, e.g. cifar10-cuda.bank.arrow")
+    columns(p)
+    p.add_argument("--seed", type=int, default=None, help="private key (default: a fresh random one)")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="method parameter, repeatable; `uetransforms methods METHOD` lists them "
+                        "(fractions allowed: --param epsilon=8/255)")
+    p.add_argument("--convert", action="store_true", help="convert RGBA/palette/... images instead of refusing them")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="fit on the first N rows only (a quick try)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bank file")
+    p.set_defaults(handler=cmd_fit)
+
+    p = sub.add_parser("protect", parents=[debug], help="protect a dataset and write lossless shards + card")
+    p.add_argument("data", metavar="DATA", help=DATA_HELP)
+    p.add_argument("--bank", required=True, help="bank file from `uetransforms fit`")
+    p.add_argument("--out", required=True, help="output directory (README.md + data/*.parquet)")
+    columns(p)
+    p.add_argument("--splits", default=None, metavar="A,B",
+                   help="splits to protect when DATA has several (default: all of them, listed on stderr)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="protect only the first N rows of each split (a quick try)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per kernel call (default: 256)")
+    p.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map (default: one)")
+    p.add_argument("--max-shard-size", default="500MB", help="largest Parquet shard, e.g. 500MB (default) or 2GB")
+    p.add_argument("--overwrite", action="store_true", help="replace the card and shards in a non-empty --out")
+    p.add_argument("--allow-double", action="store_true",
+                   help="protect DATA even though it already carries the uetransforms marker (adds noise twice)")
+    p.add_argument("--size-mismatch", choices=("error", "resize"), default=None,
+                   help="images of another size than the bank's: refuse them (error) or interpolate the noise "
+                        "to each image (resize); default: the bank's own setting, else error")
+    p.add_argument("--convert", action="store_true", help="convert RGBA/palette/... images instead of refusing them")
+    p.add_argument("--png-encoder", choices=("isal", "fpng", "pil"), default=None,
+                   help="lossless PNG encoder (default: the fastest installed)")
+    p.add_argument("--png-level", type=int, default=None, metavar="N",
+                   help="PNG compression level: 0-3 for isal (default 1), 0-9 for pil (default 6)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="slices of a batch protected in parallel (default: torch's thread count); many small "
+                        "images ran fastest with --threads <cores> and OMP_NUM_THREADS=1")
+    p.add_argument("--license", default=None, metavar="ID",
+                   help="the source's licence for the card, e.g. mit or cc-by-4.0 (default: read from DATA, else unknown)")
+    p.add_argument("--source-dataset", action="append", metavar="REPO_ID",
+                   help="source dataset named on the card, repeatable (default: DATA when it is a Hub id)")
+    p.add_argument("--push", metavar="REPO_ID", default=None, help="also push to this Hub dataset repo")
+    p.add_argument("--public", action="store_true", help="make the pushed repo public (default: private)")
+    p.add_argument("--token", default=None, help="Hub token (default: your saved login / HF_TOKEN)")
+    p.set_defaults(handler=cmd_protect)
+
+    p = sub.add_parser("evaluate", parents=[debug], help="measure protection: train on protected, test on clean")
+    if _subcommand(argv) == "evaluate":
+        try:
+            from .evaluate import add_cli_arguments
+        except ImportError as err:
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            p.set_defaults(handler=_evaluate_unavailable(str(err)))
+        else:
+            add_cli_arguments(p)
+            p.set_defaults(handler=cmd_evaluate)
+    else:
+        p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("demo", parents=[debug], help="end-to-end demo on the bundled default data")
+    p.add_argument("--out", default="uetransforms-demo", help="output directory (default: uetransforms-demo)")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+#: Python keyword arguments named in library errors, and the CLI flag that does the same job.
+_FLAGS = {
+    "image_column": "--image-column ", "label_column": "--label-column ", "id_column": "--id-column ",
+    "device": "--device ", "seed": "--seed ", "split": "--split ", "batch_size": "--batch-size ",
+    "num_proc": "--num-proc ", "token": "--token ", "clean_train": "--clean-train ",
+    "overwrite=True": "--overwrite", "convert=True": "--convert", "push=True": "--push REPO_ID",
+    "size_mismatch": "--size-mismatch ", "encoder": "--png-encoder ", "level": "--png-level ",
+    "encoder=None": "no --png-encoder", "level=None": "no --png-level", "threads": "--threads ",
+    "allow_double=True": "--allow-double", "private=False": "--public", "label_column=None": "--label-column none",
+    "protected=True": "ue.publish(..., protected=True) from Python (the CLI always adds the noise)",
+}
+_ANY_FLAG = re.compile(r"\b(image_column|label_column|id_column|clean_train|num_proc|batch_size)=")
+_KWARG = re.compile(r"\b(pass|use|set|with|or) ([a-z][a-z0-9_]*)=(True|False|None)?")
+
+
+def cli_terms(text: str) -> str:
+    """Rewrite "pass image_column=<name>" as "pass --image-column <name>" and a method parameter
+    "use mode=..." as "use --param mode=...": the library speaks Python, the CLI user types flags."""
+
+    def swap(m: re.Match) -> str:
+        verb, name, flag_value = m.group(1), m.group(2), m.group(3) or ""
+        flag = _FLAGS.get(f"{name}={flag_value}") if flag_value else None
+        if flag is None:
+            flag = _FLAGS.get(name)
+            if flag is not None and flag_value:
+                flag = flag + flag_value
+        if flag is None:
+            flag = f"--param {name}={flag_value}"
+        return f"{verb} {flag}"
+
+    text = _KWARG.sub(swap, text)
+    # Column and size arguments named anywhere else ("image_column='image' is not a column").
+    return _ANY_FLAG.sub(lambda m: _FLAGS[m.group(1)], text)
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    else:
+        text = str(err) or type(err).__name__
+    return cli_terms(" ".join(text.split()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 usage or input error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed usage and its own "error:" line
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    except Exception as err:  # noqa: BLE001 - the CLI turns any failure into one readable line
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"error: {_message(err)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

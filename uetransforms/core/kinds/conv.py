@@ -1,0 +1,17 @@
+"""``conv``: per-key ``k x k`` depthwise filters, each image then divided by its own maximum (the
+CUDA paper's normalisation). The filters are size-free, so any image size works."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import register_kind
+from ..kernels import convolve
+
+
+def apply_conv(app, x: torch.Tensor, rows: np.ndarray, seeds: list[int] | None) -> torch.Tensor:
+    return convolve(x, app.rows_of("weight", rows), normalise=app.bank.params.get("normalise", "max"))
+
+
+KIND = register_kind("conv", required_tensors=("weight",), kernel=apply_conv)

@@ -1,0 +1,152 @@
+"""Cluster assignment of unseen, unlabelled images for cluster-keyed banks (``clusters``).
+
+A cluster bank stores its K-means centroids and the identity of the surrogate that embedded the
+training images. :class:`ClusterAssigner` rebuilds that surrogate, embeds new images the same
+way and returns each one's nearest centroid, so ``Protect(bank, label_column=None)`` can protect
+images nobody has labelled or clustered.
+
+Example:
+    >>> import numpy as np, uetransforms as ue
+    >>> from uetransforms.models.assign import ClusterAssigner
+    >>> bank = ue.NoiseBank.load("clusters.bank.arrow")  # doctest: +SKIP
+    >>> ClusterAssigner(bank)([np.zeros((3, 32, 32), np.uint8)])  # doctest: +SKIP
+    array([4])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.bank import BankError, NoiseBank
+
+
+def encoder_identity(encoder: torch.nn.Module) -> dict[str, Any]:
+    """What a bank records about a surrogate: a rebuildable identity, or a module's class name."""
+    from .encoders import identity_of
+
+    return identity_of(encoder)
+
+
+def embed_batch(encoder: torch.nn.Module, x01: torch.Tensor) -> torch.Tensor:
+    """Features ``[B, D]`` of images in [0, 1]: ``encode_image`` for CLIP, ``encoder(x)`` otherwise.
+
+    A plain module gets the [0, 1] images unchanged: resizing and normalisation are its job
+    (wrap it in ``nn.Sequential(v2.Resize(...), v2.Normalize(...), model)``). Outputs with more
+    than two dims are flattened.
+    """
+    enc = getattr(encoder, "encode_image", None)
+    feats = enc(x01) if callable(enc) else encoder(x01)
+    if not isinstance(feats, torch.Tensor):
+        raise TypeError(f"the surrogate encoder returned {type(feats).__name__}; it must return a [B, D] tensor")
+    return feats.flatten(1).float()
+
+
+def normalise(feats: torch.Tensor, how: str) -> torch.Tensor:
+    """The feature normalisation applied before K-means and assignment (``"l2"`` or ``"none"``)."""
+    if how == "l2":
+        return torch.nn.functional.normalize(feats, dim=-1)
+    if how == "none":
+        return feats
+    raise BankError(f"unknown feature normalisation {how!r}; expected 'l2' or 'none'")
+
+
+@torch.no_grad()
+def embed_images(encoder: torch.nn.Module, images: Sequence[np.ndarray] | np.ndarray, *, device: torch.device,
+                 batch_size: int = 256) -> torch.Tensor:
+    """Embed uint8 ``[C, H, W]`` images (a list of any sizes, or one ``[N, C, H, W]`` array) in batches.
+
+    Images of one size share a batch; the features come back in input order, on ``device``.
+    """
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        groups = {tuple(images.shape[1:]): list(range(len(images)))}
+    else:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(tuple(np.shape(im)), []).append(i)
+    out: torch.Tensor | None = None
+    for idx in groups.values():
+        for s in range(0, len(idx), batch_size):
+            part = idx[s : s + batch_size]
+            arr = images[part] if isinstance(images, np.ndarray) else np.stack([images[i] for i in part])
+            x = torch.from_numpy(np.ascontiguousarray(arr)).to(device, torch.float32).div_(255)
+            f = embed_batch(encoder, x)
+            if out is None:
+                out = torch.empty(len(images), f.shape[1], device=f.device)
+            out[torch.as_tensor(part, device=f.device)] = f
+    assert out is not None
+    return out
+
+
+class ClusterAssigner:
+    """Nearest-centroid cluster ids for images, using the surrogate a cluster bank records.
+
+    Args:
+        bank: a cluster-keyed :class:`NoiseBank` with a ``centroid`` tensor (e.g. from
+            ``ue.fit("clusters", ...)``).
+        device: where the surrogate runs (``"cpu"``, ``"cuda"``).
+        encoder: the surrogate module itself. Needed when the bank was fitted with a plain
+            ``nn.Module`` encoder (nothing to rebuild it from); for named surrogates (torchvision,
+            CLIP, small-cnn: :mod:`uetransforms.models.encoders`) it skips rebuilding. It must be the
+            same encoder the bank was fitted with.
+        checkpoint: new path of the surrogate's checkpoint file if it moved (sha256 checked).
+        batch_size: images embedded per forward pass.
+
+    ``__call__(chws)`` takes a list of uint8 ``[C, H, W]`` arrays and returns int64 cluster ids.
+    """
+
+    def __init__(self, bank: NoiseBank | str | os.PathLike, device: str | torch.device = "cpu", *,
+                 encoder: torch.nn.Module | None = None, checkpoint: str | os.PathLike | None = None,
+                 batch_size: int = 256) -> None:
+        if not isinstance(bank, NoiseBank):
+            bank = NoiseBank.load(bank)
+        if bank.keying != "cluster" or "centroid" not in bank.tensors:
+            raise BankError(
+                f"ClusterAssigner needs a cluster-keyed bank with centroids; this {bank.method!r} bank is keyed "
+                f"by {bank.keying!r} with tensors {sorted(bank.tensors)}"
+            )
+        self.bank = bank
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.feature_norm = str(bank.info.get("feature_norm", "l2"))
+        ident = bank.info.get("surrogate") or {}
+        if encoder is None:
+            if ident.get("kind") in (None, "module"):
+                raise BankError(
+                    f"this bank was fitted with a custom encoder ({ident.get('class', 'unknown')}), which a bank "
+                    "cannot rebuild. Assign clusters with ClusterAssigner(bank, encoder=<that module>) (e.g. in "
+                    "dataset.map to add a cluster column) or Protect(bank, encoder=<that module>)"
+                )
+            from .encoders import from_identity
+
+            encoder = from_identity(ident, device=self.device, checkpoint=checkpoint)
+        self.encoder = encoder.to(self.device).eval()
+        self._centroids = torch.from_numpy(np.array(bank.tensors["centroid"], dtype=np.float32)).to(self.device)
+
+    def embed(self, chws: Sequence[np.ndarray]) -> torch.Tensor:
+        """Normalised surrogate features ``[N, D]`` of uint8 ``[C, H, W]`` images."""
+        feats = embed_images(self.encoder, chws, device=self.device, batch_size=self.batch_size)
+        if feats.shape[1] != self._centroids.shape[1]:
+            raise BankError(
+                f"the encoder gives {feats.shape[1]}-d features but the bank's centroids are "
+                f"{self._centroids.shape[1]}-d: pass the encoder the bank was fitted with"
+            )
+        return normalise(feats, self.feature_norm)
+
+    def __call__(self, chws: Sequence[np.ndarray]) -> np.ndarray:
+        if len(chws) == 0:
+            return np.zeros(0, dtype=np.int64)
+        from .kmeans import assign
+
+        labels, _ = assign(self.embed(chws), self._centroids)
+        return np.asarray(self.bank.keys)[labels.cpu().numpy()].astype(np.int64)
+
+    def __repr__(self) -> str:
+        return f"ClusterAssigner({self.bank.num_keys} clusters, encoder={type(self.encoder).__name__}, device={str(self.device)!r})"
+
+
+__all__ = ["ClusterAssigner", "embed_images", "embed_batch", "encoder_identity", "normalise"]

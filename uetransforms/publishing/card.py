@@ -1,0 +1,217 @@
+"""The dataset card (``README.md``) of a published protected dataset: YAML front matter plus prose.
+
+It carries the method and its public budget only (see :func:`uetransforms.algorithms.public_params`);
+never the bank, its path or digest, the seed, salt or key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..core.bank import NoiseBank
+from ..core.codecs import MARKER
+
+_CARD_RESERVED = ("configs", "dataset_info", "tags", "uetransforms")
+
+
+def dataset_card(splits: Mapping[str, Any], bank: NoiseBank, *, image_column: str = "image",
+                 card_extra: Mapping[str, Any] | None = None) -> str:
+    """The README.md of a published protected dataset: YAML front matter plus prose.
+
+    It depends only on the data and the bank's public parameters, so the local and the pushed
+    card are the same text.
+    """
+    import yaml
+
+    from ..core.version import __version__
+    from ..algorithms import public_params
+
+    first = next(iter(splits.values()))
+    params = public_params(bank.method, bank.params)
+    method_info = _method_info(bank.method)
+    ue_block: dict[str, Any] = {
+        "method": bank.method,
+        "kind": bank.kind,
+        "keying": bank.keying,
+        **params,
+        "image_column": image_column,
+        "image_shape": list(bank.image_shape),
+        "image_format": "PNG",
+        "library_version": __version__,
+    }
+    if method_info is not None:
+        ue_block["paper"] = method_info.paper
+    citation = getattr(method_info, "citation", "") or ""
+    if citation:
+        ue_block["citation"] = citation
+    source = _source_fields(first, image_column)
+    # What the Hub expects of a derived dataset; the caller's card_extra has the last word.
+    front: dict[str, Any] = {key: value for key, value in source.items() if value}
+    extra = dict(card_extra or {})
+    clash = sorted(set(extra) & set(_CARD_RESERVED))
+    if clash:
+        raise ValueError(f"card_extra may not set {clash}: publish writes those fields itself")
+    front.update(extra)
+    front.setdefault("license", "unknown")
+    total = sum(len(ds) for ds in splits.values())
+    front.setdefault("size_categories", [_size_category(total)])
+    front["tags"] = sorted(set(front.get("tags", [])) | {"unlearnable-examples", "uetransforms"})
+    front["configs"] = [{
+        "config_name": "default",
+        "data_files": [{"split": name, "path": f"data/{name}-*"} for name in splits],
+    }]
+    front["dataset_info"] = {
+        # Non-secret: datasets keeps it in ds.info.description, and publish refuses such input
+        # unless protected=True (no second layer of noise by accident).
+        "description": MARKER,
+        "features": first.features._to_yaml_list(),
+        "splits": [{"name": name, "num_bytes": int(ds.data.nbytes), "num_examples": len(ds)}
+                   for name, ds in splits.items()],
+    }
+    front["uetransforms"] = ue_block
+    # LibYAML's emitter where PyYAML has it (its wheels do): the pure-Python one took 17 ms a card.
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    yaml_text = yaml.dump(front, Dumper=dumper, sort_keys=False, allow_unicode=True)
+
+    budget = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "see the method's defaults"
+    paper = f" ({method_info.paper})" if method_info is not None else ""
+    rows = ", ".join(f"{name}: {len(ds):,} rows" for name, ds in splits.items())
+    licence = front["license"]
+    if licence == "unknown":
+        licence_text = ("The source's licence could not be read from the data, so this card says `unknown`. "
+                        "The source's licence and terms still apply: state them with "
+                        "`card_extra={\"license\": ...}` (CLI: `--license`).")
+    else:
+        licence_text = f"Licence: `{licence}`, as the source's; the source's terms still apply to this copy."
+    srcs = front.get("source_datasets") or []
+    source_text = (f"Derived from {', '.join(f'`{s}`' for s in srcs)}." if srcs else
+                   "Derived from a source dataset that could not be named from the data; name it with "
+                   "`card_extra={\"source_datasets\": [...]}` (CLI: `--source-dataset`).")
+    cite = f"\n## Citation of the method\n\n```\n{citation.strip()}\n```\n" if citation else ""
+    prose = f"""
+# Unlearnable copy ({bank.method})
+
+The images in column `{image_column}` carry a deliberate perturbation made with the
+`{bank.method}` method{paper}: {_what_changes(bank.kind, params)} ({bank.kind}, keyed by {bank.keying},
+{budget}). A model trained on this copy is meant to learn the perturbation as a shortcut
+instead of the content, and to do poorly on clean images. Every other column, the row count and
+the row order are those of the source ({rows}).
+
+{source_text} {licence_text}
+
+Made with uetransforms {__version__}.
+
+## Keep the images lossless
+
+Images are stored as PNG. They must not be re-encoded lossily (JPEG, lossy WebP) or resized:
+that weakens the protection. Convert, crop or augment only at training time.
+
+## Limitations
+
+- Protection is measured, not guaranteed: it depends on the trainer. Defences published against
+  unlearnable examples include adversarial training, image shortcut squeezing (grayscale,
+  JPEG-10, bit-depth reduction; Liu et al., ICML 2023), heavy augmentation (UEraser; Qin et al.,
+  2023), orthogonal projection against class-wise noise (Sandoval-Segura et al., 2023) and, for
+  convolution-based noise, sharpening and filtering (arXiv 2411.01742). Mixing in clean images of
+  the same classes weakens most methods.
+- A model fine-tuned from strong pretrained features may still learn the content.
+- The perturbation is not encryption: it does not hide what the pictures show.
+{_measured_text(bank.method)}
+## How to verify
+
+- Every image is PNG: `PIL.Image.open(io.BytesIO(row["{image_column}"]["bytes"])).format == "PNG"`
+  (load with `datasets.Image(decode=False)`), and the row counts match the `dataset_info` above.
+- Protection is deterministic: whoever holds the (private) noise bank gets byte-identical images
+  by protecting the clean source again with `uetransforms protect`.
+- How much protection it gives is measured by training on this copy and testing on clean data:
+  `uetransforms evaluate --help`.
+
+The noise bank, seed and key that made this copy are not published: with them an additive
+perturbation can be subtracted again.
+{cite}"""
+    return f"---\n{yaml_text}---\n{prose}"
+
+
+#: Builder names that say how data was read, not which dataset it is.
+_GENERIC_BUILDERS = {"", "parquet", "arrow", "csv", "json", "text", "imagefolder", "audiofolder", "generator",
+                     "webdataset", "in_memory", "pandas", "sql", "default"}
+
+
+def _source_fields(ds: Any, image_column: str) -> dict[str, Any]:
+    """``license``, ``source_datasets`` and ``task_categories`` read from the source's own info/features."""
+    info = getattr(ds, "info", None)
+    fields: dict[str, Any] = {}
+    licence = (getattr(info, "license", "") or "").strip()
+    if licence:
+        fields["license"] = licence
+    name = (getattr(info, "dataset_name", "") or "").strip()
+    if name and name.lower() not in _GENERIC_BUILDERS:
+        fields["source_datasets"] = [name]
+    features = getattr(ds, "features", None) or {}
+    has_classes = any(type(f).__name__ == "ClassLabel" for k, f in features.items() if k != image_column)
+    if has_classes:
+        fields["task_categories"] = ["image-classification"]
+    return fields
+
+
+def _size_category(n: int) -> str:
+    """The Hub's size bucket for ``n`` rows (n<1K, 1K<n<10K, ...)."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    return next((label for bound, label in bounds if n < bound), "n>1T")
+
+
+def _what_changes(kind: str, params: Mapping[str, Any]) -> str:
+    """What a person would notice, by bank kind: honest about visible methods (a blur is not invisible)."""
+    if kind == "conv":
+        return "every image is filtered with a random per-class blur kernel, a visible change (softer, recoloured)"
+    if kind == "pixel":
+        return "a few pixels per image are set to fixed values"
+    eps = params.get("epsilon")
+    norm = params.get("norm", "linf")
+    if eps is not None and str(norm).lower() in ("linf", "l-inf", "inf"):
+        return f"every pixel changes by at most {_fmt(eps)} of the intensity range, usually hard to see"
+    if eps is not None:
+        return f"small noise of {norm} norm at most {_fmt(eps)} is added"
+    return "small noise is added"
+
+
+def _measured_text(method: str) -> str:
+    """Measured facts about ``method`` when the package ships them (``uetransforms.algorithms.measured``)."""
+    from ..algorithms.measured import summary
+
+    text = summary(method)
+    return f"- Measured with uetransforms ({_MEASURED_WHERE}): {text}\n" if text else ""
+
+
+_MEASURED_WHERE = "small CNN trained from scratch, lower accuracy = stronger protection; benchmarks/RESULTS.md"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        frac = v * 255
+        if abs(frac - round(frac)) < 1e-6 and 0 < v < 1:
+            return f"{int(round(frac))}/255"
+        return f"{v:g}"
+    return str(v)
+
+
+def _method_info(key: str) -> Any:
+    """The method's contract (paper, citation...), or None for a bank of a method not registered here."""
+    from ..algorithms import get
+
+    try:
+        return get(key)
+    except KeyError:
+        return None
+
+
+def _guard_secrets(card: str, bank: NoiseBank) -> None:
+    """Last line of defence: the card must not name the bank file or its digest."""
+    leaks = [s for s in (bank.sha256, bank.sha256[:12], bank.path) if s and s in card]
+    if leaks:
+        raise ValueError(
+            "the dataset card would reveal the noise bank's identity (its path or sha256), which is secret; "
+            "remove it from card_extra"
+        )
