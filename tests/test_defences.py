@@ -5,58 +5,131 @@ from PIL import Image
 
 import torch.nn.functional as F
 
-from uetransforms.evaluation.defences import Defence, DefenceError, bit_depth_reduce, cutmix, cutout, fit_linear_directions, jpeg, lowpass_dct, mixup, orthogonal_projection, parse_defence, pgd, plasma, random_sharpen, to_grayscale, ueraser_augment
+from uetransforms.core.errors import DefenceError
+from uetransforms.evaluation.defences import Defence, defences, known_specs, parse_defence, register
+from uetransforms.evaluation.defences.bdr import bit_depth_reduce
+from uetransforms.evaluation.defences.cutmix import cutmix
+from uetransforms.evaluation.defences.cutout import cutout
+from uetransforms.evaluation.defences.grayscale import to_grayscale
+from uetransforms.evaluation.defences.jpeg import jpeg
+from uetransforms.evaluation.defences.lowpass import lowpass_dct
+from uetransforms.evaluation.defences.mixup import mixup
+from uetransforms.evaluation.defences.orthogonal import fit_linear_directions, orthogonal_projection
+from uetransforms.evaluation.defences.pgd import pgd
+from uetransforms.evaluation.defences.sharpen import random_sharpen
+from uetransforms.evaluation.defences.ueraser import plasma, ueraser_augment
 
 
 def _images(n=4, c=3, size=16, seed=0):
     return torch.randint(0, 256, (n, c, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
 
-@pytest.mark.parametrize("spec, field, value", [
-    ("none", "name", "none"),
-    ("grayscale", "grayscale", True),
-    ("jpeg75", "jpeg_quality", 75),
-    ("jpeg:quality=10", "jpeg_quality", 10),
-    ("cutout8", "cutout", 8),
-    ("cutout", "cutout", 0),
-    ("mixup0.4", "mixup_alpha", 0.4),
-    ("cutmix", "cutmix_alpha", 1.0),
-    ("pgd", "pgd_epsilon", 8 / 255),
-    ("pgd:eps=4,steps=3,alpha=1", "pgd_steps", 3),
-    ("jpeg10", "jpeg_quality", 10),
-    ("jpeg33", "jpeg_quality", 33),
-    ("bdr", "bdr_bits", 2),
-    ("bdr:bits=3", "bdr_bits", 3),
-    ("bdr5", "bdr_bits", 5),
-    ("iss", "jpeg_quality", 10),
-    ("iss", "grayscale", True),
-    ("ueraser", "ueraser_repeats", 1),
-    ("ueraser:repeats=5", "ueraser_repeats", 5),
-    ("orthogonal", "orthogonal", True),
-    ("sharpen+lowpass", "sharpen_center", 2.5),
-    ("sharpen+lowpass", "lowpass_keep", 30.0),
-    ("rskff:center=3,keep=50", "lowpass_keep", 50.0),
-    ("lowpass", "sharpen_center", None),
-    ("pgd:norm=l2,eps=0.5", "pgd_epsilon", 0.5),
-    ("pgd:norm=l2", "pgd_norm", "l2"),
+@pytest.mark.parametrize("spec, part, field, value", [
+    ("grayscale", "grayscale", None, None),
+    ("jpeg75", "jpeg", "quality", 75),
+    ("jpeg:quality=10", "jpeg", "quality", 10),
+    ("cutout8", "cutout", "size", 8),
+    ("cutout", "cutout", "size", 0),
+    ("mixup0.4", "mixup", "alpha", 0.4),
+    ("cutmix", "cutmix", "alpha", 1.0),
+    ("pgd", "pgd", "epsilon", 8 / 255),
+    ("pgd:eps=4,steps=3,alpha=1", "pgd", "steps", 3),
+    ("jpeg10", "jpeg", "quality", 10),
+    ("jpeg33", "jpeg", "quality", 33),
+    ("bdr", "bdr", "bits", 2),
+    ("bdr:bits=3", "bdr", "bits", 3),
+    ("bdr5", "bdr", "bits", 5),
+    ("iss", "jpeg", "quality", 10),
+    ("iss", "grayscale", None, None),
+    ("ueraser", "ueraser", "repeats", 1),
+    ("ueraser:repeats=5", "ueraser", "repeats", 5),
+    ("orthogonal", "orthogonal", None, None),
+    ("sharpen+lowpass", "sharpen", "center", 2.5),
+    ("sharpen+lowpass", "lowpass", "keep", 30.0),
+    ("rskff:center=3,keep=50", "lowpass", "keep", 50.0),
+    ("pgd:norm=l2,eps=0.5", "pgd", "epsilon", 0.5),
+    ("pgd:norm=l2", "pgd", "norm", "l2"),
 ])
-def test_parse(spec, field, value):
+def test_parse(spec, part, field, value):
     d = parse_defence(spec)
-    assert getattr(d, field) == pytest.approx(value) if isinstance(value, float) else getattr(d, field) == value
+    assert part in d
+    if field is not None:
+        got = getattr(d[part], field)
+        assert got == pytest.approx(value) if isinstance(value, float) else got == value
 
 
 def test_parse_combines_and_rejects():
     d = parse_defence("grayscale+jpeg50+cutout")
-    assert (d.grayscale, d.jpeg_quality, d.cutout, d.name) == (True, 50, 0, "grayscale+jpeg50+cutout")
-    assert parse_defence("pgd:eps=4,steps=3,alpha=1").pgd_step_size == pytest.approx(1 / 255)
+    assert ([p.key for p in d], d["jpeg"].quality, d["cutout"].size, d.name) == (
+        ["grayscale", "jpeg", "cutout"], 50, 0, "grayscale+jpeg50+cutout")
+    assert parse_defence("pgd:eps=4,steps=3,alpha=1")["pgd"].step_size == pytest.approx(1 / 255)
     assert parse_defence(d) is d
     assert parse_defence("sharpen+lowpass").name == "sharpen+lowpass"
+    assert "lowpass" not in parse_defence("sharpen")
+    assert parse_defence("none").parts == [] and parse_defence("clean").name == "none"
     for bad, msg in [("bdr:bits=0", "1..7"), ("bdr9", "1..7"), ("ueraser:repeats=0", "repeats"),
                      ("lowpass:keep=0", "percentage"), ("pgd:norm=l1", "linf or l2"), ("iss+jpeg50", "twice"),
                      ("blur", "unknown defence"), ("jpeg0", "1..100"), ("jpeg101", "1..100"), ("pgd:steps=0", "step"),
-                     ("jpeg50+jpeg75", "twice"), ("pgd:eps", "key=value"), ("", "non-empty"), ("mixup0", "positive")]:
+                     ("jpeg50+jpeg75", "twice"), ("pgd:eps", "key=value"), ("", "non-empty"), ("mixup0", "positive"),
+                     ("jpeg:qualty=5", "no parameter"), ("grayscale3", "takes no parameters")]:
         with pytest.raises(DefenceError, match=msg):
             parse_defence(bad)
+
+
+def test_unknown_defence_lists_the_registry():
+    with pytest.raises(DefenceError) as err:
+        parse_defence("blur")
+    for row in defences():
+        assert row["spec"] in str(err.value)
+
+
+def test_hooks_run_in_order_whatever_the_spec_order():
+    assert [p.key for p in parse_defence("cutmix+orthogonal+jpeg50+cutout+grayscale")] == [
+        "grayscale", "jpeg", "orthogonal", "cutout", "cutmix"]
+
+
+# ---------------------------------------------------------------------------- adding a defence is one file
+class _Invert(Defence):
+    """A toy defence, as a user would write one: invert every training image, and count batches."""
+
+    key, spec, paper, summary = "toyinvert", "toyinvert", "none (a test)", "invert the training images"
+    stage = "augment"
+    seen = 0
+
+    def prepare_train(self, images, labels, *, generator):
+        return 255 - images
+
+    def generate_parameters(self, x, generator):
+        return {"flip": bool(torch.rand(1, generator=generator) < 2)}
+
+    def apply_transform(self, x, targets, params):
+        type(self).seen += 1
+        return (x.flip(-1) if params["flip"] else x), targets
+
+
+def test_a_toy_defence_is_one_class_registered_and_runs_in_the_training_loop():
+    import uetransforms as ue
+    from uetransforms.evaluation import defences as registry
+
+    register(_Invert)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register(type("Again", (Defence,), {"key": "toyinvert"}))
+        assert "toyinvert" in [row["key"] for row in defences()] and "toyinvert" in known_specs()
+        d = parse_defence("toyinvert+grayscale")
+        x = _images()
+        assert torch.equal(d.prepare_train(x), to_grayscale(255 - x))
+        rng = np.random.default_rng(0)
+        data = {"image": list(rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)), "label": [i % 2 for i in range(40)]}
+        _Invert.seen = 0
+        report = ue.evaluate(data, data, epochs=1, batch_size=8, defences=["toyinvert"], progress=False, baseline=False)
+        assert _Invert.seen == 40 // 8  # the loop called its hooks once per batch, knowing nothing of it
+        assert report.rows[0].defence == "toyinvert"
+    finally:
+        for name in ("toyinvert",):
+            registry._REGISTERED.pop(name, None)
+    with pytest.raises(DefenceError, match="unknown defence"):
+        parse_defence("toyinvert")
 
 
 def test_grayscale_matches_pil_luma_and_keeps_shape():
@@ -126,7 +199,7 @@ def test_prepare_train_and_test():
     tr, te = d.prepare_train(x), d.prepare_test(x)
     assert torch.equal(te, to_grayscale(x))  # gray at test time too ...
     assert not torch.equal(tr, te)  # ... but JPEG only on the training images
-    assert torch.equal(Defence().prepare_train(x), x)
+    assert torch.equal(parse_defence("none").prepare_train(x), x)
 
 
 # ---------------------------------------------------------------------------- the literature's defences
@@ -217,9 +290,9 @@ def test_sharpen_lowpass_shrinks_the_difference_between_class_blurs(one_thread):
     assert rel(t(b1), t(imgs), t(imgs)) < 0.5 * rel(b1, imgs, imgs)  # the blur is largely undone
     assert rel(t(b1), t(b2), t(imgs)) < 0.8 * rel(b1, b2, imgs)  # and the classes' blurs differ less
     d = parse_defence("sharpen+lowpass")
-    out = d.pre_augment(imgs, torch.Generator().manual_seed(1))
+    out, _ = d.run_stage("pre_augment", imgs, imgs, torch.Generator().manual_seed(1))
     assert out.shape == imgs.shape and out.min() >= 0 and out.max() <= 1
-    assert torch.equal(out, d.pre_augment(imgs, torch.Generator().manual_seed(1)))  # seeded
+    assert torch.equal(out, d.run_stage("pre_augment", imgs, imgs, torch.Generator().manual_seed(1))[0])  # seeded
 
 
 def test_random_sharpen_draws_one_kernel_per_image():
@@ -270,6 +343,6 @@ def test_pgd_l2_stays_in_the_ball_and_raises_the_loss(one_thread):
     ce = torch.nn.functional.cross_entropy
     assert ce(model(adv), y) > ce(model(x), y)
     d = parse_defence("pgd:norm=l2,eps=0.5,steps=2")
-    assert (d.pgd_norm, d.pgd_epsilon, d.pgd_steps) == ("l2", 0.5, 2)
+    assert (d["pgd"].norm, d["pgd"].epsilon, d["pgd"].steps) == ("l2", 0.5, 2)
     with pytest.raises(DefenceError, match="norm"):
         pgd(model, x, y, epsilon=0.5, steps=1, norm="l1")

@@ -80,3 +80,23 @@ def test_readme_first_five_minutes_and_quickstart_run_in_order(tmp_path, slice_p
                  "cifar10-unlearnable/README.md", "cifar10-cuda-cli.bank.arrow", "cifar10-unlearnable-cli/README.md"):
         assert (work / made).exists(), made
     assert namespace["img"].shape == (3, 32, 32) and namespace["label"] == 0
+
+
+def test_readme_defences_table_is_the_registry():
+    from uetransforms.evaluation.defences import markdown_table
+
+    text = open(README).read()
+    block = text.split("<!-- defences-table -->\n", 1)[1].split("\n<!-- /defences-table -->", 1)[0]
+    assert block == markdown_table()
+
+
+def test_readme_lists_the_public_names():
+    import uetransforms as ue
+
+    text = open(README).read()
+    section = text.split("## How the package is laid out", 1)[1]
+    for name in ue.__all__:
+        if name == "__version__" or name.endswith(("Error", "Warning", "Conflict")):
+            continue
+        assert f"`{name}`" in section, name
+

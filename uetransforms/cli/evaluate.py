@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any
 
+from ..evaluation.defences import known_specs
 from ..evaluation.harness import evaluate
 from .data import load_data
 
@@ -36,8 +37,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-augment", action="store_true", help="no random crop + flip")
     parser.add_argument("--defence", "--defences", dest="defences", nargs="+", default=None,
-                        help="none (default) grayscale jpeg10 bdr[:bits=2] iss ueraser[:repeats=5] orthogonal "
-                             "sharpen+lowpass cutout mixup cutmix pgd[:eps=8,steps=5,norm=linf|l2]; combine with '+'")
+                        help=f"the trainer's defence(s), one run each (default none); registered: {known_specs()}")
     parser.add_argument("--protected-fraction", type=float, nargs="+", default=[1.0],
                         help="share(s) of training rows protected, e.g. 1 0.5 (needs --clean-train or --bank)")
     parser.add_argument("--label-map", help="label-agnostic training: JSON {\"old\": new} or a list, or a JSON file")

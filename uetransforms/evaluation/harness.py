@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.data import DataError, FitData
-from .defences import Defence, parse_defence, pgd
+from .defences import Defence, DefencePipeline, parse_defence
 from ..core.device import resolve_device
 from ..models.networks import build_model
 
@@ -225,18 +225,7 @@ def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
     return correct / max(1, len(images))
 
 
-def _ueraser_loss(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, repeats: int,
-                  gen: torch.Generator) -> torch.Tensor:
-    """UEraser's loss: K augmented draws of every image, each image's worst draw (UEraser-Max,
-    arXiv 2303.15127); K = 1 is UEraser-Lite, plain training on one draw."""
-    from .defences import ueraser_augment
-
-    losses = torch.stack([F.cross_entropy(model(ueraser_augment(x, gen)), targets, reduction="none")
-                          for _ in range(repeats)])
-    return losses.amax(0).mean()
-
-
-def _train_run(train: Split, test: Split, defence: Defence, *, num_classes: int, cfg: dict[str, Any],
+def _train_run(train: Split, test: Split, defence: DefencePipeline, *, num_classes: int, cfg: dict[str, Any],
                device: torch.device, desc: str, progress: bool) -> tuple[list[float], float, float]:
     """Train one model from scratch; return (per-epoch clean test accuracy, train accuracy, seconds)."""
     from tqdm.auto import tqdm
@@ -258,7 +247,9 @@ def _train_run(train: Split, test: Split, defence: Defence, *, num_classes: int,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * per_epoch,
                                                 pct_start=0.25, anneal_strategy="linear")
     pad = max(1, round(max(h, w) / 8))
-    soft = defence.mixup_alpha is not None or defence.cutmix_alpha is not None
+    soft = defence.soft_targets  # mixing defences train on one-hot targets
+    pre = defence.has_stage("pre_augment")
+    post = defence.has_stage("augment")
     curve: list[float] = []
     bar = tqdm(range(cfg["epochs"]), desc=desc, disable=not progress, leave=False)
     for _ in bar:
@@ -267,23 +258,18 @@ def _train_run(train: Split, test: Split, defence: Defence, *, num_classes: int,
         for i in range(per_epoch):
             idx = order[i * bs : (i + 1) * bs]
             x = x_train[idx].to(torch.float32).div_(255)
-            if defence.transforms_batches:
-                x = defence.pre_augment(x, gen)
-            if cfg["augment"]:
-                x = random_crop_flip(x, pad, gen)
             y = y_train[idx]
             targets: torch.Tensor = F.one_hot(y, num_classes).to(x.dtype) if soft else y
-            if defence.cutout is not None or soft:
-                x, targets = defence.augment(x, targets if soft else F.one_hot(y, num_classes).to(x.dtype), gen)
-                if not soft:
-                    targets = y  # cutout leaves labels alone
-            if defence.is_adversarial:
-                x = pgd(model, x, targets, epsilon=defence.pgd_epsilon, steps=defence.pgd_steps,  # type: ignore[arg-type]
-                        step_size=defence.pgd_step_size, generator=gen, norm=defence.pgd_norm)
-            if defence.ueraser_repeats is not None:
-                loss = _ueraser_loss(model, x, targets, defence.ueraser_repeats, gen)
-            else:
-                loss = F.cross_entropy(model(x), targets)
+            # The defence's hooks, in order (see evaluation.defences): before crop + flip, after
+            # it, an adversarial perturbation, then the loss. The loop names no defence.
+            if pre:
+                x, targets = defence.run_stage("pre_augment", x, targets, gen)
+            if cfg["augment"]:
+                x = random_crop_flip(x, pad, gen)
+            if post:
+                x, targets = defence.run_stage("augment", x, targets, gen)
+            x = defence.perturb(model, x, targets, gen)
+            loss = defence.loss(model, x, targets, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -312,7 +298,7 @@ def evaluate(
     device: str | torch.device | None = None,
     seed: int = 0,
     augment: bool = True,
-    defences: Sequence[str | Defence] | str = ("none",),
+    defences: Sequence[str | Defence | DefencePipeline] | str = ("none",),
     label_map: Mapping[int, int] | Sequence[int] | None = None,
     train_label_column: str | None = None,
     protected_fraction: float | Sequence[float] = 1.0,
@@ -360,7 +346,8 @@ def evaluate(
         DataError / ValueError: missing columns, mismatched splits, bad fractions or label maps,
         each message naming the fix.
     """
-    defence_list = [parse_defence(d) for d in ([defences] if isinstance(defences, (str, Defence)) else defences)]
+    defence_list = [parse_defence(d) for d in ([defences] if isinstance(defences, (str, Defence, DefencePipeline))
+                                              else defences)]
     if not defence_list:
         raise ValueError("defences is empty; pass at least ('none',)")
     if len({d.name for d in defence_list}) != len(defence_list):
