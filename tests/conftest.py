@@ -1,7 +1,29 @@
-"""Fixtures shared across the test suite."""
+"""Fixtures shared across the test suite.
+
+``device`` and ``bank_dtype`` parametrise kernel tests the way kornia's conftest does: a test
+that takes ``device`` runs once per device this machine has (the CUDA leg is collected and
+skipped where there is no GPU, so the promise "same bytes on CPU and GPU" is one test that runs
+its GPU leg wherever a GPU exists); ``bank_dtype`` runs it once per float dtype a bank may store.
+"""
 
 import pytest
 import torch
+
+_DEVICES = [pytest.param("cpu", id="cpu"),
+            pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                     reason="needs a CUDA GPU"))]
+
+
+@pytest.fixture(params=_DEVICES)
+def device(request) -> torch.device:
+    """Each device kernels run on: the CPU always, a CUDA GPU where one exists."""
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=["float16", "float32"], ids=["float16", "float32"])
+def bank_dtype(request) -> str:
+    """Each float dtype a bank's payload may be stored in (numpy names: banks are Arrow/numpy)."""
+    return request.param
 
 
 @pytest.fixture

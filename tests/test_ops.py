@@ -426,19 +426,53 @@ def test_mapped_gather_path_equals_resident(tmp_path, monkeypatch, make):
     assert torch.equal(apply(mapped, x, labels, sample_ids=ids), resident)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def _reference(bank: NoiseBank, x: torch.Tensor, labels: list[int], ids: list[str]) -> torch.Tensor:
+    """The primitive kernels on the CPU, one image at a time, with the key rule written out."""
+    out = []
+    for img, label, uid in zip(x, labels, ids):
+        row = list(bank.keys).index(label)
+        one = img[None]
+        if bank.kind == "additive":
+            one = kernels.add_delta(one, torch.from_numpy(bank.tensors["delta"][row : row + 1].astype(np.float32)) * 255)
+        elif bank.kind == "conv":
+            one = kernels.convolve(one, torch.from_numpy(bank.tensors["weight"][row : row + 1].copy()))
+        elif bank.kind == "pixel":
+            one = kernels.blend_pixels(one, torch.from_numpy(bank.tensors["mask"][row : row + 1].copy()),
+                                       torch.from_numpy(bank.tensors["value"][row : row + 1].copy()))
+        else:
+            seed = kernels.sample_seed(bank.params.get("salt", 0), uid)
+            d = kernels.synth_ar(bank.tensors["coef"][row : row + 1], [seed], bank.image_shape,
+                                 epsilon=bank.params["epsilon"], norm=bank.params.get("norm", "l2"))
+            one = kernels.add_delta(one, torch.from_numpy(d) * 255)
+        out.append(one[0])
+    return torch.stack(out)
+
+
 @pytest.mark.parametrize("make", [
     lambda: additive_bank([0, 1], (3, 8, 8)), lambda: pixel_bank([0, 1], (3, 8, 8)),
     lambda: conv_bank([0, 1], 3), lambda: synth_bank([0, 1], (3, 8, 8)),
-])
-def test_cuda_matches_cpu(make):
+], ids=["additive", "pixel", "conv", "synth"])
+def test_every_device_gives_the_reference_bytes(make, device):
+    """The kernels' promise: the same uint8 output on every device, equal to the reference loop."""
     bank = make()
     x = images(4, 3, 8, 8)
     labels, ids = [0, 1, 1, 0], list("abcd")
-    cpu = apply(bank, x, labels, sample_ids=ids)
-    gpu = apply(bank, x.cuda(), labels, sample_ids=ids)
-    assert gpu.device.type == "cuda"
-    assert torch.equal(gpu.cpu(), cpu)
+    out = apply(bank, x.to(device), labels, sample_ids=ids)
+    assert out.device.type == device.type and out.dtype == torch.uint8
+    assert torch.equal(out.cpu(), _reference(bank, x, labels, ids))
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8), (1, 5, 7)])
+def test_additive_kernel_is_exact_for_every_bank_dtype(device, bank_dtype, shape):
+    """A delta stored as float16 or float32 gives round(x + 255 * delta) clipped, exactly, on any device."""
+    rng = np.random.default_rng(0)
+    delta = (rng.integers(-8, 9, (2, *shape)) / 255).astype(bank_dtype)
+    bank = NoiseBank(method="random", kind="additive", keying="class", keys=[0, 1], tensors={"delta": delta},
+                     params={"epsilon": 8 / 255})
+    x = images(3, *shape)
+    labels = [1, 0, 1]
+    want = (x.double() + torch.round(255 * torch.from_numpy(delta.astype(np.float64)))[labels]).clamp(0, 255)
+    assert torch.equal(apply(bank, x.to(device), labels).cpu(), want.to(torch.uint8))
 
 
 # ------------------------------------------------------------------ properties
