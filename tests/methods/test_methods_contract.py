@@ -249,7 +249,7 @@ def test_entry_point_plugin_is_found_by_a_fresh_process(tmp_path):
     info = tmp_path / "toy_stripes-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-stripes\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[uetransforms.algorithms]\ntoy = toy_stripes\n")
+    (info / "entry_points.txt").write_text("[uetransforms.methods]\ntoy = toy_stripes\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-m", "uetransforms", "methods"], capture_output=True, text=True, env=env,
                          check=True).stdout

@@ -370,7 +370,7 @@ def _warn_budget(method: str, p: Param, params: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- the registry
 _builtin: dict[str, Method] | None = None
 _registered: dict[str, Method] = {}
-_ENTRY_POINTS = "uetransforms.algorithms"
+_ENTRY_POINTS = "uetransforms.methods"  # the plugin entry-point group: a public name, kept
 
 
 def _method_of(obj: Any, where: str) -> Method:

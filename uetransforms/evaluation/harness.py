@@ -46,7 +46,7 @@ from ..core.device import resolve_device
 from ..models.networks import build_model
 
 #: Identifies the report format in ``report.json``; bump the version when fields change meaning.
-SCHEMA = "uetransforms.evaluation.harness-report"
+SCHEMA = "uetransforms.evaluate-report"
 SCHEMA_VERSION = 2  # 2: rows carry peak_accuracy / peak_epoch
 
 

@@ -51,7 +51,7 @@ import torch
 from ..algorithms import public_params
 from .defences import parse_defence
 
-SCHEMA = "uetransforms.evaluation.suite-results"
+SCHEMA = "uetransforms.suite-results"
 SCHEMA_VERSION = 1
 
 #: protected / clean accuracy at or above which a defence counts as breaking the protection: the

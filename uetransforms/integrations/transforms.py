@@ -126,7 +126,7 @@ class ProtectTransform(_BankUser, v2.Transform):
         if batched:
             raise TypeError(
                 "ProtectTransform works per sample (one image and its label); protect batches with "
-                "uetransforms.core.apply.apply or Protect on a dataset"
+                "ue.apply or Protect on a dataset"
             )
         self._refuse_protected([inpt], "image")
         chw = to_chw(inpt, channels=self.bank.channels, convert=self.convert, column="image")
