@@ -112,7 +112,7 @@ def test_ray_errors(cluster, bank, source):
 
 def test_ray_every_kind_and_mixed_sizes_equal_datasets_map(cluster, tmp_path):
     """conv / pixel / synth / sample-keyed banks on images of several sizes: Ray gives datasets.map's bytes."""
-    import test_protect as tp  # the kind banks and the mixed-size dataset of the Protect tests
+    import kind_banks as tp  # the kind banks and the mixed-size dataset of the Protect tests
 
     src = tp.mixed_ds().add_column("idx", list(range(len(tp.SIZES))))
     path = str(tmp_path / "mixed.parquet")

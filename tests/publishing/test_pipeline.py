@@ -500,7 +500,7 @@ def test_failed_publish_leaves_no_copy_behind(tmp_path, secret_bank, monkeypatch
 
 
 # ------------------------------------------------------------------ every bank kind through publish, mixed sizes
-from test_protect import KIND_BANKS, _kind_banks, _options, _want, mixed_ds  # noqa: E402  (the shared kind banks)
+from kind_banks import KIND_BANKS, _kind_banks, _options, _want, mixed_ds  # noqa: E402  (the shared kind banks)
 
 
 @pytest.mark.parametrize("name", KIND_BANKS)
