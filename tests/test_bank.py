@@ -719,6 +719,8 @@ def test_a_mapped_bank_changed_in_place_is_refused(tmp_path, monkeypatch):
         bank.gather("delta", np.array([0]))
     with pytest.raises(BankError, match="changed while in use"):
         bank.replace(info={}).gather("delta", np.array([0]))
+    with pytest.raises(BankError, match="changed while in use"):  # not shipped to workers under its old digest
+        pickle.dumps(bank)
 
 
 def test_a_bank_readable_by_others_loads_with_a_warning(tmp_path, recwarn):
