@@ -223,6 +223,28 @@ class NoiseBank:
         eps = self.params.get("epsilon")
         return None if eps is None else float(eps)
 
+    def measure(self) -> dict[str, float]:
+        """What the payload does, read from the tensors (not from ``params``), by the bank's kind.
+
+        Additive: ``linf`` (the largest change of any pixel, a fraction of 255) and ``l2`` (the
+        largest per-image norm); pixel: ``l0`` (the most pixels one image has edited); conv:
+        ``kernel_size``; ``{}`` where the kernel takes its budget from the parameters (synth).
+        Computed once (the bank is immutable), a bounded chunk of rows at a time.
+
+        Example:
+            >>> import numpy as np
+            >>> bank = NoiseBank(method="m", kind="additive", keying="class", keys=[0],
+            ...                  tensors={"delta": np.full((1, 3, 2, 2), 8 / 255, "float32")})
+            >>> round(bank.measure()["linf"] * 255, 3)
+            8.0
+        """
+        if self._measured is None:
+            from .kinds import bank_kind
+
+            fn = bank_kind(self.kind).measure
+            object.__setattr__(self, "_measured", _frozen(dict(fn(self)) if fn is not None else {}))
+        return self._measured
+
     @property
     def sha256(self) -> str:
         """Digest of the keys, payload and metadata: identifies the bank in caches and pickles."""
