@@ -331,3 +331,61 @@ def test_protect_size_policy_and_png_flags(tmp_path, tiny_parquet, capsys):
                  "--png-level", "7"]) == 2
     err = capsys.readouterr().err
     assert "level must be an integer 0..3" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ secrets never printed; clear errors at the door
+def test_fit_never_prints_the_seed(tmp_path, tiny_parquet, capsys):
+    assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(tmp_path / "b.arrow"),
+                 "--seed", "987654321"]) == 0
+    captured = capsys.readouterr()
+    assert "987654321" not in captured.err + captured.out
+    assert "the --seed given, kept only in the bank" in captured.err
+
+
+def test_push_that_cannot_reach_the_hub_does_not_claim_a_copy_exists(tmp_path, tiny_parquet, monkeypatch, capsys):
+    import huggingface_hub
+
+    def unreachable(self, *a, **kw):
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", unreachable)
+    bank = tmp_path / "b.arrow"
+    assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(bank)]) == 0
+    rc = main(["protect", tiny_parquet, "--bank", str(bank), "--out", str(tmp_path / "pub"), "--image-column", "img",
+               "--push", "me/x", "--token", "hf_bogus"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach the Hugging Face Hub" in err
+    assert "is complete" not in err and "leave out --push to write the copy to --out only" in err
+    assert not (tmp_path / "pub").exists()
+
+
+def test_max_shard_size_typo_names_the_flag(tmp_path, tiny_parquet, capsys):
+    rc = main(["protect", tiny_parquet, "--bank", str(tmp_path / "b.arrow"), "--out", str(tmp_path / "pub"),
+               "--max-shard-size", "abc"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "argument --max-shard-size: 'abc' is not a size; use a number with a unit, e.g. 500MB" in err
+
+
+def test_param_fraction_by_zero_is_named(tmp_path, tiny_parquet, capsys):
+    rc = main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(tmp_path / "b.arrow"),
+               "--param", "epsilon=8/0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--param 'epsilon=8/0': the fraction divides by zero; write e.g. --param epsilon=8/255" in err
+
+
+def test_protect_column_flags_are_checked_at_the_door_in_flag_names(tmp_path, tiny_parquet, capsys, monkeypatch):
+    bank = tmp_path / "b.arrow"
+    assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(bank)]) == 0
+    capsys.readouterr()
+    from uetransforms.integrations import datasets as integration
+
+    def never(*a, **kw):  # nothing may be protected before the flags are checked
+        raise AssertionError("protected before the column flags were checked")
+
+    monkeypatch.setattr(integration.Protect, "__call__", never)
+    rc = main(["protect", tiny_parquet, "--bank", str(bank), "--out", str(tmp_path / "pub"), "--image-column", "img",
+               "--label-column", "lbl"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "--label-column 'lbl' is not a column of DATA (its columns: ['img', 'label'])" in err
+    assert "label_column" not in err and not (tmp_path / "pub").exists()

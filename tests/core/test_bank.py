@@ -108,15 +108,30 @@ def test_readable_by_plain_pyarrow(tmp_path):
     np.testing.assert_array_equal(arr, bank.tensors["delta"])
 
 
-def test_loaded_tensors_are_memory_mapped(tmp_path):
+def test_loaded_tensors_are_memory_mapped_above_the_in_memory_bound(tmp_path, monkeypatch):
+    import uetransforms.core.bank as bank_module
+
     bank = additive_bank(k=4, shape=(3, 16, 16))
     bank.save(tmp_path / "b.arrow")
+    monkeypatch.setattr(bank_module, "IN_MEMORY_BYTES", 0)  # every bank counts as large
     loaded = NoiseBank.load(tmp_path / "b.arrow")
     arr = loaded.tensors["delta"]
     # A view over the mapped file, not a copy the loader owns.
     assert not arr.flags.owndata
     assert arr.base is not None
     assert not arr.flags.writeable
+    assert loaded._mapped is not None
+
+
+def test_small_banks_are_read_into_memory(tmp_path):
+    from uetransforms.core.apply import Applier
+    from uetransforms.core.bank import IN_MEMORY_BYTES
+
+    assert Applier.RESIDENT_BYTES == IN_MEMORY_BYTES  # what is read whole is exactly what the kernel keeps whole
+    additive_bank(k=4, shape=(3, 16, 16)).save(tmp_path / "b.arrow")
+    loaded = NoiseBank.load(tmp_path / "b.arrow")
+    assert loaded._mapped is None
+    assert not loaded.tensors["delta"].flags.writeable
 
 
 def test_gather_returns_rows(tmp_path):
@@ -279,8 +294,12 @@ def test_pickle_of_saved_bank_refuses_a_changed_file(tmp_path):
     bank.save(tmp_path / "b.arrow")
     blob = pickle.dumps(bank)
     additive_bank(seed=5).save(tmp_path / "b.arrow", overwrite=True)  # a different bank at the same path
+    # Unpickling does not raise (that would kill a num_proc worker with no message): first use does.
+    restored = pickle.loads(blob)
     with pytest.raises(BankError, match="changed"):
-        pickle.loads(blob)
+        restored.gather("delta", np.array([0]))
+    with pytest.raises(BankError, match="changed"):
+        pickle.dumps(restored)
 
 
 def test_pickle_of_unsaved_bank_uses_arrow_bytes():
@@ -565,3 +584,150 @@ def test_pickle_of_unsaved_bank_carries_no_arrays():
     assert b"numpy" not in blob and b"ndarray" not in blob
     back = pickle.loads(blob)
     assert back.sha256 == bank.sha256 and pickle.dumps(back) == blob  # bytes made once, stable
+
+
+# ------------------------------------------------------------------ the bank is safe and what it says it is
+def _nan_table(bank: NoiseBank) -> pa.Table:
+    """The bank's table with one NaN in its delta (metadata, shapes and dtypes unchanged)."""
+    from uetransforms.core.bank import _tensor_array
+
+    delta = np.array(bank.tensors["delta"])
+    delta[1, 0, 0, 0] = np.nan
+    table = bank.to_table()
+    return table.set_column(table.column_names.index("delta"), "delta", _tensor_array(delta))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_non_finite_tensors_are_refused_at_construction(bad, dtype):
+    delta = np.zeros((2, 3, 4, 4), dtype)
+    delta[1, 2, 3, 3] = bad
+    with pytest.raises(BankError, match=r"tensor 'delta' holds non-finite values \(NaN or infinity\), first in row 1"):
+        NoiseBank(method="random", kind="additive", keying="class", keys=[0, 1], tensors={"delta": delta})
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_non_finite_tensors_are_refused_at_load(tmp_path, verify):
+    table = _nan_table(additive_bank())
+    path = tmp_path / "nan.arrow"
+    with pa.OSFile(os.fspath(path), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
+        writer.write_table(table)
+    with pytest.raises(BankError, match="non-finite"):
+        NoiseBank.load(path, verify=verify)
+    with pytest.raises(BankError, match="non-finite"):
+        NoiseBank.from_bytes(path.read_bytes(), verify=verify)
+
+
+def test_save_into_a_directory_is_a_clear_error_and_leaves_no_copy(tmp_path):
+    target = tmp_path / "banks"
+    target.mkdir()
+    for overwrite in (False, True):
+        with pytest.raises(IsADirectoryError, match=r"is a directory; a bank is saved as one file: pass a file path"):
+            additive_bank().save(target, overwrite=overwrite)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["banks"]  # no <dir>.tmp-PID copy of the secret
+    assert list(target.iterdir()) == []
+
+
+def test_save_into_a_missing_folder_names_the_folder(tmp_path):
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(FileNotFoundError) as info:
+        additive_bank().save(missing / "k.bank.arrow")
+    assert repr(os.fspath(missing)) in str(info.value) and "create it first" in str(info.value)
+    assert ".tmp" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_threads_saving_one_path_each_succeed(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    banks = [additive_bank(seed=i) for i in range(8)]
+    path = tmp_path / "k.bank.arrow"
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda b: b.save(path, overwrite=True), banks))
+    assert results == [os.fspath(path)] * 8  # no FileNotFoundError from a shared temporary name
+    assert NoiseBank.load(path).sha256 in {b.sha256 for b in banks}
+    assert [p.name for p in tmp_path.iterdir()] == ["k.bank.arrow"]
+
+
+def test_a_failed_save_leaves_no_temporary_copy(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="No space"):
+        additive_bank().save(tmp_path / "k.bank.arrow")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bank_copied_over_the_file_after_load_is_not_applied(tmp_path):
+    """``Protect(path)`` then another bank copied over ``path`` (same inode): the first bank's noise,
+    the first bank's sha256, in process; a clear refusal in num_proc workers."""
+    import shutil
+
+    import datasets
+
+    a, b = additive_bank(k=2, seed=1), additive_bank(k=2, seed=2)
+    a.save(tmp_path / "a.arrow")
+    b.save(tmp_path / "b.arrow")
+    ds = datasets.Dataset.from_dict({"image": list(np.full((4, 8, 8, 3), 100, np.uint8)), "label": [0, 1, 0, 1]},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "label": datasets.ClassLabel(num_classes=2)}))
+    p = ue.Protect(os.fspath(tmp_path / "a.arrow"))
+    shutil.copyfile(tmp_path / "b.arrow", tmp_path / "a.arrow")  # rewrites the same inode in place
+    out = ds.map(p, batched=True, batch_size=2, load_from_cache_file=False)
+    assert p.bank.sha256 == a.sha256
+    noise = np.asarray(out[1]["image"]).astype(int) - 100
+    np.testing.assert_array_equal(noise, np.round(a.tensors["delta"][1].transpose(1, 2, 0) * 255))
+    with pytest.raises(BankError, match="bank (file )?changed since this transform was made"):
+        ds.map(p, batched=True, batch_size=2, num_proc=2, load_from_cache_file=False)
+
+
+def test_a_bank_truncated_while_in_use_cannot_kill_the_process(tmp_path):
+    """Truncating a loaded bank's file used to kill the process with SIGBUS at its first batch."""
+    import subprocess
+    import sys
+    import textwrap
+
+    additive_bank(k=2).save(tmp_path / "a.arrow")
+    script = textwrap.dedent(f"""
+        import numpy as np, os, uetransforms as ue
+        from uetransforms.core.apply import Applier
+        bank = ue.NoiseBank.load({os.fspath(tmp_path / "a.arrow")!r})
+        os.truncate(bank.path, 0)
+        out = Applier(bank).protect([np.full((3, 8, 8), 100, np.uint8)], labels=[1])[0]
+        assert np.array_equal(out.astype(int) - 100, np.round(bank.tensors["delta"][1] * 255))
+        print("ok")
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0 and "ok" in run.stdout, (run.returncode, run.stderr[-2000:])
+
+
+def test_a_mapped_bank_changed_in_place_is_refused(tmp_path, monkeypatch):
+    """Large (memory-mapped) banks: a file rewritten under them is refused, not applied."""
+    import shutil
+
+    import uetransforms.core.bank as bank_module
+
+    monkeypatch.setattr(bank_module, "IN_MEMORY_BYTES", 0)
+    additive_bank(seed=1).save(tmp_path / "a.arrow")
+    additive_bank(seed=2).save(tmp_path / "b.arrow")
+    bank = NoiseBank.load(tmp_path / "a.arrow")
+    bank.gather("delta", np.array([0]))
+    shutil.copyfile(tmp_path / "b.arrow", tmp_path / "a.arrow")
+    with pytest.raises(BankError, match="memory-mapped bank file changed while in use"):
+        bank.gather("delta", np.array([0]))
+    with pytest.raises(BankError, match="changed while in use"):
+        bank.replace(info={}).gather("delta", np.array([0]))
+    with pytest.raises(BankError, match="changed while in use"):  # not shipped to workers under its old digest
+        pickle.dumps(bank)
+
+
+def test_a_bank_readable_by_others_loads_with_a_warning(tmp_path, recwarn):
+    path = tmp_path / "k.bank.arrow"
+    additive_bank().save(path)
+    NoiseBank.load(path)
+    assert not [w for w in recwarn if "others may read it" in str(w.message)]
+    os.chmod(path, 0o644)
+    with pytest.warns(UserWarning, match=r"mode 0644: others may read it.*chmod 600"):
+        NoiseBank.load(path)

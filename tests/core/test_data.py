@@ -134,3 +134,30 @@ def test_image_size_is_read_lazily_once():
     assert gray.channels == 1 and gray.image_shape == (1, 8, 8)
     assert FitData({"image": [Image.fromarray(a[..., 0]) for a in _imgs(2)]}, label_column=None, channels=3,
                    convert=True).image_shape == (3, 8, 8)
+
+
+# ------------------------------------------------------------------ clear errors at the door
+def test_two_d_uint8_arrays_fit_as_grayscale():
+    import uetransforms as ue
+
+    data = FitData({"image": [np.full((8, 8), 9, np.uint8)] * 4, "label": [0, 1, 0, 1]})
+    assert data.channels == 1 and data.image_shape == (1, 8, 8)
+    assert ue.fit("random", {"image": [np.full((8, 8), 9, np.uint8)] * 4, "label": [0, 1, 0, 1]}, seed=1).channels == 1
+
+
+def test_mixed_channel_counts_name_the_row_not_a_bank():
+    images = [np.zeros((8, 8, 3), np.uint8)] * 3 + [np.zeros((8, 8), np.uint8)]
+    with pytest.raises(ImageModeError) as info:
+        FitData({"image": images, "label": [0, 1, 0, 1]}).images()
+    assert "row 3 of column 'image' has 1-channel pixels, but the first image has 3" in str(info.value)
+    assert "bank is for" not in str(info.value)
+
+
+@pytest.mark.parametrize("missing", [None, float("nan")])
+def test_missing_label_names_the_row_and_the_fix(missing):
+    data = FitData({"image": [np.zeros((8, 8, 3), np.uint8)] * 4, "label": [0, missing, 1, missing]})
+    with pytest.raises(DataError) as info:
+        data.labels
+    text = str(info.value)
+    assert "has no label in row 1 (and 1 more)" in text and "dataset.filter(" in text
+    assert "class_encode_column" not in text

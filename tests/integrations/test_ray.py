@@ -130,3 +130,11 @@ def test_ray_every_kind_and_mixed_sizes_equal_datasets_map(cluster, tmp_path):
         out = ue_ray.protect(ray.data.read_parquet(path), bank_path, batch_size=3, split_stages=split_stages, **opts)
         rows = by_idx(out.take_all())
         assert [r["image"]["bytes"] for r in rows] == ref, name
+
+
+@pytest.mark.parametrize("options", [{"num_gpus": 1}, {"device": "cuda"}, {"device": "cuda", "num_gpus": 0.5}])
+def test_gpu_request_on_a_cpu_only_cluster_fails_up_front(cluster, bank, options):
+    """It used to hang (an actor waiting for a GPU that never comes)."""
+    rd = ray.data.from_items([{"image": np.zeros((8, 8, 3), np.uint8), "label": 0}])
+    with pytest.raises(ValueError, match=r"asks for a GPU per apply actor, but the Ray cluster has 0 .*device='cpu'"):
+        ue_ray.protect(rd, bank, **options)

@@ -97,3 +97,82 @@ def test_card_lists_what_was_measured_about_the_method(monkeypatch, tmp_path):
     assert "holds against: iss, jpeg10" in line and "not measured: pgd" in line
     plain = dataset_card({"train": ds}, ue.fit("random", ds, image_column="img", seed=1), image_column="img")
     assert "Measured with uetransforms" not in plain  # nothing recorded for it in this file: nothing claimed
+
+
+# ------------------------------------------------------------------ the card tells the truth
+def _additive(peak: float, epsilon: float, k: int = 3) -> ue.NoiseBank:
+    delta = np.zeros((k, 3, 8, 8), np.float32)
+    delta[:, 0, 0, 0] = peak
+    delta[:, 1, 2, 3] = -peak
+    return ue.NoiseBank(method="random", kind="additive", keying="class", keys=np.arange(k), tensors={"delta": delta},
+                        params={"epsilon": epsilon, "norm": "linf", "seed": 123456789})
+
+
+def test_card_refuses_params_that_understate_the_tensors(tmp_path):
+    ds = _ds()
+    bank = ue.fit("random", ds, image_column="img", seed=1)  # 8/255 noise
+    lying = bank.replace(params={**bank.params, "epsilon": 1 / 255})
+    with pytest.raises(ue.BankError, match=r"params say epsilon=1/255 \(linf\) but its tensors change images by up "
+                                           r"to 7\.98/255"):
+        dataset_card({"train": ds}, lying, image_column="img")
+    with pytest.raises(ue.BankError, match="understate"):
+        ue.publish(ds, lying, tmp_path / "out", image_column="img")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_card_states_the_noise_measured_from_the_tensors():
+    ds = _ds()
+    card = dataset_card({"train": ds}, _additive(4 / 255, 8 / 255), image_column="img")
+    front = _front(card)
+    assert front["uetransforms"]["epsilon"] == pytest.approx(8 / 255)  # the budget, as fitted
+    assert front["uetransforms"]["measured"]["linf"] == "4/255"      # what the pixels really get
+    assert "every pixel changes by at most 4/255 of the intensity range (measured" in card
+    # 7.65 grey levels of noise move whole pixels by up to 8 (the kernel rounds): said as 8/255.
+    assert _front(dataset_card({"train": ds}, _additive(0.03, 0.03), image_column="img"))[
+        "uetransforms"]["measured"]["linf"] == "8/255"
+
+
+def test_card_refuses_pixel_and_conv_claims_the_tensors_contradict():
+    ds = _ds()
+    ops = ue.fit("ops", ds, image_column="img", seed=1)
+    assert _front(dataset_card({"train": ds}, ops, image_column="img"))["uetransforms"]["measured"] == {"l0": 1}
+    mask = np.zeros((3, 1, 8, 8), np.uint8)
+    mask[:, :, :2, :2] = 1  # four pixels per image, while params say one
+    four = ops.replace(tensors={**ops.tensors, "mask": mask})
+    with pytest.raises(ue.BankError, match=r"epsilon=1 \(l0\) but its tensors change images by up to 4"):
+        dataset_card({"train": ds}, four, image_column="img")
+    cuda = ue.fit("cuda", ds, image_column="img", seed=1)
+    with pytest.raises(ue.BankError, match=r"kernel_size=5 but its weight tensor holds 3x3 filters"):
+        dataset_card({"train": ds}, cuda.replace(params={**cuda.params, "kernel_size": 5}), image_column="img")
+
+
+# ------------------------------------------------------------------ secrets never written
+@pytest.mark.parametrize("method,param", [("random", "seed"), ("ar", "salt"), ("ar", "seed")])
+def test_card_extra_may_not_carry_a_secret_value(tmp_path, method, param):
+    ds = _ds()
+    bank = ue.fit(method, ds, image_column="img", seed=987654321)
+    value = bank.params[param]
+    for extra in ({"pretty_name": f"{param} {value}"}, {"notes": [{"x": value}]}, {"pretty_name": f"{value:x}"}):
+        with pytest.raises(ValueError, match=rf"secret parameter '{param}'") as info:
+            dataset_card({"train": ds}, bank, image_column="img", card_extra=extra)
+        assert str(value) not in str(info.value)  # the error never prints the secret either
+    with pytest.raises(ValueError, match="secret parameter"):
+        ue.publish(ds, bank, tmp_path / "out", image_column="img", card_extra={"pretty_name": f"seed {value}"})
+    assert not (tmp_path / "out").exists()
+
+
+def test_short_secrets_are_matched_as_whole_words_only():
+    ds = _ds()
+    bank = _additive(4 / 255, 8 / 255).replace(params={"epsilon": 8 / 255, "norm": "linf", "seed": 7})
+    dataset_card({"train": ds}, bank, image_column="img", card_extra={"pretty_name": "CIFAR v7, 17 classes"})
+    with pytest.raises(ValueError, match="secret parameter 'seed'"):
+        dataset_card({"train": ds}, bank, image_column="img", card_extra={"pretty_name": "made with seed 7"})
+
+
+def test_card_extra_may_not_carry_the_key_tensors():
+    ds = _ds()
+    bank = ue.fit("cuda", ds, image_column="img", seed=5)
+    weight = bank.tensors["weight"]
+    for extra in ({"kernel": weight[1].tolist()}, {"kernel": weight.tobytes().hex()}, {"kernel": weight.tobytes()}):
+        with pytest.raises(ValueError, match="'weight' tensor"):
+            dataset_card({"train": ds}, bank, image_column="img", card_extra=extra)

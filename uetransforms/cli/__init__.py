@@ -38,6 +38,8 @@ def parse_param(text: str) -> tuple[str, Any]:
     raw = raw.strip()
     frac = re.fullmatch(r"(-?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)", raw)
     if frac:
+        if float(frac.group(2)) == 0:
+            raise ValueError(f"--param {text!r}: the fraction divides by zero; write e.g. --param {key}=8/255")
         return key, float(frac.group(1)) / float(frac.group(2))
     try:
         return key, json.loads(raw)
@@ -113,8 +115,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     params = dict(parse_param(p) for p in args.param or [])
     ds = select_split(load_data(args.data, split=args.split), args.split, need_one=True, what="fit")
     ds = limit_rows(ds, args.limit)
+    # Never the seed itself: it is the private key, and CI logs keep stderr.
     print(f"fitting {args.method!r} on {len(ds):,} images"
-          + (f" (seed {args.seed})" if args.seed is not None else " (fresh secret seed, kept only in the bank)"),
+          + (" (the --seed given, kept only in the bank)" if args.seed is not None
+             else " (fresh secret seed, kept only in the bank)"),
           file=sys.stderr)
     start = time.perf_counter()
     label_column = _label_column(args.label_column)
@@ -149,6 +153,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     elif args.splits:
         raise ValueError("pass either --split (one split) or --splits (several), not both")
     ds = limit_rows(ds, args.limit)
+    _check_columns(ds, args, bank)
     card_extra: dict[str, Any] = {}
     if args.license:
         card_extra["license"] = args.license
@@ -173,6 +178,38 @@ def cmd_protect(args: argparse.Namespace) -> int:
         upload(args.out, args.push, token=args.token, private=not args.public, cli=True)
         print(f"pushed to https://huggingface.co/datasets/{args.push} ({'public' if args.public else 'private'})")
     return 0
+
+
+def _check_columns(ds: Any, args: argparse.Namespace, bank: Any) -> None:
+    """The column flags against every split's columns, before anything is protected, in flag names."""
+    splits = dict(ds) if isinstance(ds, dict) else {None: ds}  # a DatasetDict is a dict of splits
+    label = _label_column(args.label_column)
+    wanted = [("--image-column", args.image_column), ("--id-column", args.id_column)]
+    # The default label column matters only to banks keyed by class (a cluster bank assigns its own).
+    if label is not None and (label != "label" or bank.keying == "class"):
+        wanted.append(("--label-column", label))
+    for name, split in splits.items():
+        columns = list(getattr(split, "column_names", None) or [])
+        for flag, column in wanted:
+            if column is not None and columns and column not in columns:
+                where = f" of split {name!r}" if name is not None else ""
+                hint = " (or --label-column none for a cluster bank to assign clusters itself)" \
+                    if flag == "--label-column" and bank.keying == "cluster" else ""
+                raise ValueError(f"{flag} {column!r} is not a column{where} of DATA (its columns: {columns}); "
+                                 f"pass {flag} <one of them>{hint}")
+
+
+def _shard_size(text: str) -> str:
+    """``--max-shard-size``: checked when parsed, so a typo is named with its flag."""
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    try:
+        if convert_file_size_to_int(text) <= 0:
+            raise ValueError
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use a number with a unit, e.g. 500MB or 2GB") \
+            from None
+    return text
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -253,7 +290,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                    help="protect only the first N rows of each split (a quick try)")
     p.add_argument("--batch-size", type=int, default=256, help="images per kernel call (default: 256)")
     p.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map (default: one)")
-    p.add_argument("--max-shard-size", default="500MB", help="largest Parquet shard, e.g. 500MB (default) or 2GB")
+    p.add_argument("--max-shard-size", default="500MB", type=_shard_size, help="largest Parquet shard, e.g. 500MB (default) or 2GB")
     p.add_argument("--overwrite", action="store_true", help="replace the card and shards in a non-empty --out")
     p.add_argument("--allow-double", action="store_true",
                    help="protect DATA even though it already carries the uetransforms marker (adds noise twice)")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bank import NoiseBank
+from .bank import IN_MEMORY_BYTES, NoiseBank
 from .errors import BankError, SizeMismatchError
 from .kernels import sample_seed
 from .kinds import bank_kind
@@ -61,7 +61,7 @@ class Applier:
 
     # Banks whose payload is at most this many bytes live on the device; bigger (sample-wise)
     # banks stay memory-mapped and only the rows a batch needs are copied.
-    RESIDENT_BYTES = 64 * 2**20
+    RESIDENT_BYTES = IN_MEMORY_BYTES  # the bank reads exactly these into memory on load
     # Resized copies of a resident bank, one per image size, kept up to this many bytes in all
     # (least recently used first out): hub photos come in many sizes.
     SIZE_CACHE_BYTES = 256 * 2**20

@@ -22,9 +22,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
+import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,6 +42,13 @@ META_KEY = b"uetransforms"
 
 #: What a row of the bank is keyed by.
 KEYINGS = ("class", "cluster", "sample")
+
+#: Bank files up to this size are read into memory on load; larger ones (sample-wise banks) are
+#: memory-mapped. Equal to the apply layer's resident bound (``Applier.RESIDENT_BYTES`` reads it):
+#: a bank that small is copied whole onto the device at its first batch anyway, so reading it at
+#: load costs no more memory, and then no later change to the file (a bank copied over it, a
+#: truncation, which kills a process that maps it with SIGBUS) can reach a running ``Protect``.
+IN_MEMORY_BYTES = 64 * 2**20
 
 
 def _library_version() -> str:
@@ -114,6 +125,7 @@ class NoiseBank:
                 arr = arr.astype(np.uint8)  # Arrow tensors have no bool; masks are stored as 0/1
             if arr.shape[0] != len(keys):
                 raise BankError(f"tensor {name!r} has {arr.shape[0]} rows but there are {len(keys)} keys")
+            _refuse_non_finite(name, arr)
             # The bank takes the array, read-only: its digest must stay true for its lifetime, and
             # sample-wise payloads are too large to copy defensively.
             arr.flags.writeable = False
@@ -147,10 +159,12 @@ class NoiseBank:
         _set(self, "_sha256", None)
         _set(self, "_bytes", None)
         _set(self, "_row_index", None)
+        _set(self, "_mapped", None)  # (path, stat signature) of the file the payload is mapped from
+        _set(self, "_measured", None)
 
     # Slots, not a __dict__: ``bank.__dict__["method"] = ...`` would bypass __setattr__.
     __slots__ = ("tensors", "method", "kind", "keying", "keys", "params", "info", "image_shape", "version", "path",
-                 "fit_seconds", "_sha256", "_bytes", "_row_index", "__weakref__")
+                 "fit_seconds", "_sha256", "_bytes", "_row_index", "_mapped", "_measured", "__weakref__")
     tensors: Mapping[str, np.ndarray]
     method: str
     kind: str
@@ -190,7 +204,10 @@ class NoiseBank:
         if unknown:
             raise TypeError(f"NoiseBank.replace() got unknown field(s) {unknown}; fields: {sorted(fields)}")
         fields.update(changes)
-        return NoiseBank(**fields)
+        new = NoiseBank(**fields)
+        if "tensors" not in changes:  # the same mapped arrays: the same file to watch
+            object.__setattr__(new, "_mapped", self._mapped)
+        return new
 
     # ------------------------------------------------------------------ properties
     @property
@@ -205,6 +222,28 @@ class NoiseBank:
     def epsilon(self) -> float | None:
         eps = self.params.get("epsilon")
         return None if eps is None else float(eps)
+
+    def measure(self) -> dict[str, float]:
+        """What the payload does, read from the tensors (not from ``params``), by the bank's kind.
+
+        Additive: ``linf`` (the largest change of any pixel, a fraction of 255) and ``l2`` (the
+        largest per-image norm); pixel: ``l0`` (the most pixels one image has edited); conv:
+        ``kernel_size``; ``{}`` where the kernel takes its budget from the parameters (synth).
+        Computed once (the bank is immutable), a bounded chunk of rows at a time.
+
+        Example:
+            >>> import numpy as np
+            >>> bank = NoiseBank(method="m", kind="additive", keying="class", keys=[0],
+            ...                  tensors={"delta": np.full((1, 3, 2, 2), 8 / 255, "float32")})
+            >>> round(bank.measure()["linf"] * 255, 3)
+            8.0
+        """
+        if self._measured is None:
+            from .kinds import bank_kind
+
+            fn = bank_kind(self.kind).measure
+            object.__setattr__(self, "_measured", _frozen(dict(fn(self)) if fn is not None else {}))
+        return self._measured
 
     @property
     def sha256(self) -> str:
@@ -270,7 +309,13 @@ class NoiseBank:
         return rows
 
     def gather(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """Rows of one payload tensor (a copy; only those pages of a mapped file are read)."""
+        """Rows of one payload tensor (a copy; only those pages of a mapped file are read).
+
+        For a memory-mapped bank the file is checked first (one ``stat``): rows of a file that
+        was replaced or rewritten since it was loaded would be another bank's noise.
+        """
+        if self._mapped is not None:
+            _check_unchanged(*self._mapped)
         return np.ascontiguousarray(self.tensors[name][np.asarray(rows, dtype=np.int64)])
 
     # ------------------------------------------------------------------ I/O
@@ -309,42 +354,56 @@ class NoiseBank:
 
         The file is the secret: whoever holds it can subtract additive noise again. So it is
         readable by its owner only, whatever the umask, and an existing file is not replaced
-        unless ``overwrite=True`` (the CLI's ``--overwrite``).
+        unless ``overwrite=True`` (the CLI's ``--overwrite``). It is written to a temporary file
+        of its own beside ``path`` (a unique name, so threads or processes saving one path do not
+        share one) and moved into place complete; on any failure the temporary file is removed,
+        so no stray copy of the secret is left behind.
         """
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(
+                f"{path!r} is a directory; a bank is saved as one file: pass a file path such as "
+                f"{os.path.join(path, 'name.bank.arrow')!r}"
+            )
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"cannot save the bank to {path!r}: the folder {folder!r} does not exist; create it first "
+                "(os.makedirs(folder)) or save elsewhere"
+            )
         if not overwrite and os.path.lexists(path):
             raise FileExistsError(_exists_message(path))
         table = self.to_table()
-        tmp = f"{path}.tmp-{os.getpid()}"
-        # Created 0600 (os.open's mode is filtered by the umask, which can only remove bits) and
-        # chmod-ed again in case the file pre-existed with other bits from a crashed save.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # mkstemp: a fresh name (O_EXCL) and mode 0600 whatever the umask; chmod-ed again in case
+        # the file system ignores the creation mode.
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
         try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, 0o600)
-            with open(fd, "wb", closefd=False) as f:
-                with pa.ipc.new_file(f, table.schema) as writer:
-                    writer.write_table(table, max_chunksize=max(1, table.num_rows))
-                f.flush()
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.remove(tmp)
-            raise
-        os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            # link() refuses an existing name atomically: a bank saved meanwhile is not replaced either.
             try:
-                os.link(tmp, path)
-            except FileExistsError:
-                os.remove(tmp)
-                raise FileExistsError(_exists_message(path)) from None
-            except OSError:  # no hard links here (some network/Windows file systems)
+                if hasattr(os, "fchmod"):
+                    os.fchmod(fd, 0o600)
+                with open(fd, "wb", closefd=False) as f:
+                    with pa.ipc.new_file(f, table.schema) as writer:
+                        writer.write_table(table, max_chunksize=max(1, table.num_rows))
+                    f.flush()
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if overwrite:
                 os.replace(tmp, path)
             else:
+                # link() refuses an existing name atomically: a bank saved meanwhile is not replaced either.
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise FileExistsError(_exists_message(path)) from None
+                except OSError:  # no hard links here (some network/Windows file systems)
+                    os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
+            raise
+        with contextlib.suppress(FileNotFoundError):  # linked: the temporary name goes
+            os.remove(tmp)
         object.__setattr__(self, "path", os.path.abspath(path))
         return path
 
@@ -360,24 +419,53 @@ class NoiseBank:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, verify: bool = True, expect_sha256: str | None = None) -> NoiseBank:
-        """Memory-map a bank file and check format version, shapes and (``verify``) its sha256.
+        """Read a bank file and check format version, shapes, finite values and (``verify``) its sha256.
+
+        A bank whose payload is at most :data:`IN_MEMORY_BYTES` is read into memory, so no later
+        change to the file reaches it; a larger one (sample-wise) is memory-mapped, and every
+        :meth:`gather` first checks that the file is still the one loaded (a bank copied over it,
+        or a truncation, is refused with a :class:`BankError` instead of applied). A file that
+        others may read is loaded with a warning: a bank is a secret key.
 
         Example:
             >>> bank = NoiseBank.load("cifar10-cuda.bank.arrow")  # doctest: +SKIP
         """
         path = os.fspath(path)
+        bank = cls._load(path, verify=verify, expect_sha256=expect_sha256)
+        _warn_if_shared(path)
+        return bank
+
+    @classmethod
+    def _load(cls, path: str, *, verify: bool | None, expect_sha256: str | None) -> NoiseBank:
+        """``verify=None``: the full digest for a bank read into memory, the stored one for a mapped one."""
         if not os.path.exists(path):
             raise FileNotFoundError(f"no bank file at {path!r}")
+        if os.path.isdir(path):
+            raise BankError(f"{path!r} is a directory, not a bank file: pass the .arrow file `fit` or "
+                            "NoiseBank.save() wrote")
         try:
-            source = pa.memory_map(path, "r")
-            table = pa.ipc.open_file(source).read_all()
+            mapped = pa.memory_map(path, "r")
+            before = os.fstat(mapped.fileno())
+            table = pa.ipc.open_file(mapped).read_all()
+            payload = sum(col.nbytes for name, col in zip(table.column_names, table.columns) if name != "key")
+            if payload <= IN_MEMORY_BYTES:
+                # Small: one copy into memory, then the map is closed and nothing refers to the file.
+                data = pa.py_buffer(mapped.read_at(before.st_size, 0))
+                table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
+                mapped.close()
+                signature = None
+            else:
+                signature = (os.path.abspath(path), _signature(before))
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as err:
             raise BankError(
                 f"{path!r} is not a readable uetransforms bank (Arrow IPC file): {err}. "
                 "It may be truncated or not a bank at all; re-save it with NoiseBank.save()."
             ) from err
+        if verify is None:
+            verify = signature is None
         bank = cls._from_table(table, verify=verify, where=path, expect_sha256=expect_sha256)
         object.__setattr__(bank, "path", os.path.abspath(path))
+        object.__setattr__(bank, "_mapped", signature)
         return bank
 
     @classmethod
@@ -456,6 +544,9 @@ class NoiseBank:
         return bank
 
     def __reduce__(self):  # cheap, pickle-free of arrays: a path + digest, or Arrow bytes
+        if self._mapped is not None:
+            # A mapped file rewritten since it was loaded must not reach workers under this digest.
+            _check_unchanged(*self._mapped)
         if self.path is not None and os.path.exists(self.path):
             return (_load_expect, (self.path, self.sha256))
         # fit_seconds does not travel: it would make the pickle (and datasets' fingerprint of a
@@ -534,7 +625,112 @@ def _json_safe(value: Mapping[str, Any], what: str) -> dict[str, Any]:
 
 
 def _load_expect(path: str, sha256: str) -> NoiseBank:
-    return NoiseBank.load(path, verify=False, expect_sha256=sha256)
+    """Unpickle a saved bank: the file must still hold the bank that was pickled, checked in full.
+
+    The full digest, not just the stored one: a bank copied over ``path`` (or edited in place)
+    after the sender loaded it would otherwise give a ``num_proc`` worker other noise than the
+    parent's ``bank.sha256`` names. A refusal here must not raise: an exception while unpickling
+    kills a ``multiprocessing`` worker with no message ("One of the subprocesses has abruptly
+    died"), so the worker gets a :class:`_RefusedBank` that raises the error at first use, inside
+    the map function, where ``datasets`` reports it.
+    """
+    try:
+        # In full for a bank read into memory (at most IN_MEMORY_BYTES: ~0.2 s, usually ms); a
+        # large mapped one is checked against its stored digest here (hashing 117 MiB took 0.3 s
+        # per worker), and every later gather checks the file is unchanged.
+        return NoiseBank._load(path, verify=None, expect_sha256=sha256)
+    except (BankError, OSError) as err:
+        if isinstance(err, BankError) and "sha256 mismatch" in str(err):
+            err = BankError(f"{path}: the bank file changed since this transform was made (its content no longer "
+                            f"has sha256 {sha256[:12]}...); rebuild Protect with the new bank")
+        return _RefusedBank(err)
+
+
+class _RefusedBank(NoiseBank):
+    """What an unpickled bank reference becomes when its file no longer holds that bank.
+
+    A ``NoiseBank`` by type (so adapters unpickle), but any use raises the refusal.
+    """
+
+    __slots__ = ("_error",)
+
+    def __init__(self, error: BaseException) -> None:  # noqa: D107 - no NoiseBank.__init__: nothing to build
+        object.__setattr__(self, "_error", error)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("_error", "__class__") or (name.startswith("__") and name.endswith("__") and name != "__reduce__"):
+            return object.__getattribute__(self, name)
+        raise object.__getattribute__(self, "_error")
+
+    def __repr__(self) -> str:
+        return f"<refused NoiseBank: {object.__getattribute__(self, '_error')}>"
+
+
+#: Unsigned view, all bits but the sign, and the exponent-all-ones threshold (NaN/inf) per float size.
+_FLOAT_BITS = {2: (np.uint16, 0x7FFF, 0x7C00), 4: (np.uint32, 0x7FFFFFFF, 0x7F800000),
+               8: (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+
+
+def _refuse_non_finite(name: str, arr: np.ndarray) -> None:
+    """A NaN or infinity in a payload tensor would turn pixels into 0 (a cast of NaN): refuse it.
+
+    Read as bits (the exponent all ones), chunk by chunk: ``np.isfinite`` on a 117 MiB float16
+    sample-wise bank took 470 ms here, this about 55 ms, with memory bounded by the chunk.
+    """
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return
+    uint, magnitude, limit = _FLOAT_BITS[arr.itemsize]
+    bits = np.ascontiguousarray(arr).reshape(-1).view(uint)
+    per_row = max(1, arr.size // len(arr))
+    buf = np.empty(min(bits.size, 1 << 22), dtype=uint)
+    for start in range(0, bits.size, buf.size):
+        chunk = bits[start:start + buf.size]
+        out = buf[:chunk.size]
+        np.bitwise_and(chunk, magnitude, out=out)
+        if out.max() >= limit:
+            first = start + int(np.argmax(out >= limit))
+            raise BankError(
+                f"tensor {name!r} holds non-finite values (NaN or infinity), first in row {first // per_row}: "
+                "applied, they would turn pixels into 0. Fix what made it (clip or np.nan_to_num its output) "
+                "or refit the bank."
+            )
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _check_unchanged(path: str, signature: tuple[int, int, int, int]) -> None:
+    try:
+        now = _signature(os.stat(path))
+    except OSError as err:
+        now = None
+        reason = f"it can no longer be read ({err.strerror})"
+    else:
+        reason = "it was replaced or rewritten"
+    if now != signature:
+        raise BankError(
+            f"{path}: the memory-mapped bank file changed while in use ({reason}): its rows would be another "
+            "bank's noise. Keep a bank file unchanged while it is used; load it again (and rebuild Protect) "
+            "to use the new one."
+        )
+
+
+def _warn_if_shared(path: str) -> None:
+    """A bank file that other users may read is a leaked key waiting to happen: say so."""
+    if os.name != "posix":
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    if mode & 0o077:
+        warnings.warn(
+            f"bank file {path!r} has mode {mode:04o}: others may read it, and a bank is a secret key "
+            f"(whoever holds it can remove additive noise). Restrict it with `chmod 600 {path}` "
+            "(NoiseBank.save writes 0600).",
+            UserWarning, stacklevel=3,
+        )
 
 
 def _from_bytes(data: bytes) -> NoiseBank:

@@ -82,13 +82,9 @@ class FitData:
         first = self._raw_images(0, 1)[0]
         channels = self._channels
         if channels is None:
-            try:
-                from PIL import Image
-
-                if isinstance(first, Image.Image) and first.mode == "L":
-                    channels = 1
-            except ImportError:  # pragma: no cover
-                pass
+            # The first image's own channels (1 for grayscale: a PIL "L" image, a 2-D array, an
+            # encoded grayscale PNG): there is no bank yet whose channels it could fail to match.
+            channels = _native_channels(first, self.image_column)
             channels = channels or 3
         chw = to_chw(first, channels=channels, convert=self.convert, column=self.image_column)
         self._channels = channels
@@ -133,7 +129,17 @@ class FitData:
             if self.label_column is None:
                 raise DataError("this method needs labels: pass label_column=<integer label column>")
             raw = self.dataset[self.label_column]
-            arr = np.asarray(list(raw) if not isinstance(raw, np.ndarray) else raw)
+            values = list(raw) if not isinstance(raw, np.ndarray) else raw
+            missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and v != v)]
+            if missing:
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise DataError(
+                    f"label column {self.label_column!r} has no label in row {missing[0]}{more}: every row needs an "
+                    "integer class id to fit on. Drop the unlabelled rows first, e.g. "
+                    f"dataset.filter(lambda row: row[{self.label_column!r}] is not None), or pass label_column=None "
+                    "for a label-free method"
+                )
+            arr = np.asarray(values)
             if arr.dtype.kind not in "iu":
                 raise DataError(
                     f"label column {self.label_column!r} holds {arr.dtype} values such as {arr.flat[0]!r}; "
@@ -167,10 +173,22 @@ class FitData:
             return list(self.dataset[self.image_column][start:stop])
         return list(self.dataset[start:stop][self.image_column])
 
-    def _decode(self, raw: list[Any]) -> np.ndarray:
+    def _decode(self, raw: list[Any], start: int = 0) -> np.ndarray:
         out = []
-        for img in raw:
-            chw = to_chw(img, channels=self.channels, convert=self.convert, column=self.image_column)
+        for i, img in enumerate(raw):
+            try:
+                chw = to_chw(img, channels=self.channels, convert=self.convert, column=self.image_column)
+            except ImageModeError as err:
+                # The codec speaks of "the bank"; while fitting there is none yet, only the first image.
+                native = _native_channels(img, self.image_column)
+                if native is not None and native != self.channels:
+                    raise ImageModeError(
+                        f"row {start + i} of column {self.image_column!r} has {native}-channel pixels, but the first "
+                        f"image has {self.channels}: a bank is fitted for one channel count. Convert the images to "
+                        "one mode first (e.g. dataset.cast_column(column, datasets.Image(mode='RGB'))), or pass "
+                        "convert=True to convert PIL images to the first image's"
+                    ) from err
+                raise ImageModeError(f"row {start + i}: {err}") from err
             if chw.shape != self.image_shape:
                 raise DataError(
                     f"images differ in size ({chw.shape[1]}x{chw.shape[2]} vs {self.image_shape[1]}x"
@@ -188,7 +206,7 @@ class FitData:
             return
         for s in range(0, self._n, batch_size):
             e = min(s + batch_size, self._n)
-            yield self._decode(self._raw_images(s, e)), slice(s, e)
+            yield self._decode(self._raw_images(s, e), s), slice(s, e)
 
     def images(self) -> np.ndarray:
         """All images as one uint8 ``[N, C, H, W]`` array (decoded once, then kept)."""
@@ -213,6 +231,14 @@ class FitData:
                 )
             self._ids = ids
         return self._ids
+
+
+def _native_channels(img: Any, column: str) -> int | None:
+    """The channels ``img`` has as it is (1 or 3), or ``None`` when it cannot be read."""
+    try:
+        return int(to_chw(img, channels=None, convert=False, column=column).shape[0])
+    except (ImageModeError, ValueError, TypeError, OSError):
+        return None
 
 
 __all__ = ["FitData", "DataError", "ImageModeError"]

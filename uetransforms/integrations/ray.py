@@ -170,6 +170,29 @@ class _Encode:
         return _to_block(out, col, self.fn.png(batch[col]), self.metadata)
 
 
+def _require_gpus(ray: Any, num_gpus: float) -> None:
+    """Refuse up front a GPU request the cluster cannot meet: Ray would wait for ever for the actor.
+
+    The running cluster's resources when Ray is initialised; else this machine's GPUs, which is
+    what the local cluster Ray starts on first use will have.
+    """
+    if ray.is_initialized():
+        resources = ray.cluster_resources()
+        have = float(resources.get("GPU", 0))
+        where = f"the Ray cluster has {have:g} (resources: {', '.join(f'{k}={v:g}' for k, v in sorted(resources.items()) if k in ('CPU', 'GPU'))})"
+    else:
+        import torch
+
+        have = float(torch.cuda.device_count())
+        where = f"this machine has {have:g}, and Ray is not initialised (it would start a local cluster)"
+    if have < num_gpus:
+        raise ValueError(
+            f"num_gpus={num_gpus:g} (device='cuda') asks for a GPU per apply actor, but {where}: the job would wait "
+            "for a GPU for ever. Pass device='cpu' (or num_gpus=0) to protect on CPUs, or ray.init(address=...) a "
+            "cluster with GPUs."
+        )
+
+
 def _map_batches_kwargs() -> dict[str, Any]:
     import ray.data
 
@@ -229,6 +252,8 @@ def protect(
         device = "cuda"
     if num_gpus and not wants_cuda and str(device) != "cuda":
         raise ValueError(f"num_gpus={num_gpus} but device={device!r}; pass device='cuda' or num_gpus=0")
+    if num_gpus:
+        _require_gpus(ray, num_gpus)
     # Inside a GPU actor Ray sets CUDA_VISIBLE_DEVICES, so plain "cuda" is the actor's own GPU.
     fn = Protect(bank, image_column=image_column, device=device, **protect_options)
     metadata = _hf_metadata(features, image_column)

@@ -1,15 +1,24 @@
 """The dataset card (``README.md``) of a published protected dataset: YAML front matter plus prose.
 
 It carries the method and its public budget only (see :func:`uetransforms.algorithms.public_params`);
-never the bank, its path or digest, the seed, salt or key.
+never the bank, its path or digest, the seed, salt or key. It states what the noise is as measured
+from the bank's tensors (:meth:`NoiseBank.measure`), and refuses a bank whose parameters claim less
+than its tensors do. It checks its own text for the bank's secrets before it is returned.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
+
 from ..core.bank import NoiseBank
+from ..core.errors import BankError
 from ..core.codecs import MARKER
 
 _CARD_RESERVED = ("configs", "dataset_info", "tags", "uetransforms")
@@ -29,12 +38,14 @@ def dataset_card(splits: Mapping[str, Any], bank: NoiseBank, *, image_column: st
 
     first = next(iter(splits.values()))
     params = public_params(bank.method, bank.params)
+    measured = _check_claims(bank)
     method_info = _method_info(bank.method)
     ue_block: dict[str, Any] = {
         "method": bank.method,
         "kind": bank.kind,
         "keying": bank.keying,
         **params,
+        **({"measured": _measured_block(measured)} if measured else {}),
         "image_column": image_column,
         "image_shape": list(bank.image_shape),
         "image_format": "PNG",
@@ -93,7 +104,7 @@ def dataset_card(splits: Mapping[str, Any], bank: NoiseBank, *, image_column: st
 # Unlearnable copy ({bank.method})
 
 The images in column `{image_column}` carry a deliberate perturbation made with the
-`{bank.method}` method{paper}: {_what_changes(bank.kind, params)} ({bank.kind}, keyed by {bank.keying},
+`{bank.method}` method{paper}: {_what_changes(bank.kind, params, measured)} ({bank.kind}, keyed by {bank.keying},
 {budget}). A model trained on this copy is meant to learn the perturbation as a shortcut
 instead of the content, and to do poorly on clean images. Every other column, the row count and
 the row order are those of the source ({rows}).
@@ -130,7 +141,9 @@ that weakens the protection. Convert, crop or augment only at training time.
 The noise bank, seed and key that made this copy are not published: with them an additive
 perturbation can be subtracted again.
 {cite}"""
-    return f"---\n{yaml_text}---\n{prose}"
+    card = f"---\n{yaml_text}---\n{prose}"
+    _guard_secrets(card, bank, card_extra)  # the card checks its own output, whoever calls it
+    return card
 
 
 #: Builder names that say how data was read, not which dataset it is.
@@ -162,12 +175,21 @@ def _size_category(n: int) -> str:
     return next((label for bound, label in bounds if n < bound), "n>1T")
 
 
-def _what_changes(kind: str, params: Mapping[str, Any]) -> str:
-    """What a person would notice, by bank kind: honest about visible methods (a blur is not invisible)."""
+def _what_changes(kind: str, params: Mapping[str, Any], measured: Mapping[str, float] | None = None) -> str:
+    """What a person would notice, by bank kind: honest about visible methods (a blur is not invisible).
+
+    Where the noise was measured from the bank's tensors, the measured size is what is stated.
+    """
     if kind == "conv":
         return "every image is filtered with a random per-class blur kernel, a visible change (softer, recoloured)"
     if kind == "pixel":
+        if measured and "l0" in measured:
+            n = int(measured["l0"])
+            return f"at most {n} pixel{'s' if n != 1 else ''} per image {'are' if n != 1 else 'is'} set to fixed values"
         return "a few pixels per image are set to fixed values"
+    if measured and "linf" in measured:
+        return (f"every pixel changes by at most {_levels(measured['linf'])} of the intensity range (measured from "
+                "the noise itself), usually hard to see")
     eps = params.get("epsilon")
     norm = params.get("norm", "linf")
     if eps is not None and str(norm).lower() in ("linf", "l-inf", "inf"):
@@ -207,11 +229,166 @@ def _method_info(key: str) -> Any:
         return None
 
 
-def _guard_secrets(card: str, bank: NoiseBank) -> None:
-    """Last line of defence: the card must not name the bank file or its digest."""
+def _guard_secrets(card: str, bank: NoiseBank, card_extra: Mapping[str, Any] | None = None) -> None:
+    """Last line of defence: the card must not name the bank file or its digest, nor hold a secret value.
+
+    Secret values are the bank's parameters the method registry calls secret by name (seed,
+    salt, key...) and its key tensors' bytes. ``card_extra``, the caller's own text, is checked
+    field by field for any of them as a whole word, however short; the whole card for those
+    long enough (six characters) not to occur in it by chance (a seed of 32 is also an image
+    size). The error names the field and the parameter, never the value.
+    """
     leaks = [s for s in (bank.sha256, bank.sha256[:12], bank.path) if s and s in card]
     if leaks:
         raise ValueError(
             "the dataset card would reveal the noise bank's identity (its path or sha256), which is secret; "
             "remove it from card_extra"
         )
+    secrets = list(_secret_tokens(bank))
+    for field, value in (card_extra or {}).items():
+        text = json.dumps(value, default=str, ensure_ascii=False) + " " + str(field)
+        for name, token in secrets:
+            if _has_word(text, token):
+                raise ValueError(
+                    f"card_extra[{field!r}] contains the value of the bank's secret parameter {name!r}: the card "
+                    "would publish it, and with it whoever reads the card can rebuild the noise. Remove it from "
+                    "card_extra. (If it is a coincidence, the secret is short enough to guess: refit with "
+                    "seed=None for a fresh one.)"
+                )
+        name = _tensor_leak(bank, value)
+        if name is not None:
+            raise ValueError(
+                f"card_extra[{field!r}] holds values of the bank's {name!r} tensor (the key itself): the card "
+                "would publish it. Remove it from card_extra."
+            )
+    for name, token in secrets:
+        if len(token) >= 6 and _has_word(card, token):
+            raise ValueError(f"the dataset card would contain the value of the bank's secret parameter {name!r}; "
+                             "remove it from card_extra (or the data's names and features that carry it)")
+    for name, token in _tensor_tokens(bank):
+        if token in card:
+            raise ValueError(f"the dataset card would contain the bytes of the bank's {name!r} tensor (the key "
+                             "itself); remove them from card_extra")
+
+
+def _secret_tokens(bank: NoiseBank) -> Iterator[tuple[str, str]]:
+    """``(parameter, text)`` for every scalar inside a secret-named parameter (decimal and hex for integers)."""
+    from ..algorithms import _looks_secret  # the registry's one rule of which names are secret
+
+    def scalars(value: Any) -> Iterator[Any]:
+        if isinstance(value, Mapping):
+            for v in value.values():
+                yield from scalars(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from scalars(v)
+        elif not isinstance(value, bool) and value is not None:
+            yield value
+
+    for name, value in bank.params.items():
+        if not _looks_secret(name):
+            continue
+        for v in scalars(value):
+            text = repr(v) if isinstance(v, float) else str(v)
+            if text:
+                yield name, text
+            if isinstance(v, int) and abs(v) >= 1 << 24:
+                yield name, format(abs(v), "x")
+
+
+def _has_word(text: str, token: str) -> bool:
+    return re.search(rf"(?<![0-9A-Za-z_.]){re.escape(token)}(?![0-9A-Za-z_]|\.[0-9])", text) is not None
+
+
+def _tensor_tokens(bank: NoiseBank) -> Iterator[tuple[str, str]]:
+    """The start of each payload tensor as hex and base64 (``arr.tobytes().hex()``, YAML's ``!!binary``)."""
+    for name, arr in bank.tensors.items():
+        head = np.ascontiguousarray(arr.reshape(-1)[:32]).tobytes()
+        if len(head) >= 16 and len(set(head)) > 2:  # all zeros would match any zero padding
+            yield name, head[:16].hex()
+            yield name, base64.b64encode(head[:24]).decode()
+
+
+def _tensor_leak(bank: NoiseBank, value: Any, run: int = 4) -> str | None:
+    """The tensor whose values appear, ``run`` or more in a row, among ``value``'s numbers (``.tolist()``)."""
+    numbers: list[float] = []
+
+    def collect(v: Any) -> None:
+        if isinstance(v, Mapping):
+            for x in v.values():
+                collect(x)
+        elif isinstance(v, (list, tuple, np.ndarray)):
+            for x in (v.tolist() if isinstance(v, np.ndarray) else v):
+                collect(x)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            numbers.append(float(v))
+
+    collect(value)
+    if len(numbers) < run:
+        return None
+    for name, arr in bank.tensors.items():
+        if arr.dtype.kind != "f" or arr.nbytes > 64 * 2**20:  # the key tensors of class banks are small
+            continue
+        flat = np.asarray(arr, dtype=np.float32).reshape(-1)
+        for i in range(len(numbers) - run + 1):
+            want = np.asarray(numbers[i:i + run], dtype=np.float32)
+            if not want.any():
+                continue  # zeros are everywhere
+            for j in np.flatnonzero(flat[: len(flat) - run + 1] == want[0])[:1000]:
+                if np.array_equal(flat[j:j + run], want):
+                    return name
+    return None
+
+
+def _check_claims(bank: NoiseBank) -> dict[str, float]:
+    """The bank's measured facts, after refusing parameters that claim less than the tensors do.
+
+    ``bank.replace(params={**b.params, "epsilon": 1 / 255})`` on an 8/255 bank would otherwise
+    publish a card that understates the change by 8x. The tolerance covers float16 storage
+    (a relative 2**-11) and nothing more.
+    """
+    measured = dict(bank.measure())
+    params = bank.params
+    eps = params.get("epsilon")
+    norm = str(params.get("norm", "linf")).lower()
+    norm = "linf" if norm in ("linf", "l-inf", "inf") else norm
+    claims: list[tuple[str, str, Any, float]] = []
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool) and norm in measured:
+        claims.append(("epsilon", norm, eps, measured[norm]))
+    if "kernel_size" in measured and "kernel_size" in params and params["kernel_size"] != measured["kernel_size"]:
+        raise BankError(
+            f"the bank's params say kernel_size={params['kernel_size']} but its weight tensor holds "
+            f"{measured['kernel_size']}x{measured['kernel_size']} filters: the parameters do not describe the "
+            "bank (edited with bank.replace(params=...)?). Publish the bank as it was fitted, or refit it."
+        )
+    for field, what, claimed, actual in claims:
+        if actual > float(claimed) * (1 + 1e-3) + 1e-9:
+            shown = (lambda v: _grey(v)) if what == "linf" else (lambda v: f"{v:g}")
+            raise BankError(
+                f"the bank's params say {field}={shown(float(claimed))} ({what}) but its tensors change images by up "
+                f"to {shown(actual)} ({what}, measured): the card would understate the noise. The parameters do not "
+                "describe the bank (edited with bank.replace(params=...)?); publish the bank as it was fitted, or "
+                f"refit it with {field}={shown(actual)}."
+            )
+    return measured
+
+
+def _measured_block(measured: Mapping[str, float]) -> dict[str, Any]:
+    """The card's ``measured`` YAML block: the largest L-inf change as the whole grey levels a pixel
+    really moves (``"8/255"``), the others as numbers."""
+    out: dict[str, Any] = {}
+    for key, value in measured.items():
+        out[key] = _levels(value) if key == "linf" else (int(value) if float(value).is_integer() else round(value, 4))
+    return out
+
+
+def _levels(fraction: float) -> str:
+    """The largest change an 8-bit pixel gets from noise of L-inf ``fraction``: the kernel rounds
+    ``x + 255 * delta`` for whole ``x``, so ``round(255 * fraction)`` grey levels out of 255."""
+    return f"{round(float(fraction) * 255)}/255"
+
+
+def _grey(fraction: float) -> str:
+    """A change as grey levels out of 255 (``"8/255"``; ``"7.65/255"`` when not whole)."""
+    levels = float(fraction) * 255
+    return f"{round(levels):d}/255" if abs(levels - round(levels)) < 5e-3 else f"{levels:.2f}/255"

@@ -332,8 +332,9 @@ def _require_image_feature(ds: Any, column: str, split: str) -> None:
 # ---------------------------------------------------------------------------- hub
 def _terms(cli: bool) -> dict[str, str]:
     if cli:
-        return {"push": "--push", "token": "--token <hf_...>", "local": "leave out --push (the copy in --out is "
-                "complete) and upload it later with `hf upload <repo> <out> --repo-type dataset`"}
+        # Said before anything is written: the copy in --out does not exist yet.
+        return {"push": "--push", "token": "--token <hf_...>", "local": "leave out --push to write the copy to --out "
+                "only, and upload it later with `hf upload <repo> <out> --repo-type dataset`"}
     return {"push": "push=True", "token": "token='hf_...'", "local": "publish to a local directory (push=False) "
             "and upload it later with HfApi().upload_folder(..., repo_type='dataset')"}
 

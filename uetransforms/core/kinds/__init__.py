@@ -48,6 +48,9 @@ def synthesiser(name: Any) -> Synthesiser:
 #: A kernel: ``(applier, images uint8 [B, C, H, W] on the device, rows [B], seeds or None) -> uint8``.
 Kernel = Callable[["Applier", torch.Tensor, np.ndarray, "list[int] | None"], torch.Tensor]
 
+#: A measure: ``(bank) -> {name: number}``, facts read from the payload (see :class:`BankKind`).
+Measure = Callable[[Any], "dict[str, float]"]
+
 
 @dataclass(frozen=True)
 class BankKind:
@@ -55,7 +58,10 @@ class BankKind:
 
     ``shape_tensor`` names the payload tensor whose per-row shape is the image shape when a bank
     is built without ``image_shape`` (``None``: the caller must give it); ``per_sample_seed``
-    says the kernel draws per-image noise from a seed derived from each sample id.
+    says the kernel draws per-image noise from a seed derived from each sample id. ``measure``
+    reads what the payload does from the tensors themselves (``{"linf": ...}``...), so a card
+    states that rather than what a parameter field claims (``None``: nothing measurable, the
+    kernel takes its budget from the parameters).
     """
 
     name: str
@@ -63,6 +69,7 @@ class BankKind:
     kernel: Kernel
     shape_tensor: str | None = None
     per_sample_seed: bool = False
+    measure: Measure | None = None
 
 
 _KINDS: dict[str, BankKind] = {}
@@ -70,7 +77,7 @@ _KINDS: dict[str, BankKind] = {}
 
 def register_kind(
     name: str, *, required_tensors: Sequence[str], kernel: Kernel,
-    shape_tensor: str | None = None, per_sample_seed: bool = False,
+    shape_tensor: str | None = None, per_sample_seed: bool = False, measure: Measure | None = None,
 ) -> BankKind:
     """Register a bank kind once (twice raises); ``NoiseBank`` validation and the apply entry read it.
 
@@ -81,7 +88,7 @@ def register_kind(
     """
     if name in _KINDS:
         raise ValueError(f"bank kind {name!r} is already registered")
-    kind = BankKind(name, tuple(required_tensors), kernel, shape_tensor, per_sample_seed)
+    kind = BankKind(name, tuple(required_tensors), kernel, shape_tensor, per_sample_seed, measure)
     _KINDS[name] = kind
     return kind
 
@@ -104,8 +111,16 @@ def hw(x: torch.Tensor) -> tuple[int, int]:
     return int(x.shape[-2]), int(x.shape[-1])
 
 
+def row_chunks(bank: Any, name: str, max_bytes: int = 16 * 2**20):
+    """Rows of one payload tensor, a bounded number of bytes at a time (for measures of large banks)."""
+    arr = bank.tensors[name]
+    step = max(1, max_bytes // max(1, arr[:1].nbytes))
+    for start in range(0, len(arr), step):
+        yield bank.gather(name, np.arange(start, min(start + step, len(arr))))
+
+
 # The built-in kinds register themselves on import, in this order (the order ``kinds()`` lists).
 from . import additive, conv, pixel, synth  # noqa: E402,F401  (registration side effects)
 
-__all__ = ["BankKind", "Kernel", "Synthesiser", "bank_kind", "hw", "kinds", "register_kind", "register_synth",
+__all__ = ["BankKind", "Kernel", "Measure", "Synthesiser", "bank_kind", "hw", "kinds", "register_kind", "register_synth",
            "synthesiser"]

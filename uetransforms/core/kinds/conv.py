@@ -14,4 +14,9 @@ def apply_conv(app, x: torch.Tensor, rows: np.ndarray, seeds: list[int] | None) 
     return convolve(x, app.rows_of("weight", rows), normalise=app.bank.params.get("normalise", "max"))
 
 
-KIND = register_kind("conv", required_tensors=("weight",), kernel=apply_conv)
+def measure_conv(bank) -> dict[str, float]:
+    """``kernel_size``: the filters' size, read from the weight tensor."""
+    return {"kernel_size": int(bank.tensors["weight"].shape[-1])}
+
+
+KIND = register_kind("conv", required_tensors=("weight",), kernel=apply_conv, measure=measure_conv)
