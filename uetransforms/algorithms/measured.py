@@ -22,8 +22,10 @@ from collections.abc import Mapping
 from typing import Any
 
 #: The data file shipped with the package.
-ASSET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "measured.json")
-SCHEMA = "uetransforms.algorithms.measured"
+# The package's assets/ folder (one level up since the layers reorganisation), and the schema
+# name the shipped file was recorded with.
+ASSET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "measured.json")
+SCHEMA = "uetransforms.measured"
 
 
 def load(path: str | os.PathLike | None = None) -> dict[str, Any]:
