@@ -60,9 +60,85 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
             print("  ".join("-" * w for w in widths) + "  " + "-" * len(line[-1]))
 
 
+#: The questions ``uetransforms methods --for`` answers, and what each asks of the measured facts.
+NEEDS = {
+    "no-labels": "photos without labels: which methods fit without a label column?",
+    "jpeg": "must survive JPEG / re-compression: which methods held when the trainer JPEG-compressed "
+            "(quality 10) before training?",
+    "pretrained": "must survive an attacker who starts from a pretrained model",
+    "least-visible": "least visible: which protecting methods change the pictures least (PSNR, SSIM)?",
+}
+
+
+def method_guide(need: str) -> list[str]:
+    """The answer to one :data:`NEEDS` question, as lines of text, from the registry and the
+    measured facts only (``uetransforms/assets/measured.json``): a method with no measurement is
+    said to be "not measured", never guessed about. ``uetransforms methods --for NEED`` prints it
+    and the README's method guide is tested against it."""
+    from .. import algorithms as methods
+    from ..algorithms import measured
+
+    if need not in NEEDS:
+        raise ValueError(f"--for {need!r} is not a question the guide answers; use one of {', '.join(NEEDS)}")
+    rows = methods.table()
+    facts = {r["key"]: measured.for_method(r["key"]) for r in rows}
+    measured_keys = [k for k, f in facts.items() if f]
+    first = next((facts[k] for k in measured_keys), {})
+    h = first.get("harness") or {}
+    setting = (f"measured on {h.get('train_size')} CIFAR-10 training images (32 px), {h.get('arch')} trained from "
+               f"scratch for {h.get('epochs')} epochs, clean CIFAR-10 test; command: uetransforms evaluate "
+               f"--suite standard --profile {first.get('profile')}") if first else "nothing measured"
+    out = [f"{need}: {NEEDS[need]}"]
+    ratio = lambda f: f"{f['effect']['protected_accuracy']:.3f} vs {f['effect']['clean_accuracy']:.3f} clean"  # noqa: E731
+    if need == "no-labels":
+        free = [r for r in rows if r["label_free"]]
+        for r in free:
+            f = facts[r["key"]]
+            out.append(f"  {r['key']}: needs {r['needs']}; "
+                       + (f"measured {ratio(f)}" if f else "not measured in the defence suite"))
+        out.append("  every other method needs an integer label column (one class per folder in an image folder "
+                   "gives one).")
+        if any(r["key"] == "clusters" for r in free):
+            out.append("  clusters downloads ImageNet ResNet-50 weights on first use; offline, pass a local copy: "
+                       "--param checkpoint=resnet50-11ad3fa6.pth (or --param surrogate=small-cnn --param "
+                       "checkpoint=FILE from benchmarks/build_surrogate.py).")
+    elif need == "jpeg":
+        held = []
+        for k in measured_keys:
+            d = (facts[k].get("defences") or {}).get("jpeg10")
+            if d is not None and facts[k].get("protects"):
+                held.append((d["ratio"], k, d, "jpeg10" in (facts[k].get("holds_against") or [])))
+        for r, k, d, holds in sorted(held):
+            out.append(f"  {k}: {'holds' if holds else 'broken'} under JPEG-10: {d['accuracy']:.3f} vs "
+                       f"{d['clean_accuracy']:.3f} clean under the same defence ({r:.2f}x)")
+        out += [f"  {k}: not measured" for k in facts if k not in measured_keys]
+        out.append("  other JPEG qualities and re-compression of the published PNGs were not measured.")
+    elif need == "pretrained":
+        attackers = {(facts[k].get("harness") or {}).get("attacker", "scratch") for k in measured_keys}
+        if attackers <= {"scratch"}:
+            out.append("  not measured: every recorded number trains a model from scratch; no pretrained "
+                       "(linear-probe / fine-tune) attacker has been recorded for any method yet (issue 22).")
+            out.append("  uetransforms evaluate --attacker linear-probe|finetune measures it on your data.")
+    elif need == "least-visible":
+        seen = sorted((k for k in measured_keys if facts[k].get("protects") and (facts[k].get("quality") or {})),
+                      key=lambda k: -facts[k]["quality"]["psnr_mean"])
+        for k in seen:
+            q, f = facts[k]["quality"], facts[k]
+            out.append(f"  {k}: PSNR {q['psnr_mean']:.1f} dB, SSIM {q['ssim_mean']:.3f}, largest change "
+                       f"{q['linf_max']:.0f}/255; {ratio(f)}")
+        out += [f"  {k}: not measured" for k in facts if k not in measured_keys]
+    out.append(f"  ({setting}; photos may differ.)")
+    return out
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .. import algorithms as methods
 
+    if getattr(args, "need", None) is not None:
+        if args.key is not None:
+            raise ValueError("pass either KEY or --for NEED, not both")
+        print("\n".join(method_guide(args.need)))
+        return 0
     if args.key is None:
         cols = [("key", "key"), ("kind", "kind"), ("keyed_by", "keyed by"), ("needs", "needs"), ("paper", "paper")]
         _print_table([h for _, h in cols], [[str(r[k]) for k, _ in cols] for r in methods.table()])
@@ -218,6 +294,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("key", nargs="?", default=None, metavar="KEY",
                    help="a method key: list its parameters (default, valid range, the paper's value, public or "
                         "secret, help), its citation and summary")
+    p.add_argument("--for", dest="need", choices=tuple(NEEDS), default=None, metavar="NEED",
+                   help="which method fits a need, with the measured numbers behind the answer: "
+                        + ", ".join(NEEDS))
     p.set_defaults(handler=cmd_methods)
 
     def columns(p: argparse.ArgumentParser) -> None:
