@@ -22,6 +22,7 @@ import re
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -196,14 +197,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
     label_column = _label_column(args.label_column)
     # seed=None: ue.fit draws the private key itself (secrets), so the CLI and Python agree.
     bank = ue.fit(args.method, ds, image_column=args.image_column, label_column=label_column,
-                  id_column=args.id_column, seed=args.seed, device=args.device, convert=args.convert, **params)
+                  id_column=args.id_column, seed=args.seed, device=args.device, convert=args.convert,
+                  size_mismatch=args.size_mismatch, **params)
     seconds = time.perf_counter() - start
     bank.save(args.out, overwrite=args.overwrite)
+    size = ("any image size" if bank.info.get("size_mismatch") == "resize"
+            else f"image shape {bank.image_shape}")
     print(f"wrote {args.out}: {bank.method} bank, {bank.kind}, {bank.num_keys} {bank.keying} keys, "
-          f"image shape {bank.image_shape}, {seconds:.1f}s. Keep it private: it is the key.")
+          f"{size}, {seconds:.1f}s. Keep it private: it is the key.")
     if hasattr(ds, "select") and len(ds):
-        q = quality.probe(bank, ds, image_column=args.image_column, label_column=label_column,
-                          id_column=args.id_column, n=64)
+        try:
+            q = quality.probe(bank, ds, image_column=args.image_column, label_column=label_column,
+                              id_column=args.id_column, n=64)
+        except Exception as err:  # noqa: BLE001 - the bank is written; say why there is no quality line
+            print(f"warning: the bank is written, but its quality line could not be computed ({_message(err)})",
+                  file=sys.stderr)
+            return 0
         print(f"quality: {quality.describe(q)}")
         if quality.visible(q):
             print(f"warning: the change is likely visible (PSNR < {quality.VISIBLE_PSNR_DB:g} dB or SSIM < "
@@ -317,6 +326,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                    help="method parameter, repeatable; `uetransforms methods METHOD` lists them "
                         "(fractions allowed: --param epsilon=8/255)")
     p.add_argument("--convert", action="store_true", help="convert RGBA/palette/... images instead of refusing them")
+    p.add_argument("--size-mismatch", choices=("error", "resize"), default=None,
+                   help="photos of several sizes: 'resize' records in the bank that its noise is interpolated to "
+                        "each image's size (protect then needs no flag); default: the method's own policy")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="fit on the first N rows only (a quick try)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bank file")
     p.set_defaults(handler=cmd_fit)
@@ -419,6 +431,11 @@ def _message(err: BaseException) -> str:
     return cli_terms(" ".join(text.split()))
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    """A warning as one ``warning: ...`` line in the CLI's terms (no source line, no file path)."""
+    print(f"warning: {cli_terms(' '.join(str(message).split()))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 usage or input error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -428,7 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse has printed usage and its own "error:" line
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            # The library's warnings as the CLI's own "warning: ..." lines, each once.
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            return args.handler(args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
