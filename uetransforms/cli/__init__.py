@@ -249,9 +249,12 @@ def cmd_protect(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, num_proc=args.num_proc, device=args.device,
                       overwrite=args.overwrite, allow_double=args.allow_double, size_mismatch=args.size_mismatch,
                       convert=args.convert, png_encoder=args.png_encoder, png_level=args.png_level,
-                      threads=args.threads, **common)
+                      threads=args.threads, return_dataset=False, **common)
     shards = sorted(glob.glob(os.path.join(args.out, "data", "*.parquet")))
-    rows = sum(len(d) for d in prot.values()) if hasattr(prot, "values") else len(prot)
+    import pyarrow.parquet as pq
+
+    # Counted from the shards' footers: the CLI asks publish for no returned copy of the rows.
+    rows = sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
     card = os.path.join(args.out, "README.md")
     print(f"wrote {rows:,} protected rows in {len(shards)} shard(s) to {args.out} (card: {card})")
     if args.push:
@@ -344,7 +347,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                    help="protect only the first N rows of each split (a quick try)")
     p.add_argument("--batch-size", type=int, default=256, help="images per kernel call (default: 256)")
     p.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map (default: one)")
-    p.add_argument("--max-shard-size", default="500MB", help="largest Parquet shard, e.g. 500MB (default) or 2GB")
+    p.add_argument("--max-shard-size", default="500MB",
+                   help="as push_to_hub's: shards of about this uncompressed Arrow size, equal rows each "
+                        "(default 500MB, the Hub's); one can be larger where image sizes vary")
     p.add_argument("--overwrite", action="store_true", help="replace the card and shards in a non-empty --out")
     p.add_argument("--allow-double", action="store_true",
                    help="protect DATA even though it already carries the uetransforms marker (adds noise twice)")
@@ -360,7 +365,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                    help="slices of a batch protected in parallel (default: torch's thread count); many small "
                         "images ran fastest with --threads <cores> and OMP_NUM_THREADS=1")
     p.add_argument("--license", default=None, metavar="ID",
-                   help="the source's licence for the card, e.g. mit or cc-by-4.0 (default: read from DATA, else unknown)")
+                   help="the source's licence for the card, as a Hub licence id such as cc-by-4.0; only a licence "
+                        "the source really has (default: read from DATA, else unknown)")
     p.add_argument("--source-dataset", action="append", metavar="REPO_ID",
                    help="source dataset named on the card, repeatable (default: DATA when it is a Hub id)")
     p.add_argument("--push", metavar="REPO_ID", default=None, help="also push to this Hub dataset repo")
@@ -418,6 +424,9 @@ def cli_terms(text: str) -> str:
             flag = f"--param {name}={flag_value}"
         return f"{verb} {flag}"
 
+    # The card's missing fields (publish warns in Python terms).
+    text = text.replace("card_extra={'license': '<Hub licence id>'}", "--license <Hub licence id>")
+    text = text.replace("card_extra={'source_datasets': ['<repo id>']}", "--source-dataset <repo id>")
     text = _KWARG.sub(swap, text)
     # Column and size arguments named anywhere else ("image_column='image' is not a column").
     return _ANY_FLAG.sub(lambda m: _FLAGS[m.group(1)], text)
