@@ -87,8 +87,8 @@ def method_guide(need: str) -> list[str]:
     first = next((facts[k] for k in measured_keys), {})
     h = first.get("harness") or {}
     setting = (f"measured on {h.get('train_size')} CIFAR-10 training images (32 px), {h.get('arch')} trained from "
-               f"scratch for {h.get('epochs')} epochs, clean CIFAR-10 test; command: uetransforms evaluate "
-               f"--suite standard --profile {first.get('profile')}") if first else "nothing measured"
+               f"scratch for {h.get('epochs')} epochs, clean CIFAR-10 test; recorded by: "
+               f"{first.get('command')}") if first else "nothing measured"
     out = [f"{need}: {NEEDS[need]}"]
     ratio = lambda f: f"{f['effect']['protected_accuracy']:.3f} vs {f['effect']['clean_accuracy']:.3f} clean"  # noqa: E731
     if need == "no-labels":
@@ -119,7 +119,6 @@ def method_guide(need: str) -> list[str]:
         if attackers <= {"scratch"}:
             out.append("  not measured: every recorded number trains a model from scratch; no pretrained "
                        "(linear-probe / fine-tune) attacker has been recorded for any method yet (issue 22).")
-            out.append("  uetransforms evaluate --attacker linear-probe|finetune measures it on your data.")
     elif need == "least-visible":
         seen = sorted((k for k in measured_keys if facts[k].get("protects") and (facts[k].get("quality") or {})),
                       key=lambda k: -facts[k]["quality"]["psnr_mean"])
@@ -130,6 +129,39 @@ def method_guide(need: str) -> list[str]:
         out += [f"  {k}: not measured" for k in facts if k not in measured_keys]
     out.append(f"  ({setting}; photos may differ.)")
     return out
+
+
+def methods_markdown() -> str:
+    """The README's methods table: the rows ``uetransforms methods`` prints, as Markdown."""
+    from .. import algorithms as methods
+
+    lines = ["| key | kind | keyed by | needs | paper |", "|---|---|---|---|---|"]
+    lines += [f"| `{r['key']}` | {r['kind']} | {r['keyed_by']} | {r['needs']} | {r['paper']} |" for r in methods.table()]
+    return "\n".join(lines)
+
+
+def measured_markdown() -> str:
+    """The README's measured-protection table, from ``measured.json`` (the one source of the numbers)."""
+    from .. import algorithms as methods
+    from ..algorithms import measured
+
+    lines = ["| method | setting | protected | clean | ratio | PSNR | SSIM | broken by | holds against |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|"]
+    for r in methods.table():
+        f = measured.for_method(r["key"])
+        e, q, h = f.get("effect"), f.get("quality") or {}, f.get("harness") or {}
+        if not e:
+            continue
+        setting = f"{f['profile']}: {h.get('arch')}, {h.get('train_size')} CIFAR-10 images, {h.get('epochs')} epochs"
+        lines.append(f"| `{r['key']}` | {setting} | {e['protected_accuracy']:.3f} | {e['clean_accuracy']:.3f} | "
+                     f"{e['ratio']:.2f}x | {q.get('psnr_mean', float('nan')):.1f} dB | {q.get('ssim_mean', float('nan')):.3f} | "
+                     f"{', '.join(f.get('broken_by') or []) or '-'} | {', '.join(f.get('holds_against') or []) or '-'} |")
+    return "\n".join(lines)
+
+
+def guide_text() -> str:
+    """Every ``methods --for`` answer, as the README quotes them."""
+    return "\n".join(line for need in NEEDS for line in method_guide(need))
 
 
 def cmd_methods(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.bank import NoiseBank
+from ..core.codecs import MARKER
 
 _CARD_RESERVED = ("configs", "dataset_info", "tags", "uetransforms")
 
@@ -78,9 +79,12 @@ def dataset_card(splits: Mapping[str, Any], bank: NoiseBank, *, image_column: st
         "config_name": "default",
         "data_files": [{"split": name, "path": f"data/{name}-*"} for name in splits],
     }]
-    # No dataset_info.description: the Hub's card spec does not document it and datasets does not
-    # read it from YAML; the protection marker travels in the shards' schema metadata instead.
     front["dataset_info"] = {
+        # Non-secret: datasets keeps it in ds.info.description, and publish refuses such input
+        # unless protected=True (no second layer of noise by accident). The Hub's card spec does
+        # not list this field (issue 24, point 11); it stays until the marker has another carrier
+        # that load_dataset keeps (the marker branch's work).
+        "description": MARKER,
         "features": first.features._to_yaml_list(),
         "splits": [{"name": name, "num_bytes": int(ds.data.nbytes), "num_examples": len(ds)}
                    for name, ds in splits.items()],

@@ -292,7 +292,10 @@ def _estimate(ds: Any, fn: Any, image_column: str) -> dict[str, Any] | None:
 
     rows = sorted({int(i) for i in np.linspace(0, len(ds) - 1, min(len(ds), _SIZE_SAMPLE))})
     sample = ds.select(rows)
-    tables = list(dataset_tables(sample, fn, image_column, len(rows))(0))
+    # Through Dataset.map (in memory, PNG records as the writer stores them), not the writer's own
+    # table source: a resumed publish must protect only the rows it still has to write.
+    tables = [sample.map(fn, batched=True, batch_size=len(rows), keep_in_memory=True,
+                         load_from_cache_file=False).with_format("arrow")[:]]
     out = sum(t.nbytes for t in tables)
     # (height, width) from each PNG's IHDR chunk: bytes 16-24 hold width then height.
     sizes = [(int.from_bytes(b[20:24], "big"), int.from_bytes(b[16:20], "big"))
@@ -369,8 +372,9 @@ def _write_with_copies(parts: list[Split], out_dir: str, **kwargs: Any) -> dict[
         return write(parts, out_dir, **kwargs)
     except BaseException:
         for part in parts:
-            with contextlib.suppress(OSError):
-                os.remove(part.arrow_copy)
+            if part.arrow_copy:
+                with contextlib.suppress(OSError):
+                    os.remove(part.arrow_copy)
         raise
 
 
