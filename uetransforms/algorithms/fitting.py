@@ -30,6 +30,8 @@ def _refuse_mixed_sizes(data: FitData, bank: NoiseBank) -> None:
     sizes: dict[tuple[int, int], int] = {}
     for i in rows:
         raw = data.dataset[data.image_column][i] if isinstance(data.dataset, dict) else data.dataset[i][data.image_column]
+        if raw is None:  # a missing image has no size; protecting it fails with its own clear error
+            continue
         chw = to_chw(raw, channels=data.channels, convert=True, column=data.image_column)
         sizes.setdefault((int(chw.shape[1]), int(chw.shape[2])), i)
     if len(sizes) > 1:
