@@ -389,3 +389,69 @@ def test_protect_column_flags_are_checked_at_the_door_in_flag_names(tmp_path, ti
     assert rc == 2
     assert "--label-column 'lbl' is not a column of DATA (its columns: ['img', 'label'])" in err
     assert "label_column" not in err and not (tmp_path / "pub").exists()
+
+
+# ---------------------------------------------------------------------------- issue 24
+def _mixed_folder(root) -> str:
+    rng = np.random.default_rng(2)
+    for c, name in enumerate(("cats", "dogs")):
+        (root / name).mkdir(parents=True)
+        for i, (w, h) in enumerate([(40, 30), (30, 40), (64, 48)]):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name / f"p{c}{i}.jpg")
+    return str(root)
+
+
+def test_fit_on_mixed_sizes_refuses_a_one_size_bank_and_shows_quality(tmp_path, capsys):
+    photos = _mixed_folder(tmp_path / "photos")
+    assert main(["fit", "random", photos, "--out", str(tmp_path / "r.bank.arrow")]) == 2
+    err = capsys.readouterr().err
+    assert "3 sizes" in err and "--size-mismatch resize" in err.replace("'", "")
+    assert not (tmp_path / "r.bank.arrow").exists()
+    assert main(["fit", "random", photos, "--out", str(tmp_path / "r.bank.arrow"), "--size-mismatch", "resize"]) == 0
+    out = capsys.readouterr()
+    assert "warning: method 'random' does not protect" in out.err  # the negative control, said loudly
+    assert "quality: PSNR" in out.out and "any image size" in out.out
+    assert main(["fit", "cuda", photos, "--out", str(tmp_path / "c.bank.arrow")]) == 0
+    out = capsys.readouterr()
+    assert "quality: PSNR" in out.out and "does not protect" not in out.err
+
+
+def test_methods_for_answers_from_measured_facts(capsys):
+    from uetransforms.algorithms import measured
+
+    assert main(["methods", "--for", "jpeg"]) == 0
+    out = capsys.readouterr().out
+    d = measured.for_method("cuda")["defences"]["jpeg10"]
+    assert f"cuda: holds under JPEG-10: {d['accuracy']:.3f}" in out
+    assert main(["methods", "--for", "pretrained"]) == 0
+    assert "not measured" in capsys.readouterr().out
+    assert main(["methods", "--for", "no-labels"]) == 0
+    assert "clusters" in capsys.readouterr().out and main(["methods", "--for", "nope"]) == 2
+
+
+def test_shipped_measured_facts_are_read():
+    from uetransforms.algorithms import measured
+
+    assert measured.for_method("cuda")["effect"]["protected_accuracy"] < 0.5
+    assert measured.not_protecting("random") and measured.not_protecting("cuda") is None
+
+
+def test_verdict_rule():
+    from uetransforms.evaluation.verdict import verdict
+
+    assert verdict(clean_accuracy=0.416, protected_accuracy=0.342, num_classes=10).word == "baseline too weak to judge"
+    assert verdict(clean_accuracy=0.66, protected_accuracy=0.312, num_classes=10).word == "protects"
+    assert verdict(clean_accuracy=0.66, protected_accuracy=0.45, num_classes=10).word == "weak"
+    assert verdict(clean_accuracy=0.66, protected_accuracy=0.60, num_classes=10).word == "broken"
+    line = verdict(clean_accuracy=0.416, protected_accuracy=0.342, num_classes=10).line()
+    assert "0.416" in line and "0.342" in line and "0.550" in line
+
+
+def test_publish_without_returned_copy_and_with_source_names(tmp_path):
+    photos = _mixed_folder(tmp_path / "photos")
+    ds = datasets.load_dataset(photos, split="train")
+    bank = ue.fit("cuda", ds, seed=1)
+    out = ue.publish(ds, bank, tmp_path / "out", return_dataset=False, progress=False)
+    assert out == str(tmp_path / "out")
+    back = datasets.load_dataset(str(tmp_path / "out"), split="train").cast_column("image", datasets.Image(decode=False))
+    assert sorted(r["path"] for r in back["image"]) == sorted(p.name for p in (tmp_path / "photos").rglob("*.jpg"))

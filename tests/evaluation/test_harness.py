@@ -236,10 +236,12 @@ def _parse(argv):
 def test_cli_without_clean_train_says_why_and_writes_a_report(data, tmp_path, monkeypatch, capsys):
     train, test = _parquets(data, tmp_path)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # reports go to the cache, not the cwd
     assert run_cli(_parse(["--train", train, "--test", test, "--epochs", "1", "--limit-train", "128", "--quiet"])) == 0
     out = capsys.readouterr().out
     assert "no clean baseline" in out and "--clean-train" in out and "--bank" in out
-    reports = list((tmp_path / "uetransforms-reports").glob("evaluate-*/report.json"))
+    assert not (tmp_path / "uetransforms-reports").exists()
+    reports = list((tmp_path / "cache" / "uetransforms" / "reports").glob("evaluate-*/report.json"))
     assert len(reports) == 1 and str(reports[0]) in out
     assert json.loads(reports[0].read_text())["rows"][0]["setting"] == "protected"
 
@@ -247,11 +249,12 @@ def test_cli_without_clean_train_says_why_and_writes_a_report(data, tmp_path, mo
 def test_cli_suite_runs_resumes_and_refuses_mixed_options(data, tmp_path, monkeypatch, capsys):
     train, test = _parquets(data, tmp_path)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     argv = ["--train", train, "--test", test, "--suite", "standard", "--methods", "random", "--defences", "none",
             "bdr", "--epochs", "1", "--limit-train", "96", "--limit-test", "64", "--quiet"]
     assert run_cli(_parse(argv)) == 0
     out = capsys.readouterr().out
-    folder = tmp_path / "uetransforms-reports" / "suite-cpu"
+    folder = tmp_path / "cache" / "uetransforms" / "reports" / "suite-cpu"
     assert str(folder / "results.json") in out and (folder / "heatmap.png").exists()
     doc = json.loads((folder / "results.json").read_text())
     assert len(doc["cells"]) == 4 and doc["command"].startswith("uetransforms ")

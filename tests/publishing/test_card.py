@@ -41,7 +41,9 @@ def test_unknown_licence_is_said_and_overridable():
     ds = _ds()
     bank = ue.fit("random", ds, image_column="img", seed=3)
     card = dataset_card({"train": ds}, bank, image_column="img")
-    assert _front(card)["license"] == "unknown" and "could not be read" in card
+    assert _front(card)["license"] == "unknown" and "did not state the source's licence" in card
+    # The card speaks to its readers: no instructions to its author (publish warns those instead).
+    assert "card_extra" not in card and "--license" not in card and "--source-dataset" not in card
     assert "source_datasets" not in _front(card)  # "parquet"/in-memory builders name no dataset
     card = dataset_card({"train": ds}, bank, image_column="img",
                         card_extra={"license": "mit", "source_datasets": ["me/src"]})

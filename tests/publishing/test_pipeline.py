@@ -237,8 +237,10 @@ def test_push_uploads_the_local_layout_in_one_commit(tmp_path, secret_bank, monk
     assert len(prot) == 6
     local = tmp_path / "local"
     ue.publish(ds, secret_bank, local)
-    # Byte for byte what a local publish writes: card and shard.
-    assert hub.uploaded["README.md"] == (local / "README.md").read_bytes()
+    # Byte for byte what a local publish writes: card and shard; the card's how-to-load snippet
+    # names the repo id when pushed and the folder when written locally, nothing else differs.
+    assert b'load_dataset("me/tiny-unlearnable")' in hub.uploaded["README.md"]
+    assert hub.uploaded["README.md"].replace(b'"me/tiny-unlearnable"', b'"local"') == (local / "README.md").read_bytes()
     assert hub.uploaded["data/train-00000-of-00001.parquet"] == (local / "data/train-00000-of-00001.parquet").read_bytes()
 
 

@@ -108,6 +108,22 @@ def summary(key: str, *, profile: str | None = None, path: str | os.PathLike | N
     return "; ".join(parts) + "."
 
 
+def not_protecting(key: str, *, path: str | os.PathLike | None = None) -> str | None:
+    """A loud warning when method ``key`` was measured *not* to protect (``None`` otherwise).
+
+    ``ue.fit``, ``ue.publish`` and the dataset card all say it, so nobody publishes the negative
+    control (``random``) believing it protects: the numbers come from the measured facts.
+    """
+    f = for_method(key, path=path)
+    e = f.get("effect")
+    if f.get("protects") is not False or not e:
+        return None
+    return (f"method {key!r} does not protect: a model trained on its output reached {e['protected_accuracy']:.3f} "
+            f"clean-test accuracy against {e['clean_accuracy']:.3f} for clean training ({e['ratio']:.2f}x; "
+            f"{f.get('profile')} harness, 32-px CIFAR-10). It is a control for checking an evaluation; to protect "
+            "data use a method that does, e.g. cuda (model-free): uetransforms methods --for least-visible")
+
+
 def facts_from_results(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Per-method facts from a suite results document (``results.json``)."""
     cells = {(c["method"], c["defence"]): c for c in doc["cells"]}
@@ -160,4 +176,4 @@ def record(doc: Mapping[str, Any], path: str | os.PathLike | None = None) -> str
     return p
 
 
-__all__ = ["ASSET", "facts_from_results", "for_method", "load", "record", "summary"]
+__all__ = ["ASSET", "facts_from_results", "for_method", "load", "not_protecting", "record", "summary"]

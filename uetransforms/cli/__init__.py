@@ -22,6 +22,7 @@ import re
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,9 +63,117 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
             print("  ".join("-" * w for w in widths) + "  " + "-" * len(line[-1]))
 
 
+#: The questions ``uetransforms methods --for`` answers, and what each asks of the measured facts.
+NEEDS = {
+    "no-labels": "photos without labels: which methods fit without a label column?",
+    "jpeg": "must survive JPEG / re-compression: which methods held when the trainer JPEG-compressed "
+            "(quality 10) before training?",
+    "pretrained": "must survive an attacker who starts from a pretrained model",
+    "least-visible": "least visible: which protecting methods change the pictures least (PSNR, SSIM)?",
+}
+
+
+def method_guide(need: str) -> list[str]:
+    """The answer to one :data:`NEEDS` question, as lines of text, from the registry and the
+    measured facts only (``uetransforms/assets/measured.json``): a method with no measurement is
+    said to be "not measured", never guessed about. ``uetransforms methods --for NEED`` prints it
+    and the README's method guide is tested against it."""
+    from .. import algorithms as methods
+    from ..algorithms import measured
+
+    if need not in NEEDS:
+        raise ValueError(f"--for {need!r} is not a question the guide answers; use one of {', '.join(NEEDS)}")
+    rows = methods.table()
+    facts = {r["key"]: measured.for_method(r["key"]) for r in rows}
+    measured_keys = [k for k, f in facts.items() if f]
+    first = next((facts[k] for k in measured_keys), {})
+    h = first.get("harness") or {}
+    setting = (f"measured on {h.get('train_size')} CIFAR-10 training images (32 px), {h.get('arch')} trained from "
+               f"scratch for {h.get('epochs')} epochs, clean CIFAR-10 test; recorded by: "
+               f"{first.get('command')}") if first else "nothing measured"
+    out = [f"{need}: {NEEDS[need]}"]
+    ratio = lambda f: f"{f['effect']['protected_accuracy']:.3f} vs {f['effect']['clean_accuracy']:.3f} clean"  # noqa: E731
+    if need == "no-labels":
+        free = [r for r in rows if r["label_free"]]
+        for r in free:
+            f = facts[r["key"]]
+            out.append(f"  {r['key']}: needs {r['needs']}; "
+                       + (f"measured {ratio(f)}" if f else "not measured in the defence suite"))
+        out.append("  every other method needs an integer label column (one class per folder in an image folder "
+                   "gives one).")
+        if any(r["key"] == "clusters" for r in free):
+            out.append("  clusters downloads ImageNet ResNet-50 weights on first use; offline, pass a local copy: "
+                       "--param checkpoint=resnet50-11ad3fa6.pth (or --param surrogate=small-cnn --param "
+                       "checkpoint=FILE from benchmarks/build_surrogate.py).")
+    elif need == "jpeg":
+        held = []
+        for k in measured_keys:
+            d = (facts[k].get("defences") or {}).get("jpeg10")
+            if d is not None and facts[k].get("protects"):
+                held.append((d["ratio"], k, d, "jpeg10" in (facts[k].get("holds_against") or [])))
+        for r, k, d, holds in sorted(held):
+            out.append(f"  {k}: {'holds' if holds else 'broken'} under JPEG-10: {d['accuracy']:.3f} vs "
+                       f"{d['clean_accuracy']:.3f} clean under the same defence ({r:.2f}x)")
+        out += [f"  {k}: not measured" for k in facts if k not in measured_keys]
+        out.append("  other JPEG qualities and re-compression of the published PNGs were not measured.")
+    elif need == "pretrained":
+        attackers = {(facts[k].get("harness") or {}).get("attacker", "scratch") for k in measured_keys}
+        if attackers <= {"scratch"}:
+            out.append("  not measured: every recorded number trains a model from scratch; no pretrained "
+                       "(linear-probe / fine-tune) attacker has been recorded for any method yet (issue 22).")
+    elif need == "least-visible":
+        seen = sorted((k for k in measured_keys if facts[k].get("protects") and (facts[k].get("quality") or {})),
+                      key=lambda k: -facts[k]["quality"]["psnr_mean"])
+        for k in seen:
+            q, f = facts[k]["quality"], facts[k]
+            out.append(f"  {k}: PSNR {q['psnr_mean']:.1f} dB, SSIM {q['ssim_mean']:.3f}, largest change "
+                       f"{q['linf_max']:.0f}/255; {ratio(f)}")
+        out += [f"  {k}: not measured" for k in facts if k not in measured_keys]
+    out.append(f"  ({setting}; photos may differ.)")
+    return out
+
+
+def methods_markdown() -> str:
+    """The README's methods table: the rows ``uetransforms methods`` prints, as Markdown."""
+    from .. import algorithms as methods
+
+    lines = ["| key | kind | keyed by | needs | paper |", "|---|---|---|---|---|"]
+    lines += [f"| `{r['key']}` | {r['kind']} | {r['keyed_by']} | {r['needs']} | {r['paper']} |" for r in methods.table()]
+    return "\n".join(lines)
+
+
+def measured_markdown() -> str:
+    """The README's measured-protection table, from ``measured.json`` (the one source of the numbers)."""
+    from .. import algorithms as methods
+    from ..algorithms import measured
+
+    lines = ["| method | setting | protected | clean | ratio | PSNR | SSIM | broken by | holds against |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|"]
+    for r in methods.table():
+        f = measured.for_method(r["key"])
+        e, q, h = f.get("effect"), f.get("quality") or {}, f.get("harness") or {}
+        if not e:
+            continue
+        setting = f"{f['profile']}: {h.get('arch')}, {h.get('train_size')} CIFAR-10 images, {h.get('epochs')} epochs"
+        lines.append(f"| `{r['key']}` | {setting} | {e['protected_accuracy']:.3f} | {e['clean_accuracy']:.3f} | "
+                     f"{e['ratio']:.2f}x | {q.get('psnr_mean', float('nan')):.1f} dB | {q.get('ssim_mean', float('nan')):.3f} | "
+                     f"{', '.join(f.get('broken_by') or []) or '-'} | {', '.join(f.get('holds_against') or []) or '-'} |")
+    return "\n".join(lines)
+
+
+def guide_text() -> str:
+    """Every ``methods --for`` answer, as the README quotes them."""
+    return "\n".join(line for need in NEEDS for line in method_guide(need))
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .. import algorithms as methods
 
+    if getattr(args, "need", None) is not None:
+        if args.key is not None:
+            raise ValueError("pass either KEY or --for NEED, not both")
+        print("\n".join(method_guide(args.need)))
+        return 0
     if args.key is None:
         cols = [("key", "key"), ("kind", "kind"), ("keyed_by", "keyed by"), ("needs", "needs"), ("paper", "paper")]
         _print_table([h for _, h in cols], [[str(r[k]) for k, _ in cols] for r in methods.table()])
@@ -124,14 +233,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
     label_column = _label_column(args.label_column)
     # seed=None: ue.fit draws the private key itself (secrets), so the CLI and Python agree.
     bank = ue.fit(args.method, ds, image_column=args.image_column, label_column=label_column,
-                  id_column=args.id_column, seed=args.seed, device=args.device, convert=args.convert, **params)
+                  id_column=args.id_column, seed=args.seed, device=args.device, convert=args.convert,
+                  size_mismatch=args.size_mismatch, **params)
     seconds = time.perf_counter() - start
     bank.save(args.out, overwrite=args.overwrite)
+    size = ("any image size" if bank.info.get("size_mismatch") == "resize"
+            else f"image shape {bank.image_shape}")
     print(f"wrote {args.out}: {bank.method} bank, {bank.kind}, {bank.num_keys} {bank.keying} keys, "
-          f"image shape {bank.image_shape}, {seconds:.1f}s. Keep it private: it is the key.")
+          f"{size}, {seconds:.1f}s. Keep it private: it is the key.")
     if hasattr(ds, "select") and len(ds):
-        q = quality.probe(bank, ds, image_column=args.image_column, label_column=label_column,
-                          id_column=args.id_column, n=64)
+        try:
+            q = quality.probe(bank, ds, image_column=args.image_column, label_column=label_column,
+                              id_column=args.id_column, n=64)
+        except Exception as err:  # noqa: BLE001 - the bank is written; say why there is no quality line
+            print(f"warning: the bank is written, but its quality line could not be computed ({_message(err)})",
+                  file=sys.stderr)
+            return 0
         print(f"quality: {quality.describe(q)}")
         if quality.visible(q):
             print(f"warning: the change is likely visible (PSNR < {quality.VISIBLE_PSNR_DB:g} dB or SSIM < "
@@ -169,9 +286,12 @@ def cmd_protect(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, num_proc=args.num_proc, device=args.device,
                       overwrite=args.overwrite, allow_double=args.allow_double, size_mismatch=args.size_mismatch,
                       convert=args.convert, png_encoder=args.png_encoder, png_level=args.png_level,
-                      threads=args.threads, **common)
+                      threads=args.threads, return_dataset=False, **common)
     shards = sorted(glob.glob(os.path.join(args.out, "data", "*.parquet")))
-    rows = sum(len(d) for d in prot.values()) if hasattr(prot, "values") else len(prot)
+    import pyarrow.parquet as pq
+
+    # Counted from the shards' footers: the CLI asks publish for no returned copy of the rows.
+    rows = sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
     card = os.path.join(args.out, "README.md")
     print(f"wrote {rows:,} protected rows in {len(shards)} shard(s) to {args.out} (card: {card})")
     if args.push:
@@ -255,6 +375,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("key", nargs="?", default=None, metavar="KEY",
                    help="a method key: list its parameters (default, valid range, the paper's value, public or "
                         "secret, help), its citation and summary")
+    p.add_argument("--for", dest="need", choices=tuple(NEEDS), default=None, metavar="NEED",
+                   help="which method fits a need, with the measured numbers behind the answer: "
+                        + ", ".join(NEEDS))
     p.set_defaults(handler=cmd_methods)
 
     def columns(p: argparse.ArgumentParser) -> None:
@@ -275,6 +398,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                    help="method parameter, repeatable; `uetransforms methods METHOD` lists them "
                         "(fractions allowed: --param epsilon=8/255)")
     p.add_argument("--convert", action="store_true", help="convert RGBA/palette/... images instead of refusing them")
+    p.add_argument("--size-mismatch", choices=("error", "resize"), default=None,
+                   help="photos of several sizes: 'resize' records in the bank that its noise is interpolated to "
+                        "each image's size (protect then needs no flag); default: the method's own policy")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="fit on the first N rows only (a quick try)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bank file")
     p.set_defaults(handler=cmd_fit)
@@ -290,7 +416,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                    help="protect only the first N rows of each split (a quick try)")
     p.add_argument("--batch-size", type=int, default=256, help="images per kernel call (default: 256)")
     p.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map (default: one)")
-    p.add_argument("--max-shard-size", default="500MB", type=_shard_size, help="largest Parquet shard, e.g. 500MB (default) or 2GB")
+    p.add_argument("--max-shard-size", default="500MB", type=_shard_size,
+                   help="as push_to_hub's: shards of about this uncompressed Arrow size, equal rows each "
+                        "(default 500MB, the Hub's); one can be larger where image sizes vary")
     p.add_argument("--overwrite", action="store_true", help="replace the card and shards in a non-empty --out")
     p.add_argument("--allow-double", action="store_true",
                    help="protect DATA even though it already carries the uetransforms marker (adds noise twice)")
@@ -306,7 +434,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                    help="slices of a batch protected in parallel (default: torch's thread count); many small "
                         "images ran fastest with --threads <cores> and OMP_NUM_THREADS=1")
     p.add_argument("--license", default=None, metavar="ID",
-                   help="the source's licence for the card, e.g. mit or cc-by-4.0 (default: read from DATA, else unknown)")
+                   help="the source's licence for the card, as a Hub licence id such as cc-by-4.0; only a licence "
+                        "the source really has (default: read from DATA, else unknown)")
     p.add_argument("--source-dataset", action="append", metavar="REPO_ID",
                    help="source dataset named on the card, repeatable (default: DATA when it is a Hub id)")
     p.add_argument("--push", metavar="REPO_ID", default=None, help="also push to this Hub dataset repo")
@@ -364,6 +493,9 @@ def cli_terms(text: str) -> str:
             flag = f"--param {name}={flag_value}"
         return f"{verb} {flag}"
 
+    # The card's missing fields (publish warns in Python terms).
+    text = text.replace("card_extra={'license': '<Hub licence id>'}", "--license <Hub licence id>")
+    text = text.replace("card_extra={'source_datasets': ['<repo id>']}", "--source-dataset <repo id>")
     text = _KWARG.sub(swap, text)
     # Column and size arguments named anywhere else ("image_column='image' is not a column").
     return _ANY_FLAG.sub(lambda m: _FLAGS[m.group(1)], text)
@@ -377,6 +509,11 @@ def _message(err: BaseException) -> str:
     return cli_terms(" ".join(text.split()))
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    """A warning as one ``warning: ...`` line in the CLI's terms (no source line, no file path)."""
+    print(f"warning: {cli_terms(' '.join(str(message).split()))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 usage or input error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -386,7 +523,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse has printed usage and its own "error:" line
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            # The library's warnings as the CLI's own "warning: ..." lines, each once.
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            return args.handler(args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

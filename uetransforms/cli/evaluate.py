@@ -25,16 +25,23 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", required=True, help="clean test set (same forms as --train)")
     parser.add_argument("--clean-train", help="the unprotected training set, same rows and order as --train")
     parser.add_argument("--bank", help="protect --train with this bank on the fly; --train is then the clean set")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--limit-train", type=int, help="use the first N training rows")
-    parser.add_argument("--limit-test", type=int, help="use the first N test rows")
+    parser.add_argument("--image-column", default="image", help="image column of --train and --test (default: image)")
+    parser.add_argument("--label-column", default="label",
+                        help="integer class column of --train and --test (default: label)")
+    parser.add_argument("--limit-train", "--limit", dest="limit_train", type=int, metavar="N",
+                        help="use the first N training rows (--limit, as in fit/protect, is the same)")
+    parser.add_argument("--limit-test", type=int, metavar="N", help="use the first N test rows")
+    parser.add_argument("--resize", type=int, default=None, metavar="PX",
+                        help="resize every train/test image to PX x PX after protection, as a trainer would "
+                             "(needed for photos of mixed sizes; e.g. 64)")
     parser.add_argument("--arch", default=None, help="cnn-small (default) or a torchvision model name")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
+    parser.add_argument("--lr", type=float, default=0.1,
+                        help="peak learning rate of the one-cycle SGD schedule (default 0.1)")
     parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1...")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the training run's seed (weights, shuffling, augmentation; not a bank key; default 0)")
     parser.add_argument("--no-augment", action="store_true", help="no random crop + flip")
     parser.add_argument("--defence", "--defences", dest="defences", nargs="+", default=None,
                         help=f"the trainer's defence(s), one run each (default none); registered: {known_specs()}")
@@ -43,8 +50,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-map", help="label-agnostic training: JSON {\"old\": new} or a list, or a JSON file")
     parser.add_argument("--train-label-column", help="label-agnostic training: train on this column instead")
     parser.add_argument("--out-dir",
-                        help="folder for report.json and figure.png (default: ./uetransforms-reports/evaluate-<time>; "
-                             "with --suite: ./uetransforms-reports/suite-<profile>, which a rerun resumes)")
+                        help="folder for report.json and figure.png (default: ~/.cache/uetransforms/reports/"
+                             "evaluate-<time>, outside your working tree; with --suite: .../suite-<profile>, which a "
+                             "rerun resumes)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     suite = parser.add_argument_group(
         "defence suite", "--suite standard: every method x defence against clean training under the same defence; "
@@ -75,8 +83,40 @@ def _parse_label_map(text: str) -> Any:
 
 
 def default_report_dir(kind: str) -> str:
-    """Where the CLI writes a report without ``--out-dir``: ``./uetransforms-reports/<kind>``."""
-    return os.path.join(os.getcwd(), "uetransforms-reports", kind)
+    """Where the CLI writes a report without ``--out-dir``: ``$XDG_CACHE_HOME/uetransforms/reports/<kind>``
+    (``~/.cache/...``): reports are run output, and a folder in the working tree got committed by accident."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "uetransforms", "reports", kind)
+
+
+def _resized(ds: Any, column: str, size: int | None) -> Any:
+    """``ds`` with every image resized to ``size`` x ``size`` (RGB, bicubic), as a trainer's pipeline does."""
+    if size is None:
+        return ds
+    if size < 8:
+        raise ValueError(f"--resize {size}: pass a side of at least 8 pixels, e.g. --resize 64")
+    import datasets
+    from PIL import Image
+
+    def resize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return {column: [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in batch[column]]}
+
+    return ds.cast_column(column, datasets.Image()).map(resize, batched=True, batch_size=64,
+                                                         desc=f"resizing to {size}px")
+
+
+def print_verdicts(report: Any) -> None:
+    """One verdict line per defence that has both a clean and a fully protected run."""
+    from ..evaluation.verdict import verdict
+
+    runs = {(r.setting, r.defence): r.test_accuracy for r in report.rows}
+    for (setting, defence), acc in runs.items():
+        clean = runs.get(("clean", defence))
+        if setting != "protected" or clean is None:
+            continue
+        v = verdict(clean_accuracy=clean, protected_accuracy=acc, num_classes=int(report.data["num_classes"]))
+        where = "" if defence == "none" else f" [defence {defence}]"
+        print(v.line().replace("verdict:", f"verdict{where}:", 1))
 
 
 def _run_suite_cli(args: argparse.Namespace, train: Any, test: Any) -> int:
@@ -116,6 +156,9 @@ def run_cli(args: argparse.Namespace) -> int:
     train = load_data(args.train, split="train")
     test = load_data(args.test, split="test")
     if args.suite:
+        if args.resize is not None:
+            raise ValueError("--resize is for one evaluation of your own data; --suite standard uses its profile's "
+                             "CIFAR-sized images: drop --resize")
         if args.bank or args.clean_train or args.protected_fraction != [1.0] or args.label_map or args.train_label_column:
             raise ValueError("--suite protects the clean --train set with each method itself: drop --bank, "
                              "--clean-train, --protected-fraction, --label-map and --train-label-column")
@@ -126,6 +169,7 @@ def run_cli(args: argparse.Namespace) -> int:
         train = train.select(range(min(args.limit_train, len(train))))
     if args.limit_test:
         test = test.select(range(min(args.limit_test, len(test))))
+    test = _resized(test, args.image_column, args.resize)
     clean_train = None
     if args.bank:
         from ..integrations.datasets import Protect
@@ -137,6 +181,10 @@ def run_cli(args: argparse.Namespace) -> int:
         clean_train = load_data(args.clean_train, split="train")
         if args.limit_train:
             clean_train = clean_train.select(range(min(args.limit_train, len(clean_train))))
+    # After protection (a bank protects the images as they are published), before training.
+    train = _resized(train, args.image_column, args.resize)
+    if clean_train is not None:
+        clean_train = _resized(clean_train, args.image_column, args.resize)
     if clean_train is None:
         print("no clean baseline: --train is used as given (protected) and nothing unprotected was passed, so the "
               "clean-training row and the image-quality numbers are missing. Pass --clean-train <the same rows "
@@ -151,6 +199,8 @@ def run_cli(args: argparse.Namespace) -> int:
         out_dir=out_dir, progress=not args.quiet,
     )
     print(report.table())
+    print()
+    print_verdicts(report)
     if report.quality:
         q = report.quality
         print(f"\nperturbation: L-inf max {q['linf_max']:.0f}/255, L2 mean {q['l2_mean']:.3f}, "

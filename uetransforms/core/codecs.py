@@ -605,6 +605,15 @@ def _version() -> str:
     return __version__
 
 
+def source_name(path: Any) -> str | None:
+    """What an output image record keeps of its source's ``path``: the file name, not the folder
+    (``/home/me/photos/cats/a.jpg`` -> ``a.jpg``), so a protected image can be traced back to its
+    source without publishing where the source lives. The bytes are PNG whatever the name says."""
+    if not path:
+        return None
+    return os.path.basename(str(path).replace("\\", "/").rstrip("/")) or None
+
+
 def mark(png: bytes, *, method: str | None = None) -> bytes:
     """``png`` with a ``tEXt`` chunk saying "protected by uetransforms" placed right after IHDR.
 

@@ -92,24 +92,28 @@ def ssim(clean: Any, protected: Any, *, window: int = 11, sigma: float = 1.5) ->
 def summary(clean: Any, protected: Any, *, batch_size: int = 1024) -> dict[str, float]:
     """Means over the set (and the worst L-inf) of all four metrics, computed in batches.
 
+    ``clean`` and ``protected`` are uint8 ``[N, C, H, W]`` batches, or equally long lists of
+    uint8 ``[C, H, W]`` images whose sizes may differ from image to image (a folder of photos):
+    images of one size are measured together, each pair must match in size.
+
     Keys: ``linf_max``, ``linf_mean`` (pixel levels), ``l2_mean`` ([0, 1] units), ``psnr_mean`` (dB,
-    over images that changed; ``inf`` if none did), ``ssim_mean``, ``changed_fraction``, ``n``.
+    over images that changed; ``inf`` if none did), ``ssim_mean``, ``changed_fraction``, ``n``,
+    and for images of several sizes ``sizes`` (``"HxW"`` of the smallest and largest).
     """
-    ca = torch.as_tensor(np.asarray(clean)) if not isinstance(clean, torch.Tensor) else clean
-    pa = torch.as_tensor(np.asarray(protected)) if not isinstance(protected, torch.Tensor) else protected
-    if len(ca) != len(pa):
-        raise ValueError(f"{len(ca)} clean images but {len(pa)} protected ones")
-    if len(ca) == 0:
+    if len(clean) != len(protected):
+        raise ValueError(f"{len(clean)} clean images but {len(protected)} protected ones")
+    if len(clean) == 0:
         raise ValueError("no images to compare")
     parts: dict[str, list[torch.Tensor]] = {"linf": [], "l2": [], "psnr": [], "ssim": []}
-    for s in range(0, len(ca), batch_size):
-        a, b = ca[s : s + batch_size], pa[s : s + batch_size]
+    shapes = set()
+    for a, b in _same_size_batches(clean, protected, batch_size):
+        shapes.add(tuple(a.shape[-2:]))
         for name, fn in (("linf", linf), ("l2", l2), ("psnr", psnr), ("ssim", ssim)):
             parts[name].append(fn(a, b))
     m = {k: torch.cat(v) for k, v in parts.items()}
     finite = m["psnr"][torch.isfinite(m["psnr"])]
-    return {
-        "n": len(ca),
+    out: dict[str, Any] = {
+        "n": len(clean),
         "linf_max": float(m["linf"].max()),
         "linf_mean": float(m["linf"].mean()),
         "l2_mean": float(m["l2"].mean()),
@@ -117,35 +121,70 @@ def summary(clean: Any, protected: Any, *, batch_size: int = 1024) -> dict[str, 
         "ssim_mean": float(m["ssim"].mean()),
         "changed_fraction": float((m["linf"] > 0).to(torch.float64).mean()),
     }
+    if len(shapes) > 1:
+        by_area = sorted(shapes, key=lambda hw: (hw[0] * hw[1], hw))
+        out["sizes"] = [f"{h}x{w}" for h, w in (by_area[0], by_area[-1])]
+    return out
+
+
+def _tensor(v: Any) -> torch.Tensor:
+    # np.require copies a read-only array (a decoded image's buffer): torch warns on those.
+    return v if isinstance(v, torch.Tensor) else torch.from_numpy(np.require(np.asarray(v), requirements="W"))
+
+
+def _same_size_batches(clean: Any, protected: Any, batch_size: int):
+    """``(clean, protected)`` batches of at most ``batch_size`` images of one size each."""
+    if not isinstance(clean, (list, tuple)) and not isinstance(protected, (list, tuple)):
+        ca, pa = _tensor(clean), _tensor(protected)
+        for s in range(0, len(ca), batch_size):
+            yield ca[s : s + batch_size], pa[s : s + batch_size]
+        return
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (a, b) in enumerate(zip(clean, protected)):
+        shape = tuple(np.shape(a))
+        if shape != tuple(np.shape(b)):
+            raise ValueError(f"image {i}: clean {shape} and protected {tuple(np.shape(b))} differ in size")
+        groups.setdefault(shape, []).append(i)
+    for idx in groups.values():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s : s + batch_size]
+            yield (torch.stack([_tensor(clean[i]) for i in chunk]), torch.stack([_tensor(protected[i]) for i in chunk]))
 
 
 def probe(bank: Any, dataset: Any, *, image_column: str = "image", label_column: str | None = "label",
           id_column: str | None = None, n: int = 64) -> dict[str, float]:
-    """:func:`summary` of what ``bank`` does to the first ``n`` rows of a ``datasets.Dataset``.
+    """:func:`summary` of what ``bank`` does to ``n`` rows of a ``datasets.Dataset``, spread evenly
+    over it (an image folder is sorted by class, and often by size with it).
 
     The rows go through :class:`~uetransforms.Protect` exactly as a user's ``map`` would (so
-    class, cluster and sample keying all work), then both sides are decoded and compared. It is
-    how ``uetransforms fit`` prints a quality line: a number to read before publishing.
+    class, cluster and sample keying all work), then both sides are decoded and compared; photos
+    of several sizes are compared size by size. It is how ``uetransforms fit`` prints a quality
+    line: a number to read before publishing.
     """
     from ..core.images import to_chw
     from ..integrations.datasets import Protect
 
-    batch = dataset[: max(1, int(n))]  # a plain batch dict, as datasets.map(batched=True) passes it
+    total = len(dataset)
+    k = max(1, min(int(n), total))
+    rows = sorted({int(i) for i in np.linspace(0, total - 1, k)})
+    picked = dataset.select(rows) if hasattr(dataset, "select") else dataset
+    batch = picked[:]  # a plain batch dict, as datasets.map(batched=True) passes it
     clean = list(batch[image_column])
     prot = Protect(bank, image_column=image_column, label_column=label_column, id_column=id_column)(dict(batch))
     c = bank.channels
 
-    def stack(values: Any) -> np.ndarray:
-        return np.stack([to_chw(v, channels=c, convert=True, column=image_column) for v in values])
+    def chw(values: Any) -> list[np.ndarray]:
+        return [to_chw(v, channels=c, convert=True, column=image_column) for v in values]
 
-    return summary(stack(clean), stack(prot[image_column]))
+    return summary(chw(clean), chw(prot[image_column]))
 
 
 def describe(q: dict[str, float]) -> str:
     """One line for a person: ``PSNR 19.5 dB, SSIM 0.81, L-inf 219/255 (mean 150/255) on 64 images``."""
     psnr_txt = "inf" if math.isinf(q["psnr_mean"]) else f"{q['psnr_mean']:.1f}"
+    sizes = f" of {q['sizes'][0]} to {q['sizes'][1]} px" if q.get("sizes") else ""
     return (f"PSNR {psnr_txt} dB, SSIM {q['ssim_mean']:.3f}, L-inf {q['linf_max']:.0f}/255 "
-            f"(mean {q['linf_mean']:.1f}/255) on {q['n']} images")
+            f"(mean {q['linf_mean']:.1f}/255) on {q['n']} images{sizes}")
 
 
 #: Below either bound a change is usually visible side by side (a rule of thumb, not a guarantee).

@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import uuid
 import warnings
@@ -41,12 +42,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.bank import NoiseBank
-from .card import _guard_secrets, dataset_card
+from .card import _guard_secrets, dataset_card, missing_fields
 from ..core.errors import PushError  # defined there; importable from here as before
 from ..core.codecs import MARKER, PNG_SIGNATURE
 from .guard import refuse_double, refuse_marked
 from .sources import Split, dataset_tables, output_features
 from .writer import shard_count, write
+from ..algorithms.measured import not_protecting
 
 __all__ = ["IMAGE_FORMATS", "PNG_SIGNATURE", "PushError", "check_hub", "num_shards_for",
            "publish", "upload"]
@@ -83,6 +85,8 @@ def publish(
     png_encoder: str | None = None,
     png_level: int | None = None,
     threads: int | None = None,
+    return_dataset: bool = True,
+    progress: bool | None = None,
 ) -> Any:
     """Protect ``dataset`` with ``bank`` and write (or push) it as lossless Parquet shards plus a card.
 
@@ -101,7 +105,12 @@ def publish(
         image_column / label_column / id_column: passed to :class:`~uetransforms.Protect`.
         batch_size / num_proc / device: rows protected together; ``num_proc > 1`` protects with
             ``dataset.map(num_proc=...)`` first (a cached copy), then writes it.
-        max_shard_size: target uncompressed size of one Parquet shard (``"500MB"``, bytes...).
+        max_shard_size: as ``push_to_hub``'s (default ``"500MB"``, the Hub's): the split gets
+            ``ceil(total / max_shard_size)`` shards of equal row counts, where ``total`` is the
+            *uncompressed Arrow* size of the output rows, estimated from protected rows sampled
+            across the split. PNG bytes do not compress further, so files on disk come out close to
+            it; one shard can be larger where image sizes vary along the rows. The Hub allows
+            fewer than 10,000 files per folder, so a plan with more shards is refused.
         private / token: Hub repository visibility and credentials (``push=True`` only).
         card_extra: extra YAML front-matter fields (``license``, ``pretty_name``...).
         protected: the dataset is already protected (e.g. by ``map(Protect(bank))``): write it
@@ -118,8 +127,15 @@ def publish(
             installed, at its default level); slices of a batch protected in parallel (default:
             ``torch.get_num_threads()``). Only when publish protects (not ``protected=True``).
 
+        return_dataset: ``False`` writes the shards only and returns the output path (a local
+            publish) or the repo id (a push): no second, returned Arrow copy of every row (for a
+            1M-image dataset it doubles the disk used).
+        progress: a progress bar per split on stderr (default ``None``: when stderr is a terminal)
+            and, before writing, one line estimating the output's size against the source's
+            (unless ``progress=False``).
+
     Returns:
-        The protected ``Dataset``/``DatasetDict`` as ``datasets.load_dataset(path)`` gives it (same
+        With ``return_dataset=False``, the output path or repo id. Otherwise the protected ``Dataset``/``DatasetDict`` as ``datasets.load_dataset(path)`` gives it (same
         rows, features, split names and marker), memory-mapped from an Arrow copy of the rows made
         while they were written: where ``dataset.map`` puts its cache files (the datasets cache,
         or a temporary directory when caching is off or the input is in memory). A publish that
@@ -173,6 +189,11 @@ def publish(
     from ..core.version import __version__
 
     max_bytes = convert_file_size_to_int(max_shard_size)
+    note = not_protecting(bank.method)
+    if note:
+        warnings.warn(f"publishing a copy that is not protected: {note}", UserWarning, stacklevel=2)
+    # The size line is said unless progress=False; the bars only on a terminal (or progress=True).
+    say, show = progress is not False, sys.stderr.isatty() if progress is None else bool(progress)
     fn = None if protected else Protect(bank, image_column=image_column, label_column=label_column,
                                         id_column=id_column, device=device, allow_double=allow_double,
                                         **protect_options)
@@ -187,17 +208,40 @@ def publish(
                   for name, ds in splits.items()}
         fn = None
     job = [bank.sha256, image_column, label_column, id_column, protected, __version__]
-    parts = [
-        Split(name=name, tables=dataset_tables(ds, fn, image_column, batch_size),
-              num_rows=len(ds), max_shard_bytes=max_bytes,
-              nbytes_hint=int(ds.data.nbytes) if fn is None and ds._indices is None else None,
-              empty_schema=output_features(ds.features, image_column).arrow_schema,
-              fingerprint=_fingerprint(ds, job), arrow_copy=_arrow_copy_path(ds))
-        for name, ds in splits.items()
-    ]
+    parts = []
+    seen_sizes: list[tuple[int, int]] = []
+    for name, ds in splits.items():
+        size = _estimate(ds, fn, image_column)
+        seen_sizes += size["sizes"] if size is not None else []
+        if say and size is not None:
+            print(f"publish: split {name!r}: about {_mb(size['output'])} of lossless PNG for {len(ds):,} rows "
+                  f"({size['output'] / max(1, size['source']):.1f}x the source's {_mb(size['source'])}, estimated from "
+                  f"{size['sampled']} rows); noise does not compress, so a protected copy is larger than its JPEGs",
+                  file=sys.stderr, flush=True)
+        hint = size["output"] if size is not None else (
+            int(ds.data.nbytes) if fn is None and ds._indices is None else None)
+        if hint is not None and len(ds):
+            planned = shard_count(hint, len(ds), max_bytes)
+            if planned > HUB_MAX_FILES_PER_FOLDER:
+                raise ValueError(
+                    f"split {name!r} would be cut into {planned:,} shards of max_shard_size={max_shard_size!r}, but the "
+                    f"Hub allows fewer than {HUB_MAX_FILES_PER_FOLDER:,} files per folder; pass a larger max_shard_size")
+        parts.append(Split(name=name, tables=_with_bar(dataset_tables(ds, fn, image_column, batch_size), len(ds),
+                                                       f"{'protecting' if fn else 'writing'} {name}", show),
+                           num_rows=len(ds), max_shard_bytes=max_bytes, nbytes_hint=hint,
+                           empty_schema=output_features(ds.features, image_column).arrow_schema,
+                           fingerprint=_fingerprint(ds, job),
+                           arrow_copy=_arrow_copy_path(ds) if return_dataset else None))
+
+    by_area = sorted(set(seen_sizes), key=lambda hw: (hw[0] * hw[1], hw))
+    image_sizes = (by_area[0], by_area[-1]) if by_area else None
+    load_id = repo_id if push else os.path.basename(os.path.abspath(os.fspath(path_or_repo_id)))
+    for missing in missing_fields(card_extra, splits, image_column):
+        warnings.warn(f"dataset card: {missing}", UserWarning, stacklevel=2)
 
     def card(written: Mapping[str, Any]) -> str:
-        text = dataset_card(written, bank, image_column=image_column, card_extra=card_extra)
+        text = dataset_card(written, bank, image_column=image_column, card_extra=card_extra, image_sizes=image_sizes,
+                            load_id=load_id)
         _guard_secrets(text, bank)
         return text
 
@@ -206,13 +250,13 @@ def publish(
         out_dir = os.fspath(path_or_repo_id)
         written = _write_with_copies(parts, out_dir, image_column=image_column, card=card, overwrite=overwrite,
                                      protected=protected, marker_info=marker_info, on_recover=_warn)
-        return _result(out_dir, written, is_dict)
+        return _result(out_dir, written, is_dict) if return_dataset else out_dir
     staging = tempfile.mkdtemp(prefix="uetransforms-push-")
     folder = os.path.join(staging, repo_id.split("/")[-1])
     try:
         written = _write_with_copies(parts, folder, image_column=image_column, card=card, overwrite=False,
                                      protected=protected, marker_info=marker_info)
-        result = _result(folder, written, is_dict)
+        result = _result(folder, written, is_dict) if return_dataset else repo_id
         upload(folder, repo_id, token=token, private=private, splits=list(splits))
     except PushError:
         raise  # the complete copy stays in staging: the message says where and how to resume
@@ -221,6 +265,65 @@ def publish(
         raise
     shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+#: The Hub's recommended limits (huggingface.co/docs/hub/repositories-recommendations): files per
+#: folder, and files per commit above which ``upload`` switches to ``upload_large_folder``.
+HUB_MAX_FILES_PER_FOLDER = 10_000
+HUB_MAX_FILES_PER_COMMIT = 100
+#: Rows protected up front, spread over a split, to estimate its output size.
+_SIZE_SAMPLE = 16
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
+
+
+def _estimate(ds: Any, fn: Any, image_column: str) -> dict[str, Any] | None:
+    """Output and source size of a split, from up to :data:`_SIZE_SAMPLE` rows spread over it.
+
+    ``output`` is the uncompressed Arrow size of the protected rows (what ``max_shard_size``
+    counts, as ``push_to_hub`` does); ``source`` the encoded images' bytes (or files) as they are.
+    ``None`` when publish does not protect (the input's own size is then exact).
+    """
+    if fn is None or len(ds) == 0:
+        return None
+    import numpy as np
+
+    rows = sorted({int(i) for i in np.linspace(0, len(ds) - 1, min(len(ds), _SIZE_SAMPLE))})
+    sample = ds.select(rows)
+    # Through Dataset.map (in memory, PNG records as the writer stores them), not the writer's own
+    # table source: a resumed publish must protect only the rows it still has to write.
+    tables = [sample.map(fn, batched=True, batch_size=len(rows), keep_in_memory=True,
+                         load_from_cache_file=False).with_format("arrow")[:]]
+    out = sum(t.nbytes for t in tables)
+    # (height, width) from each PNG's IHDR chunk: bytes 16-24 hold width then height.
+    sizes = [(int.from_bytes(b[20:24], "big"), int.from_bytes(b[16:20], "big"))
+             for t in tables for b in t.column(image_column).combine_chunks().field("bytes").to_pylist() if b]
+    src = 0
+    for rec in sample.with_format("arrow")[:][image_column].to_pylist():
+        if isinstance(rec, dict) and rec.get("bytes") is not None:
+            src += len(rec["bytes"])
+        elif isinstance(rec, dict) and rec.get("path") and os.path.exists(rec["path"]):
+            src += os.path.getsize(rec["path"])
+    scale = len(ds) / len(rows)
+    return {"output": int(out * scale), "source": int(src * scale), "sampled": len(rows), "sizes": sizes}
+
+
+def _with_bar(tables: Any, total: int, desc: str, show: bool) -> Any:
+    """``tables`` (a from-row -> tables function) counting its rows on a tqdm bar when ``show``."""
+    if not show:
+        return tables
+
+    def counted(start: int) -> Any:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=total, initial=start, desc=desc, unit="img", file=sys.stderr) as bar:
+            for table in tables(start):
+                yield table
+                bar.update(table.num_rows)
+
+    return counted
 
 
 def num_shards_for(ds: Any, max_shard_bytes: int) -> int:
@@ -269,8 +372,9 @@ def _write_with_copies(parts: list[Split], out_dir: str, **kwargs: Any) -> dict[
         return write(parts, out_dir, **kwargs)
     except BaseException:
         for part in parts:
-            with contextlib.suppress(OSError):
-                os.remove(part.arrow_copy)
+            if part.arrow_copy:
+                with contextlib.suppress(OSError):
+                    os.remove(part.arrow_copy)
         raise
 
 
@@ -384,9 +488,10 @@ def check_hub(repo_id: str, token: str | None = None, *, cli: bool = False) -> d
 
 def upload(folder: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool = True,
            splits: list[str] | None = None, cli: bool = False) -> None:
-    """Upload a published folder to the Hub dataset repo ``repo_id`` in one commit.
+    """Upload a published folder to the Hub dataset repo ``repo_id``: one commit up to
+    :data:`HUB_MAX_FILES_PER_COMMIT` files, else ``upload_large_folder`` (several commits, resumable).
 
-    The commit is all or nothing; it replaces the card and, for each split written, the repo's old
+    One commit is all or nothing; it replaces the card and, for each split written, the repo's old
     ``data/<split>-*`` shards (a stale shard would otherwise be read with the new ones).
     """
     from huggingface_hub import HfApi
@@ -407,10 +512,25 @@ def upload(folder: str | os.PathLike, repo_id: str, *, token: str | None = None,
             f"uploaded. The complete protected copy is in {folder!r}: upload it with {resume} (no need to "
             "protect again)"
         ) from err
+    files = [os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs]
     try:
-        api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset",
-                          commit_message="uetransforms: publish a protected copy",
-                          delete_patterns=[f"data/{name}-*" for name in splits])
+        # huggingface_hub >= 2 has no upload_large_folder: its upload_folder commits a large folder
+        # in batches itself and resumes when rerun.
+        if len(files) <= HUB_MAX_FILES_PER_COMMIT or not hasattr(api, "upload_large_folder"):
+            api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset",
+                              commit_message="uetransforms: publish a protected copy",
+                              delete_patterns=[f"data/{name}-*" for name in splits])
+        else:
+            # The Hub recommends < 100 files per commit: upload_large_folder commits in pieces and
+            # resumes where it stopped when rerun. It cannot delete, so stale shards of the written
+            # splits go in one more commit afterwards (never before: the repo keeps a loadable copy).
+            api.upload_large_folder(repo_id=repo_id, folder_path=folder, repo_type="dataset", private=private)
+            local = {f.replace(os.sep, "/") for f in files}
+            stale = [f for f in api.list_repo_files(repo_id, repo_type="dataset")
+                     if f not in local and any(f.startswith(f"data/{name}-") for name in splits)]
+            if stale:
+                api.delete_files(repo_id, delete_patterns=stale, repo_type="dataset",
+                                 commit_message="uetransforms: remove the previous copy's shards")
     except Exception as err:
         raise PushError(
             f"uploading to {repo_id!r} failed ({type(err).__name__}: {err}). A Hub commit is all or nothing, so "

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..core.codecs import PNG_SIGNATURE
+from ..core.codecs import PNG_SIGNATURE, source_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..integrations.datasets import Protect
@@ -106,13 +106,21 @@ def dataset_tables(ds: Any, protect: Protect | None, image_column: str,
                 batch = {name: _pylist(table.column(name), name == image_column) for name in wanted}
                 # Protect's own PNG bytes (the codec module's encoder), the very bytes Dataset.map stores.
                 png = protect.encoded(batch)
-                images = pa.StructArray.from_arrays([pa.array(png, pa.binary()), pa.nulls(len(png), pa.string())],
+                names = [source_name(p) for p in _source_paths(table.column(image_column))]
+                images = pa.StructArray.from_arrays([pa.array(png, pa.binary()), pa.array(names, pa.string())],
                                                     fields=list(schema.field(image_column).type))
                 table = table.set_column(table.schema.get_field_index(image_column), schema.field(image_column),
                                          images)
             yield pa.Table.from_arrays(table.columns, schema=schema)
 
     return tables
+
+
+def _source_paths(column: pa.ChunkedArray) -> list[Any]:
+    """The ``path`` field of an Image() column's records (``None`` for other columns)."""
+    if pa.types.is_struct(column.type) and column.type.get_field_index("path") >= 0:
+        return column.combine_chunks().field("path").to_pylist()
+    return [None] * len(column)
 
 
 def _pylist(column: pa.ChunkedArray, is_image: bool) -> list[Any]:
