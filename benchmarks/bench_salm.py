@@ -108,8 +108,30 @@ def main(argv: list[str] | None = None) -> int:
     test = {"image": list(x_test), "label": y_test.tolist()}
     clean = {"image": list(x_train), "label": y_train.tolist()}
     ev = dict(arch=args.arch, epochs=args.epochs, seed=args.seed, progress=False)
-    results = []
+    results: list[dict[str, object]] = []
     t_all = time.perf_counter()
+
+    def write() -> float:
+        """The JSON so far (after every row: a run cut by a timeout keeps its finished rows)."""
+        base = next((r["test_accuracy"] for r in results if r["method"] == "clean"), None)
+        if base:
+            for r in results:
+                r["ratio_to_clean"] = round(r["test_accuracy"] / base, 3)
+        wall = time.perf_counter() - t_all
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"command": "python benchmarks/bench_salm.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                       "setting": {"data": f"synthetic scans ({', '.join(SHAPES)} on a dark background), seed "
+                                   f"{args.data_seed}/{args.data_seed + 1}", "size": args.size,
+                                   "train_size": args.train_size, "test_size": args.test_size,
+                                   "object_share": round(share, 4), "attacker": f"{args.arch} from scratch, "
+                                   f"{args.epochs} epochs, seed {args.seed}", "bank_seed": args.bank_seed,
+                                   "common": common, "threads": torch.get_num_threads()},
+                       "environment": {"uetransforms": ue.__version__, "torch": torch.__version__,
+                                       "python": platform.python_version(), "cpu_count": os.cpu_count()},
+                       "wall_seconds": round(wall, 1), "results": results}, f, indent=2, default=str)
+        return wall
+
     for spec in args.config or ["clean"]:
         name, _, rest = spec.partition("=")
         method, _, kv = (rest or name).partition(":")
@@ -142,27 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         row.update(test_accuracy=r.test_accuracy, train_accuracy=r.train_accuracy, curve=r.curve,
                    train_seconds=r.seconds)
         results.append(row)
+        write()
         extra = "" if method == "clean" else (f", fit {row['fit_seconds']} s, stop {row['info']['stopped_by']}, "
                                                f"err {row['info']['final_train_error']}, changed "
                                                f"{row['changed_positions_max']:.3f} of positions")
         print(f"{name:>16}: test acc {r.test_accuracy:.3f} (train {r.train_accuracy:.3f}{extra})", flush=True)
-    base = next((r["test_accuracy"] for r in results if r["method"] == "clean"), None)
-    if base:
-        for r in results:
-            r["ratio_to_clean"] = round(r["test_accuracy"] / base, 3)
-    wall = time.perf_counter() - t_all
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"command": "python benchmarks/bench_salm.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                   "setting": {"data": f"synthetic scans ({', '.join(SHAPES)} on a dark background), seed "
-                               f"{args.data_seed}/{args.data_seed + 1}", "size": args.size,
-                               "train_size": args.train_size, "test_size": args.test_size,
-                               "object_share": round(share, 4), "attacker": f"{args.arch} from scratch, "
-                               f"{args.epochs} epochs, seed {args.seed}", "bank_seed": args.bank_seed,
-                               "common": common, "threads": torch.get_num_threads()},
-                   "environment": {"uetransforms": ue.__version__, "torch": torch.__version__,
-                                   "python": platform.python_version(), "cpu_count": os.cpu_count()},
-                   "wall_seconds": round(wall, 1), "results": results}, f, indent=2, default=str)
+    wall = write()
     print(f"wrote {args.out} ({wall:.0f} s)")
     return 0
 

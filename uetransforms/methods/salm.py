@@ -45,6 +45,21 @@ most ``mask_warmup_steps`` steps (a warning if it stops short; ``bank.info["warm
 steps and the accuracy reached); the min-min loop then continues from that surrogate. The warm-up's
 steps and seconds count against ``max_steps`` / ``max_seconds``.
 
+**Defaults, chosen by measurement** (``benchmarks/RESULTS.md``, "salm, session 6 (issue 26)"):
+synthetic sparse 32 px scans (4 shapes, one bright object on a dark background, ~5% of the pixels),
+2000 training images, a ``cnn-tiny`` surrogate with 90 s per fit (5 PGD steps of 2/255, 20
+surrogate steps per round, no error stop), a ``cnn-small`` trained from scratch 10 epochs on the
+protected copy, clean test accuracy (clean training: 1.000; dense ``em`` at the same budget:
+0.250). One run each: ``fraction=0.1`` with ``mask_update="once"``: ``mask_by="grad"`` 0.819,
+``"intensity"`` 0.666, ``"grad"`` after a warm-up to 0.9 clean accuracy (reached 0.986 in 80
+steps) 1.000; ``mask_update="step"`` 0.403 but it changed 56% of the positions on average (74% at
+most), so it is not an L0 budget. Intensity masks over the ratio: 0.05 -> 0.999, 0.1 -> 0.666,
+0.2 -> 0.776, 0.5 -> 0.618 (not monotone: single runs differ by 0.1 or more). So the warm-up is off
+by default (it made the mask worse here), ``"once"`` stays (the only mode with an L0 budget) and
+``"grad"``/0.1 stay (the gradient/brightness difference at 0.1 is within that spread). No setting
+within 20% of the positions came near ``em``: on this benchmark, SALM as reconstructed here
+protects less than dense ``em`` at the same epsilon.
+
 Parameters: those of ``em`` (``mode`` defaults to ``"sample"``) plus ``fraction`` (0.1),
 ``mask_by`` ("grad"), ``mask_update`` ("once"), ``mask_warmup_accuracy`` (None: no warm-up) and
 ``mask_warmup_steps`` (1000). ``bank.info`` adds ``mask_pixels`` (the L0 budget in pixel positions,
