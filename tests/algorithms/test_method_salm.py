@@ -120,3 +120,62 @@ def test_bank_says_what_is_verified_and_what_is_reconstructed():
     images, labels = tiny(8)
     bank = ue.fit("salm", FitData.from_arrays(images, labels), seed=0, **fast(max_rounds=1))
     assert bank.info["verified"] and any("fraction" in r for r in bank.info["reconstruction"])
+
+
+def test_no_paper_value_is_claimed_for_salm(capsys):
+    # the SALM paper gives the idea only: every number is em's (Huang et al.) or ours
+    assert all(p.paper is None for p in salm.METHOD.params)
+    from uetransforms.algorithms import em as em_module
+
+    em = {p.name: p.paper for p in em_module.METHOD.params}
+    assert em["epsilon"] == EPS and em["steps"] == 20  # em keeps its own paper's values
+    from uetransforms.cli import main
+
+    assert main(["methods", "salm"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("parameter "))
+    at, end = header.index(" paper ") + 1, header.index(" card ")  # the paper column
+    rows = [line for line in lines if line.split()[:1] and line.split()[0] in salm.METHOD.defaults]
+    assert len(rows) == len(salm.METHOD.params)
+    assert all(r[at:end].strip() == "-" for r in rows), [r[:end] for r in rows]
+    assert "Not Disclosed" not in salm.__doc__ and "no public code was found" in salm.__doc__
+    assert "the paper gives none" not in salm.METHOD.paper
+
+
+def separable(n=32, hw=8, seed=0):
+    """Two classes a tiny CNN learns in a few steps: dark vs bright images."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 60, (n, hw, hw, 3)).astype(np.uint8)
+    images[labels == 1] += 150
+    return images, labels
+
+
+def test_warmup_trains_the_surrogate_before_the_masks():
+    images, labels = separable()
+    data = FitData.from_arrays(images, labels)
+    bank = ue.fit("salm", data, seed=0, mask_warmup_accuracy=0.9, mask_warmup_steps=200, **fast(max_rounds=1))
+    w = bank.info["warmup"]
+    assert w["reached"] and w["accuracy"] >= 0.9 and 0 < w["steps"] <= 200 and w["target_accuracy"] == 0.9
+    assert bank.info["surrogate_steps"] == w["steps"] + 2  # warm-up + one round of train_steps
+    assert bank.params["mask_warmup_accuracy"] == 0.9 and bank.params["surrogate"] == "cnn-tiny"
+    k = math.ceil(0.1 * 64)
+    assert (changed_positions(bank.tensors["delta"]) <= k).all()
+    plain = ue.fit("salm", data, seed=0, **fast(max_rounds=1))
+    assert "warmup" not in plain.info
+
+
+def test_warmup_budget_stop_warns_and_counts_against_max_steps():
+    images, labels = tiny(64, k=4)  # random labels: 100% clean accuracy is out of reach in 20 steps
+    data = FitData.from_arrays(images, labels)
+    with pytest.warns(UserWarning, match=r"warm-up was stopped by its budget \(mask_warmup_steps=20\)"):
+        bank = ue.fit("salm", data, seed=0, mask_warmup_accuracy=1.0, mask_warmup_steps=20, **fast(max_rounds=1))
+    assert bank.info["warmup"]["steps"] == 20 and not bank.info["warmup"]["reached"]
+    with pytest.warns(UserWarning, match=r"warm-up was stopped by its budget \(max_steps=10\)"):
+        bank = ue.fit("salm", data, seed=0, mask_warmup_accuracy=1.0, max_steps=10, **fast(max_rounds=3))
+    assert bank.info["warmup"]["steps"] == 10
+    # the loop got what was left (0): one first pass over the data so that every sample has noise
+    assert bank.info["rounds"] == 1 and changed_positions(bank.tensors["delta"]).max() > 0
+    with pytest.raises(ValueError, match="mask_warmup_accuracy"):
+        ue.fit("salm", data, mask_warmup_accuracy=0)
