@@ -545,7 +545,7 @@ def test_publish_takes_the_size_policy_and_png_options(tmp_path):
     assert _stored(pil) != _stored(out)  # another encoder: other bytes, same pixels
     from uetransforms.core import codecs
 
-    assert _stored(pil)[0] == codecs.encode_png(want[0], encoder="pil", level=9)
+    assert _stored(pil)[0] == codecs.encode_png(want[0], encoder="pil", level=9, marked=True, method=bank.method)
     with pytest.raises(ValueError, match="level must be an integer 0..3"):
         ue.publish(src, bank, tmp_path / "d", size_mismatch="resize", png_encoder="isal", png_level=7)
     assert not os.path.exists(tmp_path / "d")  # refused before anything was written

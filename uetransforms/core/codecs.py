@@ -68,7 +68,8 @@ import numpy as np
 from .errors import ImageModeError  # defined there; importable from here as before
 
 __all__ = [
-    "ENCODERS", "ImageModeError", "MARK_KEYWORD", "check_png_options", "decode", "encode_png", "encode_png_batch", "info", "is_marked", "mark",
+    "ENCODERS", "ImageModeError", "MARKER", "MARK_KEYWORD", "SCHEMA_KEY", "check_png_options", "decode", "encode_png",
+    "encode_png_batch", "info", "is_marked", "mark", "mark_pil", "marked_where", "marker_text",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -413,7 +414,8 @@ _DEFAULT_LEVEL = {"isal": 1, "pil": 6}
 _LEVELS = {"isal": range(0, 4), "pil": range(0, 10)}
 
 
-def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | None = None) -> bytes:
+def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | None = None,
+               marked: bool = False, method: str | None = None) -> bytes:
     """Lossless PNG bytes of uint8 HWC pixels (``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]``).
 
     Args:
@@ -423,18 +425,21 @@ def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | No
         encoder: ``"isal"`` (fast, files ~1.1-1.2x PIL's), ``"fpng"`` (RGB/RGBA only; fastest,
             files up to 1.6x PIL's) or ``"pil"``; None picks the first one installed in that
             order that can write the image.
+        marked / method: write the "protected by uetransforms" marker (:func:`mark`, naming
+            ``method``) into the PNG: every protected image the library writes carries it.
 
-    The bytes are the same for the same pixels, encoder (and its version) and level.
+    The bytes are the same for the same pixels, encoder (and its version), level and marker.
     """
     hwc = _check_hwc(image)
     name, level = _encoder_and_level(encoder, level, hwc.shape[2])
+    chunk = _marker_chunk(method) if marked else b""
     if name == "isal":
-        return _isal_png(_up_filtered(hwc[None])[0], hwc.shape, level)
-    return _library_png(hwc, name, level)
+        return _isal_png(_up_filtered(hwc[None])[0], hwc.shape, level, chunk)
+    return _spliced(_library_png(hwc, name, level), chunk)
 
 
 def encode_png_batch(images: np.ndarray, *, level: int | None = None, encoder: str | None = None,
-                     threads: int = 1) -> list[bytes]:
+                     threads: int = 1, marked: bool = False, method: str | None = None) -> list[bytes]:
     """:func:`encode_png` of every image of a uint8 ``[B, H, W, C]`` batch, the same bytes.
 
     The PNG row filter runs once over the whole batch (numpy's per-call cost was a sixth of a
@@ -454,11 +459,13 @@ def encode_png_batch(images: np.ndarray, *, level: int | None = None, encoder: s
         return []
     _check_hwc(images[0])  # dtype and shape rules, said as encode_png says them
     name, level = _encoder_and_level(encoder, level, images.shape[3])
+    chunk = _marker_chunk(method) if marked else b""
+
     def part(a: int, b: int) -> list[bytes]:
         piece = images[a:b]
         if name != "isal":
-            return [_library_png(x, name, level) for x in piece]
-        return [_isal_png(raw, images.shape[1:], level) for raw in _up_filtered(piece)]
+            return [_spliced(_library_png(x, name, level), chunk) for x in piece]
+        return [_isal_png(raw, images.shape[1:], level, chunk) for raw in _up_filtered(piece)]
 
     return map_slices(part, len(images), threads)
 
@@ -518,11 +525,17 @@ def _up_filtered(batch: np.ndarray) -> np.ndarray:
     return raw
 
 
-def _isal_png(raw: np.ndarray, shape: tuple[int, ...], level: int) -> bytes:
-    """8-bit PNG of one image's filtered rows (:func:`_up_filtered`): one ISA-L deflate IDAT chunk."""
+def _isal_png(raw: np.ndarray, shape: tuple[int, ...], level: int, marker: bytes = b"") -> bytes:
+    """8-bit PNG of one image's filtered rows (:func:`_up_filtered`): one ISA-L deflate IDAT chunk
+    (after ``marker``, the marker's ``tEXt`` chunk or nothing, right after IHDR as :func:`mark` puts it)."""
     h, w, c = shape
     idat = _optional("isal.isal_zlib").compress(raw, level)  # reads the buffer: no copy to bytes
-    return b"".join((_png_head(w, h, c), _chunk(b"IDAT", idat), _IEND))
+    return b"".join((_png_head(w, h, c), marker, _chunk(b"IDAT", idat), _IEND))
+
+
+def _spliced(png: bytes, marker: bytes) -> bytes:
+    """``png`` with the ``marker`` chunk right after IHDR (where :func:`mark` and the isal path put it)."""
+    return png[:_IHDR_END] + marker + png[_IHDR_END:] if marker else png
 
 
 @functools.lru_cache(maxsize=64)
@@ -625,12 +638,28 @@ def mark(png: bytes, *, method: str | None = None) -> bytes:
         raise ValueError("mark() takes PNG bytes (e.g. from encode_png), got data that is not a PNG")
     if is_marked(data):
         return data
-    text = f"protected by uetransforms {_version()}" + (f"; method={method}" if method else "")
+    return _spliced(data, _marker_chunk(method))
+
+
+def marker_text(method: str | None = None) -> str:
+    """The marker's text: the library version and, if given, the method name (nothing secret)."""
+    return f"{MARKER} {_version()}" + (f"; method={method}" if method else "")
+
+
+@functools.lru_cache(maxsize=64)
+def _marker_chunk(method: str | None) -> bytes:
+    """The marker's ``tEXt`` chunk (the same bytes for every image of one method: cached)."""
     try:
-        chunk = _chunk(b"tEXt", _KEY + text.encode("latin-1"))
+        return _chunk(b"tEXt", _KEY + marker_text(method).encode("latin-1"))
     except UnicodeEncodeError:
         raise ValueError(f"method name {method!r} must be Latin-1 text for a PNG tEXt chunk") from None
-    return data[:_IHDR_END] + chunk + data[_IHDR_END:]
+
+
+def mark_pil(img: Any, method: str | None = None) -> Any:
+    """``img`` (a new PIL image) marked in its ``info``, where PIL keeps a PNG's text: :func:`is_marked`
+    then knows it was protected, in memory (a ``set_transform`` or streamed ``map`` output)."""
+    img.info[MARK_KEYWORD] = marker_text(method)
+    return img
 
 
 def is_marked(data: Any) -> bool:
@@ -648,6 +677,28 @@ def is_marked(data: Any) -> bool:
         return _png_has_mark(bytes(data) if isinstance(data, memoryview) else data)
     text = getattr(data, "info", None)  # a PIL image keeps a PNG's text chunks here
     return isinstance(text, dict) and MARK_KEYWORD in text
+
+
+def marked_where(data: Any) -> str | None:
+    """Where a dataset or table says of itself that uetransforms protected it, or None.
+
+    Reads what survives loading a published copy without its card: the Parquet/Arrow schema
+    metadata under :data:`SCHEMA_KEY` (``Dataset.from_parquet`` of a shard, ``pq.read_table``)
+    and the ``info`` text a published folder's card gives ``load_dataset`` (:data:`MARKER`).
+    Takes a ``datasets`` (Iterable)Dataset, a ``pyarrow`` Table or Schema; anything else: None.
+    """
+    info = getattr(data, "info", None)
+    text = " ".join(str(getattr(info, k, "") or "") for k in ("description", "citation"))
+    if MARKER in text:
+        return f"its dataset info says {MARKER!r} (it was loaded from a uetransforms publish)"
+    schema = data if hasattr(data, "metadata") and hasattr(data, "names") else None
+    if schema is None:
+        table = getattr(data, "data", None)  # a datasets.Dataset's Arrow table
+        table = data if table is None and hasattr(data, "schema") else table
+        schema = getattr(table, "schema", None)
+    if SCHEMA_KEY in (getattr(schema, "metadata", None) or {}):
+        return f"its Arrow/Parquet schema metadata carries the {SCHEMA_KEY.decode()!r} marker a uetransforms publish writes"
+    return None
 
 
 def _png_has_mark(data: bytes) -> bool:

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from ..core.bank import BankError, NoiseBank
-from ..core.codecs import check_png_options, encode_png, encode_png_batch, is_marked, map_slices, map_threads
+from ..core.codecs import (check_png_options, encode_png, encode_png_batch, is_marked, map_slices, map_threads,
+                           mark_pil)
 from ..core.errors import DoubleProtectionError  # defined there; importable from here as before
 from ..core.images import encoded_bytes, from_chw, to_chw
 from ..core.apply import Applier, chunk_views, in_row_order
@@ -95,13 +96,14 @@ def _bank_ref(bank: NoiseBank | str | os.PathLike) -> NoiseBank:
     raise TypeError(f"expected a NoiseBank or a bank file path, got {type(bank).__name__}")
 
 
-def png_bytes(chw: np.ndarray) -> bytes:
-    """PNG bytes of protected ``[C, H, W]`` pixels: what the adapters store (the codec module's encoder).
+def png_bytes(chw: np.ndarray, method: str | None = None) -> bytes:
+    """PNG bytes of protected ``[C, H, W]`` pixels as the adapters store them: the codec module's
+    encoder, with the "protected by uetransforms" marker (:func:`uetransforms.core.codecs.mark`).
 
-    Unmarked, so ``Dataset.map``, Ray and ``publish`` store the same bytes; a published copy
-    says it is protected in its card and Parquet schema metadata instead (:data:`uetransforms.core.codecs.MARKER`).
+    ``Dataset.map``, Ray, ``publish`` and ``publish_stream`` all write marked PNGs, so they store
+    the same bytes, and protecting any of them again is refused wherever the images go.
     """
-    return encode_png(chw.transpose(1, 2, 0))
+    return encode_png(chw.transpose(1, 2, 0), marked=True, method=method)
 
 
 class _BankUser:
@@ -284,7 +286,7 @@ class Protect(_BankUser):
             # set_transform / streamed maps / tensors: new PIL images, which nothing re-decodes and
             # datasets can encode as PNG in their own mode (it cannot encode tensors, and it widens
             # returned arrays to int64, so a grayscale [B, H, W] batch would become a 32-bit TIFF).
-            new = [from_chw(o) for o in chunk_views(done, n)]
+            new = [mark_pil(from_chw(o), self.bank.method) for o in chunk_views(done, n)]
         if single:
             new = new[0]
         result = dict(batch) if self._return_all(batch, images) else {}
@@ -298,7 +300,8 @@ class Protect(_BankUser):
     def png(self, images: np.ndarray | Sequence[np.ndarray], threads: int | None = None) -> list[bytes]:
         """PNG bytes of uint8 HWC images (a ``[B, H, W, C]`` batch or a list), with this Protect's encoder."""
         # getattr: a Protect pickled before the PNG options existed encodes with the defaults.
-        opts = {"encoder": getattr(self, "png_encoder", None), "level": getattr(self, "png_level", None)}
+        opts = {"encoder": getattr(self, "png_encoder", None), "level": getattr(self, "png_level", None),
+                "marked": True, "method": self.bank.method}
         threads = self._threads() if threads is None else threads
         if isinstance(images, np.ndarray) and images.ndim == 4:
             return encode_png_batch(images, threads=threads, **opts)

@@ -132,7 +132,7 @@ def _pylist(column: pa.ChunkedArray, is_image: bool) -> list[Any]:
 
 
 def stream_tables(stream: Any, protect: Protect | None, image_column: str,
-                  batch_size: int) -> Callable[[int], Iterator[pa.Table]]:
+                  batch_size: int, method: str | None = None) -> Callable[[int], Iterator[pa.Table]]:
     """A stream (``IterableDataset``, iterable of row dicts) as a stream of output tables.
 
     The written schema is the stream's features (or, untyped, those of the first protected
@@ -156,7 +156,7 @@ def stream_tables(stream: Any, protect: Protect | None, image_column: str,
             else:
                 # Already protected: decoded images are re-encoded by the codec module, which gives
                 # the bytes they were written with (same pixels, same encoder); records are kept.
-                out = {**batch, image_column: _png_records(batch[image_column])}
+                out = {**batch, image_column: _png_records(batch[image_column], method)}
             if out_features is None:
                 out_features = _stream_features(features, out, image_column)
                 schema = out_features.arrow_schema
@@ -166,11 +166,13 @@ def stream_tables(stream: Any, protect: Protect | None, image_column: str,
     return tables
 
 
-def _png_records(images: Any) -> list[Any]:
+def _png_records(images: Any, method: str | None) -> list[Any]:
     from ..core.codecs import decode, encode_png
 
+    # Decoded protected images get the encoder and the marker Protect writes (records are marked by the writer).
     return [im if isinstance(im, dict) and im.get("bytes") is not None
-            else {"bytes": encode_png(decode(im).transpose(1, 2, 0)), "path": None} for im in images]
+            else {"bytes": encode_png(decode(im).transpose(1, 2, 0), marked=True, method=method), "path": None}
+            for im in images]
 
 
 def _stream_features(features: Any, first: Mapping[str, list[Any]], image_column: str) -> Any:
