@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from .bank import IN_MEMORY_BYTES, NoiseBank
-from .errors import BankError, SizeMismatchError
-from .kernels import sample_seed
+from .errors import BankError, DoubleProtectionError, SizeMismatchError
+from .kernels import carried, carry_threshold, sample_seed
 from .kinds import bank_kind
 
 SIZE_POLICIES = ("error", "resize")
@@ -53,6 +53,10 @@ class Applier:
             returning ``chws -> cluster ids`` (e.g. ``functools.partial(ClusterAssigner, bank,
             device=...)`` from :mod:`uetransforms.models.assign`). It is built on first use. This
             layer never imports a network, so the layers above pass it in.
+        refuse_carried: refuse images that already carry this bank's noise, tested from their
+            pixels (the bank kind's ``carried`` test; additive banks only), so protection that
+            lost its PNG marker (images downloaded and re-encoded losslessly) is not doubled.
+            The adapters turn it on unless ``allow_double=True``.
 
     :meth:`protect` takes images with their labels / cluster ids / sample ids; calling the object
     takes bank rows (and seeds) directly. It pickles as (bank, device, options): the bank pickles
@@ -67,7 +71,8 @@ class Applier:
     SIZE_CACHE_BYTES = 256 * 2**20
 
     def __init__(self, bank: NoiseBank, device: torch.device | str | None = None, size_mismatch: str | None = None,
-                 assigner: Callable[[], Callable[[Sequence[np.ndarray]], np.ndarray]] | None = None) -> None:
+                 assigner: Callable[[], Callable[[Sequence[np.ndarray]], np.ndarray]] | None = None,
+                 refuse_carried: bool = False) -> None:
         if not isinstance(bank, NoiseBank):
             raise TypeError(f"expected a NoiseBank, got {type(bank).__name__}")
         self.bank = bank
@@ -79,6 +84,7 @@ class Applier:
         self._size_mismatch_arg = size_mismatch
         self.size_mismatch = policy
         self._make_assigner = assigner
+        self.refuse_carried = bool(refuse_carried)
         nbytes = sum(a.nbytes for a in bank.tensors.values())
         self._resident = nbytes <= self.RESIDENT_BYTES
         self._cache: dict[str, torch.Tensor] = {}
@@ -89,7 +95,8 @@ class Applier:
         self._lock = threading.RLock()
 
     def __reduce__(self):
-        return (Applier, (self.bank, str(self.device), self._size_mismatch_arg, self._make_assigner))
+        return (Applier, (self.bank, str(self.device), self._size_mismatch_arg, self._make_assigner,
+                          self.refuse_carried))
 
     def __repr__(self) -> str:
         return f"Applier({self.bank!r}, device={str(self.device)!r}, size_mismatch={self.size_mismatch!r})"
@@ -270,14 +277,48 @@ class Applier:
         if isinstance(images, torch.Tensor):
             _check_batch(images)
             rows, seeds = self.rows_and_seeds(images, labels, sample_ids)
+            if self.refuse_carried:
+                pick = _carry_sample(len(images))
+                self._refuse_carried([(pick, images[pick].to(self.device))], rows, seeds)
             return self(images, rows, seeds)
         return chunk_views(self.protect_chunks(images, labels, sample_ids), len(images))
 
+    def _refuse_carried(self, staged: list[tuple[list[int], torch.Tensor]], rows: np.ndarray,
+                        seeds: Sequence[int] | None, first_row: int = 0) -> None:
+        """Raise :class:`DoubleProtectionError` when the batch already carries this bank's noise.
+
+        ``staged``: ``(positions, uint8 images)`` of the images to test (:data:`CARRY_SAMPLE` of a
+        batch at most: the decision is on their mean, and a bounded sample keeps the test's cost
+        per batch bounded).
+        """
+        test = self.kind.carried
+        if test is None or not staged:
+            return
+        where: list[int] = []
+        got: list[np.ndarray] = []
+        for part, x in staged:
+            where += part
+            got.append(test(self, x, rows[part], None if seeds is None else [seeds[i] for i in part]).float().cpu().numpy())
+        scores = np.concatenate(got)
+        if not carried(scores):
+            return
+        order = np.argsort(-scores)[:5]
+        raise DoubleProtectionError(
+            f"these images already carry this bank's noise, though their PNGs carry no marker (content test: mean "
+            f"score {scores.mean():.2f} over {len(scores)} image(s), above {carry_threshold(len(scores)):.2f}; most "
+            f"clearly row(s) {sorted(first_row + where[i] for i in order)} of the batch): they were probably protected "
+            "with this bank, then saved or re-encoded in a way that dropped the marker. Protecting them again would "
+            "add the noise a second time. Publish them as they are (publish(..., protected=True)), or pass "
+            "allow_double=True (--allow-double) if you really mean to protect them twice."
+        )
+
     def protect_chunks(
         self, images: Sequence[np.ndarray | torch.Tensor], labels: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
-        sample_ids: Sequence[Any] | None = None,
+        sample_ids: Sequence[Any] | None = None, first_row: int = 0,
     ) -> list[tuple[list[int], np.ndarray]]:
         """:meth:`protect` of a sequence of ``[C, H, W]`` images, as the kernel produced them.
+
+        ``first_row``: the first image's row number in the caller's batch (error messages only).
 
         Returns ``(positions, pixels)`` pairs: ``pixels`` is a uint8 ``[n, H, W, C]`` numpy
         batch of same-size images, ``positions`` their indices in ``images``. Encoders take
@@ -286,6 +327,8 @@ class Applier:
         chws = list(images)
         rows, seeds = self.rows_and_seeds(chws, labels, sample_ids)
         chunks: list[tuple[list[int], np.ndarray]] = []
+        staged: list[tuple[list[int], torch.Tensor]] = []
+        test = set(_carry_sample(len(chws))) if self.refuse_carried and self.kind.carried is not None else set()
         buckets: dict[tuple[int, ...], list[int]] = {}
         for i, c in enumerate(chws):
             buckets.setdefault(tuple(c.shape), []).append(i)
@@ -299,10 +342,15 @@ class Applier:
             per = len(idx) if self.device.type == "cuda" else max(1, _APPLY_CHUNK_BYTES // (c * h * w * 4))
             for s in range(0, len(idx), per):
                 part = idx[s : s + per]
-                res = self(self._stage([chws[i] for i in part]), rows[part],
-                           None if seeds is None else [seeds[i] for i in part])
+                batch = self._stage([chws[i] for i in part])
+                res = self(batch, rows[part], None if seeds is None else [seeds[i] for i in part])
+                tested = [j for j, i in enumerate(part) if i in test]
+                if tested:
+                    staged.append(([part[j] for j in tested], batch[tested].to(self.device)))
                 # One batched copy to HWC (none when the kernel kept the channels-last layout).
                 chunks.append((part, res.permute(0, 2, 3, 1).contiguous().cpu().numpy()))
+        if staged:
+            self._refuse_carried(staged, rows, seeds, first_row)
         return chunks
 
     def _stage(self, parts: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
@@ -319,6 +367,16 @@ class Applier:
             # Page-locked staging buffer: the non_blocking copy to the device is then a real DMA.
             batch = batch.pin_memory()
         return batch
+
+
+#: Images of a batch the content test of double protection scores (evenly spaced): its decision is
+#: on their mean, which at 16 images already separated clean from protected CIFAR batches completely.
+CARRY_SAMPLE = 16
+
+
+def _carry_sample(n: int) -> list[int]:
+    """Evenly spaced positions of at most :data:`CARRY_SAMPLE` of ``n`` images (the same for the same ``n``)."""
+    return sorted({int(round(v)) for v in np.linspace(0, n - 1, min(n, CARRY_SAMPLE))}) if n else []
 
 
 def in_row_order(chunks: Sequence[tuple[Sequence[int], Any]], n: int) -> list[Any]:

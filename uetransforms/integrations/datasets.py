@@ -135,7 +135,10 @@ class _BankUser:
             if self.bank.keying == "cluster":
                 # Label-free use of a cluster bank: nearest centroid in the bank's surrogate embedding.
                 assigner = functools.partial(ClusterAssigner, self.bank, device=device, encoder=self.encoder)
-            app = self._appliers[device] = Applier(self.bank, device, self.size_mismatch, assigner=assigner)
+            # Unless told otherwise, images that already carry this bank's noise (tested from the
+            # pixels, for protection whose marker was lost) are refused like marked ones.
+            app = self._appliers[device] = Applier(self.bank, device, self.size_mismatch, assigner=assigner,
+                                                   refuse_carried=not getattr(self, "allow_double", False))
         return app
 
     def _refuse_protected(self, images: Sequence[Any], column: str) -> None:
@@ -157,9 +160,10 @@ class _BankUser:
         return self._applier(self._device_for(rank)).protect(chws, labels=labels, sample_ids=ids)
 
     def _protect_chunks(self, chws: list[np.ndarray], labels: Sequence[Any] | None, ids: Sequence[Any] | None,
-                        rank: int | None = None) -> list[tuple[list[int], np.ndarray]]:
+                        rank: int | None = None, first_row: int = 0) -> list[tuple[list[int], np.ndarray]]:
         """The same, as the kernel's HWC batches with their input positions (for batch encoding)."""
-        return self._applier(self._device_for(rank)).protect_chunks(chws, labels=labels, sample_ids=ids)
+        return self._applier(self._device_for(rank)).protect_chunks(chws, labels=labels, sample_ids=ids,
+                                                                    first_row=first_row)
 
     def _state(self) -> dict[str, Any]:
         from ..core.version import __version__
@@ -370,7 +374,7 @@ class Protect(_BankUser):
         chws = map_threads(lambda im: to_chw(im, channels=self.bank.channels, convert=self.convert, column=col),
                            imgs[a:b], threads)
         chunks = self._protect_chunks(chws, None if labels is None else labels[a:b],
-                                      None if ids is None else ids[a:b], rank)
+                                      None if ids is None else ids[a:b], rank, first_row=a)
         return [([a + i for i in part], self.png(hwc, threads) if encode else hwc) for part, hwc in chunks]
 
     def _hands_bytes(self, batch: Mapping[str, Any], images: Any) -> bool:
