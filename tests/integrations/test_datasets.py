@@ -726,3 +726,24 @@ def test_bytes_do_not_depend_on_the_codec_threads(fmt):
     finally:
         torch.set_num_threads(before)
     assert serial == threaded and len(serial[0]) == 11
+
+
+# ------------------------------------------------------------------ issue 23: one marker that survives
+def test_map_of_a_map_is_refused(bank_path):
+    """ds.map(p).map(p) added the noise twice: map's PNGs now carry the marker."""
+    p = ue.Protect(bank_path)
+    once = make_ds().map(p, batched=True, batch_size=3)
+    with pytest.raises(ue.DoubleProtectionError, match="row"):
+        once.map(p, batched=True, batch_size=3)
+    with pytest.raises(ue.DoubleProtectionError):
+        once.map(p, batched=True, num_proc=2)
+    # set_transform output (PIL) says it is protected too.
+    shown = make_ds()
+    shown.set_transform(p)
+    assert codecs_is_marked(shown[0]["image"])
+
+
+def codecs_is_marked(x) -> bool:
+    from uetransforms.core.codecs import is_marked
+
+    return is_marked(x)

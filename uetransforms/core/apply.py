@@ -308,8 +308,8 @@ class Applier:
             f"score {scores.mean():.2f} over {len(scores)} image(s), above {carry_threshold(len(scores)):.2f}; most "
             f"clearly row(s) {sorted(first_row + where[i] for i in order)} of the batch): they were probably protected "
             "with this bank, then saved or re-encoded in a way that dropped the marker. Protecting them again would "
-            "add the noise a second time. Publish them as they are (publish(..., protected=True)), or pass "
-            "allow_double=True (--allow-double) if you really mean to protect them twice."
+            "add the noise a second time. Publish them as they are (publish(..., protected=True)), or "
+            "pass allow_double=True if you really mean to protect them twice."
         )
 
     def protect_chunks(

@@ -40,6 +40,7 @@ from ..core.bank import BankError, NoiseBank
 from ..core.codecs import (check_png_options, encode_png, encode_png_batch, is_marked, map_slices, map_threads,
                            mark_pil)
 from ..core.errors import DoubleProtectionError  # defined there; importable from here as before
+from ..core.errors import ImageModeError
 from ..core.images import encoded_bytes, from_chw, to_chw
 from ..core.apply import Applier, chunk_views, in_row_order
 from ..models.assign import ClusterAssigner
@@ -141,15 +142,17 @@ class _BankUser:
                                                    refuse_carried=not getattr(self, "allow_double", False))
         return app
 
-    def _refuse_protected(self, images: Sequence[Any], column: str) -> None:
+    def _refuse_protected(self, images: Sequence[Any], column: str, where: Any = None) -> None:
         """Images that carry the protection marker are not protected again unless asked to be."""
         if self.allow_double:
             return
-        marked = sum(1 for im in images if is_marked(im))
+        marked = [j for j, im in enumerate(images) if is_marked(im)]
         if marked:
+            first = where(marked[0]) if where is not None else f"row {marked[0]} of the batch"
             raise DoubleProtectionError(
-                f"{marked} of {len(images)} image(s) in column {column!r} are already protected by uetransforms "
-                "(their PNG carries the marker): protecting them again adds a second noise on top of the first. "
+                f"{len(marked)} of {len(images)} image(s) in column {column!r} are already protected by uetransforms "
+                f"(their PNG carries the marker; the first is {first}): protecting them again adds a second noise "
+                "on top of the first. "
                 "Publish them as they are (publish(..., protected=True)), or pass allow_double=True if you "
                 "really mean to protect them twice."
             )
@@ -186,6 +189,33 @@ class _BankUser:
             # after fork), and N workers fill N cores anyway. The pid is not part of the pickled
             # state, so datasets' fingerprint of Protect stays the same across sessions.
             torch.set_num_threads(1)
+
+
+class _RowNames:
+    """Names row ``j`` of a batch in the caller's terms: the dataset row number (``map(with_indices=True)``
+    indices, or the batch's first row as a writer knows it), else the position in the batch; with
+    its id and file path when there are any."""
+
+    def __init__(self, indices: Sequence[int] | None, first_row: int | None, ids: Sequence[Any] | None,
+                 images: Sequence[Any]) -> None:
+        self.indices, self.first_row, self.ids, self.images = indices, first_row, ids, images
+
+    def number(self, j: int) -> int:
+        if self.indices is not None and j < len(self.indices):
+            return int(self.indices[j])
+        return (self.first_row or 0) + j
+
+    def __call__(self, j: int) -> str:
+        known = self.indices is not None or self.first_row is not None
+        text = f"row {self.number(j)}" if known else f"row {j} of this batch"
+        if self.ids is not None:
+            text += f" (id {self.ids[j]!r})"
+        im = self.images[j] if j < len(self.images) else None
+        if isinstance(im, dict) and im.get("path"):
+            text += f" (file {im['path']!r})"
+        if not known:
+            text += " (map(..., with_indices=True) names dataset rows)"
+        return text
 
 
 class _DefaultLabel(str):
@@ -271,12 +301,15 @@ class Protect(_BankUser):
 
     def __call__(self, batch: Mapping[str, Any], *args: Any, rank: int | None = None) -> dict[str, Any]:
         # map(with_indices=True) passes indices (a list), map(with_rank=True) passes the rank (an int).
+        indices = None
         for a in args:
             if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
                 rank = int(a)
+            elif isinstance(a, (list, tuple, np.ndarray)):
+                indices = [int(i) for i in a]
         images = self._images_of(batch) if isinstance(batch, Mapping) and self.image_column in batch else None
         as_bytes = images is not None and self._hands_bytes(batch, images)
-        images, single, done = self._protect_batch(batch, rank, encode=as_bytes, images=images)
+        images, single, done = self._protect_batch(batch, rank, encode=as_bytes, images=images, indices=indices)
         n = 1 if single else len(images)
         new: Any
         if as_bytes:
@@ -297,9 +330,12 @@ class Protect(_BankUser):
         result[self.image_column] = new
         return result
 
-    def encoded(self, batch: Mapping[str, Any], rank: int | None = None) -> list[bytes]:
-        """Protect a batch and return its images as PNG bytes, in row order (for writers and Ray)."""
-        return self._protect_batch(batch, rank, encode=True)[2]
+    def encoded(self, batch: Mapping[str, Any], rank: int | None = None, *, first_row: int | None = None) -> list[bytes]:
+        """Protect a batch and return its images as PNG bytes, in row order (for writers and Ray).
+
+        ``first_row``: the batch's first row number in the whole dataset, so errors name the row.
+        """
+        return self._protect_batch(batch, rank, encode=True, first_row=first_row)[2]
 
     def png(self, images: np.ndarray | Sequence[np.ndarray], threads: int | None = None) -> list[bytes]:
         """PNG bytes of uint8 HWC images (a ``[B, H, W, C]`` batch or a list), with this Protect's encoder."""
@@ -339,7 +375,8 @@ class Protect(_BankUser):
         return getattr(self, "threads", None) or _default_threads()
 
     def _protect_batch(self, batch: Mapping[str, Any], rank: int | None, *, encode: bool = False,
-                       images: Any = None) -> tuple[Any, bool, Any]:
+                       images: Any = None, indices: Sequence[int] | None = None,
+                       first_row: int | None = None) -> tuple[Any, bool, Any]:
         """The column's images, whether the call is for one example, and the protected images:
         the kernel's chunks (``[(positions, [n, H, W, C] pixels)]``), or with ``encode`` their PNG
         bytes in row order."""
@@ -355,26 +392,34 @@ class Protect(_BankUser):
         imgs = [images] if single else list(images)
         labels = self._column(batch, self.label_column, single, needed=self._needs_labels())
         ids = self._column(batch, self.id_column, single, needed=self.id_column is not None)
-        self._refuse_protected(imgs, col)
+        where = _RowNames(indices, first_row, ids, imgs)
+        self._refuse_protected(imgs, col, where)
         n, threads = len(imgs), self._threads()
         if threads > 1 and n > 1 and self._device_for(rank) == "cpu":
             # CPU: each thread takes a contiguous slice through decode, kernel and encode. The
             # kernels release the GIL too, so no stage waits on a serial one (codecs on threads
             # around one kernel call reached 0.28x the identity map at 32 px; see RESULTS.md).
             with _one_torch_thread():
-                parts = map_slices(lambda a, b: self._slice(imgs, labels, ids, a, b, rank, encode, 1), n, threads)
+                parts = map_slices(lambda a, b: self._slice(imgs, labels, ids, a, b, rank, encode, 1, where), n, threads)
         else:  # one kernel call for the batch (a GPU wants it whole); the codecs still use the threads
-            parts = self._slice(imgs, labels, ids, 0, n, rank, encode, threads)
+            parts = self._slice(imgs, labels, ids, 0, n, rank, encode, threads, where)
         return images, single, in_row_order(parts, n) if encode else parts
 
     def _slice(self, imgs: list[Any], labels: Any, ids: Any, a: int, b: int, rank: int | None, encode: bool,
-               threads: int) -> list[tuple[list[int], Any]]:
+               threads: int, where: _RowNames | None = None) -> list[tuple[list[int], Any]]:
         """Rows ``a:b`` decoded, protected and (``encode``) encoded: ``[(positions, pixels or PNG bytes)]``."""
         col = self.image_column
-        chws = map_threads(lambda im: to_chw(im, channels=self.bank.channels, convert=self.convert, column=col),
-                           imgs[a:b], threads)
+        where = where or _RowNames(None, None, ids, imgs)
+
+        def decode(j: int) -> np.ndarray:
+            try:
+                return to_chw(imgs[j], channels=self.bank.channels, convert=self.convert, column=col)
+            except ImageModeError as err:  # which row, in the caller's numbering, and then the fix
+                raise ImageModeError(f"{where(j)}: {err}") from None
+
+        chws = map_threads(decode, list(range(a, b)), threads)
         chunks = self._protect_chunks(chws, None if labels is None else labels[a:b],
-                                      None if ids is None else ids[a:b], rank, first_row=a)
+                                      None if ids is None else ids[a:b], rank, first_row=where.number(a))
         return [([a + i for i in part], self.png(hwc, threads) if encode else hwc) for part, hwc in chunks]
 
     def _hands_bytes(self, batch: Mapping[str, Any], images: Any) -> bool:

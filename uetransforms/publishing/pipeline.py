@@ -203,8 +203,9 @@ def publish(
                 refuse_marked(ds, image_column, where=f"split {name!r}")
         # One GPU per worker: Protect maps the rank to cuda:<rank % n_gpus>.
         with_rank = device is not None and str(device).startswith("cuda")
+        # with_indices: an error names the dataset row, not a position in some worker's batch.
         splits = {name: ds.map(fn, batched=True, batch_size=batch_size, num_proc=num_proc, with_rank=with_rank,
-                               desc=f"Protecting {name} ({bank.method})")
+                               with_indices=True, desc=f"Protecting {name} ({bank.method})")
                   for name, ds in splits.items()}
         fn = None
     job = [bank.sha256, image_column, label_column, id_column, protected, __version__]

@@ -105,7 +105,7 @@ def dataset_tables(ds: Any, protect: Protect | None, image_column: str,
                 wanted = {image_column, protect.label_column, protect.id_column} & set(table.column_names)
                 batch = {name: _pylist(table.column(name), name == image_column) for name in wanted}
                 # Protect's own PNG bytes (the codec module's encoder), the very bytes Dataset.map stores.
-                png = protect.encoded(batch)
+                png = protect.encoded(batch, first_row=i)
                 names = [source_name(p) for p in _source_paths(table.column(image_column))]
                 images = pa.StructArray.from_arrays([pa.array(png, pa.binary()), pa.array(names, pa.string())],
                                                     fields=list(schema.field(image_column).type))
@@ -147,12 +147,14 @@ def stream_tables(stream: Any, protect: Protect | None, image_column: str,
         if start:  # pragma: no cover - streams carry no fingerprint, so the writer never resumes them
             raise ValueError("a stream cannot be resumed")
         out_features = schema = None
+        seen = 0
         for batch in iter_batches(stream, batch_size):
             if image_column not in batch:
                 raise KeyError(f"image_column={image_column!r} is not in the stream (columns: {list(batch)}); "
                                "pass image_column=<name>")
             if protect is not None:
-                out = {**batch, image_column: [{"bytes": b, "path": None} for b in protect.encoded(batch)]}
+                out = {**batch, image_column: [{"bytes": b, "path": None}
+                                               for b in protect.encoded(batch, first_row=seen)]}
             else:
                 # Already protected: decoded images are re-encoded by the codec module, which gives
                 # the bytes they were written with (same pixels, same encoder); records are kept.
@@ -160,6 +162,7 @@ def stream_tables(stream: Any, protect: Protect | None, image_column: str,
             if out_features is None:
                 out_features = _stream_features(features, out, image_column)
                 schema = out_features.arrow_schema
+            seen += len(batch[image_column])
             encoded = out_features.encode_batch({k: out[k] for k in out_features})
             yield pa.Table.from_pydict(encoded, schema=schema)
 
