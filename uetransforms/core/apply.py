@@ -413,6 +413,8 @@ def _check_batch(images: Any) -> None:
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
         what = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
         raise TypeError(f"kernels take uint8 [B, C, H, W] tensors, got {what}")
+    if images.shape[-1] == 0 or images.shape[-2] == 0:
+        raise ValueError(f"cannot protect empty images (shape {tuple(images.shape)}); drop them first")
 
 
 def _numpy_chw(im: Any) -> np.ndarray:

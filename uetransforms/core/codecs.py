@@ -179,7 +179,7 @@ def decode(value: Any, *, channels: int | None = None, convert: bool = False, co
     torch = _optional("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         if value.is_floating_point():
-            value = value.detach().cpu().clamp(0, 1).mul(255).round().to(torch.uint8)
+            value = _float_to_uint8(value.detach().cpu(), column)
         return _array_to_chw(value.detach().cpu().numpy(), channels=channels, chw=True, column=column)
     if isinstance(value, np.ndarray):
         return _array_to_chw(value, channels=channels, chw=False, column=column)
@@ -187,6 +187,35 @@ def decode(value: Any, *, channels: int | None = None, convert: bool = False, co
         f"column {column!r} holds {type(value).__name__}, not an image; pass the image column "
         "(PIL images, datasets Image() feature, or uint8 arrays) as image_column"
     )
+
+
+def _float_to_uint8(t: Any, column: str) -> Any:
+    """A float image tensor in [0, 1] (torchvision's convention) as the uint8 pixels it stands for.
+
+    ``round(x * 255)`` is exact for every tensor that came from uint8 pixels (``v2.ToDtype(torch.float32,
+    scale=True)``), so the float path protects the very pixels the uint8 path does. Anything outside
+    [0, 1] (0-255 floats, normalised tensors) is refused: clamping it would silently destroy the image.
+    """
+    import torch
+
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ImageModeError(f"column {column!r} holds a float image with NaN or infinite values; pass uint8 pixels")
+    lo, hi = (float(t.min()), float(t.max())) if t.numel() else (0.0, 0.0)
+    if lo < 0 or hi > 1:
+        raise ImageModeError(
+            f"column {column!r} holds a float image with values in [{lo:g}, {hi:g}], outside [0, 1]: protection "
+            "works on 8-bit pixels, and float images are read as torchvision reads them (0..1). Pass uint8 pixels "
+            "(e.g. torch.from_numpy(np.asarray(pil)).permute(2, 0, 1) without .float()), or put ProtectTransform "
+            "before v2.ToDtype(torch.float32, scale=True) and v2.Normalize in the pipeline."
+        )
+    return t.to(torch.float32).mul(255).round_().to(torch.uint8)
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+    """A PNG's bits per channel from its IHDR (PIL opens 16-bit RGB PNGs as 8-bit RGB, silently)."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 25:
+        return data[24]
+    return None
 
 
 def _is_record(value: Any) -> bool:
@@ -230,6 +259,12 @@ def _remote_image(record: dict, column: str) -> Any:
 
 
 def _decode_bytes(data: bytes, *, channels: int | None, convert: bool, column: str) -> np.ndarray:
+    if _png_bit_depth(data) == 16:
+        raise ImageModeError(
+            f"column {column!r} holds a 16-bit-per-channel PNG: PIL would read it as 8 bits and protection would "
+            "throw the low byte away. Convert it yourself to 8-bit (e.g. (arr >> 8).astype('uint8'), or "
+            "Image.fromarray(...) of 8-bit pixels) if that loss is acceptable, then protect that."
+        )
     if data[:3] == b"\xff\xd8\xff":
         fast = _fast_jpeg()
         if fast is not None:
@@ -369,6 +404,8 @@ def _pil_to_chw(img, *, channels: int | None, convert: bool, column: str) -> np.
             )
         warnings.warn(f"converting {mode} images to {want} before protecting them (convert=True)", stacklevel=4)
         img = img.convert(want)
+    if 0 in img.size:
+        raise ImageModeError(f"column {column!r} holds an empty {img.size[0]}x{img.size[1]} image; drop those rows first")
     arr = np.asarray(img, dtype=np.uint8)
     # A CHW *view* of PIL's HWC pixels: batching (np.stack) makes the one copy that is needed.
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -380,7 +417,17 @@ def _array_to_chw(arr: np.ndarray, *, channels: int | None, chw: bool, column: s
             raise ImageModeError(
                 f"column {column!r} holds a float array; pass uint8 pixels (0..255) or a float torch tensor in [0, 1]"
             )
-        raise ImageModeError(f"column {column!r} holds {arr.dtype} pixels; only 8-bit images can be protected")
+        fits = arr.dtype.kind in "iu" and (arr.size == 0 or (int(arr.min()) >= 0 and int(arr.max()) <= 255))
+        raise ImageModeError(
+            f"column {column!r} holds {arr.dtype} pixels; only 8-bit images can be protected. "
+            + ("Its values are all 0..255, so it was probably uint8 pixels widened on the way (datasets gives "
+               "nested lists as int64 under with_format('numpy')): store the column as images "
+               f"(dataset.cast_column({column!r}, datasets.Image())) or as uint8 arrays "
+               "(datasets.Array3D(shape, 'uint8')), or pass arr.astype(np.uint8)."
+               if fits else "Convert them to 8-bit yourself if that loss is acceptable.")
+        )
+    if 0 in arr.shape:
+        raise ImageModeError(f"column {column!r} holds an empty image (shape {arr.shape}); drop those rows first")
     if arr.ndim == 2:
         arr = arr[None]
     elif arr.ndim == 3:
@@ -391,12 +438,18 @@ def _array_to_chw(arr: np.ndarray, *, channels: int | None, chw: bool, column: s
             arr = arr.transpose(2, 0, 1)
     else:
         raise ImageModeError(f"column {column!r} holds an array of shape {arr.shape}; expected HxW or HxWxC")
+    hint = ""
+    if arr.ndim == 3 and arr.shape[0] not in (1, 3) and arr.shape[-1] in (1, 3, 4):
+        hint = (f"; its shape {tuple(arr.shape)} looks like height x width x channels, but "
+                + ("a tensor is read as channels first (CHW, torchvision's order): pass tensor.permute(2, 0, 1)"
+                   if chw else "it was taken as CHW: pass arr.transpose(2, 0, 1) or a PIL image"))
     if channels is None and arr.shape[0] not in (1, 3):
-        raise ImageModeError(f"column {column!r} has {arr.shape[0]}-channel images; only 1 and 3 channels are supported")
+        raise ImageModeError(
+            f"column {column!r} has {arr.shape[0]}-channel images; only 1 and 3 channels are supported{hint}")
     if channels is not None and arr.shape[0] != channels:
         raise ImageModeError(
             f"column {column!r} has {arr.shape[0]}-channel images but the bank is for {channels} channels; "
-            "convert them first"
+            + (hint[2:] if hint else "convert them first")
         )
     return np.ascontiguousarray(arr)
 

@@ -70,8 +70,12 @@ class ProtectTransform(_BankUser, v2.Transform):
             image's pixels.
         device / size_mismatch / convert / encoder / allow_double: as in :class:`~uetransforms.Protect`.
 
-    Float tensor images are taken as [0, 1] and quantised to 8 bits (protection is defined on
-    8-bit pixels); the output keeps the input's type and dtype.
+    Float tensor images must be in [0, 1] (torchvision's convention): they are read as the 8-bit
+    pixels ``round(x * 255)`` they stand for (exact for ``v2.ToDtype(torch.float32, scale=True)``
+    output) and come back as ``protected / 255`` in the input's dtype, the very pixels the uint8
+    path gives. Floats outside [0, 1] (0-255 floats, normalised tensors) are refused: put
+    ProtectTransform before ``ToDtype``/``Normalize``, or pass uint8. The output keeps the input's
+    type and dtype.
     """
 
     _transformed_types = (torch.Tensor, PIL.Image.Image)
