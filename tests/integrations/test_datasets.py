@@ -747,3 +747,18 @@ def codecs_is_marked(x) -> bool:
     from uetransforms.core.codecs import is_marked
 
     return is_marked(x)
+
+
+# ------------------------------------------------------------------ issue 23: clear errors at the door
+def test_bad_device_is_refused_at_construction(bank_path):
+    import torch
+
+    from uetransforms.integrations.transforms import ProtectTransform
+
+    with pytest.raises(ValueError, match="device='foo' is not a torch device"):
+        ue.Protect(bank_path, device="foo")
+    with pytest.raises(ValueError, match="device='foo'"):
+        ProtectTransform(bank_path, device="foo")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU is available; use device='cpu'"):
+            ue.Protect(bank_path, device="cuda")

@@ -114,6 +114,10 @@ class _BankUser:
                  size_mismatch: str | None, convert: bool, encoder: torch.nn.Module | None = None,
                  allow_double: bool = False) -> None:
         self.bank = _bank_ref(bank)
+        if device is not None:
+            from ..core.device import resolve_device
+
+            resolve_device(device)  # "foo", or "cuda" without a GPU: said now, not at the first batch
         self.device = None if device is None else str(device)
         self.size_mismatch = size_mismatch
         self.convert = convert
