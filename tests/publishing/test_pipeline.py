@@ -727,3 +727,47 @@ def test_a_corrupt_image_is_named_by_its_row_on_every_path(tmp_path, secret_bank
     # Without indices, map names the position in the batch and how to get dataset rows.
     with pytest.raises(ue.ImageModeError, match=r"row 3 of this batch.*with_indices=True"):
         src.map(ue.Protect(secret_bank), batched=True, batch_size=8)
+
+
+def test_num_proc_refusals_come_before_the_map(tmp_path, secret_bank, monkeypatch):
+    """batch_size=0 and a non-empty output were reported only after the whole map(num_proc=2) had run."""
+    src = _dataset()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("mine")
+
+    def no_map(*a, **k):
+        raise AssertionError("map ran before the refusal")
+
+    monkeypatch.setattr(datasets.Dataset, "map", no_map)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        ue.publish(src, secret_bank, tmp_path / "o", num_proc=2, batch_size=0)
+    with pytest.raises(FileExistsError, match="not empty"):
+        ue.publish(src, secret_bank, tmp_path / "full", num_proc=2)
+
+
+# ------------------------------------------------------------------ issue 23: crashes
+def test_output_that_is_a_symlink_to_a_directory(tmp_path, secret_bank):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    ue.publish(_dataset(), secret_bank, link)
+    assert link.is_symlink() and os.readlink(link) == str(real)  # the link is kept, pointing at the data
+    assert sorted(os.listdir(real)) == ["README.md", "data"]
+    ue.publish(_dataset(seed=1), secret_bank, link, overwrite=True)  # the swap replaces the directory it names
+    assert link.is_symlink() and sorted(os.listdir(link)) == ["README.md", "data"]
+    assert not [n for n in os.listdir(tmp_path) if "uetransforms" in n]  # no .link.uetransforms-old/-tmp left
+
+
+def test_refused_publishes_leave_no_hidden_folder(tmp_path, secret_bank):
+    out = tmp_path / "pub"
+    out.mkdir()
+    (out / "x.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        ue.publish(_dataset(), secret_bank, out)
+    once = tmp_path / "once"
+    ue.publish(_dataset(), secret_bank, once)
+    with pytest.raises(ue.DoubleProtectionError):
+        ue.publish(datasets.Dataset.from_parquet(str(once / "data" / "train-00000-of-00001.parquet")), secret_bank,
+                   tmp_path / "twice")
+    assert sorted(os.listdir(tmp_path)) == ["hidden-bank-folder", "once", "pub"]

@@ -189,6 +189,14 @@ def publish(
     from ..core.version import __version__
 
     max_bytes = convert_file_size_to_int(max_shard_size)
+    # What the writer would refuse, refused before any image is protected (with num_proc the
+    # whole map ran first, then batch_size=0 or a non-empty output directory was reported).
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not push:
+        from .target import Target
+
+        Target(path_or_repo_id).check(overwrite)
     note = not_protecting(bank.method)
     if note:
         warnings.warn(f"publishing a copy that is not protected: {note}", UserWarning, stacklevel=2)
