@@ -36,6 +36,10 @@ from .kernels import carried, carry_threshold, sample_seed
 from .kinds import bank_kind
 
 SIZE_POLICIES = ("error", "resize")
+#: The largest image (height x width) ``size_mismatch="resize"`` protects: 8192 x 8192. Memory is
+#: bounded per image (only the bank rows a batch uses are resized, one image per CPU chunk at this
+#: size), at roughly 45 bytes per pixel: about 3 GB for an image at the limit.
+MAX_RESIZE_PIXELS = 8192 * 8192
 #: Float32 pixel bytes of one chunk of :meth:`Applier.protect` on the CPU (see there).
 _APPLY_CHUNK_BYTES = 4 << 20
 
@@ -142,6 +146,13 @@ class Applier:
         self._check_size(native, hw)
         if not self._resident:
             return self.fit_size(self.rows_of(name, rows), hw, mode=mode)
+        shape = self.bank.tensors[name].shape
+        if int(np.prod(shape[:-2])) * hw[0] * hw[1] * 4 > self.SIZE_CACHE_BYTES:
+            # The whole bank at this size would not be cached anyway (a 12000x12000 photo: 17 GB for
+            # 10 classes): resize only the rows this batch uses, each once.
+            used, inverse = np.unique(rows, return_inverse=True)
+            sized = self.fit_size(self._full(name)[torch.from_numpy(used).to(self.device)], hw, mode=mode)
+            return sized[torch.from_numpy(inverse.reshape(-1)).to(self.device)]
         key = (name, hw)
         with self._lock:
             full = self._sized.get(key)
@@ -163,6 +174,13 @@ class Applier:
                 f"image is {hw[0]}x{hw[1]} but the bank's noise is {native[0]}x{native[1]}. "
                 "Resize the images to the bank's size first, or pass size_mismatch='resize' to "
                 "interpolate the noise to each image (the L-inf budget is kept)."
+            )
+        if hw[0] * hw[1] > MAX_RESIZE_PIXELS:
+            raise SizeMismatchError(
+                f"image is {hw[0]}x{hw[1]} ({hw[0] * hw[1] / 1e6:.0f} megapixels), above the "
+                f"{MAX_RESIZE_PIXELS / 1e6:.0f}-megapixel limit of size_mismatch='resize' (the noise is made at the "
+                "image's size in float32, several bytes per pixel per image). Downscale such images first "
+                "(e.g. PIL's Image.thumbnail to 8192 px), or fit a bank at their size."
             )
 
     def fit_size(self, t: torch.Tensor, hw: tuple[int, int], *, mode: str) -> torch.Tensor:
