@@ -201,8 +201,9 @@ class _RowNames:
     its id and file path when there are any."""
 
     def __init__(self, indices: Sequence[int] | None, first_row: int | None, ids: Sequence[Any] | None,
-                 images: Sequence[Any]) -> None:
+                 images: Sequence[Any], *, hint: bool = False) -> None:
         self.indices, self.first_row, self.ids, self.images = indices, first_row, ids, images
+        self.hint = hint  # a datasets map: say how to get dataset row numbers
 
     def number(self, j: int) -> int:
         if self.indices is not None and j < len(self.indices):
@@ -217,7 +218,7 @@ class _RowNames:
         im = self.images[j] if j < len(self.images) else None
         if isinstance(im, dict) and im.get("path"):
             text += f" (file {im['path']!r})"
-        if not known:
+        if not known and self.hint:
             text += " (map(..., with_indices=True) names dataset rows)"
         return text
 
@@ -396,7 +397,7 @@ class Protect(_BankUser):
         imgs = [images] if single else list(images)
         labels = self._column(batch, self.label_column, single, needed=self._needs_labels())
         ids = self._column(batch, self.id_column, single, needed=self.id_column is not None)
-        where = _RowNames(indices, first_row, ids, imgs)
+        where = _RowNames(indices, first_row, ids, imgs, hint=_is_datasets_batch(batch))
         self._refuse_protected(imgs, col, where)
         n, threads = len(imgs), self._threads()
         if threads > 1 and n > 1 and self._device_for(rank) == "cpu":
