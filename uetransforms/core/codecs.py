@@ -33,9 +33,17 @@ than size. zlib-ng at the same size was 2.5x slower than ISA-L; libpng/libspng/O
 1.5-5x faster than PIL. PIL is the fallback; at its default level 6 it writes the very bytes
 ``datasets`` writes. ``pip install "uetransforms[fast]"`` installs isal, fpng and simplejpeg.
 
-**Marker.** :func:`mark` adds a non-secret "protected by uetransforms" ``tEXt`` chunk (library
-version and method name only: no seed, key or bank hash) so that protecting or publishing an
-already-protected image can be detected with :func:`is_marked`.
+**Marker: the one rule of "already protected".** Every protected PNG the library writes
+(``Protect``'s bytes in ``Dataset.map``, ``publish`` and ``publish_stream`` shards, Ray) carries a
+non-secret "protected by uetransforms" ``tEXt`` chunk right after IHDR (library version and
+method name only: no seed, key or bank hash; :func:`encode_png` ``marked=True``, or :func:`mark`),
+and PIL images it returns carry the text in ``info``. :func:`is_marked` reads it from bytes,
+records and PIL images, so protected data is recognised wherever its images go (loaded from a
+shard, streamed, mapped twice). :func:`marked_where` reads what a dataset or table says of itself
+(card text, Parquet schema metadata). What a marker cannot survive (images downloaded to a
+folder and re-encoded) is left to the pixels: with the bank in hand, an additive bank's noise is
+found in a batch by :func:`uetransforms.core.kernels.carried_score`; convolution, pixel-edit and
+synthesised banks have no content test (only the marker tells their output).
 
 Example:
     >>> import numpy as np

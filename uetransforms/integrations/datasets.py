@@ -249,8 +249,12 @@ class Protect(_BankUser):
         convert: convert RGBA/P/LA/CMYK... images to the bank's mode instead of refusing them.
         encoder: the surrogate ``nn.Module`` a cluster-keyed bank was fitted with, when the bank
             cannot rebuild it itself (a custom module): clusters are then assigned with it.
-        allow_double: protect images that already carry the "protected by uetransforms" marker
-            (refused by default: the noise would be added a second time).
+        allow_double: protect images that are already protected (refused by default: the noise
+            would be added a second time). Protected means: the PNG marker every protected image
+            the library writes carries, or, for additive banks, this bank's own noise found in the
+            pixels (a batch's mean :func:`~uetransforms.core.kernels.carried_score`, for images that
+            lost the marker on the way). Convolution, pixel-edit and synthesised (AR) banks have no
+            reliable test from the pixels: for them only the marker is seen.
         png_encoder / png_level: the lossless encoder of the PNG bytes this writes (``"isal"``,
             ``"fpng"`` or ``"pil"``; None: the fastest installed) and its level
             (see :func:`uetransforms.core.codecs.encode_png`). Checked here, before any image.
