@@ -106,3 +106,21 @@ def test_bad_params_raise_value_error_naming_the_parameter(params, name):
     ds, _, _ = toy_data(h=32, w=32)
     with pytest.raises(ValueError, match=name):
         ue.fit("lsp", ds, seed=0, **params)
+
+
+# ------------------------------------------------------------------ issue 23: nothing silently wrong
+def test_a_patch_size_that_cannot_separate_the_classes_is_refused():
+    import numpy as np
+
+    import uetransforms as ue
+    from uetransforms.algorithms import ParameterError
+
+    data = {"image": list(np.zeros((20, 32, 32, 3), np.uint8)), "label": [i % 10 for i in range(20)]}
+    with pytest.raises(ParameterError, match=r"patch_size=64 is larger than the 32x32 images.*patch_size <= 16"):
+        ue.fit("lsp", data, patch_size=64, seed=0)
+    small = {"image": list(np.zeros((20, 1, 1, 3), np.uint8)), "label": [i % 20 for i in range(20)]}
+    with pytest.raises(ParameterError, match=r"3 values per pattern.*8 distinct vertex patterns for 20 classes"):
+        ue.fit("lsp", small, patch_size=1, seed=0)
+    bank = ue.fit("lsp", data, patch_size=16, seed=0)  # 3 x 2 x 2 = 12 values: 4096 patterns for 10 classes
+    flat = bank.tensors["delta"].reshape(10, -1)
+    assert len({row.tobytes() for row in flat}) == 10

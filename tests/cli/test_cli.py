@@ -455,3 +455,50 @@ def test_publish_without_returned_copy_and_with_source_names(tmp_path):
     assert out == str(tmp_path / "out")
     back = datasets.load_dataset(str(tmp_path / "out"), split="train").cast_column("image", datasets.Image(decode=False))
     assert sorted(r["path"] for r in back["image"]) == sorted(p.name for p in (tmp_path / "photos").rglob("*.jpg"))
+
+
+# ------------------------------------------------------------------ issue 23: one marker that survives; clear errors
+def test_protecting_a_published_shard_again_is_refused(tmp_path, tiny_parquet, capsys):
+    """`uetransforms protect <published shard>`: the shard's PNGs carry the marker."""
+    bank = tmp_path / "b.arrow"
+    assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(bank), "--seed", "1"]) == 0
+    assert main(["protect", tiny_parquet, "--bank", str(bank), "--out", str(tmp_path / "once"),
+                 "--image-column", "img"]) == 0
+    capsys.readouterr()
+    shard = str(tmp_path / "once" / "data" / "train-00000-of-00001.parquet")
+    assert main(["protect", shard, "--bank", str(bank), "--out", str(tmp_path / "twice"), "--image-column", "img"]) == 2
+    err = capsys.readouterr().err
+    assert "already protected" in err and "--allow-double" in err and "Traceback" not in err
+    assert not (tmp_path / "twice").exists()
+
+
+def test_out_inside_data_is_refused(tmp_path, tiny_parquet, capsys):
+    bank = tmp_path / "b.arrow"
+    assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(bank), "--seed", "1"]) == 0
+    src = tmp_path / "src"
+    src.mkdir()
+    datasets.Dataset.from_parquet(tiny_parquet).to_parquet(str(src / "train-00000-of-00001.parquet"))
+    capsys.readouterr()
+    for out in (src / "prot", src):
+        assert main(["protect", str(src), "--bank", str(bank), "--out", str(out), "--image-column", "img"]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and "inside DATA" in err and "Traceback" not in err
+    assert sorted(os.listdir(src)) == ["train-00000-of-00001.parquet"]  # nothing written into DATA
+
+
+def test_split_cannot_rename_a_single_split_file(tmp_path, tiny_parquet, capsys):
+    """`protect train.parquet --split test` published the train rows as data/test-*.parquet."""
+    bank = tmp_path / "b.arrow"
+    assert main(["fit", "random", tiny_parquet, "--image-column", "img", "--out", str(bank), "--seed", "1"]) == 0
+    train = tmp_path / "train-00000-of-00001.parquet"
+    datasets.Dataset.from_parquet(tiny_parquet).to_parquet(str(train))
+    capsys.readouterr()
+    assert main(["protect", str(train), "--bank", str(bank), "--out", str(tmp_path / "o"), "--image-column", "img",
+                 "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "--split test" in err and "'train'" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+    # Naming the file's own split, or none, works; the split is the file's.
+    assert main(["protect", str(train), "--bank", str(bank), "--out", str(tmp_path / "o"), "--image-column", "img",
+                 "--split", "train"]) == 0
+    assert os.listdir(tmp_path / "o" / "data") == ["train-00000-of-00001.parquet"]

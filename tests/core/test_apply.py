@@ -793,3 +793,39 @@ def test_cluster_bank_with_an_encoder_equals_the_cluster_column():
         Applier(bank, assigner=functools.partial(ClusterAssigner, bank)).protect(chws)  # nothing to rebuild it from
     with pytest.raises(BankError, match="cluster id"):
         Applier(bank).protect(chws)  # the core layer alone has no surrogate
+
+
+# ------------------------------------------------------------------ issue 23: bounded memory
+def test_resize_makes_only_the_rows_a_batch_uses_and_refuses_giant_images(monkeypatch):
+    """A 12000x12000 photo resized every class row at once (17 GB); now only the rows used, and
+    images above MAX_RESIZE_PIXELS are refused with the fix."""
+    import numpy as np
+    import torch
+
+    import uetransforms as ue
+    from uetransforms.core import apply as apply_mod
+    from uetransforms.core.apply import Applier
+
+    bank = ue.NoiseBank(method="random", kind="additive", keying="class", keys=np.arange(10),
+                        tensors={"delta": np.random.default_rng(0).uniform(-8 / 255, 8 / 255, (10, 3, 8, 8))
+                                 .astype(np.float32)}, params={"epsilon": 8 / 255})
+    app = Applier(bank, size_mismatch="resize")
+    monkeypatch.setattr(Applier, "SIZE_CACHE_BYTES", 10_000)  # the whole bank at 40x40 (192 kB) is "too big"
+    sizes = []
+    real = Applier.fit_size
+
+    def spy(self, t, hw, *, mode):
+        sizes.append(int(t.shape[0]))
+        return real(self, t, hw, mode=mode)
+
+    monkeypatch.setattr(Applier, "fit_size", spy)
+    imgs = [np.full((3, 40, 40), 100, np.uint8)] * 3
+    out = app.protect(imgs, labels=[4, 7, 4])
+    assert sizes == [2]  # two distinct rows resized, not ten
+    want = Applier(bank, size_mismatch="resize").fit_size(
+        torch.from_numpy(np.asarray(bank.tensors["delta"])[[4, 7]]) * 255, (40, 40), mode="bilinear")
+    np.testing.assert_array_equal(out[1], torch.clamp(torch.round(100 + want[1]), 0, 255).to(torch.uint8).numpy())
+    np.testing.assert_array_equal(out[0], out[2])
+    monkeypatch.setattr(apply_mod, "MAX_RESIZE_PIXELS", 40 * 39)
+    with pytest.raises(ue.SizeMismatchError, match=r"40x40 .*megapixel limit.*Downscale"):
+        app.protect(imgs[:1], labels=[4])

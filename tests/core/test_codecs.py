@@ -462,3 +462,46 @@ def test_remote_path_records_are_opened_by_datasets(tmp_path):
     np.testing.assert_array_equal(chw.transpose(1, 2, 0), arr)
     with pytest.raises(ImageModeError, match="could not open"):
         decode({"bytes": None, "path": "memory://uet-test/missing.png"}, channels=3)
+
+
+# ------------------------------------------------------------------ issue 23: images in, images out exactly
+def _png16(h: int = 4, w: int = 5) -> bytes:
+    """A 16-bit-per-channel RGB PNG written by hand (PIL cannot write one, and reads it as 8-bit RGB)."""
+    import struct
+
+    a = (np.random.default_rng(0).random((h, w, 3)) * 65535).astype(">u2")
+    raw = b"".join(b"\x00" + a[i].tobytes() for i in range(h))
+    return (codecs.PNG_SIGNATURE + codecs._chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + codecs._chunk(b"IDAT", zlib.compress(raw)) + codecs._chunk(b"IEND", b""))
+
+
+def test_sixteen_bit_png_bytes_are_refused_not_read_as_8_bits(tmp_path):
+    png = _png16()
+    assert Image.open(io.BytesIO(png)).mode == "RGB"  # what PIL makes of it: 8 bits, silently
+    for value in (png, {"bytes": png, "path": None}):
+        with pytest.raises(ImageModeError, match=r"16-bit-per-channel PNG.*>> 8"):
+            decode(value)
+    path = tmp_path / "deep.png"
+    path.write_bytes(png)
+    with pytest.raises(ImageModeError, match="16-bit"):
+        decode({"bytes": None, "path": str(path)})
+    with pytest.raises(ImageModeError, match="16-bit"):
+        decode(png, convert=True)
+    # Through map (the bytes are read before datasets decodes them) the row is named as well.
+    import datasets
+
+    bank = ue.NoiseBank(method="random", kind="additive", keying="class", keys=[0],
+                        tensors={"delta": np.zeros((1, 3, 4, 5), np.float32)}, params={"epsilon": 8 / 255})
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": encode_png(_photo(4, 5)), "path": None},
+                                               {"bytes": png, "path": None}], "label": [0, 0]},
+                                    features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+    with pytest.raises(ImageModeError, match=r"row 1\b.*16-bit"):
+        ds.map(ue.Protect(bank), batched=True, with_indices=True)
+
+
+def test_widened_integer_pixels_name_the_fix():
+    """Nested-list uint8 pixels come back int64 under with_format('numpy'): say how to fix it."""
+    with pytest.raises(ImageModeError, match=r"int64 pixels.*all 0..255.*cast_column"):
+        decode(np.zeros((4, 4, 3), np.int64) + 200)
+    with pytest.raises(ImageModeError, match=r"int64 pixels.*8-bit yourself"):
+        decode(np.full((4, 4, 3), 4000, np.int64))

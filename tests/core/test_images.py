@@ -41,7 +41,8 @@ def test_tensor_layouts():
     np.testing.assert_array_equal(to_chw(t, channels=3), t.numpy())
     f = t.float() / 255
     np.testing.assert_array_equal(to_chw(f, channels=3), t.numpy())  # [0, 1] floats round back exactly
-    np.testing.assert_array_equal(to_chw(torch.full((3, 2, 2), 2.0), channels=3), np.full((3, 2, 2), 255))
+    with pytest.raises(ImageModeError, match=r"outside \[0, 1\]"):  # was clamped to white (issue 23)
+        to_chw(torch.full((3, 2, 2), 2.0), channels=3)
 
 
 def test_datasets_records():

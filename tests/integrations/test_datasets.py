@@ -646,11 +646,10 @@ def test_marked_images_are_not_protected_twice(bank_path):
 
     src = make_ds()
     once = src.map(ue.Protect(bank_path), batched=True, batch_size=3)
-    assert not any(codecs.is_marked(b) for b in stored_bytes(once))  # map output: datasets' bytes, unmarked
-    # What a writer publishes: the same PNGs with the non-secret marker.
-    published = Dataset.from_dict({"image": [{"bytes": codecs.mark(b, method="random"), "path": None}
-                                             for b in stored_bytes(once)], "label": src["label"]},
-                                  features=Features({"image": Image(), "label": ClassLabel(num_classes=3)}))
+    # map output carries the non-secret marker, as everything the library writes does (issue 23).
+    assert all(codecs.is_marked(b) for b in stored_bytes(once))
+    assert all(codecs.mark(b, method="random") == b for b in stored_bytes(once))  # mark()'s very bytes
+    published = once
     with pytest.raises(DoubleProtectionError, match="allow_double=True"):
         published.map(ue.Protect(bank_path), batched=True)
     with pytest.raises(DoubleProtectionError):
@@ -727,3 +726,39 @@ def test_bytes_do_not_depend_on_the_codec_threads(fmt):
     finally:
         torch.set_num_threads(before)
     assert serial == threaded and len(serial[0]) == 11
+
+
+# ------------------------------------------------------------------ issue 23: one marker that survives
+def test_map_of_a_map_is_refused(bank_path):
+    """ds.map(p).map(p) added the noise twice: map's PNGs now carry the marker."""
+    p = ue.Protect(bank_path)
+    once = make_ds().map(p, batched=True, batch_size=3)
+    with pytest.raises(ue.DoubleProtectionError, match="row"):
+        once.map(p, batched=True, batch_size=3)
+    with pytest.raises(ue.DoubleProtectionError):
+        once.map(p, batched=True, num_proc=2)
+    # set_transform output (PIL) says it is protected too.
+    shown = make_ds()
+    shown.set_transform(p)
+    assert codecs_is_marked(shown[0]["image"])
+
+
+def codecs_is_marked(x) -> bool:
+    from uetransforms.core.codecs import is_marked
+
+    return is_marked(x)
+
+
+# ------------------------------------------------------------------ issue 23: clear errors at the door
+def test_bad_device_is_refused_at_construction(bank_path):
+    import torch
+
+    from uetransforms.integrations.transforms import ProtectTransform
+
+    with pytest.raises(ValueError, match="device='foo' is not a torch device"):
+        ue.Protect(bank_path, device="foo")
+    with pytest.raises(ValueError, match="device='foo'"):
+        ProtectTransform(bank_path, device="foo")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU is available; use device='cpu'"):
+            ue.Protect(bank_path, device="cuda")

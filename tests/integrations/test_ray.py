@@ -138,3 +138,17 @@ def test_gpu_request_on_a_cpu_only_cluster_fails_up_front(cluster, bank, options
     rd = ray.data.from_items([{"image": np.zeros((8, 8, 3), np.uint8), "label": 0}])
     with pytest.raises(ValueError, match=r"asks for a GPU per apply actor, but the Ray cluster has 0 .*device='cpu'"):
         ue_ray.protect(rd, bank, **options)
+
+
+# ------------------------------------------------------------------ issue 23: clear errors at the door
+def test_ray_raises_our_error_type_for_a_corrupt_row(cluster, bank, tmp_path):
+    """A corrupt row surfaced as RayTaskError(UserCodeException), our message 40 lines down."""
+    ds = make_ds(4).cast_column("image", datasets.Image(decode=False))
+    ds = ds.map(lambda r, i: {"image": {"bytes": b"\x89PNG bad" if i == 2 else r["image"]["bytes"], "path": None}},
+                with_indices=True)
+    path = str(tmp_path / "bad.parquet")
+    ds.to_parquet(path)
+    for split_stages in (False, True):
+        with pytest.raises(ue.ImageModeError, match="not a readable image"):
+            ue_ray.protect(ray.data.read_parquet(path), bank, split_stages=split_stages).take_all()
+    assert not ray.data.DataContext.get_current().raise_original_map_exception  # the global context is untouched

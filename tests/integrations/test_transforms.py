@@ -233,3 +233,50 @@ def test_cluster_bank_ignores_the_class_label(monkeypatch):
     # A custom getter is taken to return cluster ids.
     img, _ = ProtectTransform(bank, labels_getter=lambda s: s[1]["cluster"])(PILImage.fromarray(px), {"cluster": 1})
     np.testing.assert_array_equal(np.asarray(img), want)
+
+
+# ------------------------------------------------------------------ issue 23: images in, images out exactly
+def test_float_tensors_in_0_1_give_the_uint8_pixels_over_255():
+    import numpy as np
+    import torch
+
+    import uetransforms as ue
+    from uetransforms.integrations.transforms import ProtectTransform
+
+    rng = np.random.default_rng(0)
+    bank = ue.NoiseBank(method="random", kind="additive", keying="class", keys=[0, 1],
+                        tensors={"delta": rng.uniform(-8 / 255, 8 / 255, (2, 3, 6, 5)).astype(np.float32)},
+                        params={"epsilon": 8 / 255})
+    tf = ProtectTransform(bank)
+    u8 = torch.from_numpy(rng.integers(0, 256, (3, 6, 5), dtype=np.uint8))
+    want, _ = tf(u8, 1)
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        got, _ = tf(u8.to(dtype) / 255, 1)
+        assert got.dtype == dtype
+        assert torch.equal((got.double() * 255).round().to(torch.uint8), want)
+    # 0-255 floats were clamped to [0, 1] (52% white in issue 23): refused, with the fix.
+    with pytest.raises(ue.ImageModeError, match=r"outside \[0, 1\].*ToDtype\(torch.float32, scale=True\)"):
+        tf(u8.float(), 1)
+    with pytest.raises(ue.ImageModeError, match=r"outside \[0, 1\]"):
+        tf((u8.float() / 255 - 0.5) / 0.25, 1)  # a normalised tensor
+    with pytest.raises(ue.ImageModeError, match="NaN"):
+        tf(torch.full((3, 6, 5), float("nan")), 1)
+
+
+def test_hwc_tensor_and_empty_images_get_clear_errors():
+    import numpy as np
+    import torch
+
+    import uetransforms as ue
+    from uetransforms.integrations.transforms import ProtectTransform
+
+    bank = ue.NoiseBank(method="random", kind="additive", keying="class", keys=[0],
+                        tensors={"delta": np.zeros((1, 3, 32, 32), np.float32)}, params={"epsilon": 8 / 255})
+    tf = ProtectTransform(bank)
+    with pytest.raises(ue.ImageModeError, match=r"height x width x channels.*permute\(2, 0, 1\)"):
+        tf(torch.zeros(32, 32, 3, dtype=torch.uint8), 0)
+    for empty in (torch.zeros(3, 0, 0, dtype=torch.uint8), torch.zeros(3, 0, 0)):
+        with pytest.raises(ue.ImageModeError, match="empty"):
+            tf(empty, 0)  # was ZeroDivisionError in the apply entry
+    with pytest.raises(ValueError, match="empty"):
+        ue.apply(bank, torch.zeros(1, 3, 0, 0, dtype=torch.uint8), [0])

@@ -545,7 +545,7 @@ def test_publish_takes_the_size_policy_and_png_options(tmp_path):
     assert _stored(pil) != _stored(out)  # another encoder: other bytes, same pixels
     from uetransforms.core import codecs
 
-    assert _stored(pil)[0] == codecs.encode_png(want[0], encoder="pil", level=9)
+    assert _stored(pil)[0] == codecs.encode_png(want[0], encoder="pil", level=9, marked=True, method=bank.method)
     with pytest.raises(ValueError, match="level must be an integer 0..3"):
         ue.publish(src, bank, tmp_path / "d", size_mismatch="resize", png_encoder="isal", png_level=7)
     assert not os.path.exists(tmp_path / "d")  # refused before anything was written
@@ -610,3 +610,164 @@ def test_publish_reads_images_stored_as_paths(tmp_path, secret_bank):
     by_bytes = ue.publish(datasets.Dataset.from_dict({"image": arrays, "label": [0, 1, 2, 0]}, features=feats),
                           secret_bank, tmp_path / "pub2")
     assert _stored(out) == _stored(by_bytes)
+
+
+# ------------------------------------------------------------------ issue 23: one marker that survives
+def _smooth(n: int = 32, size: int = 32, seed: int = 0) -> datasets.Dataset:
+    """Photo-like images (smooth shapes, a little grain): the content test is about natural images."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    imgs = []
+    for _ in range(n):
+        f = rng.uniform(0.5, 3, (3, 2))
+        ph = rng.uniform(0, 6.3, (3, 2))
+        chans = [127 + 90 * np.sin(f[c, 0] * 6.3 * yy + ph[c, 0]) * np.cos(f[c, 1] * 6.3 * xx + ph[c, 1]) for c in range(3)]
+        img = np.stack(chans, -1) + rng.normal(0, 2, (size, size, 3))
+        imgs.append(np.clip(img, 0, 255).astype(np.uint8))
+    return datasets.Dataset.from_dict(
+        {"image": imgs, "label": [i % 3 for i in range(n)]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3)}))
+
+
+def _white_bank(size: int = 32, seed: int = 3) -> ue.NoiseBank:
+    rng = np.random.default_rng(seed)
+    return ue.NoiseBank(method="random", kind="additive", keying="class", keys=np.arange(3),
+                        tensors={"delta": rng.choice([-8 / 255, 8 / 255], (3, 3, size, size)).astype(np.float32)},
+                        params={"epsilon": 8 / 255, "norm": "linf"})
+
+
+def test_every_published_png_carries_the_marker(tmp_path, secret_bank):
+    from uetransforms.core.codecs import is_marked
+
+    out = tmp_path / "pub"
+    ue.publish(_dataset(), secret_bank, out)
+    shard = out / "data" / "train-00000-of-00001.parquet"
+    assert all(is_marked(b) for b in _png_images(shard))
+    # publish(protected=True) of images protected elsewhere (datasets encoded them: no marker) marks them too.
+    prot = _dataset().map(ue.Protect(secret_bank), batched=True)
+    plain = prot.cast_column("image", datasets.Image(decode=False)).map(
+        lambda r: {"image": {"bytes": _pil_png(r["image"]["bytes"]), "path": None}})
+    ue.publish(plain.cast_column("image", datasets.Image()), secret_bank, tmp_path / "p2", protected=True)
+    assert all(is_marked(b) for b in _png_images(tmp_path / "p2" / "data" / "train-00000-of-00001.parquet"))
+
+
+def _pil_png(png: bytes) -> bytes:
+    """The same pixels re-encoded losslessly by PIL: the marker chunk is gone (what a download/re-upload does)."""
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("route", ["from_parquet", "load_dataset_parquet", "map_then_publish"])
+def test_publishing_protected_data_again_is_refused(tmp_path, secret_bank, route):
+    """Three of issue 23's six routes that added the noise twice without a word."""
+    out = tmp_path / "pub"
+    ue.publish(_dataset(), secret_bank, out)
+    if route == "from_parquet":
+        again = datasets.Dataset.from_parquet(str(out / "data" / "train-00000-of-00001.parquet"))
+    elif route == "load_dataset_parquet":
+        again = datasets.load_dataset("parquet", data_dir=str(out / "data"))["train"]
+    else:
+        again = _dataset().map(ue.Protect(secret_bank), batched=True)  # then publish without protected=True
+    for num_proc in (None, 2):
+        with pytest.raises(ue.DoubleProtectionError, match="protected=True"):
+            ue.publish(again, secret_bank, tmp_path / f"twice{num_proc}", num_proc=num_proc)
+        assert not (tmp_path / f"twice{num_proc}").exists()
+    if route == "load_dataset_parquet":
+        with pytest.raises(ue.DoubleProtectionError):
+            again.map(ue.Protect(secret_bank), batched=True)
+    # The overrides keep working.
+    ue.publish(again, secret_bank, tmp_path / "as-is", protected=True)
+    ue.publish(again, secret_bank, tmp_path / "double", allow_double=True)
+
+
+def test_protection_that_lost_its_marker_is_found_in_the_pixels(tmp_path):
+    """Downloaded to a folder and re-encoded losslessly: no PNG marker, no schema, no card; the
+    additive bank's own noise is still in the pixels, and Protect finds it (kernels.carried_score)."""
+    bank = _white_bank()
+    src = _smooth()
+    prot = src.map(ue.Protect(bank), batched=True)
+    stripped = prot.cast_column("image", datasets.Image(decode=False)).map(
+        lambda r: {"image": {"bytes": _pil_png(r["image"]["bytes"]), "path": None}}).cast_column("image", datasets.Image())
+    from uetransforms.core.codecs import is_marked
+
+    assert not any(is_marked(r["bytes"]) for r in stripped.cast_column("image", datasets.Image(decode=False))["image"])
+    with pytest.raises(ue.DoubleProtectionError, match="already carry this bank's noise") as err:
+        stripped.map(ue.Protect(bank), batched=True, batch_size=16)
+    assert "row(s)" in str(err.value) and "allow_double=True" in str(err.value)
+    with pytest.raises(ue.DoubleProtectionError, match="already carry this bank's noise"):
+        ue.publish(stripped, bank, tmp_path / "twice")
+    # Clean images, and images protected by another bank, are protected as usual.
+    src.map(ue.Protect(bank), batched=True, batch_size=16)
+    other = src.map(ue.Protect(_white_bank(seed=4)), batched=True).cast_column(
+        "image", datasets.Image(decode=False)).map(
+        lambda r: {"image": {"bytes": _pil_png(r["image"]["bytes"]), "path": None}}).cast_column("image", datasets.Image())
+    other.map(ue.Protect(bank), batched=True, batch_size=16)
+    # allow_double=True protects them twice, as asked.
+    stripped.map(ue.Protect(bank, allow_double=True), batched=True, batch_size=16)
+
+
+# ------------------------------------------------------------------ issue 23: clear errors at the door
+def test_a_corrupt_image_is_named_by_its_row_on_every_path(tmp_path, secret_bank):
+    from uetransforms.publishing.streaming import publish_stream
+
+    src = _dataset(n=40).cast_column("image", datasets.Image(decode=False))
+    src = src.map(lambda r, i: {"image": {"bytes": b"\x89PNG broken" if i == 27 else r["image"]["bytes"], "path": None}},
+                  with_indices=True).cast_column("image", datasets.Image())
+    calls = {
+        "map": lambda: src.map(ue.Protect(secret_bank), batched=True, batch_size=8, with_indices=True),
+        "publish": lambda: ue.publish(src, secret_bank, tmp_path / "a", batch_size=8),
+        "publish num_proc": lambda: ue.publish(src, secret_bank, tmp_path / "b", batch_size=8, num_proc=2),
+        "publish_stream": lambda: publish_stream(src.to_iterable_dataset(), secret_bank, tmp_path / "c", batch_size=8),
+    }
+    for what, call in calls.items():
+        with pytest.raises(ue.ImageModeError, match=r"row 27\b.*not a readable image") as err:
+            call()
+        assert "check that the column holds encoded images" in str(err.value), what
+    # Without indices, map names the position in the batch and how to get dataset rows.
+    with pytest.raises(ue.ImageModeError, match=r"row 3 of this batch.*with_indices=True"):
+        src.map(ue.Protect(secret_bank), batched=True, batch_size=8)
+
+
+def test_num_proc_refusals_come_before_the_map(tmp_path, secret_bank, monkeypatch):
+    """batch_size=0 and a non-empty output were reported only after the whole map(num_proc=2) had run."""
+    src = _dataset()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("mine")
+
+    def no_map(*a, **k):
+        raise AssertionError("map ran before the refusal")
+
+    monkeypatch.setattr(datasets.Dataset, "map", no_map)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        ue.publish(src, secret_bank, tmp_path / "o", num_proc=2, batch_size=0)
+    with pytest.raises(FileExistsError, match="not empty"):
+        ue.publish(src, secret_bank, tmp_path / "full", num_proc=2)
+
+
+# ------------------------------------------------------------------ issue 23: crashes
+def test_output_that_is_a_symlink_to_a_directory(tmp_path, secret_bank):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    ue.publish(_dataset(), secret_bank, link)
+    assert link.is_symlink() and os.readlink(link) == str(real)  # the link is kept, pointing at the data
+    assert sorted(os.listdir(real)) == ["README.md", "data"]
+    ue.publish(_dataset(seed=1), secret_bank, link, overwrite=True)  # the swap replaces the directory it names
+    assert link.is_symlink() and sorted(os.listdir(link)) == ["README.md", "data"]
+    assert not [n for n in os.listdir(tmp_path) if "uetransforms" in n]  # no .link.uetransforms-old/-tmp left
+
+
+def test_refused_publishes_leave_no_hidden_folder(tmp_path, secret_bank):
+    out = tmp_path / "pub"
+    out.mkdir()
+    (out / "x.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        ue.publish(_dataset(), secret_bank, out)
+    once = tmp_path / "once"
+    ue.publish(_dataset(), secret_bank, once)
+    with pytest.raises(ue.DoubleProtectionError):
+        ue.publish(datasets.Dataset.from_parquet(str(once / "data" / "train-00000-of-00001.parquet")), secret_bank,
+                   tmp_path / "twice")
+    assert sorted(os.listdir(tmp_path)) == ["hidden-bank-folder", "once", "pub"]

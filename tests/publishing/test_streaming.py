@@ -216,3 +216,14 @@ def test_publish_stream_reads_image_bytes_without_datasets_decoding(tmp_path, mo
     ue.publish(ds, bank, tmp_path / "p")
     name = "train-00000-of-00001.parquet"
     assert pq.read_table(tmp_path / "s" / "data" / name).equals(pq.read_table(tmp_path / "p" / "data" / name))
+
+
+# ------------------------------------------------------------------ issue 23: one marker that survives
+def test_publish_stream_of_a_streamed_published_shard_is_refused(tmp_path):
+    bank = additive_bank()
+    publish_stream(make_ds(), bank, tmp_path / "pub", batch_size=4)
+    streamed = datasets.load_dataset("parquet", data_dir=str(tmp_path / "pub" / "data"), streaming=True)["train"]
+    with pytest.raises(ue.DoubleProtectionError, match="protected=True"):
+        publish_stream(streamed, bank, tmp_path / "twice", batch_size=4)
+    assert not (tmp_path / "twice").exists()
+    publish_stream(streamed, bank, tmp_path / "as-is", protected=True, batch_size=4)  # the override still works

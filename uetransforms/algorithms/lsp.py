@@ -74,7 +74,32 @@ def _resolve(p: dict[str, Any], data: FitData | None) -> dict[str, Any]:
                              f"<= sqrt(C*H*W) = {math.sqrt(math.prod(shape)):g} for {shape} images")
     if p["patch_size"] is None:
         p["patch_size"] = max(1, min(shape[1:]) // 4)
+    _check_patterns(p, shape, data)
     return p
+
+
+def _grid(shape: tuple[int, ...], ps: int) -> int:
+    """Values per pattern: channels x the patch grid."""
+    c, h, w = shape
+    return c * -(-h // ps) * -(-w // ps)
+
+
+def _check_patterns(p: dict[str, Any], shape: tuple[int, ...], data: FitData) -> None:
+    """Refuse a patch size that cannot give every class its own pattern (issue 23: patch_size=64 on
+    32-px images gave 10 classes 7 distinct patterns, silently)."""
+    c, h, w = shape
+    ps, k = int(p["patch_size"]), int(data.num_classes)
+    if ps > max(h, w):
+        raise ParameterError(
+            f"patch_size={ps} is larger than the {h}x{w} images: one patch covers the whole image, so each class's "
+            f"pattern is a single colour shift. Use patch_size <= {max(1, min(h, w) // 2)} (the paper: 8 on 32x32; "
+            "None picks min(H, W) // 4)")
+    if p["pattern"] == "vertex" and 2 ** min(_grid(shape, ps), 62) < k:
+        fits = [q for q in range(ps, 0, -1) if 2 ** min(_grid(shape, q), 62) >= k]
+        raise ParameterError(
+            f"patch_size={ps} leaves {_grid(shape, ps)} values per pattern on {h}x{w}x{c} images: "
+            f"{2 ** _grid(shape, ps)} distinct vertex patterns for {k} classes, so some classes would share one. "
+            f"Use patch_size <= {fits[0] if fits else 1}, or pattern='gaussian'")
 
 
 METHOD = Method(

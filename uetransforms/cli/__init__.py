@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 
-from .data import DATA_HELP, _looks_like_path, choose_splits, limit_rows, load_data, select_split  # noqa: E402
+from .data import DATA_HELP, _looks_like_path, check_out_not_in_data, choose_splits, limit_rows, load_data, select_split  # noqa: E402
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -263,6 +263,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
     if args.push:  # before anything is protected or written: offline or a bad token fails in seconds
         check_hub(args.push, args.token, cli=True)
+    check_out_not_in_data(args.data, args.out)
     bank = ue.NoiseBank.load(args.bank)
     ds = load_data(args.data, split=args.split)
     if args.split is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 from typing import Any
 
@@ -37,13 +38,50 @@ def load_data(spec: str, *, split: str | None = None) -> Any:
             raise ValueError(
                 f"{other[0]!r} is not a .parquet file; DATA is a Parquet file/glob, a directory, or a Hub dataset id"
             )
-        ds = datasets.Dataset.from_parquet(files if len(files) > 1 else files[0], split=split or "train")
+        named = file_split(files)
+        if split is not None and named is not None and split != named:
+            raise ValueError(
+                f"--split {split} does not name the split of {spec!r}: its file name{'s say' if len(files) > 1 else ' says'} "
+                f"{named!r}. A Parquet file holds one split; --split cannot rename it. Leave out --split, or pass "
+                f"--split {named}, or point DATA at the {split} file(s)"
+            )
+        ds = datasets.Dataset.from_parquet(files if len(files) > 1 else files[0], split=split or named or "train")
         return ds
     elif _looks_like_path(spec):
         raise FileNotFoundError(f"no file or directory {spec!r}")
     else:
         ds = datasets.load_dataset(spec)
     return select_split(ds, split)
+
+
+_SHARD_FILE = re.compile(r"^(?P<split>\w[\w.]*?)-\d{5}-of-\d{5}\.parquet$")
+_SPLIT_WORDS = {"train", "test", "validation", "valid", "val", "dev", "eval"}
+
+
+def file_split(files: list[str]) -> str | None:
+    """The split the Parquet ``files`` are named for (the Hub's ``<split>-00000-of-00001.parquet``,
+    or ``train.parquet``/``test.parquet``...), or None when their names do not say or disagree."""
+    names = set()
+    for f in files:
+        base = os.path.basename(f)
+        m = _SHARD_FILE.match(base)
+        stem = base[: -len(".parquet")]
+        names.add(m.group("split") if m else stem if stem in _SPLIT_WORDS else None)
+    return names.pop() if len(names) == 1 else None
+
+
+def check_out_not_in_data(spec: str, out: str) -> None:
+    """Refuse ``--out`` inside the DATA directory: the copy would become part of DATA (twice the rows
+    on the next load, half of them protected twice by the next protect)."""
+    if not os.path.isdir(spec):
+        return
+    src, dst = os.path.realpath(spec), os.path.realpath(out)
+    if dst == src or dst.startswith(src.rstrip(os.sep) + os.sep):
+        raise ValueError(
+            f"--out {out!r} is inside DATA {spec!r}: the protected copy would be read back as part of DATA "
+            "(twice the rows next time, and a later protect of DATA would protect those rows twice). "
+            "Choose an --out outside the DATA directory"
+        )
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -107,4 +145,5 @@ def limit_rows(ds: Any, limit: int | None) -> Any:
     return ds.select(range(min(limit, len(ds))))
 
 
-__all__ = ["DATA_HELP", "choose_splits", "limit_rows", "load_data", "select_split"]
+__all__ = ["DATA_HELP", "check_out_not_in_data", "choose_splits", "file_split", "limit_rows", "load_data",
+           "select_split"]

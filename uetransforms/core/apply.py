@@ -31,11 +31,15 @@ import torch
 import torch.nn.functional as F
 
 from .bank import IN_MEMORY_BYTES, NoiseBank
-from .errors import BankError, SizeMismatchError
-from .kernels import sample_seed
+from .errors import BankError, DoubleProtectionError, SizeMismatchError
+from .kernels import carried, carry_threshold, sample_seed
 from .kinds import bank_kind
 
 SIZE_POLICIES = ("error", "resize")
+#: The largest image (height x width) ``size_mismatch="resize"`` protects: 8192 x 8192. Memory is
+#: bounded per image (only the bank rows a batch uses are resized, one image per CPU chunk at this
+#: size), at roughly 45 bytes per pixel: about 3 GB for an image at the limit.
+MAX_RESIZE_PIXELS = 8192 * 8192
 #: Float32 pixel bytes of one chunk of :meth:`Applier.protect` on the CPU (see there).
 _APPLY_CHUNK_BYTES = 4 << 20
 
@@ -53,6 +57,10 @@ class Applier:
             returning ``chws -> cluster ids`` (e.g. ``functools.partial(ClusterAssigner, bank,
             device=...)`` from :mod:`uetransforms.models.assign`). It is built on first use. This
             layer never imports a network, so the layers above pass it in.
+        refuse_carried: refuse images that already carry this bank's noise, tested from their
+            pixels (the bank kind's ``carried`` test; additive banks only), so protection that
+            lost its PNG marker (images downloaded and re-encoded losslessly) is not doubled.
+            The adapters turn it on unless ``allow_double=True``.
 
     :meth:`protect` takes images with their labels / cluster ids / sample ids; calling the object
     takes bank rows (and seeds) directly. It pickles as (bank, device, options): the bank pickles
@@ -67,7 +75,8 @@ class Applier:
     SIZE_CACHE_BYTES = 256 * 2**20
 
     def __init__(self, bank: NoiseBank, device: torch.device | str | None = None, size_mismatch: str | None = None,
-                 assigner: Callable[[], Callable[[Sequence[np.ndarray]], np.ndarray]] | None = None) -> None:
+                 assigner: Callable[[], Callable[[Sequence[np.ndarray]], np.ndarray]] | None = None,
+                 refuse_carried: bool = False) -> None:
         if not isinstance(bank, NoiseBank):
             raise TypeError(f"expected a NoiseBank, got {type(bank).__name__}")
         self.bank = bank
@@ -79,6 +88,7 @@ class Applier:
         self._size_mismatch_arg = size_mismatch
         self.size_mismatch = policy
         self._make_assigner = assigner
+        self.refuse_carried = bool(refuse_carried)
         nbytes = sum(a.nbytes for a in bank.tensors.values())
         self._resident = nbytes <= self.RESIDENT_BYTES
         self._cache: dict[str, torch.Tensor] = {}
@@ -89,7 +99,8 @@ class Applier:
         self._lock = threading.RLock()
 
     def __reduce__(self):
-        return (Applier, (self.bank, str(self.device), self._size_mismatch_arg, self._make_assigner))
+        return (Applier, (self.bank, str(self.device), self._size_mismatch_arg, self._make_assigner,
+                          self.refuse_carried))
 
     def __repr__(self) -> str:
         return f"Applier({self.bank!r}, device={str(self.device)!r}, size_mismatch={self.size_mismatch!r})"
@@ -135,6 +146,13 @@ class Applier:
         self._check_size(native, hw)
         if not self._resident:
             return self.fit_size(self.rows_of(name, rows), hw, mode=mode)
+        shape = self.bank.tensors[name].shape
+        if int(np.prod(shape[:-2])) * hw[0] * hw[1] * 4 > self.SIZE_CACHE_BYTES:
+            # The whole bank at this size would not be cached anyway (a 12000x12000 photo: 17 GB for
+            # 10 classes): resize only the rows this batch uses, each once.
+            used, inverse = np.unique(rows, return_inverse=True)
+            sized = self.fit_size(self._full(name)[torch.from_numpy(used).to(self.device)], hw, mode=mode)
+            return sized[torch.from_numpy(inverse.reshape(-1)).to(self.device)]
         key = (name, hw)
         with self._lock:
             full = self._sized.get(key)
@@ -156,6 +174,13 @@ class Applier:
                 f"image is {hw[0]}x{hw[1]} but the bank's noise is {native[0]}x{native[1]}. "
                 "Resize the images to the bank's size first, or pass size_mismatch='resize' to "
                 "interpolate the noise to each image (the L-inf budget is kept)."
+            )
+        if hw[0] * hw[1] > MAX_RESIZE_PIXELS:
+            raise SizeMismatchError(
+                f"image is {hw[0]}x{hw[1]} ({hw[0] * hw[1] / 1e6:.0f} megapixels), above the "
+                f"{MAX_RESIZE_PIXELS / 1e6:.0f}-megapixel limit of size_mismatch='resize' (the noise is made at the "
+                "image's size in float32, several bytes per pixel per image). Downscale such images first "
+                "(e.g. PIL's Image.thumbnail to 8192 px), or fit a bank at their size."
             )
 
     def fit_size(self, t: torch.Tensor, hw: tuple[int, int], *, mode: str) -> torch.Tensor:
@@ -270,14 +295,48 @@ class Applier:
         if isinstance(images, torch.Tensor):
             _check_batch(images)
             rows, seeds = self.rows_and_seeds(images, labels, sample_ids)
+            if self.refuse_carried:
+                pick = _carry_sample(len(images))
+                self._refuse_carried([(pick, images[pick].to(self.device))], rows, seeds)
             return self(images, rows, seeds)
         return chunk_views(self.protect_chunks(images, labels, sample_ids), len(images))
 
+    def _refuse_carried(self, staged: list[tuple[list[int], torch.Tensor]], rows: np.ndarray,
+                        seeds: Sequence[int] | None, first_row: int = 0) -> None:
+        """Raise :class:`DoubleProtectionError` when the batch already carries this bank's noise.
+
+        ``staged``: ``(positions, uint8 images)`` of the images to test (:data:`CARRY_SAMPLE` of a
+        batch at most: the decision is on their mean, and a bounded sample keeps the test's cost
+        per batch bounded).
+        """
+        test = self.kind.carried
+        if test is None or not staged:
+            return
+        where: list[int] = []
+        got: list[np.ndarray] = []
+        for part, x in staged:
+            where += part
+            got.append(test(self, x, rows[part], None if seeds is None else [seeds[i] for i in part]).float().cpu().numpy())
+        scores = np.concatenate(got)
+        if not carried(scores):
+            return
+        order = np.argsort(-scores)[:5]
+        raise DoubleProtectionError(
+            f"these images already carry this bank's noise, though their PNGs carry no marker (content test: mean "
+            f"score {scores.mean():.2f} over {len(scores)} image(s), above {carry_threshold(len(scores)):.2f}; most "
+            f"clearly row(s) {sorted(first_row + where[i] for i in order)} of the batch): they were probably protected "
+            "with this bank, then saved or re-encoded in a way that dropped the marker. Protecting them again would "
+            "add the noise a second time. Publish them as they are (publish(..., protected=True)), or "
+            "pass allow_double=True if you really mean to protect them twice."
+        )
+
     def protect_chunks(
         self, images: Sequence[np.ndarray | torch.Tensor], labels: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
-        sample_ids: Sequence[Any] | None = None,
+        sample_ids: Sequence[Any] | None = None, first_row: int = 0,
     ) -> list[tuple[list[int], np.ndarray]]:
         """:meth:`protect` of a sequence of ``[C, H, W]`` images, as the kernel produced them.
+
+        ``first_row``: the first image's row number in the caller's batch (error messages only).
 
         Returns ``(positions, pixels)`` pairs: ``pixels`` is a uint8 ``[n, H, W, C]`` numpy
         batch of same-size images, ``positions`` their indices in ``images``. Encoders take
@@ -286,6 +345,8 @@ class Applier:
         chws = list(images)
         rows, seeds = self.rows_and_seeds(chws, labels, sample_ids)
         chunks: list[tuple[list[int], np.ndarray]] = []
+        staged: list[tuple[list[int], torch.Tensor]] = []
+        test = set(_carry_sample(len(chws))) if self.refuse_carried and self.kind.carried is not None else set()
         buckets: dict[tuple[int, ...], list[int]] = {}
         for i, c in enumerate(chws):
             buckets.setdefault(tuple(c.shape), []).append(i)
@@ -299,10 +360,15 @@ class Applier:
             per = len(idx) if self.device.type == "cuda" else max(1, _APPLY_CHUNK_BYTES // (c * h * w * 4))
             for s in range(0, len(idx), per):
                 part = idx[s : s + per]
-                res = self(self._stage([chws[i] for i in part]), rows[part],
-                           None if seeds is None else [seeds[i] for i in part])
+                batch = self._stage([chws[i] for i in part])
+                res = self(batch, rows[part], None if seeds is None else [seeds[i] for i in part])
+                tested = [j for j, i in enumerate(part) if i in test]
+                if tested:
+                    staged.append(([part[j] for j in tested], batch[tested].to(self.device)))
                 # One batched copy to HWC (none when the kernel kept the channels-last layout).
                 chunks.append((part, res.permute(0, 2, 3, 1).contiguous().cpu().numpy()))
+        if staged:
+            self._refuse_carried(staged, rows, seeds, first_row)
         return chunks
 
     def _stage(self, parts: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
@@ -319,6 +385,16 @@ class Applier:
             # Page-locked staging buffer: the non_blocking copy to the device is then a real DMA.
             batch = batch.pin_memory()
         return batch
+
+
+#: Images of a batch the content test of double protection scores (evenly spaced): its decision is
+#: on their mean, which at 16 images already separated clean from protected CIFAR batches completely.
+CARRY_SAMPLE = 16
+
+
+def _carry_sample(n: int) -> list[int]:
+    """Evenly spaced positions of at most :data:`CARRY_SAMPLE` of ``n`` images (the same for the same ``n``)."""
+    return sorted({int(round(v)) for v in np.linspace(0, n - 1, min(n, CARRY_SAMPLE))}) if n else []
 
 
 def in_row_order(chunks: Sequence[tuple[Sequence[int], Any]], n: int) -> list[Any]:
@@ -355,6 +431,8 @@ def _check_batch(images: Any) -> None:
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
         what = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
         raise TypeError(f"kernels take uint8 [B, C, H, W] tensors, got {what}")
+    if images.shape[-1] == 0 or images.shape[-2] == 0:
+        raise ValueError(f"cannot protect empty images (shape {tuple(images.shape)}); drop them first")
 
 
 def _numpy_chw(im: Any) -> np.ndarray:

@@ -33,9 +33,17 @@ than size. zlib-ng at the same size was 2.5x slower than ISA-L; libpng/libspng/O
 1.5-5x faster than PIL. PIL is the fallback; at its default level 6 it writes the very bytes
 ``datasets`` writes. ``pip install "uetransforms[fast]"`` installs isal, fpng and simplejpeg.
 
-**Marker.** :func:`mark` adds a non-secret "protected by uetransforms" ``tEXt`` chunk (library
-version and method name only: no seed, key or bank hash) so that protecting or publishing an
-already-protected image can be detected with :func:`is_marked`.
+**Marker: the one rule of "already protected".** Every protected PNG the library writes
+(``Protect``'s bytes in ``Dataset.map``, ``publish`` and ``publish_stream`` shards, Ray) carries a
+non-secret "protected by uetransforms" ``tEXt`` chunk right after IHDR (library version and
+method name only: no seed, key or bank hash; :func:`encode_png` ``marked=True``, or :func:`mark`),
+and PIL images it returns carry the text in ``info``. :func:`is_marked` reads it from bytes,
+records and PIL images, so protected data is recognised wherever its images go (loaded from a
+shard, streamed, mapped twice). :func:`marked_where` reads what a dataset or table says of itself
+(card text, Parquet schema metadata). What a marker cannot survive (images downloaded to a
+folder and re-encoded) is left to the pixels: with the bank in hand, an additive bank's noise is
+found in a batch by :func:`uetransforms.core.kernels.carried_score`; convolution, pixel-edit and
+synthesised banks have no content test (only the marker tells their output).
 
 Example:
     >>> import numpy as np
@@ -68,7 +76,8 @@ import numpy as np
 from .errors import ImageModeError  # defined there; importable from here as before
 
 __all__ = [
-    "ENCODERS", "ImageModeError", "MARK_KEYWORD", "check_png_options", "decode", "encode_png", "encode_png_batch", "info", "is_marked", "mark",
+    "ENCODERS", "ImageModeError", "MARKER", "MARK_KEYWORD", "SCHEMA_KEY", "check_png_options", "decode", "encode_png",
+    "encode_png_batch", "info", "is_marked", "mark", "mark_pil", "marked_where", "marker_text",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -178,7 +187,7 @@ def decode(value: Any, *, channels: int | None = None, convert: bool = False, co
     torch = _optional("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         if value.is_floating_point():
-            value = value.detach().cpu().clamp(0, 1).mul(255).round().to(torch.uint8)
+            value = _float_to_uint8(value.detach().cpu(), column)
         return _array_to_chw(value.detach().cpu().numpy(), channels=channels, chw=True, column=column)
     if isinstance(value, np.ndarray):
         return _array_to_chw(value, channels=channels, chw=False, column=column)
@@ -186,6 +195,35 @@ def decode(value: Any, *, channels: int | None = None, convert: bool = False, co
         f"column {column!r} holds {type(value).__name__}, not an image; pass the image column "
         "(PIL images, datasets Image() feature, or uint8 arrays) as image_column"
     )
+
+
+def _float_to_uint8(t: Any, column: str) -> Any:
+    """A float image tensor in [0, 1] (torchvision's convention) as the uint8 pixels it stands for.
+
+    ``round(x * 255)`` is exact for every tensor that came from uint8 pixels (``v2.ToDtype(torch.float32,
+    scale=True)``), so the float path protects the very pixels the uint8 path does. Anything outside
+    [0, 1] (0-255 floats, normalised tensors) is refused: clamping it would silently destroy the image.
+    """
+    import torch
+
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ImageModeError(f"column {column!r} holds a float image with NaN or infinite values; pass uint8 pixels")
+    lo, hi = (float(t.min()), float(t.max())) if t.numel() else (0.0, 0.0)
+    if lo < 0 or hi > 1:
+        raise ImageModeError(
+            f"column {column!r} holds a float image with values in [{lo:g}, {hi:g}], outside [0, 1]: protection "
+            "works on 8-bit pixels, and float images are read as torchvision reads them (0..1). Pass uint8 pixels "
+            "(e.g. torch.from_numpy(np.asarray(pil)).permute(2, 0, 1) without .float()), or put ProtectTransform "
+            "before v2.ToDtype(torch.float32, scale=True) and v2.Normalize in the pipeline."
+        )
+    return t.to(torch.float32).mul(255).round_().to(torch.uint8)
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+    """A PNG's bits per channel from its IHDR (PIL opens 16-bit RGB PNGs as 8-bit RGB, silently)."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 25:
+        return data[24]
+    return None
 
 
 def _is_record(value: Any) -> bool:
@@ -229,6 +267,12 @@ def _remote_image(record: dict, column: str) -> Any:
 
 
 def _decode_bytes(data: bytes, *, channels: int | None, convert: bool, column: str) -> np.ndarray:
+    if _png_bit_depth(data) == 16:
+        raise ImageModeError(
+            f"column {column!r} holds a 16-bit-per-channel PNG: PIL would read it as 8 bits and protection would "
+            "throw the low byte away. Convert it yourself to 8-bit (e.g. (arr >> 8).astype('uint8'), or "
+            "Image.fromarray(...) of 8-bit pixels) if that loss is acceptable, then protect that."
+        )
     if data[:3] == b"\xff\xd8\xff":
         fast = _fast_jpeg()
         if fast is not None:
@@ -368,6 +412,8 @@ def _pil_to_chw(img, *, channels: int | None, convert: bool, column: str) -> np.
             )
         warnings.warn(f"converting {mode} images to {want} before protecting them (convert=True)", stacklevel=4)
         img = img.convert(want)
+    if 0 in img.size:
+        raise ImageModeError(f"column {column!r} holds an empty {img.size[0]}x{img.size[1]} image; drop those rows first")
     arr = np.asarray(img, dtype=np.uint8)
     # A CHW *view* of PIL's HWC pixels: batching (np.stack) makes the one copy that is needed.
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -379,7 +425,17 @@ def _array_to_chw(arr: np.ndarray, *, channels: int | None, chw: bool, column: s
             raise ImageModeError(
                 f"column {column!r} holds a float array; pass uint8 pixels (0..255) or a float torch tensor in [0, 1]"
             )
-        raise ImageModeError(f"column {column!r} holds {arr.dtype} pixels; only 8-bit images can be protected")
+        fits = arr.dtype.kind in "iu" and (arr.size == 0 or (int(arr.min()) >= 0 and int(arr.max()) <= 255))
+        raise ImageModeError(
+            f"column {column!r} holds {arr.dtype} pixels; only 8-bit images can be protected. "
+            + ("Its values are all 0..255, so it was probably uint8 pixels widened on the way (datasets gives "
+               "nested lists as int64 under with_format('numpy')): store the column as images "
+               f"(dataset.cast_column({column!r}, datasets.Image())) or as uint8 arrays "
+               "(datasets.Array3D(shape, 'uint8')), or pass arr.astype(np.uint8)."
+               if fits else "Convert them to 8-bit yourself if that loss is acceptable.")
+        )
+    if 0 in arr.shape:
+        raise ImageModeError(f"column {column!r} holds an empty image (shape {arr.shape}); drop those rows first")
     if arr.ndim == 2:
         arr = arr[None]
     elif arr.ndim == 3:
@@ -390,12 +446,18 @@ def _array_to_chw(arr: np.ndarray, *, channels: int | None, chw: bool, column: s
             arr = arr.transpose(2, 0, 1)
     else:
         raise ImageModeError(f"column {column!r} holds an array of shape {arr.shape}; expected HxW or HxWxC")
+    hint = ""
+    if arr.ndim == 3 and arr.shape[0] not in (1, 3) and arr.shape[-1] in (1, 3, 4):
+        hint = (f"; its shape {tuple(arr.shape)} looks like height x width x channels, but "
+                + ("a tensor is read as channels first (CHW, torchvision's order): pass tensor.permute(2, 0, 1)"
+                   if chw else "it was taken as CHW: pass arr.transpose(2, 0, 1) or a PIL image"))
     if channels is None and arr.shape[0] not in (1, 3):
-        raise ImageModeError(f"column {column!r} has {arr.shape[0]}-channel images; only 1 and 3 channels are supported")
+        raise ImageModeError(
+            f"column {column!r} has {arr.shape[0]}-channel images; only 1 and 3 channels are supported{hint}")
     if channels is not None and arr.shape[0] != channels:
         raise ImageModeError(
             f"column {column!r} has {arr.shape[0]}-channel images but the bank is for {channels} channels; "
-            "convert them first"
+            + (hint[2:] if hint else "convert them first")
         )
     return np.ascontiguousarray(arr)
 
@@ -413,7 +475,8 @@ _DEFAULT_LEVEL = {"isal": 1, "pil": 6}
 _LEVELS = {"isal": range(0, 4), "pil": range(0, 10)}
 
 
-def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | None = None) -> bytes:
+def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | None = None,
+               marked: bool = False, method: str | None = None) -> bytes:
     """Lossless PNG bytes of uint8 HWC pixels (``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]``).
 
     Args:
@@ -423,18 +486,21 @@ def encode_png(image: np.ndarray, *, level: int | None = None, encoder: str | No
         encoder: ``"isal"`` (fast, files ~1.1-1.2x PIL's), ``"fpng"`` (RGB/RGBA only; fastest,
             files up to 1.6x PIL's) or ``"pil"``; None picks the first one installed in that
             order that can write the image.
+        marked / method: write the "protected by uetransforms" marker (:func:`mark`, naming
+            ``method``) into the PNG: every protected image the library writes carries it.
 
-    The bytes are the same for the same pixels, encoder (and its version) and level.
+    The bytes are the same for the same pixels, encoder (and its version), level and marker.
     """
     hwc = _check_hwc(image)
     name, level = _encoder_and_level(encoder, level, hwc.shape[2])
+    chunk = _marker_chunk(method) if marked else b""
     if name == "isal":
-        return _isal_png(_up_filtered(hwc[None])[0], hwc.shape, level)
-    return _library_png(hwc, name, level)
+        return _isal_png(_up_filtered(hwc[None])[0], hwc.shape, level, chunk)
+    return _spliced(_library_png(hwc, name, level), chunk)
 
 
 def encode_png_batch(images: np.ndarray, *, level: int | None = None, encoder: str | None = None,
-                     threads: int = 1) -> list[bytes]:
+                     threads: int = 1, marked: bool = False, method: str | None = None) -> list[bytes]:
     """:func:`encode_png` of every image of a uint8 ``[B, H, W, C]`` batch, the same bytes.
 
     The PNG row filter runs once over the whole batch (numpy's per-call cost was a sixth of a
@@ -454,11 +520,13 @@ def encode_png_batch(images: np.ndarray, *, level: int | None = None, encoder: s
         return []
     _check_hwc(images[0])  # dtype and shape rules, said as encode_png says them
     name, level = _encoder_and_level(encoder, level, images.shape[3])
+    chunk = _marker_chunk(method) if marked else b""
+
     def part(a: int, b: int) -> list[bytes]:
         piece = images[a:b]
         if name != "isal":
-            return [_library_png(x, name, level) for x in piece]
-        return [_isal_png(raw, images.shape[1:], level) for raw in _up_filtered(piece)]
+            return [_spliced(_library_png(x, name, level), chunk) for x in piece]
+        return [_isal_png(raw, images.shape[1:], level, chunk) for raw in _up_filtered(piece)]
 
     return map_slices(part, len(images), threads)
 
@@ -518,11 +586,17 @@ def _up_filtered(batch: np.ndarray) -> np.ndarray:
     return raw
 
 
-def _isal_png(raw: np.ndarray, shape: tuple[int, ...], level: int) -> bytes:
-    """8-bit PNG of one image's filtered rows (:func:`_up_filtered`): one ISA-L deflate IDAT chunk."""
+def _isal_png(raw: np.ndarray, shape: tuple[int, ...], level: int, marker: bytes = b"") -> bytes:
+    """8-bit PNG of one image's filtered rows (:func:`_up_filtered`): one ISA-L deflate IDAT chunk
+    (after ``marker``, the marker's ``tEXt`` chunk or nothing, right after IHDR as :func:`mark` puts it)."""
     h, w, c = shape
     idat = _optional("isal.isal_zlib").compress(raw, level)  # reads the buffer: no copy to bytes
-    return b"".join((_png_head(w, h, c), _chunk(b"IDAT", idat), _IEND))
+    return b"".join((_png_head(w, h, c), marker, _chunk(b"IDAT", idat), _IEND))
+
+
+def _spliced(png: bytes, marker: bytes) -> bytes:
+    """``png`` with the ``marker`` chunk right after IHDR (where :func:`mark` and the isal path put it)."""
+    return png[:_IHDR_END] + marker + png[_IHDR_END:] if marker else png
 
 
 @functools.lru_cache(maxsize=64)
@@ -625,12 +699,28 @@ def mark(png: bytes, *, method: str | None = None) -> bytes:
         raise ValueError("mark() takes PNG bytes (e.g. from encode_png), got data that is not a PNG")
     if is_marked(data):
         return data
-    text = f"protected by uetransforms {_version()}" + (f"; method={method}" if method else "")
+    return _spliced(data, _marker_chunk(method))
+
+
+def marker_text(method: str | None = None) -> str:
+    """The marker's text: the library version and, if given, the method name (nothing secret)."""
+    return f"{MARKER} {_version()}" + (f"; method={method}" if method else "")
+
+
+@functools.lru_cache(maxsize=64)
+def _marker_chunk(method: str | None) -> bytes:
+    """The marker's ``tEXt`` chunk (the same bytes for every image of one method: cached)."""
     try:
-        chunk = _chunk(b"tEXt", _KEY + text.encode("latin-1"))
+        return _chunk(b"tEXt", _KEY + marker_text(method).encode("latin-1"))
     except UnicodeEncodeError:
         raise ValueError(f"method name {method!r} must be Latin-1 text for a PNG tEXt chunk") from None
-    return data[:_IHDR_END] + chunk + data[_IHDR_END:]
+
+
+def mark_pil(img: Any, method: str | None = None) -> Any:
+    """``img`` (a new PIL image) marked in its ``info``, where PIL keeps a PNG's text: :func:`is_marked`
+    then knows it was protected, in memory (a ``set_transform`` or streamed ``map`` output)."""
+    img.info[MARK_KEYWORD] = marker_text(method)
+    return img
 
 
 def is_marked(data: Any) -> bool:
@@ -648,6 +738,28 @@ def is_marked(data: Any) -> bool:
         return _png_has_mark(bytes(data) if isinstance(data, memoryview) else data)
     text = getattr(data, "info", None)  # a PIL image keeps a PNG's text chunks here
     return isinstance(text, dict) and MARK_KEYWORD in text
+
+
+def marked_where(data: Any) -> str | None:
+    """Where a dataset or table says of itself that uetransforms protected it, or None.
+
+    Reads what survives loading a published copy without its card: the Parquet/Arrow schema
+    metadata under :data:`SCHEMA_KEY` (``Dataset.from_parquet`` of a shard, ``pq.read_table``)
+    and the ``info`` text a published folder's card gives ``load_dataset`` (:data:`MARKER`).
+    Takes a ``datasets`` (Iterable)Dataset, a ``pyarrow`` Table or Schema; anything else: None.
+    """
+    info = getattr(data, "info", None)
+    text = " ".join(str(getattr(info, k, "") or "") for k in ("description", "citation"))
+    if MARKER in text:
+        return f"its dataset info says {MARKER!r} (it was loaded from a uetransforms publish)"
+    schema = data if hasattr(data, "metadata") and hasattr(data, "names") else None
+    if schema is None:
+        table = getattr(data, "data", None)  # a datasets.Dataset's Arrow table
+        table = data if table is None and hasattr(data, "schema") else table
+        schema = getattr(table, "schema", None)
+    if SCHEMA_KEY in (getattr(schema, "metadata", None) or {}):
+        return f"its Arrow/Parquet schema metadata carries the {SCHEMA_KEY.decode()!r} marker a uetransforms publish writes"
+    return None
 
 
 def _png_has_mark(data: bytes) -> bool:

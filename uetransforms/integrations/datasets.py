@@ -37,8 +37,10 @@ import numpy as np
 import torch
 
 from ..core.bank import BankError, NoiseBank
-from ..core.codecs import check_png_options, encode_png, encode_png_batch, is_marked, map_slices, map_threads
+from ..core.codecs import (check_png_options, encode_png, encode_png_batch, is_marked, map_slices, map_threads,
+                           mark_pil)
 from ..core.errors import DoubleProtectionError  # defined there; importable from here as before
+from ..core.errors import ImageModeError
 from ..core.images import encoded_bytes, from_chw, to_chw
 from ..core.apply import Applier, chunk_views, in_row_order
 from ..models.assign import ClusterAssigner
@@ -95,13 +97,14 @@ def _bank_ref(bank: NoiseBank | str | os.PathLike) -> NoiseBank:
     raise TypeError(f"expected a NoiseBank or a bank file path, got {type(bank).__name__}")
 
 
-def png_bytes(chw: np.ndarray) -> bytes:
-    """PNG bytes of protected ``[C, H, W]`` pixels: what the adapters store (the codec module's encoder).
+def png_bytes(chw: np.ndarray, method: str | None = None) -> bytes:
+    """PNG bytes of protected ``[C, H, W]`` pixels as the adapters store them: the codec module's
+    encoder, with the "protected by uetransforms" marker (:func:`uetransforms.core.codecs.mark`).
 
-    Unmarked, so ``Dataset.map``, Ray and ``publish`` store the same bytes; a published copy
-    says it is protected in its card and Parquet schema metadata instead (:data:`uetransforms.core.codecs.MARKER`).
+    ``Dataset.map``, Ray, ``publish`` and ``publish_stream`` all write marked PNGs, so they store
+    the same bytes, and protecting any of them again is refused wherever the images go.
     """
-    return encode_png(chw.transpose(1, 2, 0))
+    return encode_png(chw.transpose(1, 2, 0), marked=True, method=method)
 
 
 class _BankUser:
@@ -111,6 +114,10 @@ class _BankUser:
                  size_mismatch: str | None, convert: bool, encoder: torch.nn.Module | None = None,
                  allow_double: bool = False) -> None:
         self.bank = _bank_ref(bank)
+        if device is not None:
+            from ..core.device import resolve_device
+
+            resolve_device(device)  # "foo", or "cuda" without a GPU: said now, not at the first batch
         self.device = None if device is None else str(device)
         self.size_mismatch = size_mismatch
         self.convert = convert
@@ -133,18 +140,23 @@ class _BankUser:
             if self.bank.keying == "cluster":
                 # Label-free use of a cluster bank: nearest centroid in the bank's surrogate embedding.
                 assigner = functools.partial(ClusterAssigner, self.bank, device=device, encoder=self.encoder)
-            app = self._appliers[device] = Applier(self.bank, device, self.size_mismatch, assigner=assigner)
+            # Unless told otherwise, images that already carry this bank's noise (tested from the
+            # pixels, for protection whose marker was lost) are refused like marked ones.
+            app = self._appliers[device] = Applier(self.bank, device, self.size_mismatch, assigner=assigner,
+                                                   refuse_carried=not getattr(self, "allow_double", False))
         return app
 
-    def _refuse_protected(self, images: Sequence[Any], column: str) -> None:
+    def _refuse_protected(self, images: Sequence[Any], column: str, where: Any = None) -> None:
         """Images that carry the protection marker are not protected again unless asked to be."""
         if self.allow_double:
             return
-        marked = sum(1 for im in images if is_marked(im))
+        marked = [j for j, im in enumerate(images) if is_marked(im)]
         if marked:
+            first = where(marked[0]) if where is not None else f"row {marked[0]} of the batch"
             raise DoubleProtectionError(
-                f"{marked} of {len(images)} image(s) in column {column!r} are already protected by uetransforms "
-                "(their PNG carries the marker): protecting them again adds a second noise on top of the first. "
+                f"{len(marked)} of {len(images)} image(s) in column {column!r} are already protected by uetransforms "
+                f"(their PNG carries the marker; the first is {first}): protecting them again adds a second noise "
+                "on top of the first. "
                 "Publish them as they are (publish(..., protected=True)), or pass allow_double=True if you "
                 "really mean to protect them twice."
             )
@@ -155,9 +167,10 @@ class _BankUser:
         return self._applier(self._device_for(rank)).protect(chws, labels=labels, sample_ids=ids)
 
     def _protect_chunks(self, chws: list[np.ndarray], labels: Sequence[Any] | None, ids: Sequence[Any] | None,
-                        rank: int | None = None) -> list[tuple[list[int], np.ndarray]]:
+                        rank: int | None = None, first_row: int = 0) -> list[tuple[list[int], np.ndarray]]:
         """The same, as the kernel's HWC batches with their input positions (for batch encoding)."""
-        return self._applier(self._device_for(rank)).protect_chunks(chws, labels=labels, sample_ids=ids)
+        return self._applier(self._device_for(rank)).protect_chunks(chws, labels=labels, sample_ids=ids,
+                                                                    first_row=first_row)
 
     def _state(self) -> dict[str, Any]:
         from ..core.version import __version__
@@ -180,6 +193,34 @@ class _BankUser:
             # after fork), and N workers fill N cores anyway. The pid is not part of the pickled
             # state, so datasets' fingerprint of Protect stays the same across sessions.
             torch.set_num_threads(1)
+
+
+class _RowNames:
+    """Names row ``j`` of a batch in the caller's terms: the dataset row number (``map(with_indices=True)``
+    indices, or the batch's first row as a writer knows it), else the position in the batch; with
+    its id and file path when there are any."""
+
+    def __init__(self, indices: Sequence[int] | None, first_row: int | None, ids: Sequence[Any] | None,
+                 images: Sequence[Any], *, hint: bool = False) -> None:
+        self.indices, self.first_row, self.ids, self.images = indices, first_row, ids, images
+        self.hint = hint  # a datasets map: say how to get dataset row numbers
+
+    def number(self, j: int) -> int:
+        if self.indices is not None and j < len(self.indices):
+            return int(self.indices[j])
+        return (self.first_row or 0) + j
+
+    def __call__(self, j: int) -> str:
+        known = self.indices is not None or self.first_row is not None
+        text = f"row {self.number(j)}" if known else f"row {j} of this batch"
+        if self.ids is not None:
+            text += f" (id {self.ids[j]!r})"
+        im = self.images[j] if j < len(self.images) else None
+        if isinstance(im, dict) and im.get("path"):
+            text += f" (file {im['path']!r})"
+        if not known and self.hint:
+            text += " (map(..., with_indices=True) names dataset rows)"
+        return text
 
 
 class _DefaultLabel(str):
@@ -208,8 +249,12 @@ class Protect(_BankUser):
         convert: convert RGBA/P/LA/CMYK... images to the bank's mode instead of refusing them.
         encoder: the surrogate ``nn.Module`` a cluster-keyed bank was fitted with, when the bank
             cannot rebuild it itself (a custom module): clusters are then assigned with it.
-        allow_double: protect images that already carry the "protected by uetransforms" marker
-            (refused by default: the noise would be added a second time).
+        allow_double: protect images that are already protected (refused by default: the noise
+            would be added a second time). Protected means: the PNG marker every protected image
+            the library writes carries, or, for additive banks, this bank's own noise found in the
+            pixels (a batch's mean :func:`~uetransforms.core.kernels.carried_score`, for images that
+            lost the marker on the way). Convolution, pixel-edit and synthesised (AR) banks have no
+            reliable test from the pixels: for them only the marker is seen.
         png_encoder / png_level: the lossless encoder of the PNG bytes this writes (``"isal"``,
             ``"fpng"`` or ``"pil"``; None: the fastest installed) and its level
             (see :func:`uetransforms.core.codecs.encode_png`). Checked here, before any image.
@@ -265,12 +310,15 @@ class Protect(_BankUser):
 
     def __call__(self, batch: Mapping[str, Any], *args: Any, rank: int | None = None) -> dict[str, Any]:
         # map(with_indices=True) passes indices (a list), map(with_rank=True) passes the rank (an int).
+        indices = None
         for a in args:
             if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
                 rank = int(a)
+            elif isinstance(a, (list, tuple, np.ndarray)):
+                indices = [int(i) for i in a]
         images = self._images_of(batch) if isinstance(batch, Mapping) and self.image_column in batch else None
         as_bytes = images is not None and self._hands_bytes(batch, images)
-        images, single, done = self._protect_batch(batch, rank, encode=as_bytes, images=images)
+        images, single, done = self._protect_batch(batch, rank, encode=as_bytes, images=images, indices=indices)
         n = 1 if single else len(images)
         new: Any
         if as_bytes:
@@ -284,21 +332,25 @@ class Protect(_BankUser):
             # set_transform / streamed maps / tensors: new PIL images, which nothing re-decodes and
             # datasets can encode as PNG in their own mode (it cannot encode tensors, and it widens
             # returned arrays to int64, so a grayscale [B, H, W] batch would become a 32-bit TIFF).
-            new = [from_chw(o) for o in chunk_views(done, n)]
+            new = [mark_pil(from_chw(o), self.bank.method) for o in chunk_views(done, n)]
         if single:
             new = new[0]
         result = dict(batch) if self._return_all(batch, images) else {}
         result[self.image_column] = new
         return result
 
-    def encoded(self, batch: Mapping[str, Any], rank: int | None = None) -> list[bytes]:
-        """Protect a batch and return its images as PNG bytes, in row order (for writers and Ray)."""
-        return self._protect_batch(batch, rank, encode=True)[2]
+    def encoded(self, batch: Mapping[str, Any], rank: int | None = None, *, first_row: int | None = None) -> list[bytes]:
+        """Protect a batch and return its images as PNG bytes, in row order (for writers and Ray).
+
+        ``first_row``: the batch's first row number in the whole dataset, so errors name the row.
+        """
+        return self._protect_batch(batch, rank, encode=True, first_row=first_row)[2]
 
     def png(self, images: np.ndarray | Sequence[np.ndarray], threads: int | None = None) -> list[bytes]:
         """PNG bytes of uint8 HWC images (a ``[B, H, W, C]`` batch or a list), with this Protect's encoder."""
         # getattr: a Protect pickled before the PNG options existed encodes with the defaults.
-        opts = {"encoder": getattr(self, "png_encoder", None), "level": getattr(self, "png_level", None)}
+        opts = {"encoder": getattr(self, "png_encoder", None), "level": getattr(self, "png_level", None),
+                "marked": True, "method": self.bank.method}
         threads = self._threads() if threads is None else threads
         if isinstance(images, np.ndarray) and images.ndim == 4:
             return encode_png_batch(images, threads=threads, **opts)
@@ -332,7 +384,8 @@ class Protect(_BankUser):
         return getattr(self, "threads", None) or _default_threads()
 
     def _protect_batch(self, batch: Mapping[str, Any], rank: int | None, *, encode: bool = False,
-                       images: Any = None) -> tuple[Any, bool, Any]:
+                       images: Any = None, indices: Sequence[int] | None = None,
+                       first_row: int | None = None) -> tuple[Any, bool, Any]:
         """The column's images, whether the call is for one example, and the protected images:
         the kernel's chunks (``[(positions, [n, H, W, C] pixels)]``), or with ``encode`` their PNG
         bytes in row order."""
@@ -348,26 +401,34 @@ class Protect(_BankUser):
         imgs = [images] if single else list(images)
         labels = self._column(batch, self.label_column, single, needed=self._needs_labels())
         ids = self._column(batch, self.id_column, single, needed=self.id_column is not None)
-        self._refuse_protected(imgs, col)
+        where = _RowNames(indices, first_row, ids, imgs, hint=_is_datasets_batch(batch))
+        self._refuse_protected(imgs, col, where)
         n, threads = len(imgs), self._threads()
         if threads > 1 and n > 1 and self._device_for(rank) == "cpu":
             # CPU: each thread takes a contiguous slice through decode, kernel and encode. The
             # kernels release the GIL too, so no stage waits on a serial one (codecs on threads
             # around one kernel call reached 0.28x the identity map at 32 px; see RESULTS.md).
             with _one_torch_thread():
-                parts = map_slices(lambda a, b: self._slice(imgs, labels, ids, a, b, rank, encode, 1), n, threads)
+                parts = map_slices(lambda a, b: self._slice(imgs, labels, ids, a, b, rank, encode, 1, where), n, threads)
         else:  # one kernel call for the batch (a GPU wants it whole); the codecs still use the threads
-            parts = self._slice(imgs, labels, ids, 0, n, rank, encode, threads)
+            parts = self._slice(imgs, labels, ids, 0, n, rank, encode, threads, where)
         return images, single, in_row_order(parts, n) if encode else parts
 
     def _slice(self, imgs: list[Any], labels: Any, ids: Any, a: int, b: int, rank: int | None, encode: bool,
-               threads: int) -> list[tuple[list[int], Any]]:
+               threads: int, where: _RowNames | None = None) -> list[tuple[list[int], Any]]:
         """Rows ``a:b`` decoded, protected and (``encode``) encoded: ``[(positions, pixels or PNG bytes)]``."""
         col = self.image_column
-        chws = map_threads(lambda im: to_chw(im, channels=self.bank.channels, convert=self.convert, column=col),
-                           imgs[a:b], threads)
+        where = where or _RowNames(None, None, ids, imgs)
+
+        def decode(j: int) -> np.ndarray:
+            try:
+                return to_chw(imgs[j], channels=self.bank.channels, convert=self.convert, column=col)
+            except ImageModeError as err:  # which row, in the caller's numbering, and then the fix
+                raise ImageModeError(f"{where(j)}: {err}") from None
+
+        chws = map_threads(decode, list(range(a, b)), threads)
         chunks = self._protect_chunks(chws, None if labels is None else labels[a:b],
-                                      None if ids is None else ids[a:b], rank)
+                                      None if ids is None else ids[a:b], rank, first_row=where.number(a))
         return [([a + i for i in part], self.png(hwc, threads) if encode else hwc) for part, hwc in chunks]
 
     def _hands_bytes(self, batch: Mapping[str, Any], images: Any) -> bool:

@@ -261,8 +261,8 @@ def protect(
     if split_stages is None:
         split_stages = bool(num_gpus)
     if not split_stages:
-        return ray_dataset.map_batches(_Fused(fn, metadata), batch_size=batch_size, batch_format="numpy",
-                                       concurrency=concurrency, **extra)
+        return _our_errors(ray_dataset.map_batches(_Fused(fn, metadata), batch_size=batch_size, batch_format="numpy",
+                                                   concurrency=concurrency, **extra))
     if concurrency is None:
         concurrency = max(1, int(ray.cluster_resources().get("GPU", 1) // max(num_gpus, 1e-9))) if num_gpus else 1
     # Decode and encode are stateless CPU tasks Ray scales freely; only the kernel is an actor.
@@ -271,8 +271,21 @@ def protect(
     applied = decoded.map_batches(
         _Apply, fn_constructor_kwargs={"fn": fn}, batch_size=batch_size, batch_format="numpy",
         num_gpus=num_gpus, concurrency=concurrency, **extra)
-    return applied.map_batches(_Encode(fn, metadata), batch_size=batch_size, batch_format="numpy",
-                               **extra)
+    return _our_errors(applied.map_batches(_Encode(fn, metadata), batch_size=batch_size, batch_format="numpy",
+                                           **extra))
+
+
+def _our_errors(ds: Any) -> Any:
+    """``ds`` raising our own error types from its batches (``except ue.ImageModeError`` works).
+
+    By default Ray wraps a UDF's exception as ``RayTaskError(UserCodeException)``, with our message
+    some 40 lines down; this dataset's own context (not the global one) asks Ray to raise the
+    original type instead: ``RayTaskError(ImageModeError)``, an ``ImageModeError``.
+    """
+    ctx = getattr(ds, "context", None)
+    if ctx is not None and hasattr(ctx, "raise_original_map_exception"):
+        ctx.raise_original_map_exception = True
+    return ds
 
 
 __all__ = ["protect"]

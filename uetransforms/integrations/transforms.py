@@ -30,6 +30,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..core.bank import NoiseBank
+from ..core.codecs import mark_pil
 from ..core.images import from_chw, to_chw
 from .datasets import _BankUser
 
@@ -69,8 +70,12 @@ class ProtectTransform(_BankUser, v2.Transform):
             image's pixels.
         device / size_mismatch / convert / encoder / allow_double: as in :class:`~uetransforms.Protect`.
 
-    Float tensor images are taken as [0, 1] and quantised to 8 bits (protection is defined on
-    8-bit pixels); the output keeps the input's type and dtype.
+    Float tensor images must be in [0, 1] (torchvision's convention): they are read as the 8-bit
+    pixels ``round(x * 255)`` they stand for (exact for ``v2.ToDtype(torch.float32, scale=True)``
+    output) and come back as ``protected / 255`` in the input's dtype, the very pixels the uint8
+    path gives. Floats outside [0, 1] (0-255 floats, normalised tensors) are refused: put
+    ProtectTransform before ``ToDtype``/``Normalize``, or pass uint8. The output keeps the input's
+    type and dtype.
     """
 
     _transformed_types = (torch.Tensor, PIL.Image.Image)
@@ -132,7 +137,7 @@ class ProtectTransform(_BankUser, v2.Transform):
         chw = to_chw(inpt, channels=self.bank.channels, convert=self.convert, column="image")
         label, sid = params["label"], params["sample_id"]
         res = self._protect_chws([chw], None if label is None else [label], None if sid is None else [sid])[0]
-        return _like(inpt, res)
+        return _like(inpt, res, self.bank.method)
 
     def __reduce__(self):
         return (_restore_transform, (self._state(),))
@@ -162,10 +167,10 @@ def _restore_transform(state: dict[str, Any]) -> ProtectTransform:
     return obj
 
 
-def _like(inpt: Any, chw: np.ndarray) -> Any:
+def _like(inpt: Any, chw: np.ndarray, method: str | None = None) -> Any:
     """Return protected pixels in the input's own type (PIL mode, tv_tensor, dtype)."""
     if isinstance(inpt, PIL.Image.Image):
-        return from_chw(chw)
+        return mark_pil(from_chw(chw), method)
     t = torch.from_numpy(chw)
     if inpt.is_floating_point():
         t = t.to(inpt.dtype).div_(255)

@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..core.codecs import MARKER
+from ..core.codecs import marked_where
 
 
 def refuse_double(data: Any, image_column: str, *, where: str) -> None:
-    """Refuse to protect ``data`` when what it says of itself shows it is already protected."""
-    info = getattr(data, "info", None)
-    text = " ".join(str(getattr(info, k, "") or "") for k in ("description", "citation"))
-    if MARKER in text:
-        raise_double(f"{where}: its dataset info says {MARKER!r} (it was loaded from a uetransforms publish)")
+    """Refuse to protect ``data`` when what it says of itself (card text, schema metadata) shows it
+    is already protected; the marker rule is :func:`uetransforms.core.codecs.marked_where`."""
+    why = marked_where(data)
+    if why:
+        raise_double(f"{where}: {why}")
 
 
 def refuse_marked(ds: Any, image_column: str, *, where: str, batch_size: int = 4096) -> None:

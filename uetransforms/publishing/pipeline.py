@@ -189,6 +189,14 @@ def publish(
     from ..core.version import __version__
 
     max_bytes = convert_file_size_to_int(max_shard_size)
+    # What the writer would refuse, refused before any image is protected (with num_proc the
+    # whole map ran first, then batch_size=0 or a non-empty output directory was reported).
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not push:
+        from .target import Target
+
+        Target(path_or_repo_id).check(overwrite)
     note = not_protecting(bank.method)
     if note:
         warnings.warn(f"publishing a copy that is not protected: {note}", UserWarning, stacklevel=2)
@@ -203,8 +211,9 @@ def publish(
                 refuse_marked(ds, image_column, where=f"split {name!r}")
         # One GPU per worker: Protect maps the rank to cuda:<rank % n_gpus>.
         with_rank = device is not None and str(device).startswith("cuda")
+        # with_indices: an error names the dataset row, not a position in some worker's batch.
         splits = {name: ds.map(fn, batched=True, batch_size=batch_size, num_proc=num_proc, with_rank=with_rank,
-                               desc=f"Protecting {name} ({bank.method})")
+                               with_indices=True, desc=f"Protecting {name} ({bank.method})")
                   for name, ds in splits.items()}
         fn = None
     job = [bank.sha256, image_column, label_column, id_column, protected, __version__]

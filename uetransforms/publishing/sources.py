@@ -105,7 +105,7 @@ def dataset_tables(ds: Any, protect: Protect | None, image_column: str,
                 wanted = {image_column, protect.label_column, protect.id_column} & set(table.column_names)
                 batch = {name: _pylist(table.column(name), name == image_column) for name in wanted}
                 # Protect's own PNG bytes (the codec module's encoder), the very bytes Dataset.map stores.
-                png = protect.encoded(batch)
+                png = protect.encoded(batch, first_row=i)
                 names = [source_name(p) for p in _source_paths(table.column(image_column))]
                 images = pa.StructArray.from_arrays([pa.array(png, pa.binary()), pa.array(names, pa.string())],
                                                     fields=list(schema.field(image_column).type))
@@ -132,7 +132,7 @@ def _pylist(column: pa.ChunkedArray, is_image: bool) -> list[Any]:
 
 
 def stream_tables(stream: Any, protect: Protect | None, image_column: str,
-                  batch_size: int) -> Callable[[int], Iterator[pa.Table]]:
+                  batch_size: int, method: str | None = None) -> Callable[[int], Iterator[pa.Table]]:
     """A stream (``IterableDataset``, iterable of row dicts) as a stream of output tables.
 
     The written schema is the stream's features (or, untyped, those of the first protected
@@ -147,30 +147,35 @@ def stream_tables(stream: Any, protect: Protect | None, image_column: str,
         if start:  # pragma: no cover - streams carry no fingerprint, so the writer never resumes them
             raise ValueError("a stream cannot be resumed")
         out_features = schema = None
+        seen = 0
         for batch in iter_batches(stream, batch_size):
             if image_column not in batch:
                 raise KeyError(f"image_column={image_column!r} is not in the stream (columns: {list(batch)}); "
                                "pass image_column=<name>")
             if protect is not None:
-                out = {**batch, image_column: [{"bytes": b, "path": None} for b in protect.encoded(batch)]}
+                out = {**batch, image_column: [{"bytes": b, "path": None}
+                                               for b in protect.encoded(batch, first_row=seen)]}
             else:
                 # Already protected: decoded images are re-encoded by the codec module, which gives
                 # the bytes they were written with (same pixels, same encoder); records are kept.
-                out = {**batch, image_column: _png_records(batch[image_column])}
+                out = {**batch, image_column: _png_records(batch[image_column], method)}
             if out_features is None:
                 out_features = _stream_features(features, out, image_column)
                 schema = out_features.arrow_schema
+            seen += len(batch[image_column])
             encoded = out_features.encode_batch({k: out[k] for k in out_features})
             yield pa.Table.from_pydict(encoded, schema=schema)
 
     return tables
 
 
-def _png_records(images: Any) -> list[Any]:
+def _png_records(images: Any, method: str | None) -> list[Any]:
     from ..core.codecs import decode, encode_png
 
+    # Decoded protected images get the encoder and the marker Protect writes (records are marked by the writer).
     return [im if isinstance(im, dict) and im.get("bytes") is not None
-            else {"bytes": encode_png(decode(im).transpose(1, 2, 0)), "path": None} for im in images]
+            else {"bytes": encode_png(decode(im).transpose(1, 2, 0), marked=True, method=method), "path": None}
+            for im in images]
 
 
 def _stream_features(features: Any, first: Mapping[str, list[Any]], image_column: str) -> Any:

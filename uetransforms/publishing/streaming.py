@@ -117,7 +117,7 @@ def publish_stream(
                            "pass image_column=<name>")
         tables = dataset_tables(stream, fn, image_column, batch_size)
     else:
-        tables = stream_tables(stream, fn, image_column, batch_size)
+        tables = stream_tables(stream, fn, image_column, batch_size, method=bank.method)
     part = Split(name=split, tables=tables, shard_rows=shard_rows)
     written = write([part], out_dir, image_column=image_column, card=card, overwrite=overwrite, protected=protected,
                     marker_info={"method": bank.method, "library_version": __version__})[split]

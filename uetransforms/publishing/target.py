@@ -48,6 +48,13 @@ class Target:
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         path = os.path.abspath(os.fspath(out_dir))
+        if os.path.islink(path):
+            if not os.path.isdir(path):
+                raise FileExistsError(f"{path!r} is a symbolic link to {os.readlink(path)!r}, which is not a directory; "
+                                      "publish writes a directory: remove the link or choose another output")
+            # Publish into the directory the link names: the swap then replaces that directory and the
+            # link keeps pointing at the new copy (renaming the link itself moved the link, not the data).
+            path = os.path.realpath(path)
         self.parent, self.name = os.path.split(path)
         if not self.name:
             raise ValueError(f"cannot publish into the root directory {out_dir!r}; name a folder")
@@ -101,8 +108,20 @@ class Target:
 
     def _release(self) -> None:
         if self._lock_fd is not None:
+            # A publish refused before writing anything (a non-empty output, a bad option) leaves
+            # no hidden ``.<name>.uetransforms-tmp`` behind: only its lock was in it.
+            if self._holds_nothing():
+                shutil.rmtree(self.tmp, ignore_errors=True)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _holds_nothing(self) -> bool:
+        try:
+            entries = set(os.listdir(self.tmp))
+            data = os.path.join(self.tmp, "data")
+            return entries <= {_LOCK, "data"} and (not os.path.isdir(data) or not os.listdir(data))
+        except OSError:
+            return False
 
     def recover(self) -> str | None:
         """Finish what a dead run left (lock held): put an old copy back, drop a swapped-out one.

@@ -118,6 +118,24 @@ def require_png(table: pa.Table, column: str, *, protected: bool) -> None:
         )
 
 
+def marked_images(table: pa.Table, column: str, method: str | None) -> pa.Table:
+    """``table`` with every PNG of ``column`` carrying the protection marker (marked ones untouched).
+
+    What ``Protect`` wrote is marked already; images protected some other way (``set_transform``
+    output that ``datasets`` encoded itself) get the marker here, so every published PNG says it
+    is protected and nothing protects it twice unnoticed. Pixels are untouched.
+    """
+    from ..core.codecs import is_marked, mark
+
+    images = table.column(column).combine_chunks()
+    raw = images.field("bytes").to_pylist()
+    if all(is_marked(b) for b in raw):
+        return table
+    marked = pa.array([b if is_marked(b) else mark(b, method=method) for b in raw], pa.binary())
+    struct = pa.StructArray.from_arrays([marked, images.field("path")], fields=list(images.type))
+    return table.set_column(table.schema.get_field_index(column), table.schema.field(column), struct)
+
+
 def sniff(head: bytes) -> str:
     if head.startswith(b"\xff\xd8"):
         return "JPEG (lossy)"
@@ -266,6 +284,8 @@ def _write_split(split: Split, tmp: str, manifest: dict[str, Any], *, image_colu
             if table.num_rows == 0:
                 continue
             require_png(table, image_column, protected=protected)
+            if protected:
+                table = marked_images(table, image_column, marker_info.get("method"))
             if schema is None:
                 schema = result.schema = with_marker(table.schema, marker_info)
                 plan = state["plan"] = _plan(split, table)

@@ -70,6 +70,10 @@ class BankKind:
     shape_tensor: str | None = None
     per_sample_seed: bool = False
     measure: Measure | None = None
+    #: ``(applier, images, rows, seeds) -> float [B]``: how much each image already carries its
+    #: row's noise (:func:`~uetransforms.core.kernels.carried_score`'s scale), or None where no
+    #: test from the pixels is reliable (then only the marker tells a protected image).
+    carried: Kernel | None = None
 
 
 _KINDS: dict[str, BankKind] = {}
@@ -78,6 +82,7 @@ _KINDS: dict[str, BankKind] = {}
 def register_kind(
     name: str, *, required_tensors: Sequence[str], kernel: Kernel,
     shape_tensor: str | None = None, per_sample_seed: bool = False, measure: Measure | None = None,
+    carried: Kernel | None = None,
 ) -> BankKind:
     """Register a bank kind once (twice raises); ``NoiseBank`` validation and the apply entry read it.
 
@@ -88,7 +93,7 @@ def register_kind(
     """
     if name in _KINDS:
         raise ValueError(f"bank kind {name!r} is already registered")
-    kind = BankKind(name, tuple(required_tensors), kernel, shape_tensor, per_sample_seed, measure)
+    kind = BankKind(name, tuple(required_tensors), kernel, shape_tensor, per_sample_seed, measure, carried)
     _KINDS[name] = kind
     return kind
 

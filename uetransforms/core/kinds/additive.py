@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from . import hw, register_kind, row_chunks
-from ..kernels import add_delta
+from ..kernels import add_delta, carried_score
 
 
 def apply_additive(app, x: torch.Tensor, rows: np.ndarray, seeds: list[int] | None) -> torch.Tensor:
@@ -24,5 +24,10 @@ def measure_additive(bank) -> dict[str, float]:
     return {"linf": linf, "l2": l2}
 
 
+def carried_additive(app, x: torch.Tensor, rows: np.ndarray, seeds: list[int] | None) -> torch.Tensor:
+    """How much each image already carries its row's delta (the content test of double protection)."""
+    return carried_score(x, app.sized_rows("delta", rows, hw(x), mode="bilinear"))
+
+
 KIND = register_kind("additive", required_tensors=("delta",), kernel=apply_additive, shape_tensor="delta",
-                     measure=measure_additive)
+                     measure=measure_additive, carried=carried_additive)
