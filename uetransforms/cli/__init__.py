@@ -283,11 +283,11 @@ def cmd_protect(args: argparse.Namespace) -> int:
         card_extra["source_datasets"] = sources
     common = dict(image_column=args.image_column, max_shard_size=args.max_shard_size,
                   card_extra=card_extra or None)
-    prot = ue.publish(ds, bank, args.out, label_column=_label_column(args.label_column), id_column=args.id_column,
-                      batch_size=args.batch_size, num_proc=args.num_proc, device=args.device,
-                      overwrite=args.overwrite, allow_double=args.allow_double, size_mismatch=args.size_mismatch,
-                      convert=args.convert, png_encoder=args.png_encoder, png_level=args.png_level,
-                      threads=args.threads, return_dataset=False, **common)
+    ue.publish(ds, bank, args.out, label_column=_label_column(args.label_column), id_column=args.id_column,
+               batch_size=args.batch_size, num_proc=args.num_proc, device=args.device,
+               overwrite=args.overwrite, allow_double=args.allow_double, size_mismatch=args.size_mismatch,
+               convert=args.convert, png_encoder=args.png_encoder, png_level=args.png_level,
+               threads=args.threads, return_dataset=False, **common)
     shards = sorted(glob.glob(os.path.join(args.out, "data", "*.parquet")))
     import pyarrow.parquet as pq
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .errors import BankError  # defined there; importable from here as before
+from .errors import BankError
 
 FORMAT_VERSION = 1
 META_KEY = b"uetransforms"

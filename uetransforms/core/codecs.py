@@ -73,7 +73,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import ImageModeError  # defined there; importable from here as before
+from .errors import ImageModeError
 
 __all__ = [
     "ENCODERS", "ImageModeError", "MARKER", "MARK_KEYWORD", "SCHEMA_KEY", "check_png_options", "decode", "encode_png",

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError  # defined there; importable from here as before
+from .errors import DataError
 from .images import ImageModeError, content_id, to_chw
 
 

@@ -39,7 +39,7 @@ import torch
 from ..core.bank import BankError, NoiseBank
 from ..core.codecs import (check_png_options, encode_png, encode_png_batch, is_marked, map_slices, map_threads,
                            mark_pil)
-from ..core.errors import DoubleProtectionError  # defined there; importable from here as before
+from ..core.errors import DoubleProtectionError
 from ..core.errors import ImageModeError
 from ..core.images import encoded_bytes, from_chw, to_chw
 from ..core.apply import Applier, chunk_views, in_row_order

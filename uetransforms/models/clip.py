@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import ClipWeightsError, RandomInitWarning  # defined there; importable from here as before
+from ..core.errors import ClipWeightsError, RandomInitWarning
 
 #: Random-init seed used when ``pretrained=None`` and no ``init_seed`` is given.
 DEFAULT_INIT_SEED = 0

@@ -7,21 +7,7 @@ stack a second bank on it. What counts as "protected" is the marker's business
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import hashlib
-import json
-import math
-import os
-import shutil
-import sys
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import Any
 
 from ..core.codecs import marked_where
 

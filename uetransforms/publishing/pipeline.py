@@ -43,7 +43,7 @@ from typing import Any
 
 from ..core.bank import NoiseBank
 from .card import _guard_secrets, dataset_card, missing_fields
-from ..core.errors import PushError  # defined there; importable from here as before
+from ..core.errors import PushError
 from ..core.codecs import MARKER, PNG_SIGNATURE
 from .guard import refuse_double, refuse_marked
 from .sources import Split, dataset_tables, output_features

@@ -7,23 +7,13 @@ Either way each batch is protected (when asked) and comes out with its images as
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import hashlib
-import json
-import math
-import os
-import shutil
-import sys
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..core.codecs import PNG_SIGNATURE, source_name
+from ..core.codecs import source_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..integrations.datasets import Protect

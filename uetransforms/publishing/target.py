@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
-import math
 import os
 import shutil
 import sys
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..core.errors import PublishConflict
 

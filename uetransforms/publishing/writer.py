@@ -27,15 +27,12 @@ What a crash can leave (a process killed at any point, an exception, a full disk
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import math
 import os
-import shutil
-import sys
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,11 +41,11 @@ import pyarrow.parquet as pq
 
 from ..core.codecs import MARKER, PNG_SIGNATURE, SCHEMA_KEY
 from . import target as _target
-from .sources import Split, output_features
+from .sources import Split
 from .target import Target, _fsync_file
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..integrations.datasets import Protect
+    pass
 
 
 _TMP, _OLD, _LOCK = ".uetransforms-tmp", ".uetransforms-old", ".uetransforms-lock"
