@@ -87,10 +87,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.assign import embed_batch, embed_images, encoder_identity, normalise
+from ..models.assign import embed_batch, embed_images, fit_clusters, normalise
 from ..core.bank import NoiseBank
 from ..core.data import FitData
-from ..models.kmeans import assign, kmeans
+from ..models.kmeans import assign
 from . import Choice, Flag, Free, Method, Number, Param, ParameterError, _common
 
 
@@ -148,8 +148,9 @@ METHOD = Method(
                                           "once); None: random init (needs allow_random_surrogate)"),
         Param("checkpoint", None, Free("a local weights file or None"),
               help="load the surrogate's weights from this file (offline)"),
-        Param("encoder", None, Free("an nn.Module or None"),
-              help="any nn.Module mapping [0, 1] images to features, instead of surrogate/weights"),
+        Param("encoder", None, Free("an nn.Module, an encoder file path, a model name or None"),
+              help="the encoder instead of surrogate/weights: any nn.Module mapping [0, 1] images to features, an "
+                   "encoder file (models.encoders.save_torchvision/save_small_cnn) or a name for encoders.load"),
         Param("allow_random_surrogate", False, Flag(),
               help="permit a random-init surrogate (weak: clusters by colour); marked in the bank"),
         Param("init_seed", 0, Number(integer=True), help="seed of a random-init surrogate"),
@@ -291,16 +292,14 @@ class ClusterGenerators(nn.Module):
 
 # ----------------------------------------------------------------------------- surrogate
 def _surrogate(surrogate: str, weights: str | None, checkpoint: str | os.PathLike | None,
-               encoder: torch.nn.Module | None, allow_random: bool, init_seed: int,
+               encoder: torch.nn.Module | str | os.PathLike | None, allow_random: bool, init_seed: int,
                device: torch.device) -> torch.nn.Module:
-    if encoder is not None:
-        if not isinstance(encoder, torch.nn.Module):
-            raise TypeError(f"encoder must be a torch.nn.Module mapping [0, 1] images to features, got {type(encoder).__name__}")
-        return encoder.to(device).eval().requires_grad_(False)
     from ..models import encoders
 
-    return encoders.load(surrogate, weights=weights, checkpoint=checkpoint, allow_random_surrogate=allow_random,
-                         init_seed=init_seed, device=device)
+    if encoder is not None:  # a module, an encoder file or a name: read as every encoder= is
+        return encoders.resolve(encoder, device=device)
+    return encoders.resolve(surrogate, weights=weights, checkpoint=checkpoint, allow_random_surrogate=allow_random,
+                            init_seed=init_seed, device=device)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator, shift: int) -> torch.Tensor:
@@ -459,15 +458,10 @@ def fit(data: FitData, *, seed: int, device: torch.device, surrogate: str, weigh
     target = (torch.arange(k) + int(target_offset)) % k
     gen = torch.Generator().manual_seed(int(seed))
     enc = _surrogate(surrogate, weights, checkpoint, encoder, bool(allow_random_surrogate), int(init_seed), device)
-    ident = encoder_identity(enc)
-    from ..models.encoders import is_random
-
     images = data.images()  # uint8 [N, C, H, W]
-    feats_raw = embed_images(enc, images, device=device, batch_size=embed_batch_size)
-    feats = normalise(feats_raw, feature_norm)
-    km = kmeans(feats, k, seed=int(seed), batch_size=kmeans_batch_size, max_iter=kmeans_iter)
-    labels = km.labels.cpu()
-    counts = torch.bincount(labels, minlength=k)
+    km = fit_clusters(enc, images, k, seed=int(seed), feature_norm=feature_norm, device=device,
+                      kmeans_batch_size=kmeans_batch_size, kmeans_iter=kmeans_iter, embed_batch_size=embed_batch_size)
+    feats_raw, labels = km.features, km.labels
     members = [torch.nonzero(labels == j).flatten() for j in range(k)]
     # Targets of the loss: the paper's KL works on raw embeddings, the cosine loss on directions.
     raw_centre = torch.stack([feats_raw[m.to(feats_raw.device)].mean(0) for m in members])
@@ -503,14 +497,9 @@ def fit(data: FitData, *, seed: int, device: torch.device, surrogate: str, weigh
             LowTargetHitWarning, stacklevel=3,
         )
     info = {
-        "surrogate": ident,
-        "random_surrogate": is_random(ident),
-        "feature_norm": feature_norm,
+        **km.bank_info(),
         "size_mismatch": "resize",
-        "label_agnostic": True,
-        "cluster_sizes": counts.tolist(),
         "targets": target.tolist(),
-        "kmeans_inertia": round(km.inertia, 6),
         "loss_first_last": [round(history[0], 6), round(history[-1], 6)] if history else None,
         "target_hit_rate": round(hit, 4),
         "chance_hit_rate": round(1 / k, 4),

@@ -15,7 +15,7 @@ from ..core.bank import NoiseBank
 from ..core.data import FitData
 from ..core.apply import SIZE_POLICIES
 from ..core.device import resolve_device
-from ..core.errors import DataError
+from ..core.errors import DataError, ParameterError
 from ..core.images import to_chw
 from . import measured
 
@@ -63,9 +63,11 @@ def fit(
     Args:
         method: a key of :func:`methods` (``"cuda"``, ``"em"``, ``"clusters"``...).
         dataset: a ``datasets.Dataset`` (or a dict of lists / a :class:`FitData`).
-        image_column / label_column / id_column: columns to read; ``label_column=None`` for
-            label-agnostic methods; ``id_column`` gives sample-wise banks stable keys (else
-            content hashes of the pixels).
+        image_column / label_column / id_column: columns to read; ``id_column`` gives sample-wise
+            banks stable keys (else content hashes of the pixels). ``label_column=None``: no labels.
+            Label-free methods (``clusters``) need none; any class-keyed method (``cuda``, ``em``...)
+            is then keyed by K clusters of an image encoder's features instead of classes, which
+            needs ``encoder=`` (see :func:`fit_keyed_by_clusters`).
         seed: the private key: the same seed and data give the same bank. ``None`` (the default)
             draws a fresh secret one from :mod:`secrets`; it is recorded in the bank (``bank.params
             ["seed"]``, never on a dataset card), so keep the bank private and backed up.
@@ -73,13 +75,18 @@ def fit(
         size_mismatch: ``"resize"`` records in the bank that its noise is interpolated to images
             of other sizes (photos of mixed sizes); ``None`` keeps the method's own policy. A bank
             of one size fitted on images of several sizes is refused without it.
-        **params: method parameters (``epsilon``, ``kernel_size``...), see each method's docs.
+        **params: method parameters (``epsilon``, ``kernel_size``...), see each method's docs; without
+            labels also the keying options ``encoder``, ``encoder_checkpoint``, ``n_clusters``,
+            ``feature_norm`` (:data:`KEYING_OPTIONS`).
 
     Example:
         >>> import numpy as np, uetransforms as ue
         >>> ds = {"image": list(np.zeros((4, 8, 8, 3), np.uint8)), "label": [0, 1, 0, 1]}
         >>> ue.fit("random", ds, seed=1).num_keys
         2
+        >>> bank = ue.fit("cuda", ds, label_column=None, encoder="resnet18-c10.safetensors")  # doctest: +SKIP
+        >>> bank.keying, "centroid" in bank.tensors  # doctest: +SKIP
+        ('cluster', True)
     """
     module = _methods.get(method)  # the Method declaration
     if seed is None:
@@ -95,10 +102,15 @@ def fit(
                        convert=convert)
     if size_mismatch is not None and size_mismatch not in SIZE_POLICIES:
         raise ValueError(f"size_mismatch={size_mismatch!r}; expected one of {SIZE_POLICIES}")
-    if not module.label_free and data.label_column is None:
-        raise ValueError(f"method {method!r} needs labels: pass label_column=<integer label column>")
+    given = sorted(set(params) & set(KEYING_OPTIONS))
+    if given and not module.label_free and data.label_column is not None:
+        raise ValueError(f"{', '.join(given)} key {method!r} by clusters of an encoder, which is for fitting "
+                         f"without labels: pass label_column=None as well, or drop {', '.join(given)}")
     start = time.perf_counter()
-    bank = module.fit(data, seed=int(seed), device=resolve_device(device), **params)
+    if not module.label_free and data.label_column is None:
+        bank = fit_keyed_by_clusters(module, data, seed=int(seed), device=resolve_device(device), **params)
+    else:
+        bank = module.fit(data, seed=int(seed), device=resolve_device(device), **params)
     # fit_seconds is kept on the object, not in the hashed metadata: the same seed and data must
     # give the same bytes. The bank is immutable: the additions make a new one.
     info = bank.info
@@ -112,3 +124,69 @@ def fit(
     if data.class_names and bank.keying == "class" and "class_names" not in info:
         info = {**info, "class_names": data.class_names}
     return bank.replace(info=info, fit_seconds=round(time.perf_counter() - start, 3))
+
+
+#: ``ue.fit`` options of label-free keying (``label_column=None`` with a class-keyed method), with
+#: their defaults: read here, never passed to the method. ``n_clusters`` 10: the measured choice
+#: (benchmarks/RESULTS.md, "Label-free protection, session 6 (issue 25)").
+KEYING_OPTIONS: dict[str, Any] = {"encoder": None, "encoder_checkpoint": None, "n_clusters": 10,
+                                  "feature_norm": "l2"}
+
+
+def fit_keyed_by_clusters(module: _methods.Method, data: FitData, *, seed: int, device: torch.device,
+                          **params: Any) -> NoiseBank:
+    """Fit a class-keyed method without labels: K clusters of an encoder's features stand in for classes.
+
+    The one owner of the rule "cluster the images with an encoder and key any class-keyed method by
+    cluster". The images are embedded and split into ``n_clusters`` K-means clusters
+    (:func:`uetransforms.models.assign.fit_clusters`, as ``clusters`` does); the method is fitted
+    with the cluster ids in the labels' place; a class-keyed result becomes a *cluster*-keyed
+    bank carrying the centroids and the encoder's identity, so ``Protect(bank, label_column=None)``
+    assigns each new image its cluster (:class:`uetransforms.models.assign.ClusterAssigner`). A
+    sample-keyed result (``em`` ``mode="sample"``) stays keyed by sample; its noise was made with
+    the cluster ids as labels.
+
+    Keying options (popped from ``params``):
+        encoder: an encoder file (``models.encoders.save_torchvision`` / ``save_small_cnn``; offline),
+            a model name for ``models.encoders.load`` (``"resnet50"``, ``"clip:RN50"``; weights
+            download once) or any ``nn.Module`` mapping [0, 1] images to ``[B, D]`` features (such a
+            bank cannot rebuild it: protect with ``Protect(bank, encoder=module)``).
+        encoder_checkpoint: local weights for a named encoder (offline).
+        n_clusters: K, at least 2 and at most the number of images (10 by default).
+        feature_norm: ``"l2"`` (cosine K-means, the default) or ``"none"``.
+    """
+    opts = {name: params.pop(name, default) for name, default in KEYING_OPTIONS.items()}
+    key = module.key
+    if "class" not in module.keyed_by:
+        raise ValueError(f"method {key!r} is keyed by {module.keyed_by} and needs labels: pass "
+                         "label_column=<integer label column>")
+    if opts["encoder"] is None:
+        raise ValueError(
+            f"method {key!r} needs labels: pass label_column=<integer label column>, or fit it label-free, keyed "
+            "by clusters of an image encoder's features: label_column=None plus encoder=<an encoder file, a "
+            "model name such as 'resnet50', or an nn.Module> (n_clusters=K, default 10)")
+    k = opts["n_clusters"]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= len(data):
+        raise ParameterError(f"n_clusters={k!r} is not valid: it must be an integer between 2 and the number of "
+                             f"images ({len(data)}); lower n_clusters or fit on more images")
+    if opts["feature_norm"] not in ("l2", "none"):
+        raise ParameterError(f"feature_norm={opts['feature_norm']!r} is not valid: expected 'l2' or 'none'")
+    with warnings.catch_warnings():  # the method's own parameters fail before the (slow) embedding;
+        warnings.simplefilter("ignore")  # its budget warnings come once, from the fit below
+        module.check(params)
+    from ..models import encoders
+    from ..models.assign import fit_clusters
+
+    enc = encoders.resolve(opts["encoder"], checkpoint=opts["encoder_checkpoint"], device=device)
+    clusters = fit_clusters(enc, data.images(), int(k), seed=seed, feature_norm=opts["feature_norm"], device=device)
+    bank = module.fit(data.keyed_by(clusters.labels.numpy(), int(k), "clusters"), seed=seed, device=device,
+                      **params)
+    info = {**bank.info, **clusters.bank_info()}
+    if bank.keying == "sample":
+        return bank.replace(info={**info, "keyed_by": "sample, noise fitted with cluster ids as labels"})
+    if bank.keying != "class" or list(bank.keys) != list(range(int(k))):
+        raise ValueError(f"method {key!r} returned a {bank.keying}-keyed bank with keys {list(bank.keys)[:5]}..., "
+                         f"not one row per cluster 0..{int(k) - 1}: it cannot be keyed by clusters")
+    centroid = clusters.centroids.cpu().numpy().astype(np.float32)
+    return bank.replace(keying="cluster", tensors={**bank.tensors, "centroid": centroid}, info=info,
+                        params={**bank.params, "n_clusters": int(k)})

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -71,6 +72,7 @@ class FitData:
         if self._n == 0:
             raise DataError("the dataset is empty: there is nothing to fit noise on")
         self._labels: np.ndarray | None = None
+        self._num_keys: int | None = None  # set by keyed_by: keys that are not a column's labels
         self._images: np.ndarray | None = None
         self._ids: list[str] | None = None
         # The image size and channels are read lazily (from the first image, on first use) so that
@@ -152,15 +154,30 @@ class FitData:
 
     @property
     def num_classes(self) -> int:
+        if self._num_keys is not None:
+            return self._num_keys
         names = self.class_names
         if names:
             return len(names)
         return int(self.labels.max()) + 1
 
+    def keyed_by(self, keys: Sequence[int] | np.ndarray, num_keys: int, name: str) -> FitData:
+        """The same data with ``keys`` (e.g. cluster ids) in the labels' place, ``num_keys`` of them.
+
+        Decoded images and sample ids are shared, not decoded again. ``name`` says what the keys
+        are (it is not a column of the dataset, and there are no class names).
+        """
+        keys = np.asarray(keys, dtype=np.int64)
+        if keys.shape != (self._n,) or (keys < 0).any() or (keys >= num_keys).any():
+            raise DataError(f"keyed_by needs {self._n} integer keys in [0, {num_keys}), got shape {keys.shape}")
+        out = copy.copy(self)
+        out.label_column, out._labels, out._num_keys = name, keys, int(num_keys)
+        return out
+
     @property
     def class_names(self) -> list[str] | None:
         feats = getattr(self.dataset, "features", None)
-        if feats is not None and self.label_column is not None:
+        if feats is not None and self.label_column is not None and self._num_keys is None:
             feat = feats.get(self.label_column)
             names = getattr(feat, "names", None)
             if names:

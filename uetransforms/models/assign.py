@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,56 @@ def embed_images(encoder: torch.nn.Module, images: Sequence[np.ndarray] | np.nda
             out[torch.as_tensor(part, device=f.device)] = f
     assert out is not None
     return out
+
+
+@dataclass
+class Clustering:
+    """K clusters of an encoder's features, as a cluster-keyed bank records them.
+
+    ``centroids`` live in the normalised space (``feature_norm``) that :class:`ClusterAssigner`
+    assigns in; ``features`` are the raw (unnormalised) embeddings, in input order.
+    """
+
+    encoder: torch.nn.Module
+    features: torch.Tensor  #: ``[N, D]`` raw features, on the fitting device
+    centroids: torch.Tensor  #: ``[K, D]`` float32, in the normalised space
+    labels: torch.Tensor  #: ``[N]`` int64 on the CPU: each image's cluster
+    inertia: float
+    feature_norm: str
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def bank_info(self) -> dict[str, Any]:
+        """What a cluster bank's ``info`` must hold to assign new images (and what it describes)."""
+        from .encoders import is_random
+
+        ident = encoder_identity(self.encoder)
+        return {"surrogate": ident, "random_surrogate": is_random(ident), "feature_norm": self.feature_norm,
+                "label_agnostic": True, "cluster_sizes": torch.bincount(self.labels, minlength=self.k).tolist(),
+                "kmeans_inertia": round(self.inertia, 6)}
+
+
+def fit_clusters(encoder: torch.nn.Module, images: np.ndarray, k: int, *, seed: int, feature_norm: str = "l2",
+                 device: torch.device, kmeans_batch_size: int | None = None, kmeans_iter: int = 100,
+                 embed_batch_size: int = 256) -> Clustering:
+    """Embed uint8 ``[N, C, H, W]`` images with ``encoder`` and split them into ``k`` K-means clusters.
+
+    The one place a cluster-keyed bank's clusters are made (``clusters`` and every class-keyed
+    method fitted without labels): embedding and normalisation are exactly what
+    :class:`ClusterAssigner` repeats on new images at apply time.
+    """
+    from .kmeans import kmeans
+
+    if not 2 <= int(k) <= len(images):
+        raise ValueError(f"n_clusters={k} must be between 2 and the number of images ({len(images)}): lower "
+                         "n_clusters or fit on more images")
+    feats = embed_images(encoder, images, device=device, batch_size=embed_batch_size)
+    km = kmeans(normalise(feats, feature_norm), int(k), seed=int(seed), batch_size=kmeans_batch_size,
+                max_iter=kmeans_iter)
+    return Clustering(encoder=encoder, features=feats, centroids=km.centroids.float(), labels=km.labels.cpu(),
+                      inertia=float(km.inertia), feature_norm=feature_norm)
 
 
 class ClusterAssigner:
@@ -149,4 +200,4 @@ class ClusterAssigner:
         return f"ClusterAssigner({self.bank.num_keys} clusters, encoder={type(self.encoder).__name__}, device={str(self.device)!r})"
 
 
-__all__ = ["ClusterAssigner", "embed_images", "embed_batch", "encoder_identity", "normalise"]
+__all__ = ["ClusterAssigner", "Clustering", "fit_clusters", "embed_images", "embed_batch", "encoder_identity", "normalise"]

@@ -162,7 +162,8 @@ def torchvision_encoder(arch: str = "resnet50", weights: str | None = "default",
             choice for ResNet-50, torchvision's ``DEFAULT`` otherwise). Downloaded once into
             torchvision's cache (``$TORCH_HOME``); offline, use ``checkpoint``. ``None``: random
             init (refused unless ``allow_random_surrogate``).
-        checkpoint: a local state-dict file of the full classifier (``fc`` included) instead.
+        checkpoint: a local state-dict file of the classifier instead (its ``fc`` weights, for any
+            number of classes, are ignored: the head is removed).
         image_size: inputs are resized to this square side (224 for ImageNet models).
         init_seed: seed of a random init.
         expect_sha256: refuse a checkpoint whose sha256 differs (rebuilding a recorded surrogate).
@@ -181,8 +182,11 @@ def torchvision_encoder(arch: str = "resnet50", weights: str | None = "default",
             raise SurrogateWeightsError(f"checkpoint {path!r} has sha256 {sha[:12]}..., but the bank was fitted "
                                         f"with {expect_sha256[:12]}...: pass the checkpoint the bank was made with")
         net = tvm.get_model(arch, weights=None)
+        # The head is dropped below (features are the input of fc), so a classifier trained for any
+        # number of classes (a CIFAR-10 ResNet-18, 10-way fc) loads: only the backbone must match.
+        net.fc = nn.Identity()
         try:
-            net.load_state_dict(sd)
+            net.load_state_dict({k: v for k, v in sd.items() if not k.startswith("fc.")})
         except Exception as err:
             raise SurrogateWeightsError(f"{path!r} is not a {arch} state dict: {err}") from err
         ident.update(weights=None, checkpoint=os.path.basename(path), checkpoint_path=os.path.abspath(path),
@@ -262,6 +266,75 @@ def small_cnn(checkpoint: str | os.PathLike, *, expect_sha256: str | None = None
     # features = conv blocks + global average pool: the input of the linear head
     enc = Encoder(net.features, identity=ident, image_size=int(meta["image_size"]), mean=(0.5,) * 3, std=(0.25,) * 3)
     return enc.to(torch.device(device) if device is not None else torch.device("cpu"))
+
+
+def save_torchvision(net: nn.Module, path: str | os.PathLike, *, arch: str, image_size: int,
+                     extra: dict[str, str] | None = None) -> str:
+    """Write a trained torchvision classifier (``fc`` head of any width) as a self-describing encoder
+    file that :func:`encoder_file` / ``ue.fit(..., encoder=PATH)`` loads offline; returns its sha256.
+
+    The metadata names the architecture and the input side, so the file alone rebuilds the encoder
+    (features = the input of ``fc``, ImageNet normalisation, inputs resized to ``image_size``).
+    """
+    from safetensors.torch import save_file
+
+    from torchvision import models as tvm
+
+    if arch not in tvm.list_models(module=tvm):
+        raise ValueError(f"unknown torchvision model {arch!r}; see torchvision.models.list_models()")
+    meta = {"format": ENCODER_FORMAT, "arch": arch, "image_size": str(int(image_size)), **(extra or {})}
+    path = os.fspath(path)
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, path, metadata=meta)
+    return file_sha256(path)
+
+
+def encoder_file(path: str | os.PathLike, *, device: str | torch.device | None = None) -> Encoder:
+    """The encoder in a self-describing file (:func:`save_small_cnn` or :func:`save_torchvision`)."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise SurrogateWeightsError(f"no encoder file at {path!r}")
+    try:
+        with safe_open(path, framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as err:
+        raise SurrogateWeightsError(
+            f"{path!r} is not an encoder file written by save_small_cnn/save_torchvision ({err}); for a plain "
+            "torchvision state dict give the architecture's name with the file as its checkpoint"
+        ) from err
+    if meta.get("format") != ENCODER_FORMAT:
+        raise SurrogateWeightsError(
+            f"{path!r} carries no uetransforms encoder metadata (format {meta.get('format')!r}); for a plain "
+            "torchvision state dict give the architecture's name with the file as its checkpoint"
+        )
+    if meta.get("arch") == "small-cnn":
+        return small_cnn(path, device=device)
+    return torchvision_encoder(meta["arch"], None, checkpoint=path, image_size=int(meta.get("image_size", 224)),
+                               device=device)
+
+
+def resolve(encoder: nn.Module | str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
+            weights: str | None = "default", allow_random_surrogate: bool = False, init_seed: int = 0,
+            device: str | torch.device | None = None) -> nn.Module:
+    """A frozen encoder from what a caller gives as ``encoder=``: the one reading of that argument.
+
+    * an ``nn.Module`` mapping [0, 1] images to features: used as is (frozen, moved to ``device``);
+    * the path of an encoder file (:func:`save_small_cnn`, :func:`save_torchvision`): loaded offline;
+    * a name for :func:`load` (``"resnet50"``, ``"clip:RN50"``...), with ``checkpoint`` for local
+      weights (offline) or ``weights`` by name (downloads once).
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if isinstance(encoder, nn.Module):
+        return encoder.to(dev).eval().requires_grad_(False)
+    if not isinstance(encoder, (str, os.PathLike)):
+        raise TypeError(f"encoder must be an nn.Module, an encoder file path or a model name, got "
+                        f"{type(encoder).__name__}")
+    spec = os.fspath(encoder)
+    if checkpoint is None and (os.path.isfile(spec) or spec.endswith(".safetensors")):
+        return encoder_file(spec, device=dev)
+    return load(spec, weights=weights, checkpoint=checkpoint, allow_random_surrogate=allow_random_surrogate,
+                init_seed=init_seed, device=dev)
 
 
 def _load_strict(net: nn.Module, sd: dict[str, torch.Tensor], path: str) -> None:
@@ -358,4 +431,4 @@ def is_random(identity: dict[str, Any]) -> bool:
 
 
 __all__ = ["Encoder", "RandomSurrogateError", "SurrogateWeightsError", "load", "resnet50", "torchvision_encoder",
-           "small_cnn", "save_small_cnn", "from_identity", "identity_of", "is_random", "refuse_random"]
+           "small_cnn", "save_small_cnn", "save_torchvision", "encoder_file", "resolve", "from_identity", "identity_of", "is_random", "refuse_random"]
