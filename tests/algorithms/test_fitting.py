@@ -30,3 +30,112 @@ def test_explicit_seed_is_deterministic():
 def test_bad_seed_is_refused(bad):
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         ue.fit("random", _ds(), seed=bad)
+
+
+# ------------------------------------------------------------------ label-free keying (issue 25)
+def _groups(n: int = 8, size: int = 16, seed: int = 0) -> np.ndarray:
+    """Two kinds of image (dark red, bright blue textures), ``n`` of each, uint8 [2n, H, W, 3]."""
+    rng = np.random.default_rng(seed)
+    red = rng.integers(0, 40, (n, size, size, 3)).astype(np.uint8)
+    red[..., 0] += 150
+    blue = rng.integers(200, 256, (n, size, size, 3)).astype(np.uint8)
+    blue[..., 0] //= 4
+    return np.concatenate([red, blue])
+
+
+@pytest.fixture(scope="module")
+def encoder_file(tmp_path_factory):
+    """A small-cnn encoder file (random weights, rebuildable from the file alone, as a user's would be)."""
+    import torch
+
+    from uetransforms.models.encoders import save_small_cnn
+    from uetransforms.models.networks import SmallCNN
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("enc") / "enc.safetensors"
+    save_small_cnn(SmallCNN(10, 3, width=8), path)
+    return str(path)
+
+
+def _image_ds(images):
+    datasets = pytest.importorskip("datasets")
+    return datasets.Dataset.from_dict({"image": list(images)}, features=datasets.Features({"image": datasets.Image()}))
+
+
+@pytest.mark.parametrize("method", ["cuda", "random", "ops"])
+def test_class_keyed_method_fits_without_labels_keyed_by_clusters(method, encoder_file):
+    import torch
+
+    from uetransforms.models.assign import fit_clusters
+    from uetransforms.models.encoders import encoder_file as load_file
+
+    imgs = _groups()
+    ds = _image_ds(imgs)
+    bank = ue.fit(method, ds, label_column=None, encoder=encoder_file, n_clusters=3, seed=7)
+    assert bank.keying == "cluster" and bank.num_keys == 3 and bank.method == method
+    assert bank.tensors["centroid"].shape[0] == 3
+    assert bank.info["surrogate"]["kind"] == "small-cnn" and bank.info["surrogate"]["checkpoint_sha256"]
+    assert sum(bank.info["cluster_sizes"]) == len(imgs) and bank.params["n_clusters"] == 3
+    # Protect without labels assigns each training image the cluster fitting gave it.
+    enc = load_file(encoder_file)
+    chw = imgs.transpose(0, 3, 1, 2).copy()
+    fitted = fit_clusters(enc, chw, 3, seed=7, feature_norm="l2", device=torch.device("cpu")).labels.numpy()
+    datasets = pytest.importorskip("datasets")
+    with_ids = datasets.Dataset.from_dict({"image": list(imgs), "cluster": fitted.tolist()},
+                                          features=datasets.Features({"image": datasets.Image(),
+                                                                      "cluster": datasets.Value("int64")}))
+    by_fit = with_ids.map(ue.Protect(bank, label_column="cluster"), batched=True, batch_size=5)
+    assigned = ds.map(ue.Protect(bank, label_column=None), batched=True, batch_size=3)
+    assert [np.asarray(a).tobytes() for a in assigned["image"]] == [np.asarray(a).tobytes() for a in by_fit["image"]]
+    assert any(not np.array_equal(np.asarray(a), b) for a, b in zip(assigned["image"], imgs))
+
+
+def test_label_free_keying_is_deterministic_and_saved_banks_assign_alike(encoder_file, tmp_path):
+    ds = _image_ds(_groups())
+    a = ue.fit("cuda", ds, label_column=None, encoder=encoder_file, n_clusters=2, seed=3)
+    b = ue.fit("cuda", ds, label_column=None, encoder=encoder_file, n_clusters=2, seed=3)
+    assert a.sha256 == b.sha256
+    a.save(tmp_path / "a.bank.arrow")
+    loaded = ue.NoiseBank.load(tmp_path / "a.bank.arrow")
+    out1 = ds.map(ue.Protect(a, label_column=None), batched=True)["image"]
+    out2 = ds.map(ue.Protect(loaded, label_column=None), batched=True)["image"]
+    assert [np.asarray(x).tobytes() for x in out1] == [np.asarray(x).tobytes() for x in out2]
+
+
+def test_em_class_wise_without_labels(encoder_file):
+    ds = _image_ds(_groups(4))
+    bank = ue.fit("em", ds, label_column=None, encoder=encoder_file, n_clusters=2, seed=1, mode="class",
+                  surrogate="cnn-tiny", max_rounds=1, class_batches=1, steps=1)
+    assert bank.keying == "cluster" and bank.tensors["delta"].shape[0] == 2 and "centroid" in bank.tensors
+
+
+def test_a_module_encoder_works_and_protect_needs_it_back():
+    import torch
+
+    enc = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    ds = _image_ds(_groups())
+    bank = ue.fit("cuda", ds, label_column=None, encoder=enc, n_clusters=2, seed=1)
+    assert bank.info["surrogate"]["kind"] == "module"
+    # colour means split the red and the blue images
+    assert sorted(bank.info["cluster_sizes"]) == [8, 8]
+    out = ds.map(ue.Protect(bank, label_column=None, encoder=enc), batched=True)
+    assert len(out) == 16
+
+
+def test_label_free_keying_errors(encoder_file):
+    ds = _image_ds(_groups(2))
+    with pytest.raises(ValueError, match=r"label_column=None plus encoder="):
+        ue.fit("cuda", ds, label_column=None)
+    with pytest.raises(ue.ParameterError, match=r"n_clusters=5 .*between 2 and the number of images \(4\)"):
+        ue.fit("cuda", ds, label_column=None, encoder=encoder_file, n_clusters=5)
+    with pytest.raises(ue.ParameterError, match="n_clusters=1"):
+        ue.fit("cuda", ds, label_column=None, encoder=encoder_file, n_clusters=1)
+    with pytest.raises(ue.ParameterError, match="feature_norm"):
+        ue.fit("cuda", ds, label_column=None, encoder=encoder_file, n_clusters=2, feature_norm="l1")
+    with pytest.raises(ue.ParameterError, match="blur_parameter"):  # the method's own check, before embedding
+        ue.fit("cuda", ds, label_column=None, encoder="/no/such/encoder.safetensors", n_clusters=2,
+               blur_parameter=-1)
+    with pytest.raises(ValueError, match="label_column=None as well"):
+        ue.fit("cuda", _ds(), encoder=encoder_file)
+    with pytest.raises(ValueError, match="keyed by sample and needs labels"):
+        ue.fit("bayes", ds, label_column=None, encoder=encoder_file)

@@ -95,3 +95,66 @@ def test_non_cluster_bank_is_refused():
                      tensors={"delta": np.zeros((2, 3, 4, 4), np.float32)})
     with pytest.raises(BankError, match="cluster-keyed"):
         ClusterAssigner(bank)
+
+
+# ------------------------------------------------------------------ label-free banks on every path (issue 25)
+@pytest.fixture(scope="module")
+def label_free(tmp_path_factory):
+    """A cuda bank fitted without labels (keyed by 3 clusters of a small-cnn encoder file), saved,
+    and a dataset of 11 images (two colour groups plus noise) to protect with it."""
+    datasets = pytest.importorskip("datasets")
+    import uetransforms as ue
+    from uetransforms.models.encoders import save_small_cnn
+    from uetransforms.models.networks import SmallCNN
+
+    torch.manual_seed(0)
+    where = tmp_path_factory.mktemp("labelfree")
+    save_small_cnn(SmallCNN(10, 3, width=8), where / "enc.safetensors")
+    red, blue = _groups(4, seed=3)
+    noise = np.random.default_rng(4).integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
+    imgs = [im.transpose(1, 2, 0) for im in np.concatenate([red, blue, noise])]
+    feats = datasets.Features({"image": datasets.Image(), "idx": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict({"image": imgs, "idx": list(range(len(imgs)))}, features=feats)
+    bank = ue.fit("cuda", ds, label_column=None, encoder=str(where / "enc.safetensors"), n_clusters=3, seed=5)
+    bank.save(where / "cuda-clusters.bank.arrow")
+    bank = ue.NoiseBank.load(where / "cuda-clusters.bank.arrow")
+    ref = [r["bytes"] for r in ds.map(ue.Protect(bank, label_column=None), batched=True, batch_size=4)
+           .cast_column("image", datasets.Image(decode=False))["image"]]
+    return ds, bank, ref
+
+
+def _stored_bytes(ds):
+    import datasets
+
+    return [r["bytes"] for r in ds.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def test_label_free_bank_same_bytes_through_publish_and_publish_stream(label_free, tmp_path):
+    import datasets
+    import uetransforms as ue
+
+    ds, bank, ref = label_free
+    assert bank.keying == "cluster" and len(set(ref)) == len(ref)
+    ue.publish(ds, bank, tmp_path / "pub", label_column=None, batch_size=5)
+    assert _stored_bytes(datasets.load_dataset(str(tmp_path / "pub"), split="train")) == ref
+    ue.publish_stream(ds.to_iterable_dataset(num_shards=2), bank, tmp_path / "stream", label_column=None,
+                      batch_size=3)
+    assert _stored_bytes(datasets.load_dataset(str(tmp_path / "stream"), split="train")) == ref
+
+
+def test_label_free_bank_same_bytes_through_ray(label_free, tmp_path):
+    ray = pytest.importorskip("ray")
+    ue_ray = pytest.importorskip("uetransforms.integrations.ray")
+    ds, bank, ref = label_free
+    path = str(tmp_path / "src.parquet")
+    ds.to_parquet(path)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = False
+        rows = ue_ray.protect(ray.data.read_parquet(path), bank, batch_size=3, label_column=None).take_all()
+    finally:
+        ray.shutdown()
+    rows = sorted(rows, key=lambda r: int(r["idx"]))
+    assert [r["image"]["bytes"] for r in rows] == ref
