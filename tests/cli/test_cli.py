@@ -502,3 +502,31 @@ def test_split_cannot_rename_a_single_split_file(tmp_path, tiny_parquet, capsys)
     assert main(["protect", str(train), "--bank", str(bank), "--out", str(tmp_path / "o"), "--image-column", "img",
                  "--split", "train"]) == 0
     assert os.listdir(tmp_path / "o" / "data") == ["train-00000-of-00001.parquet"]
+
+
+def test_fit_no_labels_with_an_encoder_then_protect_assigns_clusters(tmp_path, tiny_parquet, capsys):
+    """The README's "no labels" path: --no-labels --encoder FILE keys cuda by clusters; protect (no
+    --label-column) assigns them, never reading the dataset's classes as cluster ids."""
+    import torch
+
+    from uetransforms.models.encoders import save_small_cnn
+    from uetransforms.models.networks import SmallCNN
+
+    torch.manual_seed(0)
+    enc = str(tmp_path / "enc.safetensors")
+    save_small_cnn(SmallCNN(10, 3, width=8), enc)
+    bank = tmp_path / "b.arrow"
+    assert main(["fit", "cuda", tiny_parquet, "--image-column", "img", "--no-labels", "--out", str(bank)]) == 2
+    assert "--no-labels with --encoder" in capsys.readouterr().err
+    assert main(["fit", "cuda", tiny_parquet, "--image-column", "img", "--encoder", enc, "--out", str(bank)]) == 2
+    assert "add --no-labels" in capsys.readouterr().err
+    assert main(["fit", "cuda", tiny_parquet, "--image-column", "img", "--no-labels", "--encoder", enc,
+                 "--param", "n_clusters=2", "--seed", "3", "--out", str(bank)]) == 0
+    loaded = ue.NoiseBank.load(bank)
+    assert loaded.keying == "cluster" and loaded.num_keys == 2
+    assert main(["protect", tiny_parquet, "--bank", str(bank), "--out", str(tmp_path / "pub"),
+                 "--image-column", "img"]) == 0
+    src = datasets.load_dataset("parquet", data_files=tiny_parquet, split="train")
+    want = src.map(ue.Protect(loaded, image_column="img", label_column=None), batched=True)
+    back = datasets.load_dataset(str(tmp_path / "pub"), split="train")
+    assert [np.asarray(a).tobytes() for a in back["img"]] == [np.asarray(a).tobytes() for a in want["img"]]

@@ -158,3 +158,17 @@ def test_label_free_bank_same_bytes_through_ray(label_free, tmp_path):
         ray.shutdown()
     rows = sorted(rows, key=lambda r: int(r["idx"]))
     assert [r["image"]["bytes"] for r in rows] == ref
+
+
+def test_publish_default_label_column_assigns_clusters_not_classes(label_free, tmp_path):
+    """A dataset's "label" is its class: ue.publish / publish_stream left at their default must not
+    read it as cluster ids (classes 0..2 would all be valid keys of this 3-cluster bank)."""
+    import datasets
+    import uetransforms as ue
+
+    ds, bank, ref = label_free
+    labelled = ds.add_column("label", [i % 3 for i in range(len(ds))])
+    ue.publish(labelled, bank, tmp_path / "pub")
+    assert _stored_bytes(datasets.load_dataset(str(tmp_path / "pub"), split="train")) == ref
+    ue.publish_stream(labelled.to_iterable_dataset(), bank, tmp_path / "stream")
+    assert _stored_bytes(datasets.load_dataset(str(tmp_path / "stream"), split="train")) == ref

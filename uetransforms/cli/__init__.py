@@ -216,12 +216,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from ..evaluation import quality
     from ..algorithms import get
 
-    get(args.method)  # an unknown method fails before any data is read
+    method = get(args.method)  # an unknown method fails before any data is read
+    label_column = None if args.no_labels else _label_column(args.label_column)
+    if args.encoder is not None and label_column is not None:
+        raise ValueError("--encoder is for fitting without labels: add --no-labels (or drop --encoder)")
+    if label_column is None and not method.label_free and args.encoder is None:
+        raise ValueError(f"method {method.key!r} needs labels: pass --label-column <integer label column>, or "
+                         "--no-labels with --encoder <encoder file or model name> to key it by clusters of the "
+                         "encoder's features")
     if os.path.exists(args.out) and not args.overwrite:
         raise FileExistsError(
             f"{args.out!r} exists; a bank is a secret key, so it is not replaced unless you pass --overwrite"
         )
     params = dict(parse_param(p) for p in args.param or [])
+    if args.encoder is not None:
+        params["encoder"] = args.encoder
     ds = select_split(load_data(args.data, split=args.split), args.split, need_one=True, what="fit")
     ds = limit_rows(ds, args.limit)
     # Never the seed itself: it is the private key, and CI logs keep stderr.
@@ -230,7 +239,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
              else " (fresh secret seed, kept only in the bank)"),
           file=sys.stderr)
     start = time.perf_counter()
-    label_column = _label_column(args.label_column)
     # seed=None: ue.fit draws the private key itself (secrets), so the CLI and Python agree.
     bank = ue.fit(args.method, ds, image_column=args.image_column, label_column=label_column,
                   id_column=args.id_column, seed=args.seed, device=args.device, convert=args.convert,
@@ -283,7 +291,11 @@ def cmd_protect(args: argparse.Namespace) -> int:
         card_extra["source_datasets"] = sources
     common = dict(image_column=args.image_column, max_shard_size=args.max_shard_size,
                   card_extra=card_extra or None)
-    ue.publish(ds, bank, args.out, label_column=_label_column(args.label_column), id_column=args.id_column,
+    # No --label-column: the adapters' default, which a cluster-keyed bank reads as "assign clusters".
+    from ..core.bank import DEFAULT_LABEL
+
+    label_column = DEFAULT_LABEL if args.label_column is None else _label_column(args.label_column)
+    ue.publish(ds, bank, args.out, label_column=label_column, id_column=args.id_column,
                batch_size=args.batch_size, num_proc=args.num_proc, device=args.device,
                overwrite=args.overwrite, allow_double=args.allow_double, size_mismatch=args.size_mismatch,
                convert=args.convert, png_encoder=args.png_encoder, png_level=args.png_level,
@@ -404,6 +416,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                         "each image's size (protect then needs no flag); default: the method's own policy")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="fit on the first N rows only (a quick try)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bank file")
+    p.add_argument("--no-labels", action="store_true",
+                   help="fit without labels (= --label-column none): label-free methods (clusters), or any "
+                        "class-keyed method keyed by K clusters of --encoder's features (--param n_clusters=K, "
+                        "default 10)")
+    p.add_argument("--encoder", default=None, metavar="FILE_OR_NAME",
+                   help="image encoder for --no-labels: an encoder file (uetransforms.models.encoders."
+                        "save_torchvision / save_small_cnn; offline) or a model name such as resnet50 or clip:RN50 "
+                        "(weights from torchvision's / open_clip's cache, downloaded once)")
     p.set_defaults(handler=cmd_fit)
 
     p = sub.add_parser("protect", parents=[debug], help="protect a dataset and write lossless shards + card")
@@ -411,6 +431,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--bank", required=True, help="bank file from `uetransforms fit`")
     p.add_argument("--out", required=True, help="output directory (README.md + data/*.parquet)")
     columns(p)
+    # unset: "label" for class banks; a cluster-keyed bank assigns clusters (a class is not a cluster id)
+    p.set_defaults(label_column=None)
     p.add_argument("--splits", default=None, metavar="A,B",
                    help="splits to protect when DATA has several (default: all of them, listed on stderr)")
     p.add_argument("--limit", type=int, default=None, metavar="N",

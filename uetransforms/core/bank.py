@@ -51,6 +51,15 @@ KEYINGS = ("class", "cluster", "sample")
 IN_MEMORY_BYTES = 64 * 2**20
 
 
+class DefaultLabel(str):
+    """``"label"``, marked as a default: a cluster-keyed bank knows the caller did not name a label
+    column, so it assigns clusters itself instead of reading a dataset's classes as cluster ids."""
+
+
+#: The default ``label_column`` of every adapter (Protect, publish, publish_stream, the CLI's protect).
+DEFAULT_LABEL = DefaultLabel("label")
+
+
 def _library_version() -> str:
     from .version import __version__
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.bank import BankError, NoiseBank
+from ..core.bank import DEFAULT_LABEL, BankError, DefaultLabel, NoiseBank
 from ..core.codecs import (check_png_options, encode_png, encode_png_batch, is_marked, map_slices, map_threads,
                            mark_pil)
 from ..core.errors import DoubleProtectionError
@@ -223,13 +223,6 @@ class _RowNames:
         return text
 
 
-class _DefaultLabel(str):
-    """``"label"``, marked as the default so a cluster bank knows the caller did not choose it."""
-
-
-_DEFAULT_LABEL = _DefaultLabel("label")
-
-
 class Protect(_BankUser):
     """Apply a noise bank to the image column of ``datasets`` batches.
 
@@ -276,7 +269,7 @@ class Protect(_BankUser):
         bank: NoiseBank | str | os.PathLike,
         *,
         image_column: str = "image",
-        label_column: str | None = _DEFAULT_LABEL,
+        label_column: str | None = DEFAULT_LABEL,
         id_column: str | None = None,
         device: str | torch.device | None = None,
         size_mismatch: str | None = None,
@@ -297,7 +290,7 @@ class Protect(_BankUser):
             raise ValueError(f"threads must be a positive integer (or None for torch.get_num_threads()), got {threads!r}")
         self.threads = None if threads is None else int(threads)
         self.image_column = image_column
-        if self.bank.keying == "cluster" and isinstance(label_column, _DefaultLabel):
+        if self.bank.keying == "cluster" and isinstance(label_column, DefaultLabel):
             # A dataset's "label" is its class, not the protector's cluster id: unless the caller
             # names a cluster column, a cluster bank assigns clusters itself.
             label_column = None

@@ -41,7 +41,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from ..core.bank import NoiseBank
+from ..core.bank import DEFAULT_LABEL, NoiseBank
 from .card import _guard_secrets, dataset_card, missing_fields
 from ..core.errors import PushError
 from ..core.codecs import MARKER, PNG_SIGNATURE
@@ -67,7 +67,7 @@ def publish(
     *,
     push: bool = False,
     image_column: str = "image",
-    label_column: str | None = "label",
+    label_column: str | None = DEFAULT_LABEL,
     id_column: str | None = None,
     batch_size: int = 256,
     num_proc: int | None = None,

@@ -30,7 +30,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..core.bank import NoiseBank
+from ..core.bank import DEFAULT_LABEL, NoiseBank
 
 
 def publish_stream(
@@ -40,7 +40,7 @@ def publish_stream(
     *,
     split: str = "train",
     image_column: str = "image",
-    label_column: str | None = "label",
+    label_column: str | None = DEFAULT_LABEL,
     id_column: str | None = None,
     device: str | None = None,
     batch_size: int = 256,
