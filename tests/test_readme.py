@@ -80,8 +80,12 @@ def test_readme_first_five_minutes_and_quickstart_run_in_order(tmp_path, slice_p
     published = datasets.load_dataset(str(work / "first-try-protected"))["train"]
     assert len(published) == 40 and {im.format for im in published["img"]} == {"PNG"}
     for made in ("first-try.bank.arrow", "first-try-protected/README.md", "cifar10-cuda.bank.arrow",
-                 "cifar10-unlearnable/README.md", "cifar10-cuda-cli.bank.arrow", "cifar10-unlearnable-cli/README.md"):
+                 "cifar10-unlearnable/README.md", "cifar10-cuda-cli.bank.arrow", "cifar10-unlearnable-cli/README.md",
+                 "nolabels.bank.arrow", "nolabels-protected/README.md"):
         assert (work / made).exists(), made
+    import uetransforms as ue
+
+    assert ue.NoiseBank.load(work / "nolabels.bank.arrow").keying == "cluster"  # the "No labels" section
     assert namespace["img"].shape == (3, 32, 32) and namespace["label"] == 0
 
 
