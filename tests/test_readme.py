@@ -80,12 +80,8 @@ def test_readme_first_five_minutes_and_quickstart_run_in_order(tmp_path, slice_p
     published = datasets.load_dataset(str(work / "first-try-protected"))["train"]
     assert len(published) == 40 and {im.format for im in published["img"]} == {"PNG"}
     for made in ("first-try.bank.arrow", "first-try-protected/README.md", "cifar10-cuda.bank.arrow",
-                 "cifar10-unlearnable/README.md", "cifar10-cuda-cli.bank.arrow", "cifar10-unlearnable-cli/README.md",
-                 "nolabels.bank.arrow", "nolabels-protected/README.md"):
+                 "cifar10-unlearnable/README.md", "cifar10-cuda-cli.bank.arrow", "cifar10-unlearnable-cli/README.md"):
         assert (work / made).exists(), made
-    import uetransforms as ue
-
-    assert ue.NoiseBank.load(work / "nolabels.bank.arrow").keying == "cluster"  # the "No labels" section
     assert namespace["img"].shape == (3, 32, 32) and namespace["label"] == 0
 
 
@@ -221,3 +217,23 @@ def test_first_five_minutes_protects_and_names_no_false_licence():
     walk = text[text.index("## The first five minutes"):text.index("## Quickstart")]
     assert "uetransforms fit cuda" in walk and "fit random" not in walk
     assert "--license mit" not in text
+
+
+def test_readme_no_labels_section_runs_offline(tmp_path, slice_parquet, monkeypatch, capsys):
+    """The "No labels" path end to end: make an encoder file, fit cuda without labels, protect."""
+    import uetransforms as ue
+
+    text = open(README, encoding="utf-8").read()
+    blocks = _blocks(text, "### No labels", "## Methods")
+    assert [kind for kind, _ in blocks] == ["python", "bash"]
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    exec(compile(blocks[0][1], "README.md", "exec"), {})  # noqa: S102 - the README is ours
+    for argv in _commands(blocks[1][1].replace(CIFAR, slice_parquet)):
+        assert argv[0] == "uetransforms", argv
+        assert main(argv[1:]) == 0, capsys.readouterr().err[-2000:]
+    bank = ue.NoiseBank.load(work / "nolabels.bank.arrow")
+    assert bank.keying == "cluster" and "centroid" in bank.tensors
+    assert bank.info["surrogate"]["arch"] == "resnet18"
+    assert len(datasets.load_dataset(str(work / "nolabels-protected"))["train"]) == 40
