@@ -99,8 +99,10 @@ def method_guide(need: str) -> list[str]:
             f = facts[r["key"]]
             out.append(f"  {r['key']}: needs {r['needs']}; "
                        + (f"measured {ratio(f)}" if f else "not measured in the defence suite"))
-        out.append("  every other method needs an integer label column (one class per folder in an image folder "
-                   "gives one).")
+        out.append("  every other class-keyed method (cuda, em, ar, lsp, ops, random) runs without labels too, keyed "
+                   "by clusters of an image encoder: fit METHOD DATA --no-labels --encoder <encoder file or model name> "
+                   "(measured weaker than with labels, and not in the shipped facts: see benchmarks/RESULTS.md, "
+                   "'Label-free protection, session 6').")
         if any(r["key"] == "clusters" for r in free):
             out.append("  clusters downloads ImageNet ResNet-50 weights on first use; offline, pass a local copy: "
                        "--param checkpoint=resnet50-11ad3fa6.pth (or --param surrogate=small-cnn --param "
