@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="method parameter, repeatable: --param cuda.blur_parameter=0.3")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=None, help="peak lr (default: the attacker's: 0.1 scratch, 0.01 finetune)")
+    p.add_argument("--attacker", default="scratch", help="scratch, linear-probe or finetune (ue.evaluate's attacker=)")
+    p.add_argument("--backbone", default=None, help="the pretrained attackers' backbone spec (ue.evaluate's backbone=)")
     p.add_argument("--arch", default="cnn-small")
     p.add_argument("--train-size", type=int, default=10_000)
     p.add_argument("--test-size", type=int, default=2_000)
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     common = dict(image_column="img", label_column="label", arch=args.arch, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
-                  defences=args.defences)
+                  defences=args.defences, attacker=args.attacker, backbone=args.backbone)
     if args.label_map == "animal-vehicle":
         # CIFAR-10 vehicles: airplane 0, automobile 1, ship 8, truck 9.
         common["label_map"] = [1 if c in (0, 1, 8, 9) else 0 for c in range(10)]
@@ -165,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         for row in report.rows:
             setting = row.defence if row.protected_fraction >= 1 else f"{row.defence} @{row.protected_fraction:g} protected"
             results.append({"method": method, "params": params.get(method, {}), "defence": setting,
+                            "attacker": report.config["attacker"], "backbone": report.config["backbone"],
+                            "resolution": report.data["image_shape"][-1], "peak_accuracy": row.peak_accuracy,
+                            "peak_epoch": row.peak_epoch,
                             "variant": args.variant,
                             "protected_fraction": row.protected_fraction, "label_map": args.label_map,
                             "test_accuracy": row.test_accuracy, "curve": row.curve,

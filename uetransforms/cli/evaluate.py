@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from ..evaluation.defences import known_specs
+from ..evaluation.attackers import keys as attacker_keys
 from ..evaluation.harness import evaluate
 from .data import load_data
 
@@ -37,8 +38,15 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default=None, help="cnn-small (default) or a torchvision model name")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
     parser.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
-    parser.add_argument("--lr", type=float, default=0.1,
-                        help="peak learning rate of the one-cycle SGD schedule (default 0.1)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate of the one-cycle SGD schedule (default: the attacker's, 0.1 "
+                             "scratch, 0.01 finetune)")
+    parser.add_argument("--attacker", default="scratch", choices=attacker_keys(),
+                        help="who trains on the protected set: scratch (default), linear-probe on a frozen "
+                             "pretrained --backbone, or finetune of that --backbone")
+    parser.add_argument("--backbone", default=None,
+                        help="the pretrained attackers' backbone: tv:resnet18@IMAGENET1K_V1, timm:NAME, "
+                             "clip:RN50@openai, or a local checkpoint (small-cnn@FILE, tv:ARCH@FILE.pth)")
     parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1...")
     parser.add_argument("--seed", type=int, default=0,
                         help="the training run's seed (weights, shuffling, augmentation; not a bank key; default 0)")
@@ -165,6 +173,11 @@ def run_cli(args: argparse.Namespace) -> int:
         return _run_suite_cli(args, train, test)
     if args.methods or args.record_measured:
         raise ValueError("--methods and --record-measured belong to --suite standard")
+    if args.attacker != "scratch" and not args.backbone:
+        raise ValueError(f"--attacker {args.attacker} starts from a pretrained model: add --backbone "
+                         "(e.g. tv:resnet18@IMAGENET1K_V1 or small-cnn@/path/file.safetensors)")
+    if args.attacker == "scratch" and args.backbone:
+        raise ValueError("--backbone is for --attacker linear-probe or finetune; scratch trains a fresh --arch")
     if args.limit_train:
         train = train.select(range(min(args.limit_train, len(train))))
     if args.limit_test:
@@ -196,7 +209,7 @@ def run_cli(args: argparse.Namespace) -> int:
         device=args.device, seed=args.seed, augment=not args.no_augment, defences=args.defences or ["none"],
         label_map=_parse_label_map(args.label_map) if args.label_map else None,
         train_label_column=args.train_label_column, protected_fraction=args.protected_fraction,
-        out_dir=out_dir, progress=not args.quiet,
+        out_dir=out_dir, progress=not args.quiet, attacker=args.attacker, backbone=args.backbone,
     )
     print(report.table())
     print()

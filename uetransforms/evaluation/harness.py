@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from ..core.data import DataError, FitData
 from .defences import Defence, DefencePipeline, parse_defence
 from ..core.device import resolve_device
-from ..models.networks import build_model
 
 #: Identifies the report format in ``report.json``; bump the version when fields change meaning.
 SCHEMA = "uetransforms.evaluate-report"
@@ -226,18 +225,46 @@ def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
 
 
 def _train_run(train: Split, test: Split, defence: DefencePipeline, *, num_classes: int, cfg: dict[str, Any],
-               device: torch.device, desc: str, progress: bool) -> tuple[list[float], float, float]:
-    """Train one model from scratch; return (per-epoch clean test accuracy, train accuracy, seconds)."""
+               device: torch.device, desc: str, progress: bool,
+               backbone: Any = None) -> tuple[list[float], float, float]:
+    """One run of the configured attacker (``cfg["attacker"]``); return (per-epoch clean test accuracy,
+    train accuracy, seconds). The attacker builds its model; :func:`_fit_loop` trains it."""
+    from .attackers import AttackContext, AttackRun, get
+
+    def loop(model: torch.nn.Module) -> AttackRun:
+        return AttackRun(*_fit_loop(model, train, test, defence, num_classes=num_classes, cfg=cfg, device=device,
+                                    desc=desc, progress=progress))
+
+    def prepared() -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(cfg["seed"])
+        return defence.prepare_train(train.images, train.labels, generator=gen), defence.prepare_test(test.images)
+
+    ctx = AttackContext(train.images, train.labels, test.images, test.labels, num_classes, cfg, device, backbone,
+                        loop, prepared, batch_transforms=_batch_transforms(defence), defence_name=defence.name,
+                        desc=desc, progress=progress)
+    out = get(cfg["attacker"]).run(ctx)
+    return out.curve, out.train_accuracy, out.seconds
+
+
+def _batch_transforms(defence: DefencePipeline) -> bool:
+    """Whether the defence acts on each training batch (a stage, a perturbation or its own loss), so it
+    needs a trainer and not cached features."""
+    return (defence.has_stage("pre_augment") or defence.has_stage("augment")
+            or any(type(p).perturb is not Defence.perturb or type(p).loss is not Defence.loss for p in defence))
+
+
+def _fit_loop(model: torch.nn.Module, train: Split, test: Split, defence: DefencePipeline, *, num_classes: int,
+              cfg: dict[str, Any], device: torch.device, desc: str, progress: bool) -> tuple[list[float], float, float]:
+    """Train ``model``'s trainable parameters; return (per-epoch clean test accuracy, train accuracy, seconds)."""
     from tqdm.auto import tqdm
 
     seed = cfg["seed"]
-    torch.manual_seed(seed)  # weight init
     gen = torch.Generator().manual_seed(seed)  # shuffling, augmentation, defences
     c, h, w = train.images.shape[1:]
-    model = build_model(cfg["arch"], num_classes=num_classes, in_channels=c, image_size=max(h, w)).to(device)
+    model = model.to(device)
     # The first optimizer of a process imports torch._dynamo (seconds): start the clock after it.
-    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=0.9, nesterov=True,
-                          weight_decay=cfg["weight_decay"])
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"], momentum=0.9,
+                          nesterov=True, weight_decay=cfg["weight_decay"])
     start = time.perf_counter()
     x_train = defence.prepare_train(train.images, train.labels, generator=gen).to(device)
     x_test = defence.prepare_test(test.images)
@@ -293,7 +320,7 @@ def evaluate(
     arch: str = "cnn-small",
     epochs: int = 8,
     batch_size: int = 128,
-    lr: float = 0.1,
+    lr: float | None = None,
     weight_decay: float = 5e-4,
     device: str | torch.device | None = None,
     seed: int = 0,
@@ -306,6 +333,8 @@ def evaluate(
     train_eval_size: int = 2000,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    attacker: str = "scratch",
+    backbone: Any = None,
 ) -> EvalReport:
     """Train on ``train`` (protected), test on clean ``test``; one run per setting x defence.
 
@@ -317,7 +346,8 @@ def evaluate(
             baseline row, the image-quality metrics and the clean rows of partial protection.
         arch: ``"cnn-small"`` (fast, CPU) or a torchvision model name (``"resnet18"``...).
         epochs / batch_size / lr / weight_decay: SGD (Nesterov, momentum 0.9) with a one-cycle
-            schedule peaking at ``lr``.
+            schedule peaking at ``lr`` (default: the attacker's, 0.1 from scratch, 0.01 fine-tuning).
+            The linear probe counts ``epochs`` as rounds of L-BFGS iterations and ignores the rest.
         device: ``None`` (CPU), ``"cuda"``...
         seed: seeds weight init, shuffling, augmentation, defences and the partial-protection
             row choice: the same call gives the same numbers on the same machine.
@@ -337,6 +367,14 @@ def evaluate(
         train_eval_size: training images (random subset) the final train accuracy is measured on.
         out_dir: if set, write ``report.json`` and ``figure.png`` there.
         progress: show a progress bar per run.
+        attacker: who trains on the protected set (:mod:`uetransforms.evaluation.attackers`):
+            ``"scratch"`` (a random-init ``arch``), ``"linear-probe"`` (logistic regression on a
+            frozen pretrained backbone's features) or ``"finetune"`` (the backbone + a new head,
+            all layers).
+        backbone: the pretrained attackers' starting point: a spec for
+            :func:`uetransforms.models.backbones.load_backbone` (``"tv:resnet18@IMAGENET1K_V1"``,
+            ``"timm:resnet18.a1_in1k"``, ``"clip:RN50@openai"``, a local checkpoint path...) or a
+            loaded :class:`~uetransforms.models.backbones.Backbone`.
 
     Returns:
         an :class:`EvalReport`; ``report.table()`` is the markdown table, ``report.to_dict()``
@@ -363,7 +401,22 @@ def evaluate(
         raise ValueError("pass label_map or train_label_column, not both")
     if any(f < 1 for f in fractions) and clean_train is None:
         raise ValueError("protected_fraction < 1 mixes in clean rows: pass clean_train=<the unprotected training set>")
+    from .attackers import get as get_attacker
+
+    threat = get_attacker(attacker)
+    if threat.needs_backbone and backbone is None:
+        raise ValueError(f"attacker={attacker!r} starts from a pretrained model: pass backbone=<spec>, e.g. "
+                         "'tv:resnet18@IMAGENET1K_V1' or the path of a local checkpoint")
+    if not threat.needs_backbone and backbone is not None:
+        raise ValueError(f"attacker={attacker!r} trains from scratch and takes no backbone; use "
+                         "attacker='linear-probe' or 'finetune' with backbone=")
     dev = resolve_device(device)
+    bb = None
+    if backbone is not None:
+        from ..models.backbones import load_backbone
+
+        bb = load_backbone(backbone, device=dev)
+    lr = threat.default_lr if lr is None else float(lr)
 
     # -- decode once ----------------------------------------------------------------------
     lab = train_label_column or label_column
@@ -405,10 +458,12 @@ def evaluate(
         sets.append((f"protected {100 * f:g}%", k / len(prot.images), Split(mixed, prot.labels)))
 
     cfg: dict[str, Any] = {
-        "arch": arch, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
+        "arch": None if threat.needs_backbone else arch, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
         "weight_decay": float(weight_decay), "optimizer": "sgd(momentum=0.9, nesterov)", "schedule": "one-cycle",
         "device": str(dev), "seed": int(seed), "augment": bool(augment),
-        "augmentation": "random crop (zero pad 1/8 side) + horizontal flip" if augment else "none",
+        "augmentation": (threat.augmentation if threat.augmentation != "harness" else
+                         "random crop (zero pad 1/8 side) + horizontal flip" if augment else "none"),
+        "attacker": threat.key, "backbone": None if bb is None else bb.identity(),
         "defences": [d.to_dict() for d in defence_list], "protected_fraction": fractions,
         "label_map": (None if label_map is None else
                       {str(k): int(v) for k, v in (label_map.items() if isinstance(label_map, Mapping)
@@ -431,7 +486,7 @@ def evaluate(
     for d in defence_list:
         for name, frac, split in sets:
             curve, train_acc, secs = _train_run(split, tst, d, num_classes=num_classes, cfg=cfg, device=dev,
-                                                desc=f"{name} / {d.name}", progress=progress)
+                                                desc=f"{name} / {d.name}", progress=progress, backbone=bb)
             rows.append(EvalRow(setting=name, defence=d.name, test_accuracy=curve[-1], curve=curve,
                                 train_accuracy=train_acc, seconds=round(secs, 2), protected_fraction=frac,
                                 train_size=len(split.images)))

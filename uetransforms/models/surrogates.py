@@ -141,7 +141,9 @@ def build(
 
     Args:
         spec: ``"cnn-small"``, ``"cnn-tiny"``, a torchvision model name, ``"clip:RN50"`` /
-            ``"clip:ViT-B-32@openai"`` / ``"clip:RN50@/path/to/checkpoint.pt"``, an ``nn.Module``
+            ``"clip:ViT-B-32@openai"`` / ``"clip:RN50@/path/to/checkpoint.pt"``, ``"backbone:<spec>"``
+            (a frozen pretrained backbone, :func:`uetransforms.models.backbones.load_backbone`, with a
+            trainable linear head, e.g. ``"backbone:tv:resnet18@IMAGENET1K_V1"``), an ``nn.Module``
             (images in ``[0, 1]`` -> logits; deep-copied) or a :class:`Surrogate`.
         seed: seeds the random initialisation, so the same seed builds the same network.
 
@@ -182,6 +184,14 @@ def build(
                 dim = backbone(torch.zeros(1, c, h, w, device=device)).shape[1]
             tag = f"@{pretrained}" if pretrained else ""
             return Surrogate(backbone, nn.Linear(dim, num_classes), name=f"clip:{model_name}{tag}",
+                             frozen_backbone=True).to(device)
+        if spec.startswith("backbone:"):
+            from .backbones import load_backbone
+
+            # A frozen pretrained backbone and a linear head: noise fitted through features someone else
+            # learned, the setting of attackers who probe or fine-tune a pretrained model.
+            body = load_backbone(spec[len("backbone:"):], device=device)
+            return Surrogate(body, nn.Linear(body.feature_dim, num_classes), name=spec,
                              frozen_backbone=True).to(device)
         if spec == "cnn-tiny":
             return Surrogate(_TinyCNN(c), nn.Linear(64, num_classes), name="cnn-tiny").to(device)

@@ -1,0 +1,178 @@
+"""Targeted adversarial poisoning through a frozen pretrained backbone (``tap``): noise that binds each
+class to a *wrong* class in a pretrained model's feature space.
+
+Why: additive and convolution shortcuts are learned by a network trained from scratch, but an
+attacker who starts from pretrained weights (a linear probe on frozen features, or fine-tuning)
+leans on the features it already has and ignores them ("When Priors Backfire", arXiv 2603.04731).
+Noise that survives such an attacker has to move the *features* themselves. This method does what
+"Adversarial Examples Make Strong Poisons" (Fowl et al., NeurIPS 2021) does, with BAIT's binding of
+perturbations to incorrect targets (same ICLR 2026 paper) and a pretrained model as the crafting
+network:
+
+1. a pretrained backbone (``backbone=``, any :func:`uetransforms.models.backbones.load_backbone`
+   spec) stays frozen; a logistic-regression head is fitted on its features of the *clean*
+   images with their labels (the protector's own linear probe);
+2. every class ``y`` is bound to a target ``pi(y) != y`` (a derangement drawn from the secret seed);
+3. PGD (``steps`` signed steps of ``step_size``, random start, a random horizontal flip per step so
+   the noise survives the attacker's flips) *minimises* the cross-entropy towards ``pi(y)``
+   within the L-inf ball ``epsilon``: each image is made to look like its target class to the
+   pretrained model (``mode="sample"``), or one pattern per class does it for all its images
+   (``mode="class"``, a class-wise universal perturbation: gradients summed over the class).
+
+An attacker who trains on the protected set with the true labels learns "features of ``pi(y)``
+-> label ``y``"; on clean test images of class ``pi(y)`` it then answers ``y``. Transfer is the
+whole question: fit with a backbone that is *not* the attacker's (other weights, other data,
+ideally another architecture) and measure (``benchmarks/RESULTS.md``, "Pretrained attackers").
+
+The bank is additive, keyed by sample id (or class), quantised to whole grey levels as ``em``'s,
+inside the pixel box. Parameters: ``epsilon`` (8/255), ``norm`` ("linf"), ``backbone`` (default
+``"tv:resnet18@IMAGENET1K_V1"``: torchvision's cache or a download; offline pass a local
+checkpoint), ``mode`` ("sample"), ``steps`` (20), ``step_size`` (epsilon/4), ``batch_size`` (128),
+``progress``. ``bank.info`` records the backbone's identity, the head's clean train accuracy and
+the share of perturbed images the crafting model assigns to their target (``target_hit_rate``).
+
+Example:
+    >>> import numpy as np, torch, uetransforms as ue
+    >>> from uetransforms.models.encoders import save_small_cnn
+    >>> from uetransforms.models.networks import SmallCNN
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "bb.safetensors")
+    >>> _ = save_small_cnn(SmallCNN(10, 3, width=8), path)
+    >>> rng = np.random.default_rng(0)
+    >>> ds = {"image": list(rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)), "label": [0, 1] * 4}
+    >>> bank = ue.fit("tap", ds, backbone=path, steps=2, seed=1)
+    >>> bank.keying, bank.tensors["delta"].shape, bool(abs(bank.tensors["delta"].astype(float)).max() <= 8 / 255)
+    ('sample', (8, 3, 8, 8), True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.bank import NoiseBank
+from ..core.data import FitData
+from ..models import backbones
+from ..models import surrogates as sg
+from . import Choice, Free, Method, Param, _common
+from ._common import quantise
+
+METHOD = Method(
+    key="tap",
+    paper="Targeted adversarial poisoning through a pretrained backbone (Fowl et al. NeurIPS 2021; BAIT's wrong-target binding)",
+    citation="L. Fowl, M. Goldblum, P. Chiang, J. Geiping, W. Czaja, T. Goldstein, Adversarial Examples Make Strong "
+             "Poisons, NeurIPS 2021, arXiv:2106.10807; wrong-target binding as in BAIT (When Priors Backfire, "
+             "ICLR 2026, arXiv:2603.04731)",
+    keyed_by="sample/class",
+    needs="a pretrained backbone (frozen; not the attacker's)",
+    kind="additive",
+    summary="PGD towards a secret wrong class through a frozen pretrained backbone + linear head: "
+            "made for attackers who probe or fine-tune pretrained models",
+    order=65,
+    params=(
+        *_common.LINF_BUDGET,
+        Param("backbone", "tv:resnet18@IMAGENET1K_V1",
+              Free("a uetransforms.models.backbones.load_backbone spec or a local checkpoint path"),
+              help="the frozen pretrained network the noise is crafted through (never the attacker's)"),
+        Param("mode", "sample", Choice(("sample", "class")), paper="sample", public=True,
+              help="'sample' (one delta per image) or 'class' (one universal delta per class)"),
+        _common.count("steps", 20, "PGD steps (sample: per batch; class: passes over the data)", public=True),
+        _common.positive("step_size", None, "PGD step (None: epsilon/4)", none=True, public=True),
+        _common.BATCH_SIZE,
+        _common.PROGRESS,
+    ),
+    resolve=_common.step_size_from_epsilon(1 / 4),
+)
+
+
+def derangement(num_classes: int, seed: int) -> np.ndarray:
+    """A permutation of ``0..K-1`` with no fixed point, drawn from ``seed`` (the class -> target binding)."""
+    if num_classes < 2:
+        raise ValueError("tap binds every class to another class: it needs at least 2 classes")
+    rng = np.random.default_rng([int(seed), 0x7A9])
+    while True:
+        perm = rng.permutation(num_classes)
+        if not (perm == np.arange(num_classes)).any():
+            return perm
+
+
+def _flip_some(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
+
+
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
+    """Fit targeted, class-permuted adversarial noise through a frozen backbone (see the module docs)."""
+    eps, steps, step = float(p["epsilon"]), int(p["steps"]), float(p["step_size"])
+    body = backbones.load_backbone(p["backbone"], device=device).eval()
+    src = sg.ImageSource(data, device)
+    labels_all = torch.from_numpy(data.labels.astype(np.int64))
+    k = data.num_classes
+    perm = torch.from_numpy(derangement(k, seed))
+    bar = sg.progress(total=None, desc="tap: clean features", enabled=p["progress"])
+    feats = torch.cat([body(x).float().cpu() for _, x in src.batches(p["batch_size"])])
+    bar.close()
+    probe = backbones.fit_linear_probe(feats, labels_all, k, rounds=5, iterations=20, seed=seed).to(device)
+    with torch.no_grad():
+        head_acc = float((probe(feats.to(device)).argmax(1).cpu() == labels_all).float().mean())
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return probe(body(x))
+
+    gen = torch.Generator().manual_seed(int(seed))
+    rng = np.random.default_rng([int(seed), 1])
+    c, h, w = data.image_shape
+    hits = 0
+    if p["mode"] == "class":
+        table = torch.empty(k, c, h, w).uniform_(-eps, eps, generator=gen).to(device)
+        bar = sg.progress(total=steps, desc="tap (class)", enabled=p["progress"])
+        for _ in range(steps):
+            for rows, x in src.batches(p["batch_size"], shuffle=True, rng=rng):
+                y = labels_all[torch.from_numpy(rows)].to(device)
+                d = table[y].clone().requires_grad_(True)
+                loss = F.cross_entropy(model(_flip_some((x + d).clamp(0, 1), gen)), perm.to(device)[y],
+                                       reduction="sum")
+                (g,) = torch.autograd.grad(loss, d)
+                summed = torch.zeros_like(table).index_add_(0, y, g)
+                table = (table - step * summed.sign()).clamp(-eps, eps)
+            bar.update(1)
+        bar.close()
+        with torch.no_grad():
+            for rows, x in src.batches(p["batch_size"]):
+                y = labels_all[torch.from_numpy(rows)].to(device)
+                hits += int((model((x + table[y]).clamp(0, 1)).argmax(1) == perm.to(device)[y]).sum())
+        delta = quantise(table.cpu().numpy(), eps, np.float32)
+        keys: Any = np.arange(k)
+    else:
+        work = _common.workspace((len(data), c, h, w), np.float16)  # mapped from a temp file when large
+        bar = sg.progress(total=len(data), desc="tap (sample)", enabled=p["progress"])
+        for rows, x in src.batches(p["batch_size"]):
+            y = labels_all[torch.from_numpy(rows)].to(device)
+            t = perm.to(device)[y]
+            d = torch.empty(x.shape).uniform_(-eps, eps, generator=gen).to(device)  # random start, seeded
+            d = ((x + d).clamp(0, 1) - x).requires_grad_(True)
+            for _ in range(steps):
+                loss = F.cross_entropy(model(_flip_some(x + d, gen)), t)
+                (g,) = torch.autograd.grad(loss, d)
+                with torch.no_grad():
+                    d -= step * g.sign()
+                    d.clamp_(-eps, eps)
+                    d.copy_((x + d).clamp(0, 1) - x)  # stay inside the pixel box: applying never clips
+            with torch.no_grad():
+                hits += int((model(x + d).argmax(1) == t).sum())
+            work[rows] = d.detach().cpu().numpy().astype(np.float16)
+            bar.update(len(rows))
+        bar.close()
+        delta = quantise(work, eps, np.float16, out=work)
+        keys = data.sample_ids
+    stored = {n: v for n, v in p.items() if n != "progress"}
+    info = {"backbone": body.identity(), "head_clean_train_accuracy": round(head_acc, 4),
+            "target_hit_rate": round(hits / max(1, len(data)), 4),
+            "binding": "a secret derangement of the classes (from the seed)",
+            "quantised": "whole grey levels q/255, |q| <= floor(255*epsilon)"}
+    return NoiseBank(method="tap", kind="additive", keying=p["mode"], keys=keys, tensors={"delta": delta},
+                     params={**stored, "seed": int(seed)}, image_shape=data.image_shape, info=info)
