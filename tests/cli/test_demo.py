@@ -23,6 +23,25 @@ def test_bundled_digits_load_offline():
     assert np.array_equal(np.asarray(again[5]["image"]), np.asarray(train[5]["image"]))
 
 
+def test_demo_steps_say_which_method_they_belong_to(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("uetransforms.evaluation.harness.evaluate", _fake_evaluate)
+    run_demo(str(tmp_path / "d"), methods=("cuda", "random"), epochs=1, progress=True)
+    out = capsys.readouterr().out
+    assert "[2/4, cuda 1/2]" in out and "[2/4, random 2/2]" in out and "[4/4, random 2/2]" in out
+
+
+class _FakeReport:
+    quality = {"psnr_mean": 20.0, "ssim_mean": 0.8, "linf_max": 100}
+    files = {"report": "/nonexistent/report.json"}
+
+    def accuracy(self, setting):
+        return 0.5
+
+
+def _fake_evaluate(*args, **kwargs):
+    return _FakeReport()
+
+
 def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     summary = run_demo(str(out), quick=True, epochs=4, progress=False)
@@ -35,6 +54,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     # published locally: lossless PNG shards + card, and a bank that stays out of the published folder
     pub = out / "published-cuda"
     assert (pub / "README.md").exists() and not any(p.suffix == ".arrow" for p in pub.rglob("*"))
+    assert "license: cc-by-4.0" in (pub / "README.md").read_text()  # the bundled digits' licence, not unknown
     assert (out / "cuda.bank.arrow").exists()
     doc = json.loads(open(summary["reports"]["cuda"]).read())
     assert doc["config"]["epochs"] == 4 and doc["data"]["train_size"] == 1400

@@ -86,14 +86,16 @@ def run_demo(out_dir: str = "uetransforms-demo", *, quick: bool = False, methods
     for i, method in enumerate(methods):
         bank = fit(method, train, seed=seed + 1234)
         bank_path = bank.save(os.path.join(out_dir, f"{method}.bank.arrow"))
-        say(f"[2/4] fitted {method!r} -> {bank_path} (secret: keep it, never publish it)")
+        step = f"{method} {i + 1}/{len(methods)}"  # steps 2-4 repeat per method: say which pass this is
+        say(f"[2/4, {step}] fitted {method!r} -> {bank_path} (secret: keep it, never publish it)")
         published_dir = os.path.join(out_dir, f"published-{method}")
-        publish(train, bank, published_dir, overwrite=True)
+        # The bundled digits are CC BY 4.0 (uetransforms/assets/README.md): the card says so.
+        publish(train, bank, published_dir, overwrite=True, card_extra={"license": "cc-by-4.0"})
         published = load_data(published_dir, split="train")
         if isinstance(published, datasets.DatasetDict):
             published = published["train"]
-        say(f"[3/4] published {len(published)} protected images to {published_dir} (PNG shards + README card)")
-        say(f"[4/4] training a small CNN from scratch ({epochs} epochs) on clean and {method!r}-protected data")
+        say(f"[3/4, {step}] published {len(published)} protected images to {published_dir} (PNG shards + README card)")
+        say(f"[4/4, {step}] training a small CNN from scratch ({epochs} epochs) on clean and {method!r}-protected data")
         report = evaluate(published, test, clean_train=train, epochs=epochs, batch_size=64, seed=seed,
                           baseline=(i == 0), out_dir=os.path.join(out_dir, f"eval-{method}"), progress=progress)
         if i == 0:
