@@ -61,6 +61,60 @@ def _load(path: str, rows: range) -> tuple[np.ndarray, np.ndarray]:
     return x.transpose(0, 3, 1, 2).copy(), labels
 
 
+def train_cifar(module, forward, xtr, ytr, xva, yva, args) -> tuple[float, float]:
+    """Train ``module`` (called through ``forward``, e.g. with its own preprocessing) on uint8 CIFAR rows
+    with the harness's augmentation (reflect-pad 4 crop, one offset per batch, per-image flip), SGD
+    Nesterov + one-cycle at ``args.lr``; returns (validation accuracy, seconds). Shared by every
+    build_*_surrogate script so their recipes cannot drift apart."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.SGD(module.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    steps = args.epochs * ((len(xtr) + args.batch_size - 1) // args.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(args.seed)
+    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    t0 = time.perf_counter()
+    for ep in range(args.epochs):
+        module.train()
+        order = torch.randperm(len(xt), generator=gen)
+        tot = correct = 0
+        for s in range(0, len(order), args.batch_size):
+            idx = order[s : s + args.batch_size]
+            x = xt[idx].float().div_(255)
+            dy, dx = torch.randint(0, 9, (2,), generator=gen).tolist()
+            x = F.pad(x, (4, 4, 4, 4), mode="reflect")[:, :, dy : dy + 32, dx : dx + 32]
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            out = forward(x)
+            loss = F.cross_entropy(out, yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += len(idx)
+            correct += int((out.argmax(1) == yt[idx]).sum())
+        print(f"epoch {ep + 1}/{args.epochs}: train acc {correct / tot:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    module.eval()
+    with torch.no_grad():
+        pred = torch.cat([forward(torch.from_numpy(xva[s : s + 500]).float().div(255)).argmax(1)
+                          for s in range(0, len(xva), 500)])
+    val_acc = float((pred.numpy() == yva).mean())
+    print(f"validation accuracy on test rows {args.val_rows}: {val_acc:.4f}")
+    return val_acc, time.perf_counter() - t0
+
+
+def cifar_meta(tr_rows: range, va_rows: range, val_acc: float, seconds: float, args) -> dict[str, str]:
+    """What an encoder file built from CIFAR rows records about its training."""
+    return {
+        "trained_on": f"CIFAR-10 train rows [{tr_rows.start}, {tr_rows.stop}) with labels (disjoint from the "
+                      "harness's protected rows [0, 10000) and test rows [0, 2000))",
+        "validation": f"CIFAR-10 test rows [{va_rows.start}, {va_rows.stop}): accuracy {val_acc:.4f}",
+        "recipe": json.dumps({k: v for k, v in vars(args).items() if k not in ("out", "data")}),
+        "train_seconds": f"{seconds:.0f}",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=DEFAULT_DATA)
@@ -75,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
 
     from uetransforms.models.encoders import save_small_cnn
     from uetransforms.models.networks import Normalise, SmallCNN
@@ -87,47 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     xva, yva = _load(os.path.join(args.data, "test-00000-of-00001.parquet"), va_rows)
     net = SmallCNN(10, 3, width=args.width)
     model = torch.nn.Sequential(Normalise(), net)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    steps = args.epochs * ((len(xtr) + args.batch_size - 1) // args.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps)
-    gen = torch.Generator().manual_seed(args.seed)
-    xt = torch.from_numpy(xtr)
-    yt = torch.from_numpy(ytr)
-    t0 = time.perf_counter()
-    for ep in range(args.epochs):
-        model.train()
-        order = torch.randperm(len(xt), generator=gen)
-        tot = correct = 0
-        for s in range(0, len(order), args.batch_size):
-            idx = order[s : s + args.batch_size]
-            x = xt[idx].float().div_(255)
-            # crop (pad 4, one offset per batch) + per-image flip: the harness's augmentation
-            dy, dx = torch.randint(0, 9, (2,), generator=gen).tolist()
-            x = F.pad(x, (4, 4, 4, 4), mode="reflect")[:, :, dy : dy + 32, dx : dx + 32]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            out = model(x)
-            loss = F.cross_entropy(out, yt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += len(idx)
-            correct += int((out.argmax(1) == yt[idx]).sum())
-        print(f"epoch {ep + 1}/{args.epochs}: train acc {correct / tot:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    model.eval()
-    with torch.no_grad():
-        pred = torch.cat([model(torch.from_numpy(xva[s : s + 500]).float().div(255)).argmax(1)
-                          for s in range(0, len(xva), 500)])
-    val_acc = float((pred.numpy() == yva).mean())
-    print(f"validation accuracy on test rows {args.val_rows}: {val_acc:.4f}")
-    meta = {
-        "trained_on": f"CIFAR-10 train rows [{tr_rows.start}, {tr_rows.stop}) with labels (disjoint from the "
-                      "harness's protected rows [0, 10000) and test rows [0, 2000))",
-        "validation": f"CIFAR-10 test rows [{va_rows.start}, {va_rows.stop}): accuracy {val_acc:.4f}",
-        "recipe": json.dumps({k: v for k, v in vars(args).items() if k not in ("out", "data")}),
-        "train_seconds": f"{time.perf_counter() - t0:.0f}",
-    }
+    val_acc, seconds = train_cifar(model, model, xtr, ytr, xva, yva, args)
+    meta = cifar_meta(tr_rows, va_rows, val_acc, seconds, args)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
     sha = save_small_cnn(net, args.out, extra=meta)
     print(f"wrote {args.out} (sha256 {sha})")

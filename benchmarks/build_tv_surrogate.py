@@ -22,15 +22,13 @@ Same arguments, same bytes (seeded, single-threaded CPU).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from build_surrogate import DEFAULT_DATA, _disjoint_rows, _load, _rows  # noqa: E402
+from build_surrogate import DEFAULT_DATA, _disjoint_rows, _load, _rows, cifar_meta, train_cifar  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
     from torchvision import models as tvm
 
     from uetransforms.models.encoders import save_torchvision, torchvision_encoder
@@ -61,45 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     net = tvm.get_model(args.arch, weights=None, num_classes=10)
     # The encoder's own preprocessing (resize + ImageNet normalisation), so training sees what it will.
     prep = torchvision_encoder(args.arch, None, allow_random_surrogate=True, image_size=args.image_size).preprocess
-    opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    steps = args.epochs * ((len(xtr) + args.batch_size - 1) // args.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps)
-    gen = torch.Generator().manual_seed(args.seed)
-    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    t0 = time.perf_counter()
-    for ep in range(args.epochs):
-        net.train()
-        order = torch.randperm(len(xt), generator=gen)
-        tot = correct = 0
-        for s in range(0, len(order), args.batch_size):
-            idx = order[s : s + args.batch_size]
-            x = xt[idx].float().div_(255)
-            dy, dx = torch.randint(0, 9, (2,), generator=gen).tolist()  # crop (pad 4) + flip, as the harness
-            x = F.pad(x, (4, 4, 4, 4), mode="reflect")[:, :, dy : dy + 32, dx : dx + 32]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            out = net(prep(x))
-            loss = F.cross_entropy(out, yt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += len(idx)
-            correct += int((out.argmax(1) == yt[idx]).sum())
-        print(f"epoch {ep + 1}/{args.epochs}: train acc {correct / tot:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    net.eval()
-    with torch.no_grad():
-        pred = torch.cat([net(prep(torch.from_numpy(xva[s : s + 500]).float().div(255))).argmax(1)
-                          for s in range(0, len(xva), 500)])
-    val_acc = float((pred.numpy() == yva).mean())
-    print(f"validation accuracy on test rows {args.val_rows}: {val_acc:.4f}")
-    meta = {
-        "trained_on": f"CIFAR-10 train rows [{tr_rows.start}, {tr_rows.stop}) with labels (disjoint from the "
-                      "harness's protected rows [0, 10000) and test rows [0, 2000))",
-        "validation": f"CIFAR-10 test rows [{va_rows.start}, {va_rows.stop}): accuracy {val_acc:.4f}",
-        "recipe": json.dumps({k: v for k, v in vars(args).items() if k not in ("out", "data")}),
-        "train_seconds": f"{time.perf_counter() - t0:.0f}",
-    }
+    val_acc, seconds = train_cifar(net, lambda x: net(prep(x)), xtr, ytr, xva, yva, args)
+    meta = cifar_meta(tr_rows, va_rows, val_acc, seconds, args)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
     sha = save_torchvision(net, args.out, arch=args.arch, image_size=args.image_size, extra=meta)
     print(f"wrote {args.out} (sha256 {sha})")
