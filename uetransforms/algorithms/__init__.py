@@ -282,7 +282,7 @@ class Method:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"method {self.key!r} declares parameter(s) {dup} twice")
-        bad = [p.name for p in self.params if p.public and _looks_secret(p.name)]
+        bad = [p.name for p in self.params if p.public and looks_secret(p.name)]
         if bad:
             raise ValueError(f"method {self.key!r}: parameter(s) {bad} look like secrets and cannot be public")
 
@@ -343,7 +343,9 @@ class Method:
 _SECRET_WORDS = ("seed", "salt", "key", "secret", "token", "path")
 
 
-def _looks_secret(name: str) -> bool:
+def looks_secret(name: str) -> bool:
+    """Whether a parameter name is a secret's (seed, salt, key, secret, token, path): such a parameter
+    can never be declared public, and the card refuses its value anywhere in its text."""
     return any(w in name.lower() for w in _SECRET_WORDS)
 
 

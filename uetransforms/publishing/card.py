@@ -331,7 +331,7 @@ def _guard_secrets(card: str, bank: NoiseBank, card_extra: Mapping[str, Any] | N
 
 def _secret_tokens(bank: NoiseBank) -> Iterator[tuple[str, str]]:
     """``(parameter, text)`` for every scalar inside a secret-named parameter (decimal and hex for integers)."""
-    from ..algorithms import _looks_secret  # the registry's one rule of which names are secret
+    from ..algorithms import looks_secret  # the registry's one rule of which names are secret
 
     def scalars(value: Any) -> Iterator[Any]:
         if isinstance(value, Mapping):
@@ -344,7 +344,7 @@ def _secret_tokens(bank: NoiseBank) -> Iterator[tuple[str, str]]:
             yield value
 
     for name, value in bank.params.items():
-        if not _looks_secret(name):
+        if not looks_secret(name):
             continue
         for v in scalars(value):
             text = repr(v) if isinstance(v, float) else str(v)
