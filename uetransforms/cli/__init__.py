@@ -119,10 +119,33 @@ def method_guide(need: str) -> list[str]:
         out += [f"  {k}: not measured" for k in facts if k not in measured_keys]
         out.append("  other JPEG qualities and re-compression of the published PNGs were not measured.")
     elif need == "pretrained":
-        attackers = {(facts[k].get("harness") or {}).get("attacker", "scratch") for k in measured_keys}
-        if attackers <= {"scratch"}:
-            out.append("  not measured: every recorded number trains a model from scratch; no pretrained "
-                       "(linear-probe / fine-tune) attacker has been recorded for any method yet (issue 22).")
+        # Every recorded variant counts here (an option's numbers are named as such), ranked by its
+        # weaker side: a protection must hold against the probe *and* the fine-tune.
+        ranked = []
+        for r in rows:
+            by_variant: dict[str, dict[str, dict]] = {}
+            for a in measured.attacks(r["key"]):
+                if a["attacker"] in measured.PRETRAINED:
+                    by_variant.setdefault(a["variant"], {})[a["attacker"]] = a
+            for variant, got in by_variant.items():
+                worst = max(a["ratio"] for a in got.values()) if len(got) == len(measured.PRETRAINED) else float("inf")
+                ranked.append((worst, r["key"], variant, got))
+        for worst, key, variant, got in sorted(ranked, key=lambda t: (t[0], t[1])):
+            said = ", ".join(f"{measured.ATTACKER_WORDS[a]} {got[a]['ratio']:.2f}x" if a in got else f"{measured.ATTACKER_WORDS[a]} not measured"
+                             for a in measured.PRETRAINED)
+            opts = "" if variant == "defaults" else f" (with {variant})"
+            any_row = next(iter(got.values()))
+            out.append(f"  {key}{opts}: {said}; PSNR {any_row['psnr']:.1f} dB" if any_row.get("psnr") is not None
+                       else f"  {key}{opts}: {said}")
+        seen = {key for _, key, _, _ in ranked}
+        out += [f"  {r['key']}: not measured" for r in rows if r["key"] not in seen]
+        # The settings behind these lines, from the rows themselves (never a fixed sentence).
+        settings = sorted({(f"{(a.get('backbone') or {}).get('arch')}, trained on "
+                            f"{(a.get('backbone') or {}).get('trained_on')}; {a['resolution']} px, {a['train_size']} "
+                            "protected CIFAR-10 images") for *_, got in ranked for a in got.values()})
+        if settings:
+            out.append(f"  (pretrained attacker: {' | '.join(settings)}; ratio = protected / clean under the same "
+                       "attacker.)")
     elif need == "least-visible":
         seen = sorted((k for k in measured_keys if facts[k].get("protects") and (facts[k].get("quality") or {})),
                       key=lambda k: -facts[k]["quality"]["psnr_mean"])
@@ -131,7 +154,8 @@ def method_guide(need: str) -> list[str]:
             out.append(f"  {k}: PSNR {q['psnr_mean']:.1f} dB, SSIM {q['ssim_mean']:.3f}, largest change "
                        f"{q['linf_max']:.0f}/255; {ratio(f)}")
         out += [f"  {k}: not measured" for k in facts if k not in measured_keys]
-    out.append(f"  ({setting}; photos may differ.)")
+    if need != "pretrained":  # those rows name their own setting above
+        out.append(f"  ({setting}; photos may differ.)")
     return out
 
 
@@ -200,6 +224,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
             _print_table(["defence", "protected", "clean", "ratio"], rows)
     else:
         print("  measured: nothing recorded yet (uetransforms evaluate --suite standard --record-measured)")
+    attack_rows = measured.attacks(m.key)
+    if attack_rows:
+        print()
+        print("  against other attackers (protected / clean under the same attacker; benchmarks/RESULTS.md):")
+        _print_table(["attacker", "backbone", "px", "images", "protected", "clean", "ratio", "fitted with"],
+                     [[a["attacker"], (a.get("backbone") or {}).get("arch") or "-", str(a["resolution"]), str(a["train_size"]),
+                       f"{a['protected_accuracy']:.3f}", f"{a['clean_accuracy']:.3f}", f"{a['ratio']:.2f}", a["variant"]]
+                      for a in attack_rows])
+    else:
+        print(f"  {measured.attacks_text(m.key)}.")
     print()
     fmt = methods.format_value
     rows = [[p.name, fmt(p.default), p.check.describe(), "-" if p.paper is None else fmt(p.paper),
