@@ -762,3 +762,52 @@ def test_bad_device_is_refused_at_construction(bank_path):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU is available; use device='cpu'"):
             ue.Protect(bank_path, device="cuda")
+
+
+# ------------------------------------------------------------------ source file names (issue 24, point 9)
+def _with_paths(tmp_path, *, on_disk: bool) -> tuple[Dataset, Dataset]:
+    """The same images with source paths (bytes + a path, or path-only files on disk as an image
+    folder stores them) and without any."""
+    plain = make_ds()
+    raw = stored_bytes(plain)
+    records = []
+    for i, b in enumerate(raw):
+        path = tmp_path / "photos" / ("cats" if i % 2 else "dogs") / f"IMG_{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b)
+        records.append({"bytes": None, "path": str(path)} if on_disk else {"bytes": b, "path": str(path)})
+    named = Dataset.from_dict({**plain.remove_columns("image").to_dict(), "image": records},
+                              features=plain.features)
+    return named, plain
+
+
+@pytest.mark.parametrize("on_disk", [False, True], ids=["bytes+path", "path-only"])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "per-example"])
+def test_map_keeps_the_source_file_name_not_its_folder(tmp_path, bank_path, on_disk, batched):
+    named, plain = _with_paths(tmp_path, on_disk=on_disk)
+    prot = named.map(ue.Protect(bank_path), batched=batched, batch_size=3)
+    records = prot.cast_column("image", Image(decode=False))["image"]
+    assert [r["path"] for r in records] == [f"IMG_{i:04d}.png" for i in range(len(named))]
+    assert not any("photos" in r["path"] for r in records)  # the folder is not published
+    # The name is all that differs: the same PNG bytes as the same images without paths.
+    assert [r["bytes"] for r in records] == stored_bytes(plain.map(ue.Protect(bank_path), batched=batched,
+                                                                   batch_size=3))
+    assert all(r["path"] is None for r in plain.map(ue.Protect(bank_path), batched=True)
+               .cast_column("image", Image(decode=False))["image"])
+
+
+def test_source_paths_of_every_image_form(tmp_path):
+    import pyarrow as pa
+
+    from uetransforms.integrations.datasets import png_records, source_paths
+
+    png = _encode(_pixels(1)[0], "PNG")
+    (tmp_path / "a.png").write_bytes(png)
+    opened = PILImage.open(tmp_path / "a.png")
+    arrow = pa.array([{"bytes": png, "path": "/x/b.jpg"}, {"bytes": png, "path": None}])
+    assert source_paths(arrow) == ["/x/b.jpg", None]
+    assert source_paths([{"bytes": png, "path": "C:\\x\\c.jpg"}, opened, PILImage.open(io.BytesIO(png)),
+                         _pixels(1)[0]]) == ["C:\\x\\c.jpg", str(tmp_path / "a.png"), None, None]
+    assert source_paths(_pixels(2)) == [None, None]
+    assert png_records([b"1", b"2"], ["C:\\x\\c.jpg", None]) == [{"bytes": b"1", "path": "c.jpg"},
+                                                               {"bytes": b"2", "path": None}]

@@ -227,3 +227,21 @@ def test_publish_stream_of_a_streamed_published_shard_is_refused(tmp_path):
         publish_stream(streamed, bank, tmp_path / "twice", batch_size=4)
     assert not (tmp_path / "twice").exists()
     publish_stream(streamed, bank, tmp_path / "as-is", protected=True, batch_size=4)  # the override still works
+
+
+def test_publish_and_publish_stream_keep_source_file_names(tmp_path):
+    """One rule for every writer (issue 24, point 9): the stored path is the source file's name."""
+    ds = make_ds(n=5)
+    raw = png_bytes(ds)
+    named = datasets.Dataset.from_dict(
+        {"image": [{"bytes": b, "path": f"/home/me/photos/c{i % 2}/IMG_{i}.jpg"} for i, b in enumerate(raw)],
+         "label": ds["label"], "idx": ds["idx"]}, features=FEATURES)
+    bank = additive_bank()
+    want = [f"IMG_{i}.jpg" for i in range(5)]
+    ue.publish(named, bank, tmp_path / "mem", progress=False)
+    publish_stream(named.to_iterable_dataset(), bank, tmp_path / "stream")
+    mapped = named.map(ue.Protect(bank), batched=True, batch_size=2)
+    for out in ("mem", "stream"):
+        table = pq.read_table(tmp_path / out / "data" / "train-00000-of-00001.parquet")
+        assert table.column("image").combine_chunks().field("path").to_pylist() == want, out
+    assert [r["path"] for r in mapped.cast_column("image", datasets.Image(decode=False))["image"]] == want

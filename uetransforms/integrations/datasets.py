@@ -4,9 +4,10 @@ Ray Data ``map_batches``).
 It decodes the batch's images and hands them, with their labels or ids, to the one apply entry
 (:meth:`uetransforms.core.apply.Applier.protect`), which looks up each image's bank row, batches the
 images by size and runs the kernel. What ``Protect`` keeps is ``datasets``' conventions: in
-``Dataset.map`` an ``Image()`` column gets PNG bytes (``{"bytes": png, "path": None}``: the
-column keeps its type and ``datasets`` never re-encodes), ``set_transform`` and streamed maps get
-PIL images (nothing re-decodes them), array-formatted batches get arrays. Every other column, the
+``Dataset.map`` an ``Image()`` column gets PNG records (``{"bytes": png, "path": "IMG_1.jpg"}``:
+the column keeps its type, ``datasets`` never re-encodes, and the path keeps the source file's
+name without its folder, see :func:`png_records`), ``set_transform`` and streamed maps get PIL
+images (nothing re-decodes them), array-formatted batches get arrays. Every other column, the
 row count and the row order are left to ``datasets``, which keeps them.
 
 It pickles as (bank path, sha256, options, library version) -- the bank pickles itself so --
@@ -38,7 +39,7 @@ import torch
 
 from ..core.bank import DEFAULT_LABEL, BankError, DefaultLabel, NoiseBank
 from ..core.codecs import (check_png_options, encode_png, encode_png_batch, is_marked, map_slices, map_threads,
-                           mark_pil)
+                           mark_pil, source_name)
 from ..core.errors import DoubleProtectionError
 from ..core.errors import ImageModeError
 from ..core.images import encoded_bytes, from_chw, to_chw
@@ -105,6 +106,34 @@ def png_bytes(chw: np.ndarray, method: str | None = None) -> bytes:
     the same bytes, and protecting any of them again is refused wherever the images go.
     """
     return encode_png(chw.transpose(1, 2, 0), marked=True, method=method)
+
+
+def png_records(png: Sequence[bytes], sources: Sequence[Any]) -> list[dict[str, Any]]:
+    """``Image()`` records of protected PNG bytes, each keeping its source's file name.
+
+    The one rule of what an output record says of its source, for every writer (``Dataset.map``,
+    ``publish``, ``publish_stream``): the source file's base name, never its folder
+    (:func:`uetransforms.core.codecs.source_name`), so a protected image can be traced back to its
+    file; ``None`` where the source had no path. ``sources`` are the source paths (or None), one per image.
+    """
+    return [{"bytes": b, "path": source_name(p)} for b, p in zip(png, sources)]
+
+
+def source_paths(images: Any) -> list[Any]:
+    """The source path of each image of a column: the ``path`` of ``{"bytes", "path"}`` records or of an
+    Arrow ``Image()`` column, the file a PIL image was opened from (``datasets`` opens path-only
+    records by name); ``None`` where there is none (arrays, tensors, images made in memory)."""
+    import pyarrow as pa
+
+    if isinstance(images, (pa.Array, pa.ChunkedArray)):
+        data = images.combine_chunks() if isinstance(images, pa.ChunkedArray) else images
+        if pa.types.is_struct(data.type) and data.type.get_field_index("path") >= 0:
+            return data.field("path").to_pylist()
+        return [None] * len(data)
+    if isinstance(images, (np.ndarray, torch.Tensor)) and getattr(images, "dtype", None) != object:
+        return [None] * len(images)
+    return [im.get("path") if isinstance(im, Mapping) else getattr(im, "filename", None) or None
+            for im in images]
 
 
 class _BankUser:
@@ -317,7 +346,7 @@ class Protect(_BankUser):
         if as_bytes:
             # Dataset.map on an Image() column: encoded PNG records keep the column's type, and
             # datasets stores them as they are instead of encoding PIL images itself.
-            new = [{"bytes": b, "path": None} for b in done]
+            new = png_records(done, self._source_paths(batch, images, single))
         elif not single and isinstance(images, np.ndarray) and images.dtype != object and images.ndim == 4:
             # A numpy [B, H, W, C] batch (formatted map, Ray Data) stays numpy.
             new = np.stack([o.transpose(1, 2, 0) for o in chunk_views(done, n)]) if n else images[:0]
@@ -331,6 +360,14 @@ class Protect(_BankUser):
         result = dict(batch) if self._return_all(batch, images) else {}
         result[self.image_column] = new
         return result
+
+    def _source_paths(self, batch: Mapping[str, Any], images: Any, single: bool) -> list[Any]:
+        """Each row's source path: from the batch's Arrow table where ``datasets`` has one (its
+        records, before any decode: ``images`` may be bytes only), else from the images."""
+        table = getattr(batch, "pa_table", None)
+        if table is not None and self.image_column in table.column_names:
+            return source_paths(table.column(self.image_column))
+        return source_paths([images] if single else images)
 
     def encoded(self, batch: Mapping[str, Any], rank: int | None = None, *, first_row: int | None = None) -> list[bytes]:
         """Protect a batch and return its images as PNG bytes, in row order (for writers and Ray).

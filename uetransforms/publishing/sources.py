@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from ..core.codecs import source_name
-
 if TYPE_CHECKING:  # pragma: no cover
     from ..integrations.datasets import Protect
 
@@ -88,6 +86,9 @@ def dataset_tables(ds: Any, protect: Protect | None, image_column: str,
     arrow = ds.with_format("arrow")
 
     def tables(start: int) -> Iterator[pa.Table]:
+        # What an output record keeps of its source (its file name) has one owner, next to Protect.
+        from ..integrations.datasets import png_records, source_paths
+
         for i in range(start, len(ds), batch_size):
             table = arrow[i:i + batch_size]
             if protect is not None:
@@ -96,21 +97,13 @@ def dataset_tables(ds: Any, protect: Protect | None, image_column: str,
                 batch = {name: _pylist(table.column(name), name == image_column) for name in wanted}
                 # Protect's own PNG bytes (the codec module's encoder), the very bytes Dataset.map stores.
                 png = protect.encoded(batch, first_row=i)
-                names = [source_name(p) for p in _source_paths(table.column(image_column))]
-                images = pa.StructArray.from_arrays([pa.array(png, pa.binary()), pa.array(names, pa.string())],
-                                                    fields=list(schema.field(image_column).type))
+                images = pa.array(png_records(png, source_paths(table.column(image_column))),
+                                  type=schema.field(image_column).type)
                 table = table.set_column(table.schema.get_field_index(image_column), schema.field(image_column),
                                          images)
             yield pa.Table.from_arrays(table.columns, schema=schema)
 
     return tables
-
-
-def _source_paths(column: pa.ChunkedArray) -> list[Any]:
-    """The ``path`` field of an Image() column's records (``None`` for other columns)."""
-    if pa.types.is_struct(column.type) and column.type.get_field_index("path") >= 0:
-        return column.combine_chunks().field("path").to_pylist()
-    return [None] * len(column)
 
 
 def _pylist(column: pa.ChunkedArray, is_image: bool) -> list[Any]:
@@ -136,6 +129,9 @@ def stream_tables(stream: Any, protect: Protect | None, image_column: str,
     def tables(start: int) -> Iterator[pa.Table]:
         if start:  # pragma: no cover - streams carry no fingerprint, so the writer never resumes them
             raise ValueError("a stream cannot be resumed")
+        # What an output record keeps of its source (its file name) has one owner, next to Protect.
+        from ..integrations.datasets import png_records, source_paths
+
         out_features = schema = None
         seen = 0
         for batch in iter_batches(stream, batch_size):
@@ -143,8 +139,8 @@ def stream_tables(stream: Any, protect: Protect | None, image_column: str,
                 raise KeyError(f"image_column={image_column!r} is not in the stream (columns: {list(batch)}); "
                                "pass image_column=<name>")
             if protect is not None:
-                out = {**batch, image_column: [{"bytes": b, "path": None}
-                                               for b in protect.encoded(batch, first_row=seen)]}
+                out = {**batch, image_column: png_records(protect.encoded(batch, first_row=seen),
+                                                          source_paths(batch[image_column]))}
             else:
                 # Already protected: decoded images are re-encoded by the codec module, which gives
                 # the bytes they were written with (same pixels, same encoder); records are kept.
@@ -161,10 +157,12 @@ def stream_tables(stream: Any, protect: Protect | None, image_column: str,
 
 def _png_records(images: Any, method: str | None) -> list[Any]:
     from ..core.codecs import decode, encode_png
+    from ..integrations.datasets import png_records, source_paths
 
     # Decoded protected images get the encoder and the marker Protect writes (records are marked by the writer).
     return [im if isinstance(im, dict) and im.get("bytes") is not None
-            else {"bytes": encode_png(decode(im).transpose(1, 2, 0), marked=True, method=method), "path": None}
+            else png_records([encode_png(decode(im).transpose(1, 2, 0), marked=True, method=method)],
+                             source_paths([im]))[0]
             for im in images]
 
 
