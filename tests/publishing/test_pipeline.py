@@ -343,14 +343,20 @@ def test_card_is_a_function_of_data_and_public_params(secret_bank):
 
 
 def test_output_carries_the_non_secret_marker(tmp_path, secret_bank):
-    from uetransforms.core.codecs import MARKER, SCHEMA_KEY
+    from uetransforms.core.codecs import MARKER, SCHEMA_KEY, is_marked
 
     out = tmp_path / "pub"
     prot = ue.publish(_dataset(), secret_bank, out)
-    assert _front_matter(out / "README.md")["dataset_info"]["description"] == MARKER
+    front = _front_matter(out / "README.md")
+    # Only fields the Hub's card spec documents (issue 24, point 11): no dataset_info.description;
+    # the marker travels in every PNG and the Parquet schema, and the card says so in its tags.
+    assert set(front["dataset_info"]) <= {"features", "config_name", "splits", "download_size", "dataset_size"}
+    assert "uetransforms" in front["tags"] and MARKER not in (out / "README.md").read_text()
     meta = pq.read_schema(out / "data" / "train-00000-of-00001.parquet").metadata
     assert MARKER in meta[SCHEMA_KEY].decode() and b"huggingface" in meta
-    assert prot.info.description == MARKER
+    assert all(is_marked(r["bytes"]) for r in prot.cast_column("image", datasets.Image(decode=False))["image"])
+    loaded = datasets.load_dataset(str(out), split="train", download_mode="force_redownload")
+    assert all(is_marked(r["bytes"]) for r in loaded.cast_column("image", datasets.Image(decode=False))["image"])
 
 
 @pytest.mark.parametrize("streaming", [False, True])

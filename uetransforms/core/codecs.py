@@ -657,11 +657,11 @@ def info() -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 # The "protected by uetransforms" marker
 
-#: Keyword of the ``tEXt`` chunk that marks protected images (its text is never secret).
-#: Non-secret text that marks what uetransforms wrote as protected: the card's
-#: ``dataset_info.description`` (which ``datasets.load_dataset`` keeps in ``ds.info.description``)
-#: and the Parquet schema metadata under :data:`SCHEMA_KEY`. Publishing refuses marked input
-#: unless told it is protected (``protected=True``) or that protecting twice is meant.
+#: Non-secret text that marks what uetransforms wrote as protected: in every PNG's ``tEXt`` chunk
+#: (:func:`mark`), in the Parquet schema metadata under :data:`SCHEMA_KEY`, and in copies published
+#: before the card kept to the Hub's documented fields, the card's ``dataset_info.description``
+#: (``load_dataset`` puts it in ``ds.info``). Publishing refuses marked input unless told it is
+#: protected (``protected=True``) or that protecting twice is meant.
 MARKER = "protected by uetransforms"
 SCHEMA_KEY = b"uetransforms"
 #: The PNG tEXt keyword of :func:`mark`.

@@ -19,7 +19,6 @@ import numpy as np
 
 from ..core.bank import NoiseBank
 from ..core.errors import BankError
-from ..core.codecs import MARKER
 
 _CARD_RESERVED = ("configs", "dataset_info", "tags", "uetransforms")
 
@@ -90,12 +89,10 @@ def dataset_card(splits: Mapping[str, Any], bank: NoiseBank, *, image_column: st
         "config_name": "default",
         "data_files": [{"split": name, "path": f"data/{name}-*"} for name in splits],
     }]
+    # Only the fields the Hub's card spec documents for dataset_info (features, splits...). The
+    # "protected" marker is not here: it travels in every PNG (codecs.mark), which any loader
+    # keeps, and the documented `tags` above say "uetransforms" to people and the Hub's search.
     front["dataset_info"] = {
-        # Non-secret: datasets keeps it in ds.info.description, and publish refuses such input
-        # unless protected=True (no second layer of noise by accident). The Hub's card spec does
-        # not list this field (issue 24, point 11); it stays until the marker has another carrier
-        # that load_dataset keeps (the marker branch's work).
-        "description": MARKER,
         "features": first.features._to_yaml_list(),
         "splits": [{"name": name, "num_bytes": int(ds.data.nbytes), "num_examples": len(ds)}
                    for name, ds in splits.items()],

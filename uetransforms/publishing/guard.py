@@ -13,8 +13,12 @@ from ..core.codecs import marked_where
 
 
 def refuse_double(data: Any, image_column: str, *, where: str) -> None:
-    """Refuse to protect ``data`` when what it says of itself (card text, schema metadata) shows it
-    is already protected; the marker rule is :func:`uetransforms.core.codecs.marked_where`."""
+    """Refuse to protect ``data`` up front when what it says of itself shows it is already protected
+    (the shards' Parquet schema metadata, or the card text of a copy published before the card
+    dropped ``dataset_info.description``); the rule is :func:`uetransforms.core.codecs.marked_where`.
+
+    A copy loaded with ``load_dataset`` keeps neither: its images do, each PNG carrying the marker,
+    and ``Protect`` (or :func:`refuse_marked`) refuses those before the first batch is written."""
     why = marked_where(data)
     if why:
         raise_double(f"{where}: {why}")

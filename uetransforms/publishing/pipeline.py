@@ -44,7 +44,7 @@ from typing import Any
 from ..core.bank import DEFAULT_LABEL, NoiseBank
 from .card import _guard_secrets, dataset_card, missing_fields
 from ..core.errors import PushError
-from ..core.codecs import MARKER, PNG_SIGNATURE
+from ..core.codecs import PNG_SIGNATURE
 from .guard import refuse_double, refuse_marked
 from .sources import Split, dataset_tables, output_features
 from .writer import shard_count, write
@@ -390,8 +390,7 @@ def _write_with_copies(parts: list[Split], out_dir: str, **kwargs: Any) -> dict[
 def _result(out_dir: str, written: Mapping[str, Any], is_dict: bool) -> Any:
     """What ``load_local(out_dir)`` returns, mapped from the Arrow copies the writer made of the rows.
 
-    Same rows, order, features, split names and ``info.description`` (the protection marker) as
-    reading the shards back, without the second pass over them. A split resumed after a dead
+    Same rows, order, features, split names and info as reading the shards back, without the second pass over them. A split resumed after a dead
     run's shards has no complete copy: then the folder is read back as before.
     """
     import datasets
@@ -414,7 +413,7 @@ def _result(out_dir: str, written: Mapping[str, Any], is_dict: bool) -> Any:
     out = {}
     for name, w in written.items():
         # The fields load_dataset fills for a local Parquet folder, so the two are interchangeable.
-        info = datasets.DatasetInfo(description=MARKER, features=w.features, splits=splits, builder_name="parquet",
+        info = datasets.DatasetInfo(features=w.features, splits=splits, builder_name="parquet",
                                     config_name="default", dataset_name=name_of_dir, version="0.0.0",
                                     dataset_size=size, download_size=stored, size_in_bytes=size + stored)
         out[name] = datasets.Dataset(tables[name], info=info, split=datasets.NamedSplit(name))
