@@ -38,8 +38,50 @@ class _FakeReport:
         return 0.5
 
 
-def _fake_evaluate(*args, **kwargs):
-    return _FakeReport()
+def _fake_evaluate(*args, out_dir, baseline, **kwargs):
+    return _CurvesReport(out_dir, baseline, 0.5)
+
+
+class _CurvesReport(_FakeReport):
+    """What the demo reads of a report for its figures: curves by setting, samples, file paths."""
+
+    def __init__(self, out_dir, baseline, acc):
+        import torch
+
+        self.curves = {**({"clean / none": [0.5, 0.9]} if baseline else {}), "protected / none": [0.2, acc]}
+        x = torch.zeros((2, 1, 8, 8), dtype=torch.uint8)
+        self.samples = (x, x + 40)
+        self.data = {"train_size": 10, "test_size": 5}
+        os.makedirs(out_dir, exist_ok=True)
+        self.files = {"report": os.path.join(out_dir, "report.json"), "figure": os.path.join(out_dir, "figure.png")}
+
+
+def test_demo_figures_give_each_training_set_one_colour_and_a_label(tmp_path, monkeypatch):
+    """Issue 24, point 13: the random figure drew its protected line in the colour of cuda's clean line."""
+    from uetransforms.evaluation import figures
+
+    made = iter([0.25, 0.85])
+    monkeypatch.setattr("uetransforms.evaluation.harness.evaluate",
+                        lambda *a, out_dir, baseline, **k: _CurvesReport(out_dir, baseline, next(made)))
+    drawn = {}
+    real = figures.report_figure
+
+    def spy(path, *, curves, **kw):
+        drawn[os.path.basename(os.path.dirname(path))] = dict(curves)
+        return real(path, curves=curves, **kw)
+
+    monkeypatch.setattr(figures, "report_figure", spy)
+    run_demo(str(tmp_path / "d"), methods=("cuda", "random"), epochs=2, progress=False)
+    assert set(drawn) == {"eval-cuda", "eval-random"}
+    names = ["clean (no protection)", "cuda (published)", "random (published)"]
+    for curves in drawn.values():  # the same labelled lines in the same order: one colour per training set
+        assert list(curves) == names
+        assert curves["random (published)"] == [0.2, 0.85] and curves["clean (no protection)"] == [0.5, 0.9]
+    colours = [figures.PALETTE[i % len(figures.PALETTE)] for i in range(len(names))]
+    assert len(set(colours)) == len(names)
+    for name in drawn:  # and the files drawn show each of those colours
+        px = set(map(tuple, np.asarray(Image.open(tmp_path / "d" / name / "figure.png").convert("RGB")).reshape(-1, 3)))
+        assert all(c in px for c in colours), name
 
 
 def test_quick_demo_end_to_end(tmp_path, capsys):

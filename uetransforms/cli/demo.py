@@ -82,6 +82,7 @@ def run_demo(out_dir: str = "uetransforms-demo", *, quick: bool = False, methods
     accuracy: dict[str, float] = {}
     quality: dict[str, Any] = {}
     reports: dict[str, str] = {}
+    evaluated: dict[str, Any] = {}
     rows: list[str] = []
     for i, method in enumerate(methods):
         bank = fit(method, train, seed=seed + 1234)
@@ -104,7 +105,10 @@ def run_demo(out_dir: str = "uetransforms-demo", *, quick: bool = False, methods
         accuracy[method] = report.accuracy("protected")
         quality[method] = report.quality
         reports[method] = report.files["report"]
+        evaluated[method] = report
         rows.append(_row(f"{method} (published)", accuracy[method], report.quality))
+    if evaluated:
+        _draw_figures(evaluated)
     table = "\n".join(["| training set | clean test accuracy | PSNR (dB) | SSIM | L-inf |", "|---|---:|---:|---:|---:|",
                        *rows])
     seconds = time.perf_counter() - start
@@ -117,6 +121,32 @@ def run_demo(out_dir: str = "uetransforms-demo", *, quick: bool = False, methods
             "seconds": seconds, "out_dir": os.path.abspath(out_dir), "epochs": epochs}
 
 
+def figure_curves(reports: dict[str, Any]) -> dict[str, list[float]]:
+    """Every training set's accuracy curve under one name each, in one order for all figures.
+
+    The evaluation's own figure names its lines "clean / none" and "protected / none" and colours
+    them by position, so the ``random`` figure (no clean baseline of its own) drew its protected
+    line in the colour that meant "clean" in the ``cuda`` figure (issue 24, point 13). Here each
+    training set keeps its name and its place, hence its colour and legend, in every figure.
+    """
+    first = next(iter(reports.values()))
+    curves = {"clean (no protection)": first.curves["clean / none"]}
+    for method, report in reports.items():
+        curves[f"{method} (published)"] = report.curves["protected / none"]
+    return curves
+
+
+def _draw_figures(reports: dict[str, Any]) -> None:
+    """Redraw each ``eval-<method>/figure.png``: that method's samples over the curves of all."""
+    from ..evaluation.figures import report_figure
+
+    curves = figure_curves(reports)
+    for method, report in reports.items():
+        clean, prot = report.samples if report.samples is not None else (None, None)
+        title = f"samples: {method} | {report.data.get('train_size')} train / {report.data.get('test_size')} test"
+        report_figure(report.files["figure"], clean=clean, protected=prot, curves=curves, title=title)
+
+
 def _row(name: str, acc: float, q: dict[str, float] | None) -> str:
     if q is None:
         return f"| {name} | {acc:.3f} | - | - | - |"
@@ -124,4 +154,4 @@ def _row(name: str, acc: float, q: dict[str, float] | None) -> str:
     return f"| {name} | {acc:.3f} | {psnr:.1f} | {q['ssim_mean']:.3f} | {q['linf_max']:.0f}/255 |"
 
 
-__all__ = ["load_digits", "run_demo"]
+__all__ = ["figure_curves", "load_digits", "run_demo"]
