@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import datasets
 import numpy as np
 import pytest
@@ -35,6 +37,11 @@ def test_card_has_what_the_hub_expects_of_a_derived_dataset():
     assert front["size_categories"] == ["n<1K"]
     assert "## Limitations" in card and "JPEG" in card and "adversarial training" in card
     assert "lossily" in card
+    # Read on the Hub, where a link relative to this library's source is dead (issue 24, point 11).
+    assert not re.findall(r"\]\((?!https?://)[^)]*\)", card)
+    assert front["pretty_name"] == "owner-cifar (unlearnable, random)" and "## How to load" in card
+    # Only documented dataset_info fields (https://huggingface.co/docs/hub/datasets-cards).
+    assert set(front["dataset_info"]) <= {"features", "config_name", "splits", "download_size", "dataset_size"}
 
 
 def test_unknown_licence_is_said_and_overridable():

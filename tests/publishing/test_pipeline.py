@@ -777,3 +777,16 @@ def test_refused_publishes_leave_no_hidden_folder(tmp_path, secret_bank):
         ue.publish(datasets.Dataset.from_parquet(str(once / "data" / "train-00000-of-00001.parquet")), secret_bank,
                    tmp_path / "twice")
     assert sorted(os.listdir(tmp_path)) == ["hidden-bank-folder", "once", "pub"]
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_publish_says_its_size_first_and_shows_a_bar_per_split(tmp_path, secret_bank, capfd, progress):
+    """Issue 24, points 6 and 10: a progress bar (on a terminal by default, or progress=True) and,
+    before any image is written, how large the lossless copy will be; progress=False: silent."""
+    ue.publish(_dataset(n=6), secret_bank, tmp_path / "pub", progress=progress)
+    err = capfd.readouterr().err
+    if progress:
+        assert "protecting train" in err and "6/6" in err
+        assert err.index("of lossless PNG") < err.index("protecting train")  # the size is said before writing
+    else:
+        assert "protecting train" not in err and "of lossless PNG" not in err
