@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import uetransforms as ue
 from uetransforms.cli.demo import load_digits, run_demo
 
 
@@ -101,3 +102,13 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     doc = json.loads(open(summary["reports"]["cuda"]).read())
     assert doc["config"]["epochs"] == 4 and doc["data"]["train_size"] == 1400
     assert Image.open(os.path.join(os.path.dirname(summary["reports"]["cuda"]), "figure.png")).format == "PNG"
+
+
+def test_demo_banks_get_fresh_secret_keys(tmp_path, monkeypatch):
+    """A key is never a fixed default, in the demo either: two runs, two keys."""
+    monkeypatch.setattr("uetransforms.evaluation.harness.evaluate", _fake_evaluate)
+    keys = []
+    for run in ("a", "b"):
+        run_demo(str(tmp_path / run), methods=("cuda",), epochs=1, progress=False)
+        keys.append(ue.NoiseBank.load(tmp_path / run / "cuda.bank.arrow").params["seed"])
+    assert keys[0] != keys[1]
