@@ -790,3 +790,30 @@ def test_publish_says_its_size_first_and_shows_a_bar_per_split(tmp_path, secret_
         assert err.index("of lossless PNG") < err.index("protecting train")  # the size is said before writing
     else:
         assert "protecting train" not in err and "of lossless PNG" not in err
+
+
+def test_hub_file_limits_shape_the_shards_and_the_upload(tmp_path, secret_bank, monkeypatch):
+    """Issue 24, point 8: a shard plan over the Hub's files-per-folder limit is refused before any
+    image is written, naming max_shard_size; more files than one commit should hold go through
+    upload_large_folder (resumable), fewer through one upload_folder commit."""
+    import huggingface_hub
+
+    from uetransforms.publishing import pipeline
+
+    monkeypatch.setattr(pipeline, "HUB_MAX_FILES_PER_FOLDER", 2)
+    with pytest.raises(ValueError, match="6 shards of max_shard_size=1, .*fewer than 2 files per folder.*larger max_shard_size"):
+        ue.publish(_dataset(n=6), secret_bank, tmp_path / "refused", max_shard_size=1, progress=False)
+    assert not (tmp_path / "refused").exists()
+    monkeypatch.setattr(pipeline, "HUB_MAX_FILES_PER_FOLDER", 10_000)
+    ue.publish(_dataset(n=6), secret_bank, tmp_path / "pub", max_shard_size=1, progress=False)
+    files = sorted(os.listdir(tmp_path / "pub" / "data"))
+    assert len(files) == 6  # one row per shard: more files than the commit limit set below
+    hub = FakeHub(monkeypatch)
+    large: list[dict] = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_large_folder", lambda api, **kw: large.append(kw), raising=False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda api, *a, **kw: [], raising=False)
+    pipeline.upload(tmp_path / "pub", "me/x", token="hf_test_token")
+    assert [c[0] for c in hub.calls if c[0] == "upload_folder"] == ["upload_folder"] and not large
+    monkeypatch.setattr(pipeline, "HUB_MAX_FILES_PER_COMMIT", 2)
+    pipeline.upload(tmp_path / "pub", "me/x", token="hf_test_token")
+    assert len(large) == 1 and large[0]["repo_id"] == "me/x"
