@@ -274,7 +274,7 @@ def test_errors_speak_cli_flags_not_python_arguments(tmp_path, tiny_parquet, cap
 def test_every_option_has_help_text():
     from uetransforms.cli import build_parser
 
-    for command in ("fit", "protect", "demo", "methods"):
+    for command in ("fit", "protect", "evaluate", "demo", "methods"):  # evaluate: issue 24, point 7
         parser = build_parser([command])
         sub = next(a for a in parser._actions if a.dest == "command").choices[command]
         for action in sub._actions:
