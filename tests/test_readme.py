@@ -158,7 +158,11 @@ def test_readme_photo_section_runs_on_mixed_size_photos(tmp_path, monkeypatch, c
     assert front["uetransforms"]["image_sizes"] == ["300x400", "768x1024"] and "image_shape" not in front["uetransforms"]
     assert "pretty_name" in front
     assert "card_extra" not in card and "--license" not in card and "## How to load" in card
-    assert "32-px CIFAR-10" in card and "may give different numbers" in card
+    assert "may give different numbers" in card
+    # the facts are quoted with the size they were measured at, and the card says none is near these photos
+    assert "nothing was measured near 1024 px (the nearest measured size is" in card
+    # evaluate's perturbation line says it compares the resized images, not the published ones
+    assert "after --resize" in evaluate.out
     # the stored path keeps the source file name, not its folder
     ds = datasets.load_dataset(str(work / "my-photos-protected"), split="train")
     records = ds.cast_column("image", datasets.Image(decode=False))["image"]

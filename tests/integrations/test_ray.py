@@ -152,3 +152,31 @@ def test_ray_raises_our_error_type_for_a_corrupt_row(cluster, bank, tmp_path):
         with pytest.raises(ue.ImageModeError, match="not a readable image"):
             ue_ray.protect(ray.data.read_parquet(path), bank, split_stages=split_stages).take_all()
     assert not ray.data.DataContext.get_current().raise_original_map_exception  # the global context is untouched
+
+
+@pytest.mark.parametrize("split_stages", [False, True])
+def test_ray_keeps_source_file_names_as_datasets_map_does(cluster, bank, tmp_path, split_stages):
+    """Issue 24, point 9: a protected image names its source file (base name, no folder) on every path."""
+    import io
+
+    from PIL import Image
+
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rng = np.random.default_rng(1)
+    arrays = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    ds = datasets.Dataset.from_dict(
+        {"image": [{"bytes": png(a), "path": f"/home/owner/photos/IMG_{i}.png" if i != 2 else None}
+                   for i, a in enumerate(arrays)], "label": [i % 3 for i in range(5)], "idx": list(range(5))},
+        features=FEATURES)
+    path = str(tmp_path / "named.parquet")
+    ds.to_parquet(path)
+    want = ds.map(ue.Protect(bank), batched=True, batch_size=2, load_from_cache_file=False)
+    want = [r["path"] for r in want.cast_column("image", datasets.Image(decode=False))["image"]]
+    assert want == ["IMG_0.png", "IMG_1.png", None, "IMG_3.png", "IMG_4.png"]
+    rows = by_idx(ue_ray.protect(ray.data.read_parquet(path), bank, batch_size=2, split_stages=split_stages).take_all())
+    assert [r["image"]["path"] for r in rows] == want
+    assert "__uetransforms_source__" not in rows[0]  # the hidden stage column never reaches the output

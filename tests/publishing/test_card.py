@@ -185,3 +185,33 @@ def test_card_extra_may_not_carry_the_key_tensors():
     for extra in ({"kernel": weight[1].tolist()}, {"kernel": weight.tobytes().hex()}, {"kernel": weight.tobytes()}):
         with pytest.raises(ValueError, match="'weight' tensor"):
             dataset_card({"train": ds}, bank, image_column="img", card_extra=extra)
+
+
+def test_card_quotes_the_attacker_rows_nearest_its_image_size(monkeypatch, tmp_path):
+    import json
+
+    from uetransforms.algorithms import measured
+
+    def row(res, acc):
+        return {"attacker": "linear-probe", "backbone": {"arch": "small-cnn-w32", "trained_on": "other rows",
+                                                         "checkpoint_sha256": "ab"},
+                "resolution": res, "train_size": 5000, "test_size": 2000, "epochs": 8, "seed": 0,
+                "variant": "defaults", "clean_accuracy": 0.8, "protected_accuracy": acc, "ratio": acc / 0.8,
+                "command": "x", "recorded": "2026-01-01"}
+
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps({"schema": measured.SCHEMA, "methods": {},
+                                "attacks": {"cuda": [row(32, 0.4), row(96, 0.6)]}}))
+    monkeypatch.setattr(measured, "ASSET", str(path))
+    ds = _ds()
+    bank = ue.fit("cuda", ds, image_column="img", seed=1)
+    small = next(s for s in dataset_card({"train": ds}, bank, image_column="img").splitlines()
+                 if s.startswith("- Measured with uetransforms"))
+    # these test images are 8 px: the 32-px row is the nearest, and 4x away is not "near"
+    assert "a linear probe 0.400 vs 0.800 clean (0.50x)" in small
+    assert "nothing was measured near 8 px (the nearest measured size is 32 px)" in small
+    big = next(s for s in dataset_card({"train": ds}, bank, image_column="img", image_sizes=[(300, 400), (768, 1024)])
+               .splitlines() if s.startswith("- Measured with uetransforms"))
+    assert "a linear probe 0.600 vs 0.800 clean (0.75x)" in big  # 96 px is nearer 1024 px than 32 px
+    assert "nothing was measured near 1024 px (the nearest measured size is 96 px)" in big
+    assert "fine-tuning: not measured" in big

@@ -216,8 +216,12 @@ def run_cli(args: argparse.Namespace) -> int:
     print_verdicts(report)
     if report.quality:
         q = report.quality
+        # After --resize the two sets are compared at the trainer's size, not as published: say so,
+        # or the line contradicts the one `fit` printed for the same bank.
+        where = (f" (measured at {args.resize}x{args.resize} px after --resize, as the trainer sees them; fit's "
+                 "quality line is at the images' own size)") if args.resize else ""
         print(f"\nperturbation: L-inf max {q['linf_max']:.0f}/255, L2 mean {q['l2_mean']:.3f}, "
-              f"PSNR {q['psnr_mean']:.1f} dB, SSIM {q['ssim_mean']:.3f}")
+              f"PSNR {q['psnr_mean']:.1f} dB, SSIM {q['ssim_mean']:.3f}{where}")
     print(f"\nwrote {report.files['report']} and {report.files['figure']}")
     return 0
 

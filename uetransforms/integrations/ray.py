@@ -32,10 +32,12 @@ import numpy as np
 
 from ..core.bank import NoiseBank
 from ..core.images import to_chw
-from .datasets import Protect
+from .datasets import Protect, png_records, source_paths
 
 #: Hidden per-row flag carried between the split stages: "encode this row's image as PNG".
 _PNG_FLAG = "__uetransforms_png__"
+#: Hidden per-row source path carried between the split stages (decoding drops the records).
+_SOURCE = "__uetransforms_source__"
 
 
 def _is_numeric_batch(images: Any) -> bool:
@@ -58,8 +60,11 @@ def _hf_metadata(features: Any, image_column: str) -> bytes:
     return json.dumps({"info": {"features": feats}}).encode()
 
 
-def _to_block(batch: dict[str, Any], image_column: str, png: list[bytes] | None, metadata: bytes) -> Any:
-    """Numpy batch -> Arrow table; PNG images as a typed ``{bytes, path}`` struct plus feature metadata."""
+def _to_block(batch: dict[str, Any], image_column: str, png: list[bytes] | None, metadata: bytes,
+              sources: Any = None) -> Any:
+    """Numpy batch -> Arrow table; PNG images as a typed ``{bytes, path}`` struct plus feature metadata.
+
+    ``path`` keeps each source file's name by the rule every writer follows (:func:`png_records`)."""
     if png is None:
         return batch  # a numeric tensor column stays a tensor column: Ray converts it itself
     import pyarrow as pa
@@ -67,8 +72,9 @@ def _to_block(batch: dict[str, Any], image_column: str, png: list[bytes] | None,
 
     names = list(batch)
     rest = {k: v for k, v in batch.items() if k != image_column}
+    names_ = [r["path"] for r in png_records(png, [None] * len(png) if sources is None else list(sources))]
     struct = pa.StructArray.from_arrays(
-        [pa.array(png, type=pa.binary()), pa.nulls(len(png), type=pa.string())], names=["bytes", "path"]
+        [pa.array(png, type=pa.binary()), pa.array(names_, type=pa.string())], names=["bytes", "path"]
     )
     if rest:
         table = BlockAccessor.batch_to_block(rest)
@@ -96,8 +102,9 @@ class _Fused:
         if _is_numeric_batch(images):
             return _to_block({**batch, **self.fn(batch)}, col, None, self.metadata)
         # Protect's own PNG path (the package's one encoder): the very bytes Dataset.map stores.
-        png = self.fn.encoded({**batch, col: _records(images)})
-        return _to_block(dict(batch), col, png, self.metadata)
+        records = _records(images)
+        png = self.fn.encoded({**batch, col: records})
+        return _to_block(dict(batch), col, png, self.metadata, source_paths(records))
 
 
 class _Decode:
@@ -123,6 +130,7 @@ class _Decode:
                for r in records]
         out[col] = _stack(hwc)
         out[_PNG_FLAG] = np.ones(len(hwc), dtype=bool)
+        out[_SOURCE] = np.array(source_paths(records), dtype=object)
         return out
 
 
@@ -161,13 +169,13 @@ class _Encode:
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         col = self.image_column
         flag = batch[_PNG_FLAG]
-        out = {k: v for k, v in batch.items() if k != _PNG_FLAG}
+        out = {k: v for k, v in batch.items() if k not in (_PNG_FLAG, _SOURCE)}
         if not flag.any():
             return _to_block(out, col, None, self.metadata)
         if not flag.all():
             raise ValueError(f"column {col!r} mixes encoded and array images within one batch; "
                              "store them one way before protecting")
-        return _to_block(out, col, self.fn.png(batch[col]), self.metadata)
+        return _to_block(out, col, self.fn.png(batch[col]), self.metadata, batch.get(_SOURCE))
 
 
 def _require_gpus(ray: Any, num_gpus: float) -> None:

@@ -159,7 +159,7 @@ that weakens the protection. Convert, crop or augment only at training time.
   the same classes weakens most methods.
 - A model fine-tuned from strong pretrained features may still learn the content.
 - The perturbation is not encryption: it does not hide what the pictures show.
-{_measured_text(bank.method)}
+{_measured_text(bank.method, _side(bank, image_sizes))}
 ## How to verify
 
 - Every image is PNG: `PIL.Image.open(io.BytesIO(row["{image_column}"]["bytes"])).format == "PNG"`
@@ -230,16 +230,25 @@ def _what_changes(kind: str, params: Mapping[str, Any], measured: Mapping[str, f
     return "small noise is added"
 
 
-def _measured_text(method: str) -> str:
-    """Measured facts about ``method`` when the package ships them (``uetransforms.algorithms.measured``)."""
+def _side(bank: NoiseBank, image_sizes: Any) -> int | None:
+    """The longest side of this dataset's largest images, to quote facts measured nearest it."""
+    if image_sizes is not None:
+        return int(max(image_sizes[-1]))
+    shape = tuple(bank.image_shape or ())
+    return int(max(shape[1:])) if len(shape) == 3 else None
+
+
+def _measured_text(method: str, resolution: int | None = None) -> str:
+    """Measured facts about ``method`` when the package ships them (``uetransforms.algorithms.measured``),
+    the attacker rows taken nearest this dataset's image size (and a plain word when none is near)."""
     from ..algorithms.measured import summary
 
-    text = summary(method)
+    text = summary(method, resolution=resolution)
     return f"- Measured with uetransforms ({_MEASURED_WHERE}): {text}\n" if text else ""
 
 
-_MEASURED_WHERE = ("on 32-px CIFAR-10 images, not on this dataset, whose images and classes may give different "
-                   "numbers; a small CNN trained from scratch, lower accuracy = stronger protection; details in "
+_MEASURED_WHERE = ("on CIFAR-10 images at the sizes named below, not on this dataset, whose images and classes may "
+                   "give different numbers; lower accuracy = stronger protection; details in "
                    "benchmarks/RESULTS.md of the uetransforms source")
 
 
