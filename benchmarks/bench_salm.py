@@ -9,7 +9,7 @@ The object covers about 3-11% of the pixels (`sparsity` in the JSON), the rest i
 a crude stand-in for a lesion on a scan; it says nothing about real medical images.
 
 Each configuration ``NAME=METHOD[:k=v,...]`` is fitted on the training images (``ue.fit``), applied
-as a bank would be (``ue.ops.apply``, whole grey levels), and a ``--arch`` model is trained from
+as a bank would be (``ue.apply``, whole grey levels), and a ``--arch`` model is trained from
 scratch on the protected copy (``ue.evaluate``: SGD, one-cycle, crop+flip augmentation), then tested
 on clean test images. ``clean`` is the unprotected row. The JSON records every number, the share of
 pixel positions each bank changed, the bank's stop reason and its warm-up.
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             fit_s = time.perf_counter() - t0
             x = torch.from_numpy(x_train).permute(0, 3, 1, 2).contiguous()
             keys = y_train if bank.keying == "class" else data.sample_ids
-            prot = ue.ops.apply(bank, x, keys)
+            prot = ue.apply(bank, x, keys)
             diff = (prot.int() - x.int()).abs().amax(1)  # [n, H, W]: largest change over channels
             changed = (diff > 0).flatten(1).float().mean(1)
             prot_np = prot.permute(0, 2, 3, 1).contiguous().numpy()
