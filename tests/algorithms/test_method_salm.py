@@ -179,3 +179,59 @@ def test_warmup_budget_stop_warns_and_counts_against_max_steps():
     assert bank.info["rounds"] == 1 and changed_positions(bank.tensors["delta"]).max() > 0
     with pytest.raises(ValueError, match="mask_warmup_accuracy"):
         ue.fit("salm", data, mask_warmup_accuracy=0)
+
+
+def test_class_mode_keys_by_class_with_one_sparse_pattern_per_class():
+    images, labels = tiny(24, k=3)
+    data = FitData.from_arrays(images, labels)
+    bank = ue.fit("salm", data, seed=0, mode="class", fraction=0.1, **fast())
+    k = math.ceil(0.1 * 64)
+    d = bank.tensors["delta"]
+    assert bank.keying == "class" and d.shape == (3, 3, 8, 8) and list(bank.keys) == [0, 1, 2]
+    assert ((changed_positions(d) > 0) & (changed_positions(d) <= k)).all()  # every class: its own k positions
+    assert len({tuple(np.flatnonzero(np.abs(r).max(0))) for r in d}) == 3  # the masks differ between classes
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    out = ue.apply(bank, x, labels)
+    inside = (x.float() + torch.from_numpy(np.round(255 * d[labels]))).clamp(0, 255)
+    assert torch.equal(out.float(), inside)  # every image gets its class's pattern, nothing else
+
+
+def test_freeze_keeps_the_top_positions_of_the_per_step_noise(monkeypatch):
+    from uetransforms.algorithms import em as em_module
+
+    images, labels = tiny(16)
+    data = FitData.from_arrays(images, labels)
+    k = math.ceil(0.1 * 64)
+    phases = []
+    real = em_module.minmin
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        phases.append((kw, np.asarray(out[0], np.float32).copy()))
+        return out
+
+    monkeypatch.setattr(em_module, "minmin", spy)
+    bank = ue.fit("salm", data, seed=0, fraction=0.1, mask_update="freeze", freeze_rounds=2, **fast(max_rounds=4))
+    assert len(phases) == 2 and phases[0][0]["step_rule"] is not None and phases[1][0]["mask_rule"] is not None
+    assert bank.info["mask_pixels"] == k and bank.info["freeze"]["rounds"] == 2 and bank.info["rounds"] <= 4
+    score = np.abs(phases[0][1]).sum(1).reshape(16, -1)  # phase 1's accumulated noise, per position
+    top = salm.top_fraction_mask(torch.from_numpy(score).reshape(16, 1, 8, 8), 0.1).numpy().reshape(16, -1) > 0
+    d = bank.tensors["delta"][bank.rows_for(data.sample_ids)]
+    support = np.abs(d.astype(np.float32)).max(1).reshape(16, -1) > 0
+    assert (changed_positions(d) <= k).all() and support.any()
+    assert not (support & ~top).any()  # the final noise lives only on phase 1's top positions
+    again = ue.fit("salm", data, seed=0, fraction=0.1, mask_update="freeze", freeze_rounds=2, **fast(max_rounds=4))
+    assert np.array_equal(again.tensors["delta"], bank.tensors["delta"])  # a seed gives the same bank
+
+
+def test_freeze_bad_values():
+    images, labels = tiny(8)
+    data = FitData.from_arrays(images, labels)
+    with pytest.raises(ValueError, match="freeze_rounds=4 must be between 1 and max_rounds - 1"):
+        ue.fit("salm", data, mask_update="freeze", freeze_rounds=4, max_rounds=4)
+    with pytest.raises(ValueError, match="mode='sample'"):
+        ue.fit("salm", data, mask_update="freeze", mode="class")
+    with pytest.raises(ValueError, match="mask_by='grad'"):
+        ue.fit("salm", data, mask_update="freeze", mask_by="intensity")
+    with pytest.raises(ValueError, match="freeze_rounds"):
+        ue.fit("salm", data, mask_update="freeze", freeze_rounds=0)

@@ -90,22 +90,31 @@ import torch
 
 from ..core.bank import NoiseBank
 from ..core.data import FitData
+from ..core.images import content_id
 from . import Choice, Method, Number, Param
 from . import em as _em
 
 sg = _em.sg  # the surrogates module, through em (one import path to keep up to date)
 
 MASK_RULES = ("grad", "intensity")
-MASK_UPDATES = ("once", "step")
+MASK_UPDATES = ("once", "step", "freeze")
 #: Clean images the warm-up's accuracy is judged on, and how often (surrogate steps).
 WARMUP_PROBE, WARMUP_EVERY = 1024, 20
 
 
 def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
     p = _em.METHOD.resolve(p, data)
-    if p["mask_update"] == "step" and p["mask_by"] != "grad":
-        raise ValueError("mask_update='step' redraws the mask from each step's gradient: use mask_by='grad' "
-                         "(a brightness mask does not change between steps; use mask_update='once')")
+    if p["mask_update"] in ("step", "freeze") and p["mask_by"] != "grad":
+        raise ValueError(f"mask_update={p['mask_update']!r} redraws the mask from each step's gradient: use "
+                         "mask_by='grad' (a brightness mask does not change between steps; use mask_update='once')")
+    if p["mask_update"] == "freeze":
+        if p["mode"] != "sample":
+            raise ValueError("mask_update='freeze' keeps each image's own positions: use mode='sample' (class-wise "
+                             "noise: mask_update='once')")
+        if not 0 < p["freeze_rounds"] < p["max_rounds"]:
+            raise ValueError(f"freeze_rounds={p['freeze_rounds']} must be between 1 and max_rounds - 1 "
+                             f"(max_rounds={p['max_rounds']}): the rounds before the masks freeze, then at least "
+                             "one inside them")
     return p
 
 
@@ -137,6 +146,9 @@ METHOD = Method(
         Param("mask_update", "once", Choice(MASK_UPDATES),
               help="'once' (each image's mask fixed at its first visit: an L0 budget) or 'step' (every PGD step "
                    "updates the top pixels of its own gradient); ours"),
+        Param("freeze_rounds", 4, Number(1, integer=True, cast=False),
+              help="mask_update='freeze': rounds of per-step masks before each image's top-fraction positions "
+                   "(by accumulated |noise|) are frozen; ours"),
         Param("mask_warmup_accuracy", None, Number(0, 1, lo_open=True, none=True, cast=False),
               help="train the surrogate on the clean images to this accuracy before the masks are drawn "
                    "(None: no warm-up); ours"),
@@ -229,6 +241,53 @@ def mask_rule(mask_by: str, fraction: float) -> _em.MaskRule:
     raise ValueError(f"mask_by={mask_by!r}; expected one of {MASK_RULES}")
 
 
+def step_rule(fraction: float) -> Any:
+    """Per-step rule: each PGD update touches only the top-``fraction`` positions of its own gradient."""
+    return lambda g: top_fraction_mask(g.abs().sum(1, keepdim=True), fraction)
+
+
+def _fit_freeze(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """``mask_update="freeze"``: per-step masks for ``freeze_rounds`` rounds, then each image's mask is fixed.
+
+    Phase 1 is the ``"step"`` loop; its noise (which starts at zero, so only positions that some
+    step touched are non-zero) scores each position by ``|delta|`` summed over channels, and each
+    image keeps its top ``ceil(fraction * H * W)``. Phase 2 is the ``"once"`` loop inside those
+    masks, continuing with phase 1's surrogate, for the rounds (and steps, seconds) that are left.
+    """
+    t0 = time.perf_counter()
+    model = sg.build(p["surrogate"], num_classes=data.num_classes, image_shape=data.image_shape, device=device,
+                     seed=seed)
+    first = dict(p, surrogate=model, max_rounds=p["freeze_rounds"])
+    with warnings.catch_warnings():  # phase 1 stops at freeze_rounds by design, not by a short budget
+        warnings.filterwarnings("ignore", message=".*stopped by its budget", category=UserWarning)
+        table1, info1, _ = _em.minmin(data, first, seed=seed, device=device, method="salm",
+                                      step_rule=step_rule(p["fraction"]))
+    score = torch.from_numpy(np.abs(np.asarray(table1, np.float32)).sum(1, keepdims=True))
+    masks = top_fraction_mask(score, p["fraction"]).to(torch.uint8).numpy()
+    # The engine asks for a row's mask by its clean pixels (mask_rule(x, grad)); rows are found by
+    # their content id, so identical images share the first one's mask (the L0 budget still holds).
+    by_content: dict[str, np.ndarray] = {}
+    for (batch, sl) in data.iter_batches(512):
+        for i, img in enumerate(batch):
+            by_content.setdefault(content_id(img), masks[sl.start + i])
+
+    def frozen(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        u8 = (x * 255).round().to(torch.uint8).cpu().numpy()
+        return torch.from_numpy(np.stack([by_content[content_id(img)] for img in u8])).to(x.device, x.dtype)
+
+    second = dict(p, surrogate=model, max_rounds=p["max_rounds"] - info1["rounds"])
+    if p["max_steps"] is not None:
+        second["max_steps"] = max(0, p["max_steps"] - info1["steps"])
+    if p["max_seconds"] is not None:
+        second["max_seconds"] = max(0.0, p["max_seconds"] - (time.perf_counter() - t0))
+    table, info, _ = _em.minmin(data, second, seed=seed + 1, device=device, method="salm", mask_rule=frozen)
+    info.update(rounds=info1["rounds"] + info["rounds"], steps=info1["steps"] + info["steps"],
+                surrogate_steps=info1["surrogate_steps"] + info["surrogate_steps"],
+                train_error_history=info1["train_error_history"] + info["train_error_history"],
+                freeze={"rounds": info1["rounds"], "error": info1["final_train_error"]})
+    return table, info
+
+
 @METHOD.fitter
 def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
     """Fit error-minimising noise restricted to each image's top-``fraction`` pixels."""
@@ -243,13 +302,16 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
             run["max_steps"] = max(0, p["max_steps"] - warm["steps"])
         if p["max_seconds"] is not None:
             run["max_seconds"] = max(0.0, p["max_seconds"] - warm["seconds"])
-    if p["mask_update"] == "once":
+    if p["mask_update"] == "freeze":
+        table, info = _fit_freeze(data, run, seed=seed, device=device)
+        info["mask_pixels"] = k
+    elif p["mask_update"] == "once":
         rule = mask_rule(p["mask_by"], p["fraction"])
         table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm", mask_rule=rule)
         info["mask_pixels"] = k
     else:
-        step_rule = lambda g: top_fraction_mask(g.abs().sum(1, keepdim=True), p["fraction"])  # noqa: E731
-        table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm", step_rule=step_rule)
+        table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm",
+                                         step_rule=step_rule(p["fraction"]))
         info["mask_pixels"] = None
         info["pixels_per_step"] = k
     if warm is not None:
