@@ -103,7 +103,7 @@ def test_per_step_mask_updates_only_top_positions_each_step(monkeypatch):
     k = math.ceil(0.1 * 64)
     seen = []
     real = salm.top_fraction_mask
-    monkeypatch.setattr(salm, "top_fraction_mask", lambda s, f: seen.append(real(s, f)) or seen[-1])
+    monkeypatch.setattr(salm, "top_fraction_mask", lambda *a: seen.append(real(*a)) or seen[-1])
     bank = ue.fit("salm", data, seed=0, fraction=0.1, mask_update="step", **fast(max_rounds=1, steps=2))
     assert seen and all(int(m[i].sum()) == k for m in seen for i in range(len(m)))  # every step: k positions
     assert bank.info["mask_pixels"] is None and bank.info["pixels_per_step"] == k
@@ -235,3 +235,21 @@ def test_freeze_bad_values():
         ue.fit("salm", data, mask_update="freeze", mask_by="intensity")
     with pytest.raises(ValueError, match="freeze_rounds"):
         ue.fit("salm", data, mask_update="freeze", freeze_rounds=0)
+
+
+def test_mask_pool_gathers_the_mask_into_a_local_region():
+    score = torch.zeros(1, 1, 9, 9)
+    score[0, 0, 4, 4] = 1.0
+    block = torch.zeros(1, 1, 9, 9)
+    block[0, 0, 3:6, 3:6] = 1
+    assert torch.equal(salm.top_fraction_mask(score, 9 / 81, pool=3), block)  # the 3x3 around the hot spot
+    corner = torch.rand(1, 1, 9, 9) * 0.1
+    corner[0, 0, :3, :3] += 1  # a hot 3x3 corner: pooled, it stays the top region
+    m = salm.top_fraction_mask(corner, 9 / 81, pool=3)
+    assert int(m.sum()) == 9 and int(m[0, 0, :4, :4].sum()) == 9
+    images, labels = tiny(8)
+    data = FitData.from_arrays(images, labels)
+    bank = ue.fit("salm", data, seed=0, mode="class", fraction=0.25, mask_pool=3, **fast(max_rounds=1))
+    assert (changed_positions(bank.tensors["delta"]) <= 16).all()  # the L0 budget is the same with pooling
+    with pytest.raises(ValueError, match="mask_pool"):
+        ue.fit("salm", data, mask_pool=2)

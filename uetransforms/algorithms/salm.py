@@ -146,6 +146,9 @@ METHOD = Method(
         Param("mask_update", "once", Choice(MASK_UPDATES),
               help="'once' (each image's mask fixed at its first visit: an L0 budget) or 'step' (every PGD step "
                    "updates the top pixels of its own gradient); ours"),
+        Param("mask_pool", 1, Number(1, integer=True, odd=True, cast=False),
+              help="average the score over a mask_pool x mask_pool window before picking positions (odd; 1: "
+                   "single pixels), so the mask gathers into local regions; ours"),
         Param("freeze_rounds", 4, Number(1, integer=True, cast=False),
               help="mask_update='freeze': rounds of per-step masks before each image's top-fraction positions "
                    "(by accumulated |noise|) are frozen; ours"),
@@ -219,31 +222,35 @@ def warm_up(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device
     return model, info
 
 
-def top_fraction_mask(score: torch.Tensor, fraction: float) -> torch.Tensor:
+def top_fraction_mask(score: torch.Tensor, fraction: float, pool: int = 1) -> torch.Tensor:
     """0/1 mask ``[b, 1, H, W]`` keeping the ``ceil(fraction * H * W)`` highest-scoring positions.
 
     ``score`` is ``[b, 1, H, W]``; exactly that many positions are kept even with ties (topk).
+    ``pool`` (odd) first averages the score over a ``pool x pool`` window around each position,
+    so the kept positions gather into local regions instead of scattered pixels.
     """
     b, _, h, w = score.shape
     k = max(1, math.ceil(fraction * h * w))
+    if pool > 1:
+        score = torch.nn.functional.avg_pool2d(score, pool, stride=1, padding=pool // 2, count_include_pad=False)
     flat = score.reshape(b, h * w)
     idx = flat.topk(k, dim=1).indices
     mask = torch.zeros_like(flat).scatter_(1, idx, 1.0)
     return mask.reshape(b, 1, h, w)
 
 
-def mask_rule(mask_by: str, fraction: float) -> _em.MaskRule:
+def mask_rule(mask_by: str, fraction: float, pool: int = 1) -> _em.MaskRule:
     """The ``(x, grad) -> mask`` rule for the min-min engine."""
     if mask_by == "grad":
-        return lambda x, g: top_fraction_mask(g.abs().sum(1, keepdim=True), fraction)
+        return lambda x, g: top_fraction_mask(g.abs().sum(1, keepdim=True), fraction, pool)
     if mask_by == "intensity":
-        return lambda x, g: top_fraction_mask(x.mean(1, keepdim=True), fraction)
+        return lambda x, g: top_fraction_mask(x.mean(1, keepdim=True), fraction, pool)
     raise ValueError(f"mask_by={mask_by!r}; expected one of {MASK_RULES}")
 
 
-def step_rule(fraction: float) -> Any:
+def step_rule(fraction: float, pool: int = 1) -> Any:
     """Per-step rule: each PGD update touches only the top-``fraction`` positions of its own gradient."""
-    return lambda g: top_fraction_mask(g.abs().sum(1, keepdim=True), fraction)
+    return lambda g: top_fraction_mask(g.abs().sum(1, keepdim=True), fraction, pool)
 
 
 def _fit_freeze(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device) -> tuple[Any, dict[str, Any]]:
@@ -261,9 +268,9 @@ def _fit_freeze(data: FitData, p: dict[str, Any], *, seed: int, device: torch.de
     with warnings.catch_warnings():  # phase 1 stops at freeze_rounds by design, not by a short budget
         warnings.filterwarnings("ignore", message=".*stopped by its budget", category=UserWarning)
         table1, info1, _ = _em.minmin(data, first, seed=seed, device=device, method="salm",
-                                      step_rule=step_rule(p["fraction"]))
+                                      step_rule=step_rule(p["fraction"], p["mask_pool"]))
     score = torch.from_numpy(np.abs(np.asarray(table1, np.float32)).sum(1, keepdims=True))
-    masks = top_fraction_mask(score, p["fraction"]).to(torch.uint8).numpy()
+    masks = top_fraction_mask(score, p["fraction"], p["mask_pool"]).to(torch.uint8).numpy()
     # The engine asks for a row's mask by its clean pixels (mask_rule(x, grad)); rows are found by
     # their content id, so identical images share the first one's mask (the L0 budget still holds).
     by_content: dict[str, np.ndarray] = {}
@@ -306,12 +313,12 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
         table, info = _fit_freeze(data, run, seed=seed, device=device)
         info["mask_pixels"] = k
     elif p["mask_update"] == "once":
-        rule = mask_rule(p["mask_by"], p["fraction"])
+        rule = mask_rule(p["mask_by"], p["fraction"], p["mask_pool"])
         table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm", mask_rule=rule)
         info["mask_pixels"] = k
     else:
         table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm",
-                                         step_rule=step_rule(p["fraction"]))
+                                         step_rule=step_rule(p["fraction"], p["mask_pool"]))
         info["mask_pixels"] = None
         info["pixels_per_step"] = k
     if warm is not None:
