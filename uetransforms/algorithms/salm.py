@@ -31,7 +31,15 @@ The loop (ours): ``em``'s min-min loop, where the noise update is
   by construction: at most ``ceil(fraction * H * W)`` positions ever change;
 * ``mask_update="step"``: every PGD step updates only the top-``fraction`` positions of *that
   step's* gradient (sparse steps); the union over steps may cover more positions, so there is no
-  L0 guarantee (``mask_by="grad"`` only).
+  L0 guarantee (``mask_by="grad"`` only);
+* ``mask_update="freeze"`` (sample-wise, ``mask_by="grad"``): ``"step"`` for ``freeze_rounds``
+  rounds, then each image keeps the top-``fraction`` positions of that phase's accumulated
+  ``|noise|`` (summed over channels) and the rest of the rounds run as ``"once"`` inside those
+  masks, from a fresh random start, with the same surrogate: the L0 budget holds at the end.
+
+``mask_pool`` (odd, default 1) averages the score over a ``mask_pool x mask_pool`` window before
+the top positions are picked, so the mask gathers into local regions instead of scattered pixels
+(the paper's words are "local regions"; what shape it gives them is not known).
 
 Scores (``mask_by``, ours): ``"grad"`` (default): ``|dL/dx|`` summed over channels under the
 surrogate as it is at that moment; ``"intensity"``: pixel brightness (mean over channels), i.e.
@@ -62,8 +70,8 @@ stays (the only mode with an L0 budget) and ``"grad"``/0.1 stay (intensity won a
 benchmark, SALM as reconstructed here protects less than dense ``em`` at the same epsilon.
 
 Parameters: those of ``em`` (``mode`` defaults to ``"sample"``) plus ``fraction`` (0.1),
-``mask_by`` ("grad"), ``mask_update`` ("once"), ``mask_warmup_accuracy`` (None: no warm-up) and
-``mask_warmup_steps`` (1000). ``bank.info`` adds ``mask_pixels`` (the L0 budget in pixel positions,
+``mask_by`` ("grad"), ``mask_update`` ("once"), ``mask_pool`` (1), ``freeze_rounds`` (4),
+``mask_warmup_accuracy`` (None: no warm-up) and ``mask_warmup_steps`` (1000). ``bank.info`` adds ``mask_pixels`` (the L0 budget in pixel positions,
 ``None`` for ``mask_update="step"``).
 
 Example:
@@ -165,7 +173,8 @@ VERIFIED = ("threat model: released noised images make an unauthorised classifie
             "perturb significant pixel regions of each image, not the whole image (smaller search space, "
             "exploits sparsity)", "built on error-minimising unlearnable examples")
 RECONSTRUCTION = ("objective (em's min-min loop with a binary mask)", "pixel-selection rule (mask_by)",
-                  "ratio (fraction)", "fixed or per-step mask (mask_update)",
+                  "ratio (fraction)", "fixed, per-step or step-then-frozen mask (mask_update, freeze_rounds)",
+                  "local regions by a pooled score (mask_pool)",
                   "surrogate warm-up before the masks (mask_warmup_accuracy, mask_warmup_steps)",
                   "budget and loop numbers (em's defaults, Huang et al.: eps 8/255 L-inf, 20 PGD steps of eps/10, "
                   "10 surrogate steps per round, stop at 1% surrogate error, sample-wise): none is SALM's")
