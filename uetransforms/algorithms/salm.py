@@ -78,8 +78,9 @@ than dense ``em`` at the same epsilon.
 
 Parameters: those of ``em`` (``mode`` defaults to ``"sample"``) plus ``fraction`` (0.1),
 ``mask_by`` ("grad"), ``mask_update`` ("once"), ``mask_pool`` (1), ``freeze_rounds`` (4),
-``mask_warmup_accuracy`` (None: no warm-up) and ``mask_warmup_steps`` (1000). ``bank.info`` adds ``mask_pixels`` (the L0 budget in pixel positions,
-``None`` for ``mask_update="step"``).
+``mask_warmup_accuracy`` (None: no warm-up) and ``mask_warmup_steps`` (1000). ``bank.info`` adds
+``mask_pixels`` (the L0 budget in pixel positions, ``None`` for ``mask_update="step"``) and, for
+``"freeze"``, ``freeze`` (the rounds and the surrogate error before the masks were fixed).
 
 Example:
     >>> import numpy as np, uetransforms as ue
@@ -96,6 +97,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 import time
 import warnings
 from typing import Any
@@ -159,8 +161,9 @@ METHOD = Method(
               help="'grad' (|loss gradient|) or 'intensity' (bright foreground); ours: the paper's "
                    "significance rule is unknown"),
         Param("mask_update", "once", Choice(MASK_UPDATES),
-              help="'once' (each image's mask fixed at its first visit: an L0 budget) or 'step' (every PGD step "
-                   "updates the top pixels of its own gradient); ours"),
+              help="'once' (each image's mask fixed at its first visit: an L0 budget), 'step' (every PGD step "
+                   "updates the top pixels of its own gradient) or 'freeze' ('step' for freeze_rounds rounds, then "
+                   "each image's top positions by accumulated |noise| are fixed: an L0 budget); ours"),
         Param("mask_pool", 1, Number(1, integer=True, odd=True, cast=False),
               help="average the score over a mask_pool x mask_pool window before picking positions (odd; 1: "
                    "single pixels), so the mask gathers into local regions; ours"),
@@ -264,7 +267,7 @@ def mask_rule(mask_by: str, fraction: float, pool: int = 1) -> _em.MaskRule:
     raise ValueError(f"mask_by={mask_by!r}; expected one of {MASK_RULES}")
 
 
-def step_rule(fraction: float, pool: int = 1) -> Any:
+def step_rule(fraction: float, pool: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
     """Per-step rule: each PGD update touches only the top-``fraction`` positions of its own gradient."""
     return lambda g: top_fraction_mask(g.abs().sum(1, keepdim=True), fraction, pool)
 
