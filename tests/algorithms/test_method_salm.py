@@ -253,3 +253,11 @@ def test_mask_pool_gathers_the_mask_into_a_local_region():
     assert (changed_positions(bank.tensors["delta"]) <= 16).all()  # the L0 budget is the same with pooling
     with pytest.raises(ValueError, match="mask_pool"):
         ue.fit("salm", data, mask_pool=2)
+
+
+def test_freeze_budget_warning_names_the_callers_max_rounds():
+    images, labels = tiny(8)
+    data = FitData.from_arrays(images, labels)
+    with pytest.warns(UserWarning, match=r"max_rounds=3\).*after 3 round") as caught:
+        ue.fit("salm", data, seed=0, mask_update="freeze", freeze_rounds=1, stop_error=0, **fast(max_rounds=3))
+    assert not any("max_rounds=2" in str(w.message) or "max_rounds=1" in str(w.message) for w in caught)
