@@ -115,7 +115,7 @@ class Clustering:
 
     def bank_tensors(self) -> dict[str, np.ndarray]:
         """The tensors :class:`ClusterAssigner` assigns new images with."""
-        if self.head_weight is not None:
+        if self.by == "head":
             # one row per key, as every bank tensor: the key's weights, then its bias
             return {"head": torch.cat([self.head_weight, self.head_bias[:, None]], 1).cpu().numpy().astype(np.float32)}
         return {"centroid": self.centroids.cpu().numpy().astype(np.float32)}
@@ -127,7 +127,7 @@ class Clustering:
         ident = encoder_identity(self.encoder)
         info = {"surrogate": ident, "random_surrogate": is_random(ident), "feature_norm": self.feature_norm,
                 "label_agnostic": True, "cluster_sizes": torch.bincount(self.labels, minlength=self.k).tolist()}
-        if self.head_weight is not None:
+        if self.by == "head":
             return {**info, "cluster_by": "head"}
         return {**info, "kmeans_inertia": round(float(self.inertia), 6)}
 
