@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def nearest(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
         cen = np.stack([x[groups == k].mean(0) for k in np.unique(groups)])
-        return assign(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(cen).float())[0].numpy()
+        x32 = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return assign(x32, torch.from_numpy(cen).float())[0].numpy()
 
     def l2(x: np.ndarray) -> np.ndarray:
         return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     fl, mean = l2(f), f.mean(0)
     _, s, vt = np.linalg.svd(f - mean, full_matrices=False)
     pred = logits.argmax(1)
-    res: dict[str, float] = {"head argmax": purity(pred, y), "nearest mean of head classes (l2)": purity(nearest(fl, pred), y)}
+    res: dict[str, float] = {"head argmax": purity(pred, y),
+                             "nearest mean of head classes (l2)": purity(nearest(fl, pred), y)}
     for seed in range(args.seed, args.seed + 5):
         res[f"kmeans l2, seed {seed}"] = purity(km(fl, seed), y)
     for dims in (10, 64):
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         res[name] = purity(assign(torch.from_numpy(fl), torch.from_numpy(cen).float())[0].numpy(), y)
     for k, v in res.items():
         print(f"{k:52s} {v:.3f}")
-    out = {"command": "python benchmarks/labelfree_cluster_variants.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    cmd = " ".join(sys.argv[1:] if argv is None else argv)
+    out = {"command": f"python benchmarks/labelfree_cluster_variants.py {cmd}",
            "rows": len(y), "k": 10, "purity_true": res}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:

@@ -286,4 +286,5 @@ class ClusterAssigner:
         return f"ClusterAssigner({self.bank.num_keys} clusters, encoder={type(self.encoder).__name__}, device={str(self.device)!r})"
 
 
-__all__ = ["ClusterAssigner", "Clustering", "class_head", "fit_clusters", "head_clusters", "head_logits", "embed_images", "embed_batch", "encoder_identity", "normalise"]
+__all__ = ["ClusterAssigner", "Clustering", "class_head", "fit_clusters", "head_clusters", "head_logits", "embed_images",
+           "embed_batch", "encoder_identity", "normalise"]
