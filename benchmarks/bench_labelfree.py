@@ -16,6 +16,15 @@ clean under the same labelling, with the majority-class floor beside it.
 
 Results are written after every config (a killed run keeps what it measured); ``--resume`` reads
 the clean baselines and finished configs back from ``--out``.
+
+**How pure must a key be?** A config with the bench-only parameter ``key_purity=P`` is NOT
+label-free: it is the method fitted class-keyed on a synthetic key column, each row's key being its
+true label with probability P, else a uniformly random *other* class (seeded with the bank seed), so
+P is the keys' purity in the sense of :func:`purity` (the cluster keys' number). It measures what
+purity a label-free key needs, with everything else (method, harness, attacker) unchanged:
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 nice -n 5 python benchmarks/bench_labelfree.py --labellings true \
+        --config cuda-p80=cuda:key_purity=0.8 --config ops-p80=ops:key_purity=0.8 --out /tmp/noisy.json
 """
 
 from __future__ import annotations
@@ -51,9 +60,27 @@ def purity(clusters, labels) -> float:
     return float(sum(np.bincount(y[c == k]).max() for k in np.unique(c)) / len(y))
 
 
+#: the bench-only config parameter of the noisy-true-label keys (see the module docstring)
+KEY_PURITY = "key_purity"
+
+
+def noisy_keys(labels, p: float, *, seed: int, num_classes: int = 10):
+    """Each row's true label with probability ``p``, else a uniformly random other class (seeded)."""
+    import numpy as np
+
+    if not 0.0 <= p <= 1.0:
+        raise SystemExit(f"{KEY_PURITY}={p}: expected a probability in [0, 1]")
+    y = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    keep = rng.random(len(y)) < p
+    other = (y + rng.integers(1, num_classes, len(y))) % num_classes
+    return np.where(keep, y, other)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--encoder", required=True, help="encoder file / name for ue.fit(..., encoder=)")
+    p.add_argument("--encoder", help="encoder file / name for ue.fit(..., encoder=) (not needed when every "
+                   f"config sets {KEY_PURITY}=)")
     p.add_argument("--config", action="append", default=[], metavar="NAME=METHOD[:P=V,...]")
     p.add_argument("--bank", action="append", default=[], metavar="NAME=PATH", help="reuse a fitted bank")
     p.add_argument("--labellings", nargs="+", default=["true", "pairs"], choices=["true", "pairs"])
@@ -114,29 +141,40 @@ def main(argv: list[str] | None = None) -> int:
         name, method, params = parse_config(spec)
         if name in done:
             continue
+        key_p = params.pop(KEY_PURITY, None)
+        if key_p is None and args.encoder is None:
+            raise SystemExit(f"--config {spec!r} is label-free and needs --encoder")
         t0 = time.perf_counter()
+        if key_p is not None:  # class-keyed on noisy true labels: not label-free, a purity probe
+            keys = noisy_keys(true_labels, float(key_p), seed=args.bank_seed)
+            src = train.add_column("noisy_key", keys.tolist())
+            fit_kw: dict[str, object] = dict(label_column="noisy_key")
+        else:
+            src, fit_kw = train, dict(label_column=None, encoder=args.encoder)
         if name in saved:
             bank = ue.NoiseBank.load(saved[name])
         else:
-            bank = ue.fit(method, train, image_column="img", label_column=None, seed=args.bank_seed,
-                          encoder=args.encoder, **params)
+            bank = ue.fit(method, src, image_column="img", seed=args.bank_seed, **fit_kw, **params)
             os.makedirs(args.bank_dir, exist_ok=True)
             bank.save(os.path.join(args.bank_dir, f"{name}.bank.arrow"), overwrite=True)
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        prot = train.map(ue.Protect(bank, image_column="img", label_column=None), batched=True, batch_size=256,
-                         desc=f"protecting ({name})")
+        prot = src.map(ue.Protect(bank, image_column="img", label_column=fit_kw["label_column"]), batched=True,
+                       batch_size=256, desc=f"protecting ({name})")
+        if key_p is not None:
+            prot = prot.remove_columns("noisy_key")
         protect_s = time.perf_counter() - t0
-        # the clusters Protect assigned (the apply-time rule), against the labels the attacker may use
+        # the keys the noise was applied by (Protect's clusters, or the noisy labels), against the
+        # labels the attacker may use
         imgs = np.stack([np.asarray(im.convert("RGB")).transpose(2, 0, 1) for im in train["img"]])
-        assigned = ClusterAssigner(bank)(list(imgs))
-        pur = {lab.name: purity(assigned, true_labels if lab.label_map is None else
+        applied = keys if key_p is not None else ClusterAssigner(bank)(list(imgs))
+        pur = {lab.name: purity(applied, true_labels if lab.label_map is None else
                                 np.asarray(lab.label_map)[true_labels]) for lab in labs}
         q = quality.summary(torch.from_numpy(imgs),
                             torch.from_numpy(np.stack([np.asarray(im).transpose(2, 0, 1) for im in prot["img"]])))
         rep = labelfree.run({name: prot}, test, clean_train=train, labellings=labs, clean=state["clean"], **harness)
         state["results"].append({
-            "name": name, "method": method, "params": {k: v for k, v in params.items()},
+            "name": name, "method": method, "params": {k: v for k, v in params.items()}, "key_purity": key_p,
             "n_clusters": bank.num_keys if bank.keying == "cluster" else None, "keying": bank.keying,
             "fit_seconds": round(fit_s, 1), "protect_seconds": round(protect_s, 1), "purity": pur,
             "target_hit_rate": bank.info.get("target_hit_rate"), "quality": q,

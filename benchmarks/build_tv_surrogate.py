@@ -16,12 +16,19 @@ and cluster banks record it by sha256 and rebuild it offline.
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/build_tv_surrogate.py --arch resnet18 --epochs 8 \\
         --out /tmp/uet-surrogate/resnet18-c10.safetensors
 
+Continue training an encoder file (more epochs, a lower peak lr, the same rows) with ``--init``;
+the new file records the file it started from (its sha256 and recipe):
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/build_tv_surrogate.py --init /tmp/uet-surrogate/resnet18-c10.safetensors \\
+        --epochs 3 --lr 0.02 --out /tmp/uet-surrogate/resnet18-c10-e9.safetensors
+
 Same arguments, same bytes (seeded, single-threaded CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -29,6 +36,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from build_surrogate import DEFAULT_DATA, _disjoint_rows, _load, _rows, cifar_meta, train_cifar  # noqa: E402
+
+
+def _load_init(net, args) -> dict[str, str]:
+    """Load ``--init`` into ``net`` (refusing another architecture or input side); what the new file records of it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from uetransforms.models.encoders import file_sha256
+
+    if os.path.abspath(args.init) == os.path.abspath(args.out):
+        raise SystemExit("--init and --out are the same file; write the continued encoder to a new --out")
+    with safe_open(args.init, framework="pt") as fh:
+        meta = fh.metadata() or {}
+    if meta.get("arch") != args.arch or meta.get("image_size") != str(args.image_size):
+        raise SystemExit(f"--init {args.init} is a {meta.get('arch')!r} encoder at {meta.get('image_size')} px, not "
+                         f"--arch {args.arch} --image-size {args.image_size}: pass the matching --arch/--image-size")
+    net.load_state_dict(load_file(args.init))
+    return {"file": os.path.basename(args.init), "sha256": file_sha256(args.init),
+            "recipe": meta.get("recipe", "unknown"), "validation": meta.get("validation", "unknown")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", help="an encoder file written by this script (same --arch and --image-size) to "
+                                  "continue training from, instead of a random init")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -56,10 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     xtr, ytr = _load(os.path.join(args.data, "train-00000-of-00001.parquet"), tr_rows)
     xva, yva = _load(os.path.join(args.data, "test-00000-of-00001.parquet"), va_rows)
     net = tvm.get_model(args.arch, weights=None, num_classes=10)
+    started_from = _load_init(net, args) if args.init else None
     # The encoder's own preprocessing (resize + ImageNet normalisation), so training sees what it will.
     prep = torchvision_encoder(args.arch, None, allow_random_surrogate=True, image_size=args.image_size).preprocess
     val_acc, seconds = train_cifar(net, lambda x: net(prep(x)), xtr, ytr, xva, yva, args)
     meta = cifar_meta(tr_rows, va_rows, val_acc, seconds, args)
+    if started_from is not None:
+        meta["continued_from"] = json.dumps(started_from)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
     sha = save_torchvision(net, args.out, arch=args.arch, image_size=args.image_size, extra=meta)
     print(f"wrote {args.out} (sha256 {sha})")

@@ -6,6 +6,10 @@ each K and feature normalisation, and prints the purity against the true labels 
 of :data:`uetransforms.evaluation.labelfree.CIFAR10_PAIRS` (the share of images whose cluster's
 most common label is their own). No training: seconds, not minutes.
 
+When the encoder file keeps its classifier head (``fc.weight``/``fc.bias``, as
+build_tv_surrogate.py writes it), the purity of the head's own argmax ("encoder prediction") is
+printed beside K-means: the reference a clustering of those features is judged against.
+
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 nice -n 5 python benchmarks/labelfree_purity.py \\
         --encoder /tmp/uet-surrogate/resnet18-c10.safetensors --k 10 20 50 --out benchmarks/results/labelfree-purity.json
 """
@@ -23,6 +27,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_labelfree import DEFAULT_DATA, purity  # noqa: E402
+
+
+def _head(path: str):
+    """``(weight, bias)`` of the ``fc`` classifier an encoder file keeps, else None."""
+    if not (os.path.isfile(path) and path.endswith(".safetensors")):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        if not {"fc.weight", "fc.bias"} <= set(fh.keys()):
+            return None
+        return fh.get_tensor("fc.weight").float(), fh.get_tensor("fc.bias").float()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     feats = embed_images(enc, imgs, device=torch.device("cpu"))
     embed_s = time.perf_counter() - t0
     rows = []
+    head = _head(args.encoder)
+    if head is not None:
+        pred = (feats @ head[0].T + head[1]).argmax(1).numpy()
+        rows.append({"norm": "head-argmax", "k": int(head[0].shape[0]), "purity_true": purity(pred, y),
+                     "purity_pairs": purity(pred, pairs)})
+        print(f"encoder's class head (argmax), {rows[-1]['k']} classes: purity true {rows[-1]['purity_true']:.3f}  "
+              f"pairs {rows[-1]['purity_pairs']:.3f}", flush=True)
     for norm in args.norm:
         f = normalise(feats, norm)
         for k in args.k:

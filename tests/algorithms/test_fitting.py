@@ -122,6 +122,55 @@ def test_a_module_encoder_works_and_protect_needs_it_back():
     assert len(out) == 16
 
 
+def test_head_keys_are_the_encoders_own_predictions(encoder_file):
+    """cluster_by='head': each image's key is the class the encoder file's classifier predicts, at fit
+    and at apply time (K = its 10 classes, whatever the number of images)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from uetransforms.models.encoders import encoder_file as load_encoder
+    from uetransforms.models.networks import SmallCNN
+
+    imgs = _groups(3)
+    ds = _image_ds(imgs)
+    bank = ue.fit("cuda", ds, label_column=None, encoder=encoder_file, cluster_by="head", seed=2)
+    assert bank.keying == "cluster" and bank.num_keys == 10 and bank.params["n_clusters"] == 10
+    assert "centroid" not in bank.tensors and bank.tensors["head"].shape == (10, 65)
+    assert bank.info["cluster_by"] == "head" and bank.info["feature_norm"] == "none"
+    # the whole classifier, run independently of the keying code, predicts the same classes
+    net = SmallCNN(10, 3, width=8)
+    net.load_state_dict(load_file(encoder_file))
+    enc = load_encoder(encoder_file)
+    x = torch.from_numpy(imgs.transpose(0, 3, 1, 2).copy()).float().div(255)
+    with torch.no_grad():
+        pred = net.eval()(enc.preprocess(x)).argmax(1).numpy()
+    assert bank.info["cluster_sizes"] == np.bincount(pred, minlength=10).tolist()
+    from uetransforms.models.assign import ClusterAssigner
+
+    assert ClusterAssigner(bank)(list(imgs.transpose(0, 3, 1, 2))).tolist() == pred.tolist()
+    # Protect without labels applies the predicted class's noise
+    datasets = pytest.importorskip("datasets")
+    keyed = datasets.Dataset.from_dict({"image": list(imgs), "k": pred.tolist()},
+                                       features=datasets.Features({"image": datasets.Image(),
+                                                                   "k": datasets.Value("int64")}))
+    by_pred = keyed.map(ue.Protect(bank, label_column="k"), batched=True)
+    assigned = ds.map(ue.Protect(bank, label_column=None), batched=True, batch_size=4)
+    assert [np.asarray(a).tobytes() for a in assigned["image"]] == [np.asarray(a).tobytes() for a in by_pred["image"]]
+
+
+def test_head_keying_errors(encoder_file):
+    import torch
+
+    ds = _image_ds(_groups(2))
+    with pytest.raises(ue.ParameterError, match="cluster_by='centroids' is not valid"):
+        ue.fit("cuda", ds, label_column=None, encoder=encoder_file, cluster_by="centroids")
+    with pytest.raises(ue.ParameterError, match="n_clusters=3 but cluster_by='head' keys by the encoder's 10 classes"):
+        ue.fit("cuda", ds, label_column=None, encoder=encoder_file, cluster_by="head", n_clusters=3)
+    module = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    with pytest.raises(ValueError, match="has none: pass such a file as encoder=, or use cluster_by='kmeans'"):
+        ue.fit("cuda", ds, label_column=None, encoder=module, cluster_by="head")
+
+
 def test_label_free_keying_errors(encoder_file):
     ds = _image_ds(_groups(2))
     with pytest.raises(ValueError, match=r"label_column=None plus encoder="):

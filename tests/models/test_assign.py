@@ -98,10 +98,11 @@ def test_non_cluster_bank_is_refused():
 
 
 # ------------------------------------------------------------------ label-free banks on every path (issue 25)
-@pytest.fixture(scope="module")
-def label_free(tmp_path_factory):
-    """A cuda bank fitted without labels (keyed by 3 clusters of a small-cnn encoder file), saved,
-    and a dataset of 11 images (two colour groups plus noise) to protect with it."""
+@pytest.fixture(scope="module", params=["kmeans", "head"])
+def label_free(tmp_path_factory, request):
+    """A cuda bank fitted without labels (keyed by 3 K-means clusters of a small-cnn encoder file, or
+    by that encoder's own 10-class head), saved, and a dataset of 11 images (two colour groups plus
+    noise) to protect with it."""
     datasets = pytest.importorskip("datasets")
     import uetransforms as ue
     from uetransforms.models.encoders import save_small_cnn
@@ -115,7 +116,9 @@ def label_free(tmp_path_factory):
     imgs = [im.transpose(1, 2, 0) for im in np.concatenate([red, blue, noise])]
     feats = datasets.Features({"image": datasets.Image(), "idx": datasets.Value("int64")})
     ds = datasets.Dataset.from_dict({"image": imgs, "idx": list(range(len(imgs)))}, features=feats)
-    bank = ue.fit("cuda", ds, label_column=None, encoder=str(where / "enc.safetensors"), n_clusters=3, seed=5)
+    keying = {"n_clusters": 3} if request.param == "kmeans" else {"cluster_by": "head"}
+    bank = ue.fit("cuda", ds, label_column=None, encoder=str(where / "enc.safetensors"), seed=5, **keying)
+    assert ("head" in bank.tensors) == (request.param == "head")
     bank.save(where / "cuda-clusters.bank.arrow")
     bank = ue.NoiseBank.load(where / "cuda-clusters.bank.arrow")
     ref = [r["bytes"] for r in ds.map(ue.Protect(bank, label_column=None), batched=True, batch_size=4)

@@ -77,7 +77,7 @@ def fit(
             of one size fitted on images of several sizes is refused without it.
         **params: method parameters (``epsilon``, ``kernel_size``...), see each method's docs; without
             labels also the keying options ``encoder``, ``encoder_checkpoint``, ``n_clusters``,
-            ``feature_norm`` (:data:`KEYING_OPTIONS`).
+            ``feature_norm``, ``cluster_by`` (:data:`KEYING_OPTIONS`).
 
     Example:
         >>> import numpy as np, uetransforms as ue
@@ -131,9 +131,12 @@ def fit(
 #: ResNet-18 encoder trained on other rows; benchmarks/RESULTS.md, "Label-free protection, session
 #: 6 (issue 25)"): cosine K-means ("l2") gives purity 0.628 against the 10 true labels at K = 10,
 #: raw features 0.472; more clusters barely add purity (K = 20 / 50 / 100: 0.624 / 0.637 / 0.634)
-#: while each key gets fewer images, so K = 10.
+#: while each key gets fewer images, so K = 10. Session 7 (same RESULTS.md, "session 7"): the
+#: encoder's own class head keys purer (0.703 vs K-means 0.625, ResNet-18 of 0.713 accuracy) and
+#: protects more (cuda 0.74x vs 0.80x clean), but only an encoder trained on classes like the
+#: owner's has such a head, so K-means stays the default and ``cluster_by="head"`` is the option.
 KEYING_OPTIONS: dict[str, Any] = {"encoder": None, "encoder_checkpoint": None, "n_clusters": 10,
-                                  "feature_norm": "l2"}
+                                  "feature_norm": "l2", "cluster_by": "kmeans"}
 
 
 def fit_keyed_by_clusters(module: _methods.Method, data: FitData, *, seed: int, device: torch.device,
@@ -157,7 +160,12 @@ def fit_keyed_by_clusters(module: _methods.Method, data: FitData, *, seed: int, 
         encoder_checkpoint: local weights for a named encoder (offline).
         n_clusters: K, at least 2 and at most the number of images (10 by default).
         feature_norm: ``"l2"`` (cosine K-means, the default) or ``"none"``.
+        cluster_by: ``"kmeans"`` (the default: K-means of the features) or ``"head"``: key each image
+            by the class the encoder itself predicts (its file's classifier head; K = its classes),
+            for an encoder trained elsewhere on classes like the owner's
+            (:func:`uetransforms.models.assign.head_clusters`).
     """
+    k_given = "n_clusters" in params
     opts = {name: params.pop(name, default) for name, default in KEYING_OPTIONS.items()}
     key = module.key
     if "class" not in module.keyed_by:
@@ -168,8 +176,12 @@ def fit_keyed_by_clusters(module: _methods.Method, data: FitData, *, seed: int, 
             f"method {key!r} needs labels: pass label_column=<integer label column>, or fit it label-free, keyed "
             "by clusters of an image encoder's features: label_column=None plus encoder=<an encoder file, a "
             "model name such as 'resnet50', or an nn.Module> (n_clusters=K, default 10)")
+    if opts["cluster_by"] not in ("kmeans", "head"):
+        raise ParameterError(f"cluster_by={opts['cluster_by']!r} is not valid: expected 'kmeans' (K-means of the "
+                             "encoder's features) or 'head' (the encoder's own class predictions)")
     k = opts["n_clusters"]
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= len(data):
+    if opts["cluster_by"] == "kmeans" and (isinstance(k, bool) or not isinstance(k, (int, np.integer))
+                                           or not 2 <= k <= len(data)):
         raise ParameterError(f"n_clusters={k!r} is not valid: it must be an integer between 2 and the number of "
                              f"images ({len(data)}); lower n_clusters or fit on more images")
     if opts["feature_norm"] not in ("l2", "none"):
@@ -178,10 +190,22 @@ def fit_keyed_by_clusters(module: _methods.Method, data: FitData, *, seed: int, 
         warnings.simplefilter("ignore")  # its budget warnings come once, from the fit below
         module.check(params)
     from ..models import encoders
-    from ..models.assign import fit_clusters
+    from ..models.assign import class_head, fit_clusters, head_clusters
 
     enc = encoders.resolve(opts["encoder"], checkpoint=opts["encoder_checkpoint"], device=device)
-    clusters = fit_clusters(enc, data.images(), int(k), seed=seed, feature_norm=opts["feature_norm"], device=device)
+    if opts["cluster_by"] == "head":
+        classes = int(class_head(enc)[0].shape[0])  # read before the (slow) embedding
+        if k_given and k != classes:
+            raise ParameterError(f"n_clusters={k} but cluster_by='head' keys by the encoder's {classes} classes: "
+                                 "drop n_clusters (or pass cluster_by='kmeans' for K clusters)")
+        if classes < 2:
+            raise ParameterError(f"cluster_by='head': the encoder's classifier has {classes} class; it needs 2 or "
+                                 "more (or use cluster_by='kmeans')")
+        clusters = head_clusters(enc, data.images(), device=device)
+        k = clusters.k
+    else:
+        clusters = fit_clusters(enc, data.images(), int(k), seed=seed, feature_norm=opts["feature_norm"],
+                                device=device)
     bank = module.fit(data.keyed_by(clusters.labels.numpy(), int(k), "clusters"), seed=seed, device=device,
                       **params)
     info = {**bank.info, **clusters.bank_info()}
@@ -190,6 +214,5 @@ def fit_keyed_by_clusters(module: _methods.Method, data: FitData, *, seed: int, 
     if bank.keying != "class" or list(bank.keys) != list(range(int(k))):
         raise ValueError(f"method {key!r} returned a {bank.keying}-keyed bank with keys {list(bank.keys)[:5]}..., "
                          f"not one row per cluster 0..{int(k) - 1}: it cannot be keyed by clusters")
-    centroid = clusters.centroids.cpu().numpy().astype(np.float32)
-    return bank.replace(keying="cluster", tensors={**bank.tensors, "centroid": centroid}, info=info,
+    return bank.replace(keying="cluster", tensors={**bank.tensors, **clusters.bank_tensors()}, info=info,
                         params={**bank.params, "n_clusters": int(k)})

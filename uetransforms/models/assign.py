@@ -3,7 +3,9 @@
 A cluster bank stores its K-means centroids and the identity of the surrogate that embedded the
 training images. :class:`ClusterAssigner` rebuilds that surrogate, embeds new images the same
 way and returns each one's nearest centroid, so ``Protect(bank, label_column=None)`` can protect
-images nobody has labelled or clustered.
+images nobody has labelled or clustered. A bank keyed by the encoder's own classifier head
+(:func:`head_clusters`, ``cluster_by="head"``) stores that head instead, and each image's key is
+the head's prediction (argmax of its logits).
 
 Example:
     >>> import numpy as np, uetransforms as ue
@@ -87,29 +89,47 @@ def embed_images(encoder: torch.nn.Module, images: Sequence[np.ndarray] | np.nda
 class Clustering:
     """K clusters of an encoder's features, as a cluster-keyed bank records them.
 
-    ``centroids`` live in the normalised space (``feature_norm``) that :class:`ClusterAssigner`
-    assigns in; ``features`` are the raw (unnormalised) embeddings, in input order.
+    Either K-means clusters (``centroids``, in the normalised space ``feature_norm`` that
+    :class:`ClusterAssigner` assigns in) or the encoder's own class predictions (``head_weight``
+    ``[K, D]`` and ``head_bias`` ``[K]``, applied to the raw features). ``features`` are the raw
+    (unnormalised) embeddings, in input order.
     """
 
     encoder: torch.nn.Module
     features: torch.Tensor  #: ``[N, D]`` raw features, on the fitting device
-    centroids: torch.Tensor  #: ``[K, D]`` float32, in the normalised space
+    centroids: torch.Tensor | None  #: ``[K, D]`` float32, in the normalised space (K-means)
     labels: torch.Tensor  #: ``[N]`` int64 on the CPU: each image's cluster
-    inertia: float
+    inertia: float | None
     feature_norm: str
+    head_weight: torch.Tensor | None = None  #: ``[K, D]`` float32 (keyed by the encoder's head)
+    head_bias: torch.Tensor | None = None  #: ``[K]`` float32
+
+    @property
+    def by(self) -> str:
+        """``"kmeans"`` or ``"head"``: how the clusters were made (and are assigned)."""
+        return "head" if self.head_weight is not None else "kmeans"
 
     @property
     def k(self) -> int:
-        return int(self.centroids.shape[0])
+        return int((self.head_weight if self.head_weight is not None else self.centroids).shape[0])
+
+    def bank_tensors(self) -> dict[str, np.ndarray]:
+        """The tensors :class:`ClusterAssigner` assigns new images with."""
+        if self.by == "head":
+            # one row per key, as every bank tensor: the key's weights, then its bias
+            return {"head": torch.cat([self.head_weight, self.head_bias[:, None]], 1).cpu().numpy().astype(np.float32)}
+        return {"centroid": self.centroids.cpu().numpy().astype(np.float32)}
 
     def bank_info(self) -> dict[str, Any]:
         """What a cluster bank's ``info`` must hold to assign new images (and what it describes)."""
         from .encoders import is_random
 
         ident = encoder_identity(self.encoder)
-        return {"surrogate": ident, "random_surrogate": is_random(ident), "feature_norm": self.feature_norm,
-                "label_agnostic": True, "cluster_sizes": torch.bincount(self.labels, minlength=self.k).tolist(),
-                "kmeans_inertia": round(self.inertia, 6)}
+        info = {"surrogate": ident, "random_surrogate": is_random(ident), "feature_norm": self.feature_norm,
+                "label_agnostic": True, "cluster_sizes": torch.bincount(self.labels, minlength=self.k).tolist()}
+        if self.by == "head":
+            return {**info, "cluster_by": "head"}
+        return {**info, "kmeans_inertia": round(float(self.inertia), 6)}
 
 
 def fit_clusters(encoder: torch.nn.Module, images: np.ndarray, k: int, *, seed: int, feature_norm: str = "l2",
@@ -131,6 +151,60 @@ def fit_clusters(encoder: torch.nn.Module, images: np.ndarray, k: int, *, seed: 
                 max_iter=kmeans_iter)
     return Clustering(encoder=encoder, features=feats, centroids=km.centroids.float(), labels=km.labels.cpu(),
                       inertia=float(km.inertia), feature_norm=feature_norm)
+
+
+#: Where each rebuildable encoder kind keeps its linear classifier in its checkpoint file.
+_HEAD_PREFIX = {"torchvision": "fc.", "small-cnn": "head."}
+
+
+def class_head(encoder: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear classifier (``weight [C, D]``, ``bias [C]``) that an encoder's checkpoint file keeps.
+
+    An encoder file (``save_torchvision``: ``fc``; ``save_small_cnn``: ``head``) or a torchvision
+    checkpoint holds the whole classifier; the encoder drops the head for features, this reads it
+    back. Encoders without such a file (a named model's downloaded weights, CLIP, a plain
+    ``nn.Module``) have none here.
+    """
+    from .encoders import _read_state_dict
+
+    ident = encoder_identity(encoder)
+    prefix, path = _HEAD_PREFIX.get(str(ident.get("kind"))), ident.get("checkpoint_path")
+    if prefix is None or not path:
+        raise ValueError(
+            f"cluster_by='head' keys images by the encoder's own classifier, which only an encoder file or a "
+            f"torchvision/small-cnn checkpoint keeps; this encoder ({ident.get('kind')}: "
+            f"{ident.get('arch', ident.get('class', '?'))}) has none: pass such a file as encoder=, or use "
+            "cluster_by='kmeans'")
+    sd = _read_state_dict(str(path))
+    w, b = sd.get(prefix + "weight"), sd.get(prefix + "bias")
+    if w is None or b is None or w.ndim != 2 or b.shape != (w.shape[0],):
+        raise ValueError(f"cluster_by='head': {path!r} holds no linear classifier '{prefix}weight'/'{prefix}bias'; "
+                         "save the whole classifier (save_torchvision / save_small_cnn), or use cluster_by='kmeans'")
+    return w.detach().float().cpu(), b.detach().float().cpu()
+
+
+def head_logits(feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The classifier head's logits of raw features (one rule for fitting and assignment)."""
+    if feats.shape[1] != weight.shape[1]:
+        raise BankError(f"the encoder gives {feats.shape[1]}-d features but the classifier head takes "
+                        f"{weight.shape[1]}-d: pass the encoder the head belongs to")
+    return feats @ weight.to(feats.device).T + bias.to(feats.device)
+
+
+def head_clusters(encoder: torch.nn.Module, images: np.ndarray, *, device: torch.device,
+                  embed_batch_size: int = 256) -> Clustering:
+    """Key uint8 ``[N, C, H, W]`` images by the encoder's own classifier head: each image's cluster is
+    the class the encoder predicts (:func:`class_head`); K = the head's number of classes.
+
+    With an encoder trained on classes like the owner's (e.g. a classifier trained elsewhere on the
+    same kind of images), its predictions are purer keys than K-means of its features (measured in
+    benchmarks/RESULTS.md, "Label-free protection, session 7").
+    """
+    weight, bias = class_head(encoder)
+    feats = embed_images(encoder, images, device=device, batch_size=embed_batch_size)
+    labels = head_logits(feats, weight, bias).argmax(1).cpu()
+    return Clustering(encoder=encoder, features=feats, centroids=None, labels=labels, inertia=None,
+                      feature_norm="none", head_weight=weight, head_bias=bias)
 
 
 class ClusterAssigner:
@@ -155,9 +229,10 @@ class ClusterAssigner:
                  batch_size: int = 256) -> None:
         if not isinstance(bank, NoiseBank):
             bank = NoiseBank.load(bank)
-        if bank.keying != "cluster" or "centroid" not in bank.tensors:
+        if bank.keying != "cluster" or not ("centroid" in bank.tensors or "head" in bank.tensors):
             raise BankError(
-                f"ClusterAssigner needs a cluster-keyed bank with centroids; this {bank.method!r} bank is keyed "
+                f"ClusterAssigner needs a cluster-keyed bank with centroids (or a classifier head); this "
+                f"{bank.method!r} bank is keyed "
                 f"by {bank.keying!r} with tensors {sorted(bank.tensors)}"
             )
         self.bank = bank
@@ -176,15 +251,22 @@ class ClusterAssigner:
 
             encoder = from_identity(ident, device=self.device, checkpoint=checkpoint)
         self.encoder = encoder.to(self.device).eval()
-        self._centroids = torch.from_numpy(np.array(bank.tensors["centroid"], dtype=np.float32)).to(self.device)
+        def tensor(name: str) -> torch.Tensor:
+            return torch.from_numpy(np.array(bank.tensors[name], dtype=np.float32)).to(self.device)
+
+        # a head bank's rows: [weights | bias] of each key's logit (Clustering.bank_tensors)
+        self._head = (tensor("head")[:, :-1], tensor("head")[:, -1]) if "head" in bank.tensors else None
+        self._centroids = tensor("centroid") if self._head is None else None
 
     def embed(self, chws: Sequence[np.ndarray]) -> torch.Tensor:
         """Normalised surrogate features ``[N, D]`` of uint8 ``[C, H, W]`` images."""
         feats = embed_images(self.encoder, chws, device=self.device, batch_size=self.batch_size)
-        if feats.shape[1] != self._centroids.shape[1]:
+        dim = (self._head[0] if self._head is not None else self._centroids).shape[1]
+        if feats.shape[1] != dim:
             raise BankError(
-                f"the encoder gives {feats.shape[1]}-d features but the bank's centroids are "
-                f"{self._centroids.shape[1]}-d: pass the encoder the bank was fitted with"
+                f"the encoder gives {feats.shape[1]}-d features but the bank's "
+                f"{'classifier head takes' if self._head is not None else 'centroids are'} {dim}-d: pass the "
+                "encoder the bank was fitted with"
             )
         return normalise(feats, self.feature_norm)
 
@@ -193,11 +275,16 @@ class ClusterAssigner:
             return np.zeros(0, dtype=np.int64)
         from .kmeans import assign
 
-        labels, _ = assign(self.embed(chws), self._centroids)
+        feats = self.embed(chws)
+        if self._head is not None:  # the encoder's prediction: the rule head_clusters fitted with
+            labels = head_logits(feats, *self._head).argmax(1)
+        else:
+            labels, _ = assign(feats, self._centroids)
         return np.asarray(self.bank.keys)[labels.cpu().numpy()].astype(np.int64)
 
     def __repr__(self) -> str:
         return f"ClusterAssigner({self.bank.num_keys} clusters, encoder={type(self.encoder).__name__}, device={str(self.device)!r})"
 
 
-__all__ = ["ClusterAssigner", "Clustering", "fit_clusters", "embed_images", "embed_batch", "encoder_identity", "normalise"]
+__all__ = ["ClusterAssigner", "Clustering", "class_head", "fit_clusters", "head_clusters", "head_logits", "embed_images",
+           "embed_batch", "encoder_identity", "normalise"]
