@@ -62,3 +62,12 @@ def test_class_mode_keys_filters_and_noise_by_class(backbone_file):
 def test_unknown_parameter_names_both_families(backbone_file):
     with pytest.raises(Exception, match="blur_parameter.*steps|steps.*blur_parameter"):
         ue.fit("cudatap", _data(), backbone=backbone_file, strength=3, seed=0)
+
+
+def test_defaults_are_cudas_and_taps_with_the_measured_shift():
+    from uetransforms.algorithms import cuda, cudatap, tap
+
+    d = cudatap.METHOD.defaults
+    assert d["augment"] == "flip+crop" and tap.METHOD.defaults["augment"] == "flip"
+    assert all(d[n] == v for n, v in cuda.METHOD.defaults.items())
+    assert all(d[n] == v for n, v in tap.METHOD.defaults.items() if n != "augment")
