@@ -27,9 +27,15 @@ ideally another architecture) and measure (``benchmarks/RESULTS.md``, "Pretraine
 The bank is additive, keyed by sample id (or class), quantised to whole grey levels as ``em``'s,
 inside the pixel box. Parameters: ``epsilon`` (8/255), ``norm`` ("linf"), ``backbone`` (default
 ``"tv:resnet18@IMAGENET1K_V1"``: torchvision's cache or a download; offline pass a local
-checkpoint), ``mode`` ("sample"), ``steps`` (20), ``step_size`` (epsilon/4), ``batch_size`` (128),
-``progress``. ``bank.info`` records the backbone's identity, the head's clean train accuracy and
-the share of perturbed images the crafting model assigns to their target (``target_hit_rate``).
+checkpoint; several specs, as a list or joined by ``+``, craft through an ensemble: the mean
+cross-entropy of the members, each with its own probe), ``mode`` ("sample"), ``augment`` ("flip";
+"flip+crop" also shifts each image by up to 1/8 of its side at every step, as the attacker's random
+crop does), ``steps`` (20), ``step_size`` (epsilon/4), ``batch_size`` (128), ``progress``.
+``bank.info`` records the backbone's identity (a list for an ensemble), the head's clean train
+accuracy and the share of perturbed images the crafting model assigns to their target
+(``target_hit_rate``, without augmentation; an ensemble votes by summed probabilities).
+
+The PGD itself is :func:`craft`, which ``cudatap`` reuses on the convolved images.
 
 Example:
     >>> import numpy as np, torch, uetransforms as ue
