@@ -3,7 +3,9 @@
 # on the filtered images through FIT) against ATTACK's fine-tune, linear probe and from scratch.
 # FIT = small-cnn w24 on CIFAR-10 rows [25000, 40000); ATTACK = small-cnn w32 on rows [40000, 50000) (both built by
 # the commands in run_pretrained_matrix.sh). Protected rows [0, N), test rows [0, 2000), 32 px, bank seed 1234,
-# training seed 0, no defence. NAME names the bank; FITP holds extra fit_bank --param flags.
+# training seed 0, no defence. NAME names the bank; FITP holds extra fit_bank --param flags. The ensemble row also
+# crafts through FIT2 = small-cnn w16 on rows [25000, 40000): python benchmarks/build_surrogate.py --train-rows
+# 25000:40000 --width 16 --epochs 6 --seed 5 --out /tmp/pt/fit2-cnn-w16-r25k40k.safetensors
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
