@@ -53,6 +53,9 @@ def _kind_banks() -> dict[str, NoiseBank]:
         "pixel-class": NoiseBank(method="ops", kind="pixel", keying="class", keys=[0, 1, 2], info=resize,
                                  tensors={"mask": rng.uniform(size=(3, 1, H, W)) < 0.3,
                                           "value": rng.integers(0, 256, (3, 3, H, W), dtype=np.uint8)}),
+        "convadd-class": NoiseBank(method="cudatap", kind="convadd", keying="class", keys=[0, 1, 2], info=resize,
+                                   tensors={"weight": rng.uniform(0, 1, (3, 3, 3, 3)).astype("float32"),
+                                            "delta": rng.uniform(-EPS, EPS, (3, 3, H, W)).astype("float32")}),
         "synth-class": NoiseBank(method="ar", kind="synth", keying="class", keys=[0, 1, 2], image_shape=(3, H, W),
                                  info=resize, params={"synth": "ar", "epsilon": 1.0, "norm": "l2", "salt": 9},
                                  tensors={"coef": (lambda a: (a / np.abs(a).sum(-1, keepdims=True) * 0.9))(
@@ -97,6 +100,10 @@ def reference_kernel(bank: NoiseBank, hwc: np.ndarray, *, label: int, cluster: i
         out = kernels.add_delta(x, sized(d, "bilinear"))
     elif bank.kind == "conv":
         out = kernels.convolve(x, torch.from_numpy(bank.tensors["weight"][row : row + 1].copy()))
+    elif bank.kind == "convadd":  # the conv kind's filter, then the additive kind's delta on its uint8 output
+        filtered = kernels.convolve(x, torch.from_numpy(bank.tensors["weight"][row : row + 1].copy()))
+        d = torch.from_numpy(bank.tensors["delta"][row : row + 1].astype(np.float32)).mul_(255)
+        out = kernels.add_delta(filtered, sized(d, "bilinear"))
     elif bank.kind == "pixel":
         mask = sized(torch.from_numpy(bank.tensors["mask"][row : row + 1].copy()), "nearest")
         value = sized(torch.from_numpy(bank.tensors["value"][row : row + 1].copy()), "nearest")

@@ -65,3 +65,35 @@ def test_class_mode_and_protect(backbone_file):
 def test_backbone_errors_say_what_to_pass(tmp_path):
     with pytest.raises(Exception, match="small-cnn encoder file|does not exist"):
         ue.fit("tap", _data(), backbone=str(tmp_path / "missing.safetensors"), steps=1, seed=0)
+
+
+def test_an_ensemble_of_backbones_and_crop_in_the_loop(backbone_file, tmp_path):
+    torch.manual_seed(1)
+    other = tmp_path / "other.safetensors"
+    save_small_cnn(SmallCNN(10, 3, width=4), other)
+    ds = _data()
+    bank = ue.fit("tap", ds, backbone=f"{backbone_file}+{other}", augment="flip+crop", steps=4, seed=3)
+    assert [b["kind"] for b in bank.info["backbone"]] == ["small-cnn", "small-cnn"]
+    assert len(bank.info["head_clean_train_accuracy"]) == 2
+    assert np.abs(bank.tensors["delta"].astype(float)).max() <= 8 / 255
+    as_list = ue.fit("tap", ds, backbone=[backbone_file, str(other)], augment="flip+crop", steps=4, seed=3)
+    assert np.array_equal(as_list.tensors["delta"], bank.tensors["delta"])  # a list or '+': the same ensemble
+    single = ue.fit("tap", ds, backbone=backbone_file, augment="flip+crop", steps=4, seed=3)
+    assert not np.array_equal(single.tensors["delta"], bank.tensors["delta"])
+    with pytest.raises(ValueError, match="joined by '\\+'"):
+        ue.fit("tap", ds, backbone=f"{backbone_file}+", steps=1, seed=0)
+    with pytest.raises(Exception, match="augment"):
+        ue.fit("tap", ds, backbone=backbone_file, augment="rotate", steps=1, seed=0)
+
+
+def test_the_shift_moves_pixels_and_passes_gradients():
+    from uetransforms.algorithms.tap import _shift_some
+
+    x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16).requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    out = _shift_some(x, gen)
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert x.grad is not None and x.grad.sum() > 0
+    moved = [not torch.equal(_shift_some(x.detach(), gen), x.detach()) for _ in range(5)]
+    assert any(moved)

@@ -157,7 +157,7 @@ def test_budget_warning_follows_the_norm():
 
 def test_every_builtin_declares_one_method_in_display_order():
     keys = [m.key for m in registry.all_methods()]
-    assert keys == ["cuda", "clusters", "t2ue", "salm", "bayes", "em", "tap", "ar", "lsp", "ops", "random"]
+    assert keys == ["cuda", "clusters", "t2ue", "salm", "bayes", "em", "tap", "cudatap", "ar", "lsp", "ops", "random"]
     for m in registry.all_methods():
         assert m.fit_function is not None and m.citation and m.summary
         assert m.public_names, f"{m.key} publishes no parameter at all"

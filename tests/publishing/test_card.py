@@ -215,3 +215,15 @@ def test_card_quotes_the_attacker_rows_nearest_its_image_size(monkeypatch, tmp_p
     assert "a linear probe 0.600 vs 0.800 clean (0.75x)" in big  # 96 px is nearer 1024 px than 32 px
     assert "nothing was measured near 1024 px (the nearest measured size is 96 px)" in big
     assert "fine-tuning: not measured" in big
+
+
+def test_card_says_a_convadd_bank_blurs_visibly_and_adds_measured_noise():
+    ds = _ds()
+    rng = np.random.default_rng(0)
+    bank = ue.NoiseBank(method="cudatap", kind="convadd", keying="class", keys=[0, 1, 2],
+                        params={"kernel_size": 3, "epsilon": 8 / 255, "norm": "linf", "normalise": "max"},
+                        tensors={"weight": rng.uniform(0, 0.3, (3, 3, 3, 3)).astype("float32"),
+                                 "delta": np.full((3, 3, 8, 8), 5 / 255, "float32")})
+    card = dataset_card({"train": ds}, bank, image_column="img")
+    assert "visible change" in card and "at most 5/255 more (measured" in card
+    assert "A person sees the same pictures" not in card

@@ -250,7 +250,7 @@ class Method:
         citation: "Authors, Title, Venue Year, arXiv id" (printed on the dataset card).
         keyed_by: "class", "cluster", "sample", "class/sample"...
         needs: what fitting needs besides the data ("a private key only", "a surrogate"...).
-        kind: bank kind it produces (additive, conv, pixel, synth).
+        kind: bank kind it produces (additive, conv, pixel, synth, convadd).
         summary: one line for ``uetransforms methods``.
         label_free: fits without labels (``label_column=None``).
         order: position in listings (built-ins 10, 20...; others after them, by key).

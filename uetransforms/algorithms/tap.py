@@ -27,9 +27,15 @@ ideally another architecture) and measure (``benchmarks/RESULTS.md``, "Pretraine
 The bank is additive, keyed by sample id (or class), quantised to whole grey levels as ``em``'s,
 inside the pixel box. Parameters: ``epsilon`` (8/255), ``norm`` ("linf"), ``backbone`` (default
 ``"tv:resnet18@IMAGENET1K_V1"``: torchvision's cache or a download; offline pass a local
-checkpoint), ``mode`` ("sample"), ``steps`` (20), ``step_size`` (epsilon/4), ``batch_size`` (128),
-``progress``. ``bank.info`` records the backbone's identity, the head's clean train accuracy and
-the share of perturbed images the crafting model assigns to their target (``target_hit_rate``).
+checkpoint; several specs, as a list or joined by ``+``, craft through an ensemble: the mean
+cross-entropy of the members, each with its own probe), ``mode`` ("sample"), ``augment`` ("flip";
+"flip+crop" also shifts each image by up to 1/8 of its side at every step, as the attacker's random
+crop does), ``steps`` (20), ``step_size`` (epsilon/4), ``batch_size`` (128), ``progress``.
+``bank.info`` records the backbone's identity (a list for an ensemble), the head's clean train
+accuracy and the share of perturbed images the crafting model assigns to their target
+(``target_hit_rate``, without augmentation; an ensemble votes by summed probabilities).
+
+The PGD itself is :func:`craft`, which ``cudatap`` reuses on the convolved images.
 
 Example:
     >>> import numpy as np, torch, uetransforms as ue
@@ -47,6 +53,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -75,10 +82,14 @@ METHOD = Method(
     params=(
         *_common.LINF_BUDGET,
         Param("backbone", "tv:resnet18@IMAGENET1K_V1",
-              Free("a uetransforms.models.backbones.load_backbone spec or a local checkpoint path"),
-              help="the frozen pretrained network the noise is crafted through (never the attacker's)"),
+              Free("a uetransforms.models.backbones.load_backbone spec or a local checkpoint path, or several "
+                   "(a list, or joined by '+') for an ensemble"),
+              help="the frozen pretrained network(s) the noise is crafted through (never the attacker's)"),
         Param("mode", "sample", Choice(("sample", "class")), paper="sample", public=True,
               help="'sample' (one delta per image) or 'class' (one universal delta per class)"),
+        Param("augment", "flip", Choice(("flip", "flip+crop")), public=True,
+              help="what PGD draws afresh at every step so the noise survives the attacker's augmentation: "
+                   "'flip' (a random horizontal flip) or 'flip+crop' (also a random shift of up to 1/8 of the side)"),
         _common.count("steps", 20, "PGD steps (sample: per batch; class: passes over the data)", public=True),
         _common.positive("step_size", None, "PGD step (None: epsilon/4)", none=True, public=True),
         _common.BATCH_SIZE,
@@ -104,24 +115,76 @@ def _flip_some(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip, x.flip(-1), x)
 
 
-@METHOD.fitter
-def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
-    """Fit targeted, class-permuted adversarial noise through a frozen backbone (see the module docs)."""
+def _shift_some(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image moved by its own random offset of up to 1/8 of the side, zeros shifted in: the
+    attacker's random crop (zero pad, crop back), as an indexing op so gradients reach the noise."""
+    b, _, h, w = x.shape
+    pad = max(1, h // 8)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    return xp[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+              rows, cols]
+
+
+def backbone_specs(value: Any) -> list[Any]:
+    """``backbone=`` as a list of specs: one spec, a list of them, or several joined by ``+`` (an ensemble)."""
+    if isinstance(value, (list, tuple)):
+        specs = list(value)
+    elif isinstance(value, str):
+        specs = [s.strip() for s in value.split("+")]
+    else:
+        specs = [value]
+    if not specs or any(isinstance(s, str) and not s for s in specs):
+        raise ValueError(f"backbone={value!r}: give one backbone spec, or several as a list or joined by '+'")
+    return specs
+
+
+#: A transform of each clean batch before the noise is added: ``(images in [0, 1], labels) -> images in [0, 1]``.
+Before = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def craft(data: FitData, *, seed: int, device: torch.device, before: Before | None = None, **p: Any,
+          ) -> tuple[np.ndarray, Any, dict[str, Any]]:
+    """The targeted PGD of this module, on ``before(x, y)`` (the images as they will be when the noise
+    is added; ``None``: the clean images). Returns ``(delta, keys, info)`` for the bank.
+
+    Shared with ``cudatap``, which crafts on the class-wise convolved images: the noise is then
+    added to exactly the pixels the convolution produced, inside their pixel box.
+    """
     eps, steps, step = float(p["epsilon"]), int(p["steps"]), float(p["step_size"])
-    body = backbones.load_backbone(p["backbone"], device=device).eval()
+    bodies = [backbones.load_backbone(s, device=device).eval() for s in backbone_specs(p["backbone"])]
     src = sg.ImageSource(data, device)
     labels_all = torch.from_numpy(data.labels.astype(np.int64))
     k = data.num_classes
-    perm = torch.from_numpy(derangement(k, seed))
-    bar = sg.progress(total=None, desc="tap: clean features", enabled=p["progress"])
-    feats = torch.cat([body(x).float().cpu() for _, x in src.batches(p["batch_size"])])
-    bar.close()
-    probe = backbones.fit_linear_probe(feats, labels_all, k, rounds=5, iterations=20, seed=seed).to(device)
-    with torch.no_grad():
-        head_acc = float((probe(feats.to(device)).argmax(1).cpu() == labels_all).float().mean())
+    perm = torch.from_numpy(derangement(k, seed)).to(device)
+    prep = before if before is not None else (lambda x, y: x)
+    probes, head_accs = [], []
+    for body in bodies:
+        bar = sg.progress(total=None, desc="tap: clean features", enabled=p["progress"])
+        feats = torch.cat([body(x).float().cpu() for _, x in src.batches(p["batch_size"])])
+        bar.close()
+        probe = backbones.fit_linear_probe(feats, labels_all, k, rounds=5, iterations=20, seed=seed).to(device)
+        with torch.no_grad():
+            head_accs.append(round(float((probe(feats.to(device)).argmax(1).cpu() == labels_all).float().mean()), 4))
+        probes.append(probe)
 
-    def model(x: torch.Tensor) -> torch.Tensor:
-        return probe(body(x))
+    def loss_of(x: torch.Tensor, t: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        # The ensemble's mean cross-entropy towards the targets: noise that fools every member moves
+        # features that the member networks share, which is what transfers to an unseen one.
+        return sum(F.cross_entropy(pr(b(x)), t, reduction=reduction) for b, pr in zip(bodies, probes)) / len(bodies)
+
+    def hit(x: torch.Tensor, t: torch.Tensor) -> int:
+        logits = sum(F.softmax(pr(b(x)), 1) for b, pr in zip(bodies, probes))
+        return int((logits.argmax(1) == t).sum())
+
+    shift = p["augment"] == "flip+crop"
+
+    def view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = _flip_some(x, gen)
+        return _shift_some(x, gen) if shift else x
 
     gen = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng([int(seed), 1])
@@ -133,9 +196,10 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
         for _ in range(steps):
             for rows, x in src.batches(p["batch_size"], shuffle=True, rng=rng):
                 y = labels_all[torch.from_numpy(rows)].to(device)
+                with torch.no_grad():
+                    x = prep(x, y)
                 d = table[y].clone().requires_grad_(True)
-                loss = F.cross_entropy(model(_flip_some((x + d).clamp(0, 1), gen)), perm.to(device)[y],
-                                       reduction="sum")
+                loss = loss_of(view((x + d).clamp(0, 1), gen), perm[y], reduction="sum")
                 (g,) = torch.autograd.grad(loss, d)
                 summed = torch.zeros_like(table).index_add_(0, y, g)
                 table = (table - step * summed.sign()).clamp(-eps, eps)
@@ -144,7 +208,7 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
         with torch.no_grad():
             for rows, x in src.batches(p["batch_size"]):
                 y = labels_all[torch.from_numpy(rows)].to(device)
-                hits += int((model((x + table[y]).clamp(0, 1)).argmax(1) == perm.to(device)[y]).sum())
+                hits += hit((prep(x, y) + table[y]).clamp(0, 1), perm[y])
         delta = quantise(table.cpu().numpy(), eps, np.float32)
         keys: Any = np.arange(k)
     else:
@@ -152,27 +216,38 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
         bar = sg.progress(total=len(data), desc="tap (sample)", enabled=p["progress"])
         for rows, x in src.batches(p["batch_size"]):
             y = labels_all[torch.from_numpy(rows)].to(device)
-            t = perm.to(device)[y]
+            t = perm[y]
+            with torch.no_grad():
+                x = prep(x, y)
             d = torch.empty(x.shape).uniform_(-eps, eps, generator=gen).to(device)  # random start, seeded
             d = ((x + d).clamp(0, 1) - x).requires_grad_(True)
             for _ in range(steps):
-                loss = F.cross_entropy(model(_flip_some(x + d, gen)), t)
+                loss = loss_of(view(x + d, gen), t)
                 (g,) = torch.autograd.grad(loss, d)
                 with torch.no_grad():
                     d -= step * g.sign()
                     d.clamp_(-eps, eps)
                     d.copy_((x + d).clamp(0, 1) - x)  # stay inside the pixel box: applying never clips
             with torch.no_grad():
-                hits += int((model(x + d).argmax(1) == t).sum())
+                hits += hit(x + d, t)
             work[rows] = d.detach().cpu().numpy().astype(np.float16)
             bar.update(len(rows))
         bar.close()
         delta = quantise(work, eps, np.float16, out=work)
         keys = data.sample_ids
-    stored = {n: v for n, v in p.items() if n != "progress"}
-    info = {"backbone": body.identity(), "head_clean_train_accuracy": round(head_acc, 4),
+    ids = [b.identity() for b in bodies]
+    info = {"backbone": ids[0] if len(ids) == 1 else ids,
+            "head_clean_train_accuracy": head_accs[0] if len(head_accs) == 1 else head_accs,
             "target_hit_rate": round(hits / max(1, len(data)), 4),
             "binding": "a secret derangement of the classes (from the seed)",
             "quantised": "whole grey levels q/255, |q| <= floor(255*epsilon)"}
+    return delta, keys, info
+
+
+@METHOD.fitter
+def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
+    """Fit targeted, class-permuted adversarial noise through a frozen backbone (see the module docs)."""
+    delta, keys, info = craft(data, seed=seed, device=device, **p)
+    stored = {n: v for n, v in p.items() if n != "progress"}
     return NoiseBank(method="tap", kind="additive", keying=p["mode"], keys=keys, tensors={"delta": delta},
                      params={**stored, "seed": int(seed)}, image_shape=data.image_shape, info=info)

@@ -71,7 +71,7 @@ class NoiseBank:
 
     Args:
         method: registry key of the method that produced it (``"cuda"``, ``"em"``...).
-        kind: a registered kind (:func:`uetransforms.core.kinds.kinds`: additive, conv, pixel, synth); decides the kernel.
+        kind: a registered kind (:func:`uetransforms.core.kinds.kinds`: additive, conv, pixel, synth, convadd); decides the kernel.
         keying: one of :data:`KEYINGS`.
         keys: ``[K]`` int64 for class/cluster keys, or strings for sample keys.
         tensors: name -> ``[K, ...]`` float16/float32/uint8/bool array, row-aligned with ``keys``.

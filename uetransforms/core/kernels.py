@@ -388,3 +388,14 @@ def _scale_to_norm(delta: np.ndarray, epsilon: float, norm: str) -> np.ndarray:
         raise BankError(f"unknown norm {norm!r}; expected 'l2' or 'linf'")
     size = np.maximum(size, 1e-12)
     return delta * (epsilon / size).reshape(-1, *([1] * (delta.ndim - 1)))
+
+
+# ---------------------------------------------------------------------------- convolution, then additive noise
+def convolve_add(images: torch.Tensor, weight: torch.Tensor, delta255: torch.Tensor, *,
+                 normalise: str = "max") -> torch.Tensor:
+    """:func:`convolve`, then :func:`add_delta` on its uint8 result: the two kernels in sequence, no copy of either.
+
+    The noise is added to the *filtered* pixels (what a ``convadd`` method crafts it on), so the
+    filtered image is rounded to uint8 first, exactly as a conv bank leaves it.
+    """
+    return add_delta(convolve(images, weight, normalise=normalise), delta255)

@@ -213,6 +213,11 @@ def _what_changes(kind: str, params: Mapping[str, Any], measured: Mapping[str, f
     """
     if kind == "conv":
         return "every image is filtered with a random per-class blur kernel, a visible change (softer, recoloured)"
+    if kind == "convadd":
+        blur = "every image is filtered with a random per-class blur kernel, a visible change (softer, recoloured)"
+        if measured and "linf" in measured:
+            return f"{blur}, then each pixel changes by at most {_levels(measured['linf'])} more (measured from the noise itself)"
+        return f"{blur}, then small noise is added"
     if kind == "pixel":
         if measured and "l0" in measured:
             n = int(measured["l0"])

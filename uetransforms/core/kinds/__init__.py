@@ -1,7 +1,8 @@
 """Bank kinds: what a bank can hold and which kernel applies it. One file per kind.
 
 The kinds of perturbation a bank can hold are few (additive delta, per-key convolution, sparse
-pixel edits, noise synthesised from per-key coefficients); every method maps onto one of them.
+pixel edits, noise synthesised from per-key coefficients, a convolution followed by a delta);
+every method maps onto one of them.
 Each kind is one module in this package that calls :func:`register_kind` once: the tensors a
 bank of that kind must hold and its kernel. ``NoiseBank`` validation and the apply entry
 (:mod:`uetransforms.core.apply`) read this registry; nothing else names a kind. Registering a
@@ -125,7 +126,7 @@ def row_chunks(bank: Any, name: str, max_bytes: int = 16 * 2**20):
 
 
 # The built-in kinds register themselves on import, in this order (the order ``kinds()`` lists).
-from . import additive, conv, pixel, synth  # noqa: E402,F401  (registration side effects)
+from . import additive, conv, pixel, synth, convadd  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["BankKind", "Kernel", "Measure", "Synthesiser", "bank_kind", "hw", "kinds", "register_kind", "register_synth",
            "synthesiser"]
