@@ -24,7 +24,7 @@ def test_weights_follow_the_construction():
         rest = w[k, 0][~centre].astype(np.float64)
         assert (rest >= 0).all() and (rest < 0.2).all()
     assert bank.params == {"blur_parameter": 0.2, "center_parameter": 1.0, "kernel_size": 5,
-                           "normalise": "max", "seed": 11}
+                           "normalise": "max", "padding": "zeros", "seed": 11}
     assert bank.info["size_mismatch"] == "resize"
     # centre positions are random: not all classes share one
     ds10, _, _ = toy_data(n=20, classes=10)
@@ -79,6 +79,69 @@ def test_apply_is_the_per_class_filter_then_max_normalisation():
     assert ue.apply(bank, big, [0, 1]).shape == big.shape
 
 
+def _reflect_ref(x, w, labels):
+    """The reference for reflect padding: ``F.pad(mode="reflect")``, then a float64 conv (exact for grid
+    filters, so it is the float32 sum too), then the kernel's float32 max-normalisation."""
+    out = []
+    for i, y in enumerate(labels):
+        k = w.shape[-1]
+        xp = F.pad(x[i : i + 1].double(), (k // 2,) * 4, mode="reflect")
+        ref = F.conv2d(xp, w[y].unsqueeze(1).double(), groups=3).float()
+        out.append((ref / ref.max() * 255).round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def test_reflect_padding_drops_the_dark_frame():
+    # A flat grey image: zero padding darkens its 1-px border (the frame COIN's detector sees);
+    # reflect padding filters the border like the interior, so the output stays flat.
+    ds = {"image": list(np.full((4, 12, 10, 3), 128, np.uint8)), "label": [0, 1, 0, 1]}
+    x = to_chw(np.stack(ds["image"]))
+    zeros = ue.apply(ue.fit("cuda", ds, seed=4), x, ds["label"]).float()
+    reflect_bank = ue.fit("cuda", ds, seed=4, padding="reflect")
+    reflect = ue.apply(reflect_bank, x, ds["label"])
+    frame = torch.cat([zeros[..., 0, :], zeros[..., -1, :], zeros[..., :, 0], zeros[..., :, -1]], -1)
+    assert frame.mean() < zeros[..., 1:-1, 1:-1].mean() - 30  # the frame is there with zeros
+    assert (reflect == 255).all()  # flat in, flat out (max-normalised): no frame
+    assert reflect_bank.params["padding"] == "reflect"
+    # Same filters either way: the padding is an apply option stored in the bank, not another key.
+    assert np.array_equal(reflect_bank.tensors["weight"], ue.fit("cuda", ds, seed=4).tensors["weight"])
+
+
+@pytest.mark.parametrize("hw", [(9, 7), (100, 96)])  # the shifted adds, and the library convolution
+@pytest.mark.parametrize("k", [3, 5])
+def test_reflect_matches_the_reference_and_is_the_same_batched_or_per_image(hw, k):
+    ds, _, labels = toy_data(classes=3)
+    bank = ue.fit("cuda", ds, seed=7, padding="reflect", kernel_size=k)
+    rng = np.random.default_rng(k)
+    x = torch.from_numpy(rng.integers(0, 256, (len(labels), 3, *hw), dtype=np.uint8))
+    out = ue.apply(bank, x, labels)
+    w = torch.from_numpy(bank.tensors["weight"])
+    assert torch.equal(out, _reflect_ref(x, w, labels))
+    per_image = torch.cat([ue.apply(bank, x[i : i + 1], [y]) for i, y in enumerate(labels)])
+    assert torch.equal(out, per_image)
+
+
+def test_bank_without_a_padding_param_applies_as_zeros(tmp_path):
+    # Banks saved before the padding parameter existed hold no "padding": they were zero-padded.
+    ds, imgs, labels = toy_data()
+    bank = ue.fit("cuda", ds, seed=9)
+    old = ue.NoiseBank(method="cuda", kind="conv", keying="class", keys=bank.keys, tensors=bank.tensors,
+                       params={k: v for k, v in bank.params.items() if k != "padding"},
+                       image_shape=bank.image_shape, info=bank.info)
+    loaded = ue.NoiseBank.load(old.save(tmp_path / "old.bank.arrow"))
+    assert "padding" not in loaded.params
+    x = to_chw(imgs)
+    assert torch.equal(ue.apply(loaded, x, labels), ue.apply(bank, x, labels))
+    assert not torch.equal(ue.apply(ue.fit("cuda", ds, seed=9, padding="reflect"), x, labels), ue.apply(bank, x, labels))
+
+
+def test_reflect_on_images_too_small_to_mirror_says_what_to_do():
+    ds = {"image": list(np.full((2, 2, 2, 3), 100, np.uint8)), "label": [0, 1]}
+    bank = ue.fit("cuda", ds, seed=1, padding="reflect", kernel_size=5)
+    with pytest.raises(ue.BankError, match="padding='zeros'"):
+        ue.apply(bank, to_chw(np.stack(ds["image"])), ds["label"])
+
+
 def test_save_load_round_trip(tmp_path):
     ds, imgs, labels = toy_data()
     bank = ue.fit("cuda", ds, seed=9)
@@ -106,6 +169,7 @@ def test_reads_labels_only_not_images():
         ({"kernel_size": 0}, "kernel_size"),
         ({"kernel_size": 3.0}, "kernel_size"),
         ({"normalise": "min"}, "normalise"),
+        ({"padding": "replicate"}, "padding"),
         ({"blur": 0.3}, "blur"),
     ],
 )

@@ -161,19 +161,20 @@ def _grid_filters(rng, b, c, k, *, signed=False):
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("normalise", ["max", "none"])
 @pytest.mark.parametrize("signed", [False, True])
-def test_library_conv_gives_the_shifted_adds_bytes(monkeypatch, hw, k, normalise, signed):
+@pytest.mark.parametrize("padding", kernels.CONV_PADDINGS)
+def test_library_conv_gives_the_shifted_adds_bytes(monkeypatch, hw, k, normalise, signed, padding):
     # Grid filters may take F.conv2d (exact in any order); the bytes must be the reference's.
     rng = np.random.default_rng(k * 100 + hw[0])
     x = torch.from_numpy(rng.integers(0, 256, (3, 3, *hw), dtype=np.uint8))
     x[1] = 0  # an all-black image: normalised by the clamped peak, stays black
     w = _grid_filters(rng, 3, 3, k, signed=signed)
-    ref = kernels._convolve_shifted(x, w, normalise)
+    ref = kernels._convolve_shifted(x, w, normalise, padding)
     exact = kernels._library_conv_exact()  # checked once per process, before the spy counts calls
     calls = []
     real = kernels._convolve_library
     monkeypatch.setattr(kernels, "_convolve_library", lambda *a: calls.append(1) or real(*a))
     for layout in (torch.contiguous_format, torch.channels_last):
-        assert torch.equal(kernels.convolve(x.contiguous(memory_format=layout), w, normalise=normalise), ref)
+        assert torch.equal(kernels.convolve(x.contiguous(memory_format=layout), w, normalise=normalise, padding=padding), ref)
     # Where this torch build's convolution rounds even on the grid, every call keeps the shifted adds.
     assert len(calls) == (2 if exact and hw[0] * hw[1] >= kernels._LIBRARY_CONV_MIN_PIXELS else 0)
 

@@ -346,3 +346,39 @@ def test_pgd_l2_stays_in_the_ball_and_raises_the_loss(one_thread):
     assert (d["pgd"].norm, d["pgd"].epsilon, d["pgd"].steps) == ("l2", 0.5, 2)
     with pytest.raises(DefenceError, match="norm"):
         pgd(model, x, y, epsilon=0.5, steps=1, norm="l1")
+
+
+def test_coin_resamples_at_the_drawn_offsets():
+    from uetransforms.evaluation.defences.coin import coin_displacements, coin_resample
+
+    x = torch.rand(2, 3, 6, 5, generator=torch.Generator().manual_seed(0))
+    zero = torch.zeros(2, 6, 5)
+    assert torch.allclose(coin_resample(x, zero, zero), x)  # no offset: the image itself
+    one = torch.ones(2, 6, 5)
+    # A whole-pixel offset reads the next row/column, wrapping at the border.
+    assert torch.allclose(coin_resample(x, one, zero), torch.roll(x, -1, dims=2))
+    assert torch.allclose(coin_resample(x, zero, -one), torch.roll(x, 1, dims=3))
+    # Half a pixel: the mean of the two neighbours (bilinear), the same field in every channel.
+    assert torch.allclose(coin_resample(x, zero, one / 2), (x + torch.roll(x, -1, dims=3)) / 2)
+    dy, dx = coin_displacements(x, 2.0, torch.Generator().manual_seed(1))
+    assert dy.shape == (2, 6, 5) and dy.abs().max() <= 2 and dx.abs().max() <= 2 and dy.std() > 0.5
+    assert not torch.equal(dy[0], dy[1])  # one field per image
+    again = coin_displacements(x, 2.0, torch.Generator().manual_seed(1))
+    assert torch.equal(dy, again[0]) and torch.equal(dx, again[1])
+
+
+def test_coin_in_the_pipeline_moves_pixels_and_keeps_range():
+    d = parse_defence("coin")
+    assert d["coin"].alpha == 2.0 and d["coin"].stage == "augment"
+    assert parse_defence("coin:alpha=1.5")["coin"].alpha == 1.5
+    x = _images(size=16).float() / 255
+    t = torch.arange(4)
+    out, targets = d.run_stage("augment", x, t, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.equal(targets, t)
+    assert 0 <= out.min() and out.max() <= 1
+    assert (out - x).abs().mean() > 0.05  # random pixels moved by up to 2 px change a lot
+    same, _ = d.run_stage("augment", x, t, torch.Generator().manual_seed(0))
+    assert torch.equal(out, same)
+    for bad in ("coin:alpha=0", "coin:alpha=-1", "coin:beta=2"):
+        with pytest.raises(DefenceError, match="alpha|beta"):
+            parse_defence(bad)

@@ -77,6 +77,8 @@ METHOD = Method(
               help="filter side k"),
         Param("normalise", "max", Choice(("max", "none")), paper="max", public=True,
               help="'max': divide each filtered image by its maximum (the paper); 'none': clip only"),
+        Param("padding", "zeros", Choice(kernels.CONV_PADDINGS), paper="zeros", public=True,
+              help="'zeros' (the paper: a dark frame k//2 px wide, a detection cue) or 'reflect' (no frame)"),
     ),
 )
 

@@ -1,7 +1,8 @@
 """The primitive kernels: pure tensor maths on uint8 ``[B, C, H, W]`` batches, nothing else.
 
 * :func:`add_delta` -- ``clip(round(x + delta))``, the additive kernel;
-* :func:`convolve` -- per-image ``k x k`` depthwise filters (the CUDA paper's normalisation);
+* :func:`convolve` -- per-image ``k x k`` depthwise filters (the CUDA paper's normalisation), zero
+  or reflect padding;
 * :func:`blend_pixels` -- sparse pixel edits ``where(mask, value, x)``;
 * :func:`ar_recursion` / :func:`synth_ar` -- autoregressive noise from per-key coefficients and
   a per-sample seed (:func:`sample_seed`).
@@ -106,18 +107,28 @@ def _library_conv_exact() -> bool:
             w = torch.floor(torch.rand((3, 3, k, k), generator=gen, dtype=torch.float64) * 2.0**f) / 2.0**f
             w = w.to(torch.float32)
             for mode in ("max", "none"):
-                ref = _convolve_shifted(x, w, mode)
-                ok = ok and torch.equal(ref, _convolve_library(x, w, mode))
-                ok = ok and torch.equal(ref, _convolve_shifted(x, w, mode, fused=True))
+                for pad in CONV_PADDINGS:
+                    ref = _convolve_shifted(x, w, mode, pad)
+                    ok = ok and torch.equal(ref, _convolve_library(x, w, mode, pad))
+                    ok = ok and torch.equal(ref, _convolve_shifted(x, w, mode, pad, fused=True))
         _LIBRARY_CONV_EXACT[key] = ok
     return _LIBRARY_CONV_EXACT[key]
 
 
-def convolve(images: torch.Tensor, weight: torch.Tensor, *, normalise: str = "max") -> torch.Tensor:
+#: How :func:`convolve` fills the ``k // 2`` pixels beyond the border. ``"zeros"`` is the CUDA paper's
+#: ``Conv2d(padding=k // 2)``: border pixels average in black, a dark frame ``k // 2`` pixels wide
+#: that the edge-pixel detector of COIN (Li et al., AAAI 2025) keys on. ``"reflect"`` mirrors the
+#: image (without repeating the edge pixel), so the border is filtered like the interior.
+CONV_PADDINGS = ("zeros", "reflect")
+
+
+def convolve(images: torch.Tensor, weight: torch.Tensor, *, normalise: str = "max", padding: str = "zeros") -> torch.Tensor:
     """Filter image ``b``, channel ``c`` with ``weight[b, c]`` (``[B, C, k, k]``), the whole batch at once.
 
     ``normalise="max"`` divides each filtered image by its maximum over all channels and pixels,
     as the CUDA paper does, so the output spans the full range again; ``"none"`` only clips.
+    ``padding`` is one of :data:`CONV_PADDINGS`; ``"reflect"`` needs images more than ``k // 2``
+    pixels on each side.
     Same bytes on every CPU and GPU: filters on the :func:`conv_grid_bits` grid (every bank
     ``cuda`` fits) go through the library convolution, which is exact for them; other filters
     (banks from before the grid) take fixed-order shifted adds.
@@ -128,13 +139,19 @@ def convolve(images: torch.Tensor, weight: torch.Tensor, *, normalise: str = "ma
         raise BankError(f"conv kernels must have odd sizes to keep the image size, got {kh}x{kw}; refit with an odd kernel_size")
     if normalise not in ("max", "none"):
         raise BankError(f"unknown conv normalisation {normalise!r}; expected 'max' or 'none'")
+    if padding not in CONV_PADDINGS:
+        raise BankError(f"unknown conv padding {padding!r}; expected one of {CONV_PADDINGS}")
+    if padding == "reflect" and (images.shape[-2] <= kh // 2 or images.shape[-1] <= kw // 2):
+        raise BankError(
+            f"reflect padding of a {kh}x{kw} filter needs images larger than {kh // 2}x{kw // 2} pixels, got "
+            f"{images.shape[-2]}x{images.shape[-1]}; refit with padding='zeros' or a smaller kernel_size")
     kern = weight.to(device=images.device, dtype=torch.float32)
     exact = images.dtype == torch.uint8 and not images.is_cuda and _on_exact_grid(kern) and _library_conv_exact()
     # The GPU keeps the shifted adds: they are memory-bound there and cuDNN's tf32/algorithm
     # choices are not worth auditing for a kernel that costs microseconds.
     if exact and images.shape[-2] * images.shape[-1] >= _LIBRARY_CONV_MIN_PIXELS:
-        return _convolve_library(images, kern, normalise)
-    return _convolve_shifted(images, kern, normalise, fused=exact)
+        return _convolve_library(images, kern, normalise, padding)
+    return _convolve_shifted(images, kern, normalise, padding, fused=exact)
 
 
 def _normalise_(y: torch.Tensor, peak_dims: tuple[int, ...], normalise: str) -> torch.Tensor:
@@ -146,7 +163,17 @@ def _normalise_(y: torch.Tensor, peak_dims: tuple[int, ...], normalise: str) -> 
     return y.round_().clamp_(0, 255)
 
 
-def _convolve_library(images: torch.Tensor, kern: torch.Tensor, normalise: str) -> torch.Tensor:
+def _pad(x: torch.Tensor, kh: int, kw: int, padding: str) -> torch.Tensor:
+    """``x`` (float ``[B, C, H, W]``) padded by ``k // 2`` on each side: the one padding rule of both paths.
+
+    Reflected pixels are copies of pixel values, so the grid's exactness (:func:`conv_grid_bits`)
+    holds for either padding.
+    """
+    pads = (kw // 2, kw // 2, kh // 2, kh // 2)
+    return F.pad(x, pads, mode="reflect") if padding == "reflect" else F.pad(x, pads)
+
+
+def _convolve_library(images: torch.Tensor, kern: torch.Tensor, normalise: str, padding: str = "zeros") -> torch.Tensor:
     """``F.conv2d`` one image at a time, channels-last; only for uint8 images and grid filters.
 
     Exact in any summation order (see :func:`conv_grid_bits`). One image per call: oneDNN's
@@ -160,12 +187,13 @@ def _convolve_library(images: torch.Tensor, kern: torch.Tensor, normalise: str) 
     x = torch.empty((1, c, h, w), dtype=torch.float32, memory_format=torch.channels_last)
     for i in range(b):
         x.copy_(images[i : i + 1])
-        y = F.conv2d(x, kern[i].reshape(c, 1, kh, kw), padding=(kh // 2, kw // 2), groups=c)
+        y = F.conv2d(_pad(x, kh, kw, padding), kern[i].reshape(c, 1, kh, kw), groups=c)
         _cast_into(out[i : i + 1], _normalise_(y, (1, 2, 3), normalise))
     return out
 
 
-def _convolve_shifted(images: torch.Tensor, kern: torch.Tensor, normalise: str, *, fused: bool = False) -> torch.Tensor:
+def _convolve_shifted(images: torch.Tensor, kern: torch.Tensor, normalise: str, padding: str = "zeros", *,
+                      fused: bool = False) -> torch.Tensor:
     """The reference: ``k * k`` shifted multiplies and adds in a fixed order.
 
     Separate elementwise IEEE ops give the same bits on every CPU and GPU for any filter, which
@@ -193,8 +221,8 @@ def _convolve_shifted(images: torch.Tensor, kern: torch.Tensor, normalise: str, 
         # layout ran 2x slower than over planes.
         x = images[s : s + per].to(torch.float32, memory_format=torch.contiguous_format)
         k = kern[s : s + per]
-        # Zero padding keeps the size for odd kernels, as the paper's Conv2d(padding=k//2) does.
-        xp = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2))
+        # Padding by k // 2 keeps the size for odd kernels, as the paper's Conv2d(padding=k//2) does.
+        xp = _pad(x, kh, kw, padding)
         if fused:
             y = torch.mul(xp[:, :, :h, :w], k[:, :, 0, 0, None, None])
             for t in range(1, kh * kw):

@@ -11,8 +11,8 @@ hook                     when                                                   
 ``prepare_train``        once, on the uint8 training set                                 grayscale, jpeg, bdr, orthogonal
 ``prepare_test``         once, on the clean test set (what the deployed model sees)      grayscale
 ``generate_parameters``  every batch, stage ``"pre_augment"`` (before crop + flip) or     sharpen, lowpass, cutout,
- + ``apply_transform``   ``"augment"`` (after): random draws apart from the maths, as     mixup, cutmix, ueraser
-                         kornia's augmentation base does
+ + ``apply_transform``   ``"augment"`` (after): random draws apart from the maths, as     mixup, cutmix, ueraser,
+                         kornia's augmentation base does                                 coin
 ``perturb``              every batch, after augmentation: change the inputs (PGD)        pgd
 ``loss``                 every batch: change the loss                                    ueraser (Max)
 =======================  ==============================================================  ==================
