@@ -8,6 +8,8 @@ markdown table (rows: methods, columns: defences).
     nice python benchmarks/bench_protection.py --methods clean random cuda \\
         --defences none grayscale jpeg75 --epochs 8
     python benchmarks/bench_protection.py --methods cuda --param cuda.blur_parameter=0.1
+    python benchmarks/bench_protection.py --methods clean cuda --defences none --resolution 96 \
+        --train-size 2000 --test-size 1000 --epochs 4      # photo-size stand-in: upscaled, stored as JPEG 95
 
 Data: ../shared/data/cifar10/{train,test}-00000-of-00001.parquet (``--data`` to change); the
 rows are shuffled, so the first 10k / 2k are class-balanced.
