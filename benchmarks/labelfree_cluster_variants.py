@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_labelfree import DEFAULT_DATA, purity  # noqa: E402
-from labelfree_purity import _head  # noqa: E402
+from labelfree_purity import _head, load_rows  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,22 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    import io
-
     import numpy as np
-    import pyarrow.parquet as pq
     import torch
-    from PIL import Image
 
     from uetransforms.models import encoders
     from uetransforms.models.assign import embed_images
     from uetransforms.models.kmeans import assign, kmeans
 
     torch.set_num_threads(1)
-    table = pq.read_table(os.path.join(args.data, "train-00000-of-00001.parquet")).slice(0, args.rows)
-    imgs = np.stack([np.asarray(Image.open(io.BytesIO(v["bytes"])).convert("RGB")).transpose(2, 0, 1)
-                     for v in table.column("img").to_pylist()])
-    y = np.asarray(table.column("label").to_pylist())
+    imgs, y = load_rows(args.data, args.rows)
     f = embed_images(encoders.resolve(args.encoder), imgs, device=torch.device("cpu")).numpy()
     head = _head(args.encoder)
     if head is None:

@@ -41,6 +41,18 @@ def _head(path: str):
         return fh.get_tensor("fc.weight").float(), fh.get_tensor("fc.bias").float()
 
 
+def load_rows(data: str, rows: int):
+    """CIFAR-10 train rows [0, rows) as uint8 CHW images and their labels (the protected rows)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    table = pq.read_table(os.path.join(data, "train-00000-of-00001.parquet")).slice(0, rows)
+    imgs = np.stack([np.asarray(Image.open(io.BytesIO(v["bytes"])).convert("RGB")).transpose(2, 0, 1)
+                     for v in table.column("img").to_pylist()])
+    return imgs, np.asarray(table.column("label").to_pylist())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--encoder", required=True)
@@ -53,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import numpy as np
-    import pyarrow.parquet as pq
     import torch
-    from PIL import Image
 
     from uetransforms.evaluation.labelfree import CIFAR10_PAIRS
     from uetransforms.models import encoders
@@ -63,10 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from uetransforms.models.kmeans import kmeans
 
     torch.set_num_threads(1)
-    table = pq.read_table(os.path.join(args.data, "train-00000-of-00001.parquet")).slice(0, args.rows)
-    imgs = np.stack([np.asarray(Image.open(io.BytesIO(v["bytes"])).convert("RGB")).transpose(2, 0, 1)
-                     for v in table.column("img").to_pylist()])
-    y = np.asarray(table.column("label").to_pylist())
+    imgs, y = load_rows(args.data, args.rows)
     pairs = np.asarray(CIFAR10_PAIRS.label_map)[y]
     enc = encoders.resolve(args.encoder)
     t0 = time.perf_counter()
