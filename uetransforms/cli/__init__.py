@@ -125,15 +125,23 @@ def method_guide(need: str) -> list[str]:
         ranked = []
         for r in rows:
             by_variant: dict[str, dict[str, dict]] = {}
+            scratch: dict[str, dict] = {}
             for a in measured.attacks(r["key"]):
                 if a["attacker"] in measured.PRETRAINED:
                     by_variant.setdefault(a["variant"], {})[a["attacker"]] = a
+                else:
+                    scratch[a["variant"]] = a
             for variant, got in by_variant.items():
-                worst = max(a["ratio"] for a in got.values()) if len(got) == len(measured.PRETRAINED) else float("inf")
+                if variant in scratch:  # the same bank trained from scratch, where that was measured too
+                    got = {**got, "scratch": scratch[variant]}
+                both = all(a in got for a in measured.PRETRAINED)
+                worst = max(got[a]["ratio"] for a in measured.PRETRAINED) if both else float("inf")
                 ranked.append((worst, r["key"], variant, got))
         for worst, key, variant, got in sorted(ranked, key=lambda t: (t[0], t[1])):
             said = ", ".join(f"{measured.ATTACKER_WORDS[a]} {got[a]['ratio']:.2f}x" if a in got else f"{measured.ATTACKER_WORDS[a]} not measured"
                              for a in measured.PRETRAINED)
+            if "scratch" in got:
+                said += f"; {measured.ATTACKER_WORDS['scratch']} {got['scratch']['ratio']:.2f}x"
             opts = "" if variant == "defaults" else f" (with {variant})"
             any_row = next(iter(got.values()))
             out.append(f"  {key}{opts}: {said}; PSNR {any_row['psnr']:.1f} dB" if any_row.get("psnr") is not None
@@ -143,7 +151,8 @@ def method_guide(need: str) -> list[str]:
         # The settings behind these lines, from the rows themselves (never a fixed sentence).
         settings = sorted({(f"{(a.get('backbone') or {}).get('arch')}, trained on "
                             f"{(a.get('backbone') or {}).get('trained_on')}; {a['resolution']} px, {a['train_size']} "
-                            "protected CIFAR-10 images") for *_, got in ranked for a in got.values()})
+                            "protected CIFAR-10 images") for *_, got in ranked for a in got.values()
+                           if a["attacker"] in measured.PRETRAINED})
         if settings:
             out.append(f"  (pretrained attacker: {' | '.join(settings)}; ratio = protected / clean under the same "
                        "attacker.)")
