@@ -54,3 +54,15 @@ def fresh_datasets_cache(tmp_path_factory):
         os.environ.pop("HF_DATASETS_CACHE", None)
     else:
         os.environ["HF_DATASETS_CACHE"] = before_env
+
+
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory) -> str:
+    """A tiny random small-CNN backbone file (tap, cudatap and the attackers load backbones by path)."""
+    from uetransforms.models.encoders import save_small_cnn
+    from uetransforms.models.networks import SmallCNN
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("bb") / "cnn.safetensors"
+    save_small_cnn(SmallCNN(10, 3, width=8), path)
+    return str(path)

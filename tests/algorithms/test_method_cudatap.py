@@ -8,16 +8,6 @@ import torch
 
 import uetransforms as ue
 from uetransforms.core import kernels
-from uetransforms.models.encoders import save_small_cnn
-from uetransforms.models.networks import SmallCNN
-
-
-@pytest.fixture(scope="module")
-def backbone_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bb") / "cnn.safetensors"
-    save_small_cnn(SmallCNN(10, 3, width=8), path)
-    return str(path)
 
 
 def _data(n=12, k=3, size=8):

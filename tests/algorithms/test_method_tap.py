@@ -12,14 +12,6 @@ from uetransforms.models.encoders import save_small_cnn
 from uetransforms.models.networks import SmallCNN
 
 
-@pytest.fixture(scope="module")
-def backbone_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bb") / "cnn.safetensors"
-    save_small_cnn(SmallCNN(10, 3, width=8), path)
-    return str(path)
-
-
 def _data(n=24, k=3, size=8):
     rng = np.random.default_rng(0)
     return {"image": list(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)), "label": [i % k for i in range(n)]}

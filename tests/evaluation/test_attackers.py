@@ -9,8 +9,6 @@ import torch
 from uetransforms.evaluation import attackers
 from uetransforms.evaluation.harness import evaluate
 from uetransforms.models.backbones import load_backbone
-from uetransforms.models.encoders import save_small_cnn
-from uetransforms.models.networks import SmallCNN
 
 
 def _split(n: int, seed: int, size: int = 16) -> dict:
@@ -20,14 +18,6 @@ def _split(n: int, seed: int, size: int = 16) -> dict:
     base = np.where(labels[:, None, None, None] == 1, 170, 70)
     imgs = np.clip(base + rng.integers(-40, 40, (n, size, size, 3)), 0, 255).astype(np.uint8)
     return {"image": list(imgs), "label": labels.tolist()}
-
-
-@pytest.fixture(scope="module")
-def backbone_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bb") / "cnn.safetensors"
-    save_small_cnn(SmallCNN(10, 3, width=8), path)
-    return str(path)
 
 
 def test_registry_lists_the_three():
