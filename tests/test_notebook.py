@@ -67,10 +67,13 @@ def test_quickstart_notebook_runs_with_jupyter_execute(tmp_path):
     copy = tmp_path / "quickstart.ipynb"
     shutil.copy(NOTEBOOK, copy)
     env = {**os.environ, "OMP_NUM_THREADS": "1",  # a tiny CNN is faster on one thread, above all on a busy machine
+           # the notebook keeps its (secret) bank in tempfile.mkdtemp(): inside tmp_path, so a test run leaves none behind
+           "TMPDIR": str(tmp_path),
            "PYTHONPATH": os.pathsep.join([os.path.abspath(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     run = subprocess.run([sys.executable, "-m", "jupyter", "execute", "--output=executed", str(copy)],
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert list(tmp_path.glob("uetransforms-quickstart-*/*.bank.arrow"))  # its work folder was made where TMPDIR says
     fresh = json.load(open(tmp_path / "executed.ipynb", encoding="utf-8"))
     committed = json.load(open(NOTEBOOK, encoding="utf-8"))
     _check_run(fresh)
