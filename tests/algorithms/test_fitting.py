@@ -102,6 +102,21 @@ def test_label_free_keying_is_deterministic_and_saved_banks_assign_alike(encoder
     assert [np.asarray(x).tobytes() for x in out1] == [np.asarray(x).tobytes() for x in out2]
 
 
+def test_cuda_without_labels_takes_its_label_free_kernel_size(encoder_file):
+    """Keyed by clusters, cuda's filters are 5 x 5 unless the caller says otherwise (RESULTS.md, "Label-free
+    protection, session 8"); with labels it keeps the paper's 3 x 3. The bank records the size used."""
+    ds = _image_ds(_groups())
+    labelled = ue.fit("cuda", _ds(), seed=3)
+    free = ue.fit("cuda", ds, label_column=None, encoder=encoder_file, n_clusters=2, seed=3)
+    mine = ue.fit("cuda", ds, label_column=None, encoder=encoder_file, n_clusters=2, seed=3, kernel_size=3)
+    assert labelled.params["kernel_size"] == 3 and labelled.tensors["weight"].shape[-2:] == (3, 3)
+    assert free.params["kernel_size"] == 5 and free.tensors["weight"].shape == (2, 3, 5, 5)
+    assert mine.params["kernel_size"] == 3 and mine.tensors["weight"].shape == (2, 3, 3, 3)
+    # the same clusters either way: only the filters differ
+    assert free.info["cluster_sizes"] == mine.info["cluster_sizes"]
+    assert np.array_equal(free.tensors["centroid"], mine.tensors["centroid"])
+
+
 def test_em_class_wise_without_labels(encoder_file):
     ds = _image_ds(_groups(4))
     bank = ue.fit("em", ds, label_column=None, encoder=encoder_file, n_clusters=2, seed=1, mode="class",

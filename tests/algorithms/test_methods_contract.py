@@ -196,6 +196,8 @@ def test_contract_refuses_secret_public_params_and_duplicates():
         Method(key="x", params=(Param("salt", 0, Number(), public=True, help="h"),), **base)
     with pytest.raises(ValueError, match="twice"):
         Method(key="x", params=(Param("a", 0, Number(), help="h"), Param("a", 1, Number(), help="h")), **base)
+    with pytest.raises(ValueError, match=r"label_free_defaults names undeclared parameter\(s\) \['b'\]"):
+        Method(key="x", params=(Param("a", 0, Number(), help="h"),), label_free_defaults={"b": 1}, **base)
     bare = Method(key="cuda", **base)
     with pytest.raises(TypeError, match="fitting function"):
         registry.register(bare)

@@ -119,6 +119,7 @@ def label_free(tmp_path_factory, request):
     keying = {"n_clusters": 3} if request.param == "kmeans" else {"cluster_by": "head"}
     bank = ue.fit("cuda", ds, label_column=None, encoder=str(where / "enc.safetensors"), seed=5, **keying)
     assert ("head" in bank.tensors) == (request.param == "head")
+    assert bank.params["kernel_size"] == 5  # cuda's label-free default: every path below runs 5 x 5 filters
     bank.save(where / "cuda-clusters.bank.arrow")
     bank = ue.NoiseBank.load(where / "cuda-clusters.bank.arrow")
     ref = [r["bytes"] for r in ds.map(ue.Protect(bank, label_column=None), batched=True, batch_size=4)

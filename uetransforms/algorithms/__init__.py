@@ -253,6 +253,10 @@ class Method:
         kind: bank kind it produces (additive, conv, pixel, synth, convadd).
         summary: one line for ``uetransforms methods``.
         label_free: fits without labels (``label_column=None``).
+        label_free_defaults: defaults that replace the declared ones when this class-keyed method is
+            fitted without labels, keyed by clusters (``ue.fit(..., label_column=None, encoder=...)``):
+            keys that are only partly the classes may need a stronger setting than labels do. A
+            parameter the caller passes still wins; the bank records the values used.
         order: position in listings (built-ins 10, 20...; others after them, by key).
         params: the parameters, in the order listings show them.
         public_extra: names the fit adds to ``bank.params`` that are not parameters but are
@@ -271,6 +275,7 @@ class Method:
     kind: str
     summary: str = ""
     label_free: bool = False
+    label_free_defaults: Mapping[str, Any] = field(default_factory=dict, compare=False)
     order: int = 1000
     params: tuple[Param, ...] = ()
     public_extra: tuple[str, ...] = ()
@@ -285,6 +290,9 @@ class Method:
         bad = [p.name for p in self.params if p.public and looks_secret(p.name)]
         if bad:
             raise ValueError(f"method {self.key!r}: parameter(s) {bad} look like secrets and cannot be public")
+        stray = sorted(set(self.label_free_defaults) - set(names))
+        if stray:
+            raise ValueError(f"method {self.key!r}: label_free_defaults names undeclared parameter(s) {stray}")
 
     # -- the one validation path ------------------------------------------------------------
     def check(self, params: Mapping[str, Any], data: FitData | None = None) -> dict[str, Any]:

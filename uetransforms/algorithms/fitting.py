@@ -164,9 +164,15 @@ def fit_keyed_by_clusters(module: _methods.Method, data: FitData, *, seed: int, 
             by the class the encoder itself predicts (its file's classifier head; K = its classes),
             for an encoder trained elsewhere on classes like the owner's
             (:func:`uetransforms.models.assign.head_clusters`).
+
+    The method's own ``label_free_defaults`` (e.g. ``cuda``'s ``kernel_size=5``) replace its declared
+    defaults here; parameters the caller passes win.
     """
     k_given = "n_clusters" in params
     opts = {name: params.pop(name, default) for name, default in KEYING_OPTIONS.items()}
+    # Keys that are only partly the classes may need a stronger setting than labels do (the method
+    # declares it; RESULTS.md "Label-free protection, session 8"); what the caller passes wins.
+    params = {**module.label_free_defaults, **params}
     key = module.key
     if "class" not in module.keyed_by:
         raise ValueError(f"method {key!r} is keyed by {module.keyed_by} and needs labels: pass "
