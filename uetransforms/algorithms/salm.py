@@ -151,7 +151,7 @@ def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
         if h is not None and cell > max(h, w):
             raise ValueError(f"mask_cell={cell} is larger than the {h}x{w} image: use a cell side up to {max(h, w)}, "
                              "or 0 for the whole image")
-        if math.floor(p["fraction"] * cell * cell + 1e-9) < 1:
+        if _cell_quota(cell, cell, p["fraction"], cell)[0, 0] < 1:
             raise ValueError(f"mask_cell={cell} with fraction={p['fraction']} keeps no position in a {cell}x{cell} "
                              f"cell (fraction * cell * cell < 1): use mask_cell >= {math.ceil(math.sqrt(1 / p['fraction']))} "
                              "or a larger fraction")
@@ -302,7 +302,7 @@ def top_fraction_mask(score: torch.Tensor, fraction: float, pool: int = 1, cell:
     padded = torch.nn.functional.pad(score, (0, nw * cell - w, 0, nh * cell - h), value=float("-inf"))
     cells = padded.reshape(b, nh, cell, nw, cell).permute(0, 1, 3, 2, 4).reshape(b, nh * nw, cell * cell)
     order = cells.argsort(dim=2, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(2, order, torch.arange(cell * cell).expand_as(order).contiguous())
+    rank = torch.empty_like(order).scatter_(2, order, torch.arange(cell * cell, device=score.device).expand_as(order).contiguous())
     quota = torch.from_numpy(_cell_quota(h, w, fraction, cell).reshape(-1)).to(score.device)
     keep = (rank < quota[None, :, None]).to(score.dtype)
     full = keep.reshape(b, nh, nw, cell, cell).permute(0, 1, 3, 2, 4).reshape(b, 1, nh * cell, nw * cell)
