@@ -261,3 +261,64 @@ def test_freeze_budget_warning_names_the_callers_max_rounds():
     with pytest.warns(UserWarning, match=r"max_rounds=3\).*after 3 round") as caught:
         ue.fit("salm", data, seed=0, mask_update="freeze", freeze_rounds=1, stop_error=0, **fast(max_rounds=3))
     assert not any("max_rounds=2" in str(w.message) or "max_rounds=1" in str(w.message) for w in caught)
+
+
+def test_mask_cell_keeps_the_top_of_every_cell():
+    score = torch.rand(2, 1, 8, 8)
+    m = salm.top_fraction_mask(score, 0.25, cell=4)
+    per_cell = m.reshape(2, 2, 4, 2, 4).sum((2, 4))
+    assert (per_cell == 4).all() and salm.mask_budget(8, 8, 0.25, 4) == 16
+    for b in range(2):
+        for i in range(2):
+            for j in range(2):
+                s = score[b, 0, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4].flatten()
+                k = m[b, 0, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4].flatten().bool()
+                assert s[k].min() >= s[~k].max()  # a cell keeps its own largest scores
+    # 10x10 in cells of 4: cells of 16, 8 and 4 positions keep 4, 2 and 1; never above fraction * H * W
+    odd = salm.top_fraction_mask(torch.rand(1, 1, 10, 10), 0.25, cell=4)
+    assert int(odd[0, 0, :4, :4].sum()) == 4 and int(odd[0, 0, :4, 8:].sum()) == 2
+    assert int(odd[0, 0, 8:, 8:].sum()) == 1 and int(odd.sum()) == salm.mask_budget(10, 10, 0.25, 4) == 25
+    assert salm.mask_budget(32, 32, 0.2, 4) == 192 <= 0.2 * 32 * 32  # floor per cell: at most the fraction
+
+
+@pytest.mark.parametrize("mode", ["sample", "class"])
+def test_mask_cell_budget_holds_in_every_cell_of_what_is_applied(mode):
+    images, labels = tiny()
+    data = FitData.from_arrays(images, labels)
+    bank = ue.fit("salm", data, seed=0, mode=mode, fraction=0.25, mask_cell=4, augment="flip+crop", **fast())
+    assert bank.info["mask_pixels"] == 16
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    out = ue.apply(bank, x, labels if mode == "class" else data.sample_ids)
+    changed = ((out.int() - x.int()).abs().amax(1) > 0).reshape(len(x), 2, 4, 2, 4).sum((2, 4))
+    assert (changed <= 4).all() and changed.sum() > 0
+
+
+def test_augment_views_every_perturbed_batch_and_is_deterministic(monkeypatch):
+    images, labels = tiny()
+    data = FitData.from_arrays(images, labels)
+    calls = []
+    real = salm._common.flip_some
+    monkeypatch.setattr(salm._common, "flip_some", lambda x, gen: calls.append(x.requires_grad) or real(x, gen))
+    kw = fast(max_rounds=2, steps=3, train_steps=2, batch_size=8)
+    a = ue.fit("salm", data, seed=3, fraction=0.25, augment="flip", **kw)
+    # per round: train_steps surrogate batches + steps PGD steps on each of the 16 / 8 batches
+    assert len(calls) == 2 * (2 + 3 * 2) and sum(calls) == 2 * 3 * 2  # the PGD views carry the gradient
+    b = ue.fit("salm", data, seed=3, fraction=0.25, augment="flip", **kw)
+    plain = ue.fit("salm", data, seed=3, fraction=0.25, **kw)
+    assert np.array_equal(a.tensors["delta"], b.tensors["delta"])
+    assert not np.array_equal(a.tensors["delta"], plain.tensors["delta"])
+
+
+def test_mask_cell_and_augment_bad_values():
+    images, labels = tiny(4)
+    data = FitData.from_arrays(images, labels)
+    with pytest.raises(ValueError, match="mask_cell=1"):
+        ue.fit("salm", data, mask_cell=1)
+    with pytest.raises(ValueError, match="larger than the 8x8 image"):
+        ue.fit("salm", data, mask_cell=9)
+    with pytest.raises(ValueError, match=r"use mask_cell >= 4 or a larger fraction"):
+        ue.fit("salm", data, mask_cell=3, fraction=0.1)
+    with pytest.raises(ValueError, match="mask_cell"):
+        ue.fit("salm", data, mask_cell=-2)
+    with pytest.raises(ValueError, match="augment"):
+        ue.fit("salm", data, augment="rotate")

@@ -79,13 +79,13 @@ def test_an_ensemble_of_backbones_and_crop_in_the_loop(backbone_file, tmp_path):
 
 
 def test_the_shift_moves_pixels_and_passes_gradients():
-    from uetransforms.algorithms.tap import _shift_some
+    from uetransforms.algorithms._common import shift_some
 
     x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16).requires_grad_(True)
     gen = torch.Generator().manual_seed(0)
-    out = _shift_some(x, gen)
+    out = shift_some(x, gen)
     assert out.shape == x.shape
     out.sum().backward()
     assert x.grad is not None and x.grad.sum() > 0
-    moved = [not torch.equal(_shift_some(x.detach(), gen), x.detach()) for _ in range(5)]
+    moved = [not torch.equal(shift_some(x.detach(), gen), x.detach()) for _ in range(5)]
     assert any(moved)

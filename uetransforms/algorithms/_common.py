@@ -116,3 +116,33 @@ def step_size_from_epsilon(fraction: float) -> Callable[[dict[str, Any], Any], d
         return p
 
     return resolve
+
+
+# ---------------------------------------------------------------------------- the attacker's views
+# The from-scratch attacker (uetransforms.evaluation) trains on random crops (zero pad 1/8 of the
+# side) and horizontal flips. Methods that fit noise *through* those views (tap's "flip+crop",
+# salm's ``augment``) use these, written as indexing ops so gradients reach the noise. torch is
+# imported inside: this module is read by methods' parameter declarations too.
+def flip_some(x: Any, gen: Any) -> Any:
+    """Each image of ``x`` ``[b, c, H, W]`` flipped left-right with probability 1/2 (``gen``: a torch.Generator)."""
+    import torch
+
+    flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
+
+
+def shift_some(x: Any, gen: Any) -> Any:
+    """Each image moved by its own random offset of up to 1/8 of the side, zeros shifted in: the
+    attacker's random crop (zero pad, crop back), as an indexing op so gradients reach the noise."""
+    import torch
+    import torch.nn.functional as F
+
+    b, _, h, w = x.shape
+    pad = max(1, h // 8)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    return xp[torch.arange(b, device=x.device)[:, None, None, None],
+              torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]

@@ -177,12 +177,18 @@ def _perturbed(x: torch.Tensor, d: torch.Tensor, idx: torch.Tensor | None, m: to
 
 def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device, method: str,
            mask_rule: MaskRule | None = None,
-           step_rule: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[Any, dict[str, Any], Any]:
+           step_rule: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+           ) -> tuple[Any, dict[str, Any], Any]:
     """Run the min-min loop; returns (noise table, info, masks or None). Used by ``em`` and ``salm``.
 
     ``mask_rule`` fixes each row's mask at its first visit (the noise stays inside it);
     ``step_rule(grad) -> [rows, 1, H, W]`` instead masks every PGD update afresh, from the
     gradient of that step (rows: the batch's samples, or the whole class table).
+    ``augment(x, gen)`` (differentiable) is applied to every perturbed batch the surrogate trains
+    on and every one the PGD steps see (an expectation over the attacker's views); masks and the
+    stop error are judged on the unaugmented images. Its generator is seeded apart from the
+    loop's, so a fit without it is unchanged.
     """
     rng = np.random.default_rng(seed)
     src = sg.ImageSource(data, device)
@@ -197,6 +203,8 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
     budget = sg.Budget(p["max_steps"], p["max_seconds"])
     eps, alpha = p["epsilon"], p["step_size"]
     feed = src.cycle(p["batch_size"], rng)
+    gen = torch.Generator().manual_seed((int(seed) * 7919 + 26) % 2**63) if augment is not None else None
+    view = (lambda z: augment(z, gen)) if augment is not None else (lambda z: z)
     history: list[float] = []
     stopped = "max_rounds"
     bs = p["batch_size"]
@@ -214,7 +222,7 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
             idx = torch.from_numpy(keys).to(device) if p["mode"] == "class" else None
             with torch.no_grad():
                 xa = _perturbed(x, d, idx, noise.masks(keys))
-            trainer.step(xa, y)
+            trainer.step(view(xa), y)
             budget.tick()
         # (2) the noise descends the surrogate's loss
         model.eval()
@@ -231,7 +239,7 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
             idx = torch.from_numpy(keys).to(device) if p["mode"] == "class" else None
             for _ in range(p["steps"]):
                 d = d.detach().requires_grad_(True)
-                logits = model(_perturbed(x, d, idx, m))
+                logits = model(view(_perturbed(x, d, idx, m)))
                 loss = F.cross_entropy(logits, y, reduction="sum")
                 (g,) = torch.autograd.grad(loss, d)
                 with torch.no_grad():

@@ -110,25 +110,6 @@ def derangement(num_classes: int, seed: int) -> np.ndarray:
             return perm
 
 
-def _flip_some(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
-    return torch.where(flip, x.flip(-1), x)
-
-
-def _shift_some(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Each image moved by its own random offset of up to 1/8 of the side, zeros shifted in: the
-    attacker's random crop (zero pad, crop back), as an indexing op so gradients reach the noise."""
-    b, _, h, w = x.shape
-    pad = max(1, h // 8)
-    xp = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    return xp[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None],
-              rows, cols]
-
-
 def backbone_specs(value: Any) -> list[Any]:
     """``backbone=`` as a list of specs: one spec, a list of them, or several joined by ``+`` (an ensemble)."""
     if isinstance(value, (list, tuple)):
@@ -183,8 +164,8 @@ def craft(data: FitData, *, seed: int, device: torch.device, before: Before | No
     shift = p["augment"] == "flip+crop"
 
     def view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = _flip_some(x, gen)
-        return _shift_some(x, gen) if shift else x
+        x = _common.flip_some(x, gen)
+        return _common.shift_some(x, gen) if shift else x
 
     gen = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng([int(seed), 1])
