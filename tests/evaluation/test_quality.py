@@ -46,6 +46,32 @@ def test_ssim_on_small_images_and_too_small_ones():
         quality.ssim(x[..., :2, :2], x[..., :2, :2])
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 20, 17), (1, 1, 9, 12)])
+def test_ssim_blur_is_the_2d_gaussian_window(shape):
+    # ssim blurs with banded matrix products (speed); the definition is a 2-D Gaussian window over
+    # valid positions, computed here directly with a grouped convolution
+    import torch.nn.functional as F
+
+    x, y = _batch(2, shape), _batch(3, shape)
+    a, b = x.double(), y.double()
+    c = shape[1]
+    size = min(11, *shape[-2:])
+    size -= 1 - size % 2
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(r**2) / (2 * (1.5 * size / 11) ** 2))
+    g = g / g.sum()
+    k = (g[:, None] * g[None, :]).expand(c, 1, size, size)
+
+    def blur(t):
+        return F.conv2d(t, k, groups=c)
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+    ref = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    assert torch.allclose(quality.ssim(x, y), ref.flatten(1).mean(1), rtol=0, atol=1e-12)
+
+
 def test_batched_equals_per_image_and_numpy_input():
     x, y = _batch(0), _batch(1)
     whole = quality.ssim(x, y)

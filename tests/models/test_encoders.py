@@ -95,3 +95,16 @@ def test_small_cnn_file_round_trip_and_bank_rebuild(tmp_path):
         ClusterAssigner(bank, checkpoint=other)
     with pytest.raises(encoders.SurrogateWeightsError, match="build_surrogate"):
         encoders.load("small-cnn")
+
+
+def test_small_cnn_file_keeps_the_stem_stride(tmp_path):
+    # the stride has no weights: the file must say it, or a photo-size network loads as the 32-px one
+    torch.manual_seed(2)
+    net = SmallCNN(10, 3, width=8, stem_stride=2)
+    path = tmp_path / "strided.safetensors"
+    encoders.save_small_cnn(net, path)
+    enc = encoders.load("small-cnn", checkpoint=path)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expect = net.eval().features((x - 0.5) * 4)
+    assert torch.allclose(enc(x), expect, atol=1e-6)

@@ -36,6 +36,17 @@ def test_same_seed_same_weights():
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
+def test_cnn_small_surrogate_at_photo_size():
+    # em / salm / tap fit through build("cnn-small") at the images' size: above 64 px its stem is strided
+    # (networks.cnn_small_stem_stride), and features + head still make the classifier.
+    s = sg.build("cnn-small", num_classes=3, image_shape=(3, 80, 72), seed=0)
+    first = next(m for m in s.modules() if isinstance(m, nn.Conv2d))
+    assert first.stride == (2, 2)  # 80 // 32
+    x = torch.rand(2, 3, 80, 72)
+    s.eval()
+    assert s(x).shape == (2, 3) and torch.allclose(s.head(s.features(x)), s(x), atol=1e-5)
+
+
 def test_grayscale_input():
     s = sg.build("cnn-small", num_classes=2, image_shape=(1, 8, 8))
     assert s(torch.rand(3, 1, 8, 8)).shape == (3, 2)

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def _pair(clean: Any, protected: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,20 +64,31 @@ def _gaussian(size: int, sigma: float, dtype: torch.dtype, device: torch.device)
     return g / g.sum()
 
 
+def _band(n: int, g: torch.Tensor) -> torch.Tensor:
+    """``[n - len(g) + 1, n]`` matrix whose row i holds ``g`` at columns i..i+len(g)-1 (a valid 1-D correlation)."""
+    m = torch.zeros(n - len(g) + 1, n, dtype=g.dtype, device=g.device)
+    r = torch.arange(n - len(g) + 1, device=g.device)[:, None]
+    m[r, r + torch.arange(len(g), device=g.device)] = g
+    return m
+
+
 def ssim(clean: Any, protected: Any, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Per-image mean SSIM (Gaussian window, valid positions only), channels averaged."""
     a, b = _pair(clean, protected)
-    _, c, h, w = a.shape
+    h, w = a.shape[-2:]
     size = min(window, h, w)
     size -= 1 - size % 2  # odd
     if size < 3:
         raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {h}x{w}")
     sig = sigma * size / window
     g = _gaussian(size, sig, a.dtype, a.device)
-    k = (g[:, None] * g[None, :]).expand(c, 1, size, size)
+    # The Gaussian window is separable, so the valid-position blur is rows @ image @ cols.T with banded
+    # matrices: the same sums as a 2-D grouped convolution (to 1e-15), but float64 grouped convolution
+    # takes torch's slow path on CPU (0.4 s per 96-px image on one thread), matrix products ~20x less.
+    rows, cols = _band(h, g), _band(w, g)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, k, groups=c)
+        return rows @ t @ cols.T
 
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mu_a, mu_b = blur(a), blur(b)

@@ -234,6 +234,9 @@ def save_small_cnn(net: nn.Module, path: str | os.PathLike, *, extra: dict[str, 
     first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     meta = {"format": ENCODER_FORMAT, "arch": "small-cnn", "width": str(width), "num_classes": str(head.out_features),
             "in_channels": str(first.in_channels), "image_size": "32", **(extra or {})}
+    if first.stride[0] != 1:
+        # The stride has no weights: without this a photo-size (strided) network would load as the 32-px one.
+        meta["stem_stride"] = str(first.stride[0])
     path = os.fspath(path)
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, path, metadata=meta)
     return file_sha256(path)
@@ -257,7 +260,8 @@ def small_cnn(checkpoint: str | os.PathLike, *, expect_sha256: str | None = None
     if expect_sha256 is not None and sha != expect_sha256:
         raise SurrogateWeightsError(f"encoder file {path!r} has sha256 {sha[:12]}..., but the bank was fitted with "
                                     f"{expect_sha256[:12]}...: pass the file the bank was made with")
-    net = SmallCNN(int(meta["num_classes"]), int(meta["in_channels"]), width=int(meta["width"]))
+    net = SmallCNN(int(meta["num_classes"]), int(meta["in_channels"]), width=int(meta["width"]),
+                   stem_stride=int(meta.get("stem_stride", 1)))  # files before the stride hold none: 1
     _load_strict(net, _read_state_dict(path), path)
     ident = {"kind": "small-cnn", "arch": f"small-cnn-w{meta['width']}", "image_size": int(meta["image_size"]),
              "mean": [0.5] * 3, "std": [0.25] * 3, "checkpoint": os.path.basename(path),
