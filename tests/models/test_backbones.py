@@ -124,9 +124,10 @@ def test_torchvision_checkpoint_with_any_head_reads_224_px_unresized(tmp_path):
     torch.manual_seed(3)
     net = tvm.resnet18(num_classes=7).eval()
     path = tmp_path / "r18-7way.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata={"trained_on": "7 shapes"})
     bb = load_backbone(f"tv:resnet18@{path}").eval()
     assert bb.image_size == 224 and bb.identity()["image_size"] == 224 and bb.feature_dim == 512
+    assert bb.identity()["trained_on"] == "7 shapes"
     assert torch.equal(bb.net.layer4[1].conv2.weight, net.layer4[1].conv2.weight)
     x = torch.rand(2, 3, 224, 224)
     assert bb.preprocess(x).shape == (2, 3, 224, 224)

@@ -316,6 +316,9 @@ def _torchvision(arch: str, weights: str | None, *, image_size: int | None, trai
         except Exception as err:
             raise BackboneError(f"{weights!r} is not a torchvision {arch} state dict: {err}") from err
         ident.update(weights=None, checkpoint=os.path.basename(weights), checkpoint_sha256=encoders.file_sha256(weights))
+        trained_on = _safetensors_meta(weights).get("trained_on")
+        if trained_on:  # benchmarks/build_backbone.py writes it: the reports then say what the attacker knew
+            ident["trained_on"] = trained_on
     else:
         try:
             enum = tvm.get_model_weights(arch)[weights]
@@ -335,6 +338,16 @@ def _torchvision(arch: str, weights: str | None, *, image_size: int | None, trai
         ident.update(weights=weights)
     ident.update(image_size=side)
     return Backbone(_headless(net, arch), identity=ident, image_size=side, mean=mean, std=std, trainable=trainable)
+
+
+def _safetensors_meta(path: str) -> dict[str, str]:
+    """The metadata of a safetensors file (``{}`` for other formats)."""
+    if not path.endswith(".safetensors"):
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        return dict(fh.metadata() or {})
 
 
 def _timm(name: str, weights: str | None, *, image_size: int | None, trainable: bool, init_seed: int) -> Backbone:
