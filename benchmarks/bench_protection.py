@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone-size", type=int, default=None,
                    help="side the backbone reads its inputs at (default: its own, 224 for tv:, 32 for a small-cnn "
                         "file); pass the --resolution to feed a globally pooled small CNN the images unresized")
+    p.add_argument("--allow-random-backbone", action="store_true",
+                   help="accept a '...@random' --backbone: the control that says what pretraining added (the "
+                        "identity records random_init)")
     p.add_argument("--arch", default="cnn-small")
     p.add_argument("--train-size", type=int, default=10_000)
     p.add_argument("--test-size", type=int, default=2_000)
@@ -172,14 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         train, test = (upscale_jpeg(ds, "img", args.resolution, args.jpeg_quality) for ds in (train, test))
 
     backbone = args.backbone
-    if args.backbone_size is not None:
+    if args.backbone_size is not None or args.allow_random_backbone:
         if backbone is None:
-            raise SystemExit("--backbone-size sets the side of --backbone's inputs: pass --backbone too")
-        if args.backbone_size < 8:
+            raise SystemExit("--backbone-size and --allow-random-backbone are about --backbone: pass --backbone too")
+        if args.backbone_size is not None and args.backbone_size < 8:
             raise SystemExit(f"--backbone-size must be at least 8 px, got {args.backbone_size}")
         from uetransforms.models.backbones import load_backbone
 
-        backbone = load_backbone(backbone, image_size=args.backbone_size, device=args.device)
+        backbone = load_backbone(backbone, image_size=args.backbone_size, device=args.device,
+                                 allow_random=args.allow_random_backbone)
     common = dict(image_column="img", label_column="label", arch=args.arch, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
                   defences=args.defences, attacker=args.attacker, backbone=backbone)

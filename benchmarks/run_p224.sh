@@ -3,8 +3,9 @@
 # rows [0, 3000) protected, clean test rows [0, 1000), both upscaled to 224 px (bicubic, JPEG 95),
 # bank seed 1234, 8 L-BFGS rounds. FRACTAL = torchvision ResNet-18 pretrained here on procedural
 # fractals (benchmarks/build_backbone.py --arch resnet18 --data fractals); DIGITS = the 32-px digits
-# small CNN, read at 224 px (--backbone-size 224: it pools globally).
-# STEPS="clean cuda reflect k5 k9 digits others" picks the parts (default: all, in this order).
+# small CNN, read at 224 px (--backbone-size 224: it pools globally). random = the same ResNet-18 with
+# random weights (init seed 0), clean only: what the fractal pretraining added to the probe.
+# STEPS="clean cuda reflect k5 k9 digits random others" picks the parts (default: all, in this order).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -20,6 +21,7 @@ for step in ${STEPS:-clean cuda reflect k5 k9 digits others}; do
     k5)      $B --backbone "$FRACTAL" --methods cuda --param cuda.kernel_size=5 --out $R-probe-fractal-cuda-k5.json ;;
     k9)      $B --backbone "$FRACTAL" --methods cuda --param cuda.kernel_size=9 --param cuda.blur_parameter=0.06 --out $R-probe-fractal-cuda-k9.json ;;
     digits)  $B --backbone "$DIGITS" --backbone-size 224 --methods clean cuda --out $R-probe-digits224.json ;;
+    random)  $B --backbone tv:resnet18@random --allow-random-backbone --methods clean --out $R-probe-random-clean.json ;;
     others)  $B --backbone "$FRACTAL" --methods ops ar lsp --out $R-probe-fractal-others.json ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
