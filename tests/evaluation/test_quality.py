@@ -93,3 +93,15 @@ def test_summary_batches_large_images_by_pixels(monkeypatch):
     small = torch.randint(0, 256, (3, 3, 20, 20), generator=g, dtype=torch.uint8)
     mixed = quality.summary([*x, *small], [*y, *small])
     assert seen == [2, 2, 1, 3] and mixed["n"] == 8
+
+
+def test_ssim_separable_blur_equals_the_2d_window():
+    """SSIM's Gaussian blur runs as two banded matrix products; it must equal the 2-D window's convolution."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (2, 3, 23, 17), generator=g).double()
+    w = quality._gaussian(11, 1.5, torch.float64, torch.device("cpu"))
+    ref = F.conv2d(x, (w[:, None] * w[None, :]).expand(3, 1, 11, 11), groups=3)
+    out = quality._band(w, 23).T @ (x @ quality._band(w, 17))
+    assert out.shape == ref.shape == (2, 3, 13, 7) and torch.allclose(out, ref, atol=1e-9)

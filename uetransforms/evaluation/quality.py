@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def _pair(clean: Any, protected: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +64,17 @@ def _gaussian(size: int, sigma: float, dtype: torch.dtype, device: torch.device)
     return g / g.sum()
 
 
+def _band(g: torch.Tensor, n: int) -> torch.Tensor:
+    """``[n, n - len(g) + 1]`` with ``g`` down each column, shifted by one per column: ``x @ band`` is
+    the valid 1-D correlation of ``x``'s last axis with ``g``."""
+    m = len(g)
+    out = torch.zeros(n, n - m + 1, dtype=g.dtype, device=g.device)
+    cols = torch.arange(n - m + 1, device=g.device)
+    for i in range(m):
+        out[cols + i, cols] = g[i]
+    return out
+
+
 def ssim(clean: Any, protected: Any, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Per-image mean SSIM (Gaussian window, valid positions only), channels averaged."""
     a, b = _pair(clean, protected)
@@ -75,10 +85,13 @@ def ssim(clean: Any, protected: Any, *, window: int = 11, sigma: float = 1.5) ->
         raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {h}x{w}")
     sig = sigma * size / window
     g = _gaussian(size, sig, a.dtype, a.device)
-    k = (g[:, None] * g[None, :]).expand(c, 1, size, size)
+    # The Gaussian window is separable: blur = rows then columns, each a matrix product with a banded
+    # matrix (valid positions only). Same sums as the 2-D depthwise convolution (to 1e-13), but float64
+    # depthwise conv2d takes torch's slow unfold path: at 224 px that was ~1.4 s per image on one core.
+    bw, bh = _band(g, w), _band(g, h)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, k, groups=c)
+        return bh.T @ (t @ bw)
 
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mu_a, mu_b = blur(a), blur(b)
