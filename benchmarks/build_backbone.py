@@ -21,8 +21,8 @@ paints each map's points in a random colour on a random background, at ``--size`
 torchvision state dict in safetensors (head included; the loader drops it), loaded with
 ``backbone="tv:resnet18@PATH"``:
 
-    OMP_NUM_THREADS=1 python benchmarks/build_backbone.py --arch resnet18 --data fractals --size 96 \
-        --out /tmp/pt/fractal-resnet18-s96.safetensors
+    OMP_NUM_THREADS=1 python benchmarks/build_backbone.py --arch resnet18 --data fractals --size 64 \\
+        --classes 32 --per-class 256 --epochs 2 --batch-size 64 --lr 0.1 --out /tmp/pt/fractal-resnet18-s64.safetensors
 
 A backbone "of the same kind of images" is ``benchmarks/build_surrogate.py`` (CIFAR-10 rows that
 the harness never protects).
