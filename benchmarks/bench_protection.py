@@ -117,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="peak lr (default: the attacker's: 0.1 scratch, 0.01 finetune)")
     p.add_argument("--attacker", default="scratch", help="scratch, linear-probe or finetune (ue.evaluate's attacker=)")
     p.add_argument("--backbone", default=None, help="the pretrained attackers' backbone spec (ue.evaluate's backbone=)")
+    p.add_argument("--backbone-size", type=int, default=None,
+                   help="side the backbone reads its inputs at (default: its own, 224 for tv:, 32 for a small-cnn "
+                        "file); pass the --resolution to feed a globally pooled small CNN the images unresized")
+    p.add_argument("--allow-random-backbone", action="store_true",
+                   help="accept a '...@random' --backbone: the control that says what pretraining added (the "
+                        "identity records random_init)")
     p.add_argument("--arch", default="cnn-small")
     p.add_argument("--train-size", type=int, default=10_000)
     p.add_argument("--test-size", type=int, default=2_000)
@@ -168,9 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.resolution:
         train, test = (upscale_jpeg(ds, "img", args.resolution, args.jpeg_quality) for ds in (train, test))
 
+    backbone = args.backbone
+    if args.backbone_size is not None or args.allow_random_backbone:
+        if backbone is None:
+            raise SystemExit("--backbone-size and --allow-random-backbone are about --backbone: pass --backbone too")
+        if args.backbone_size is not None and args.backbone_size < 8:
+            raise SystemExit(f"--backbone-size must be at least 8 px, got {args.backbone_size}")
+        from uetransforms.models.backbones import load_backbone
+
+        backbone = load_backbone(backbone, image_size=args.backbone_size, device=args.device,
+                                 allow_random=args.allow_random_backbone)
     common = dict(image_column="img", label_column="label", arch=args.arch, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
-                  defences=args.defences, attacker=args.attacker, backbone=args.backbone)
+                  defences=args.defences, attacker=args.attacker, backbone=backbone)
     if args.label_map == "animal-vehicle":
         # CIFAR-10 vehicles: airplane 0, automobile 1, ship 8, truck 9.
         common["label_map"] = [1 if c in (0, 1, 8, 9) else 0 for c in range(10)]
@@ -231,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "w") as f:
         json.dump({
             "command": "python benchmarks/bench_protection.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "config": {**{k: v for k, v in common.items()}, "train_size": args.train_size,
+            "config": {**{k: v for k, v in common.items() if k != "backbone"}, "backbone": args.backbone,
+                       "backbone_size": args.backbone_size, "train_size": args.train_size,
                        "test_size": args.test_size, "bank_seed": args.bank_seed, "params": params,
                        "threads": torch.get_num_threads()},
             "environment": {"uetransforms": ue.__version__, "torch": torch.__version__,

@@ -102,3 +102,24 @@ def test_cli_flags(backbone_file, tmp_path, capsys):
 
     report = json.load(open(tmp_path / "r" / "report.json"))
     assert report["config"]["attacker"] == "linear-probe" and report["config"]["backbone"]["kind"] == "small-cnn"
+
+
+def test_linear_probe_at_224_px_through_a_local_torchvision_checkpoint(tmp_path):
+    """The 224-px probe of a ResNet-18 pretrained elsewhere (a local file, head of another task): the
+    ImageNet stem sees the images at 224 px, not resized, and the report names the checkpoint and side."""
+    from safetensors.torch import save_file
+    from torchvision import models as tvm
+
+    torch.manual_seed(0)
+    path = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in tvm.resnet18(num_classes=5).state_dict().items()}, str(path))
+    bb = load_backbone(f"tv:resnet18@{path}")
+    seen: list[tuple[int, ...]] = []
+    bb.net.conv1.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    train, test = _split(6, 0, size=224), _split(4, 1, size=224)
+    report = evaluate(train, test, clean_train=train, epochs=2, progress=False, attacker="linear-probe", backbone=bb)
+    assert report.data["image_shape"][-1] == 224
+    assert seen and set(seen) == {(224, 224)}  # the attacker's copy keeps the hook: every batch entered at 224
+    ident = report.config["backbone"]
+    assert ident["kind"] == "torchvision" and ident["image_size"] == 224 and ident["checkpoint"] == "r18.safetensors"
+    assert len(report.rows[0].curve) == 2

@@ -100,3 +100,22 @@ def test_summary_keys_and_values():
     assert math.isinf(quality.summary(x, x)["psnr_mean"])
     with pytest.raises(ValueError):
         quality.summary(np.zeros((0, 3, 8, 8), np.uint8), np.zeros((0, 3, 8, 8), np.uint8))
+
+
+def test_summary_batches_large_images_by_pixels(monkeypatch):
+    """Large images go through summary a few at a time (1024 images at 224 px would need tens of GB in SSIM);
+    the numbers are those of one batch, for a tensor and for a list of mixed sizes."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (5, 3, 40, 40), generator=g, dtype=torch.uint8)
+    y = (x.int() + torch.randint(-9, 10, x.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    whole = quality.summary(x, y)
+    seen: list[int] = []
+    real = quality.ssim
+    monkeypatch.setattr(quality, "ssim", lambda a, b: (seen.append(len(a)), real(a, b))[1])
+    monkeypatch.setattr(quality, "_BATCH_PIXELS", 2 * 40 * 40)
+    assert quality.summary(x, y) == pytest.approx(whole)
+    assert seen == [2, 2, 1]
+    seen.clear()
+    small = torch.randint(0, 256, (3, 3, 20, 20), generator=g, dtype=torch.uint8)
+    mixed = quality.summary([*x, *small], [*y, *small])
+    assert seen == [2, 2, 1, 3] and mixed["n"] == 8

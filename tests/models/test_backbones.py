@@ -112,3 +112,40 @@ def test_surrogate_through_a_frozen_backbone(tmp_path):
     assert isinstance(s.backbone, Backbone) and s.frozen_backbone
     assert s(torch.rand(2, 3, 16, 16)).shape == (2, 3)
     assert [p.shape for p in s.trainable()] == [torch.Size([3, 64]), torch.Size([3])]
+
+
+def test_torchvision_checkpoint_with_any_head_reads_224_px_unresized(tmp_path):
+    """A ResNet-18 pretrained here on another task (a 7-way head, safetensors, as
+    benchmarks/build_backbone.py --arch resnet18 writes it) loads as 'tv:resnet18@FILE': the head is
+    dropped, the trunk is the file's, and 224-px inputs reach the ImageNet stem at 224 px."""
+    from safetensors.torch import save_file
+    from torchvision import models as tvm
+
+    torch.manual_seed(3)
+    net = tvm.resnet18(num_classes=7).eval()
+    path = tmp_path / "r18-7way.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata={"trained_on": "7 shapes"})
+    bb = load_backbone(f"tv:resnet18@{path}").eval()
+    assert bb.image_size == 224 and bb.identity()["image_size"] == 224 and bb.feature_dim == 512
+    assert bb.identity()["trained_on"] == "7 shapes"
+    assert torch.equal(bb.net.layer4[1].conv2.weight, net.layer4[1].conv2.weight)
+    x = torch.rand(2, 3, 224, 224)
+    assert bb.preprocess(x).shape == (2, 3, 224, 224)
+    mean = torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
+    net.fc = torch.nn.Identity()
+    with torch.no_grad():
+        assert torch.allclose(bb(x), net((x - mean) / std), atol=1e-5)
+    # 32-px inputs are upscaled to the weights' 224, not read at 32
+    assert bb.preprocess(torch.rand(1, 3, 32, 32)).shape == (1, 3, 224, 224)
+
+
+def test_small_cnn_read_at_another_side_says_so(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "cnn.safetensors"
+    save_small_cnn(SmallCNN(10, 3, width=8), path)
+    bb = load_backbone(str(path), image_size=224)
+    x = torch.rand(1, 3, 224, 224)
+    assert bb.preprocess(x).shape == (1, 3, 224, 224) and bb(x).shape == (1, 64)
+    assert bb.identity()["image_size"] == 224 and bb.identity()["trained_image_size"] == 32
+    assert "trained_image_size" not in load_backbone(str(path)).identity()

@@ -142,12 +142,23 @@ def _tensor(v: Any) -> torch.Tensor:
     return v if isinstance(v, torch.Tensor) else torch.from_numpy(np.require(np.asarray(v), requirements="W"))
 
 
+#: Pixels (per channel) in one batch of :func:`summary`: ``batch_size`` images at 32 px, fewer of larger
+#: ones. SSIM holds several float copies of a batch, so 1024 images at 224 px would need tens of GB.
+_BATCH_PIXELS = 1024 * 32 * 32
+
+
+def _per_batch(batch_size: int, shape: tuple[int, ...]) -> int:
+    return max(1, min(batch_size, _BATCH_PIXELS // max(1, int(shape[-1]) * int(shape[-2]))))
+
+
 def _same_size_batches(clean: Any, protected: Any, batch_size: int):
-    """``(clean, protected)`` batches of at most ``batch_size`` images of one size each."""
+    """``(clean, protected)`` batches of at most ``batch_size`` images of one size each (fewer of images
+    larger than 32 px: at most :data:`_BATCH_PIXELS` pixels per channel)."""
     if not isinstance(clean, (list, tuple)) and not isinstance(protected, (list, tuple)):
         ca, pa = _tensor(clean), _tensor(protected)
-        for s in range(0, len(ca), batch_size):
-            yield ca[s : s + batch_size], pa[s : s + batch_size]
+        step = _per_batch(batch_size, tuple(ca.shape))
+        for s in range(0, len(ca), step):
+            yield ca[s : s + step], pa[s : s + step]
         return
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (a, b) in enumerate(zip(clean, protected)):
@@ -155,9 +166,10 @@ def _same_size_batches(clean: Any, protected: Any, batch_size: int):
         if shape != tuple(np.shape(b)):
             raise ValueError(f"image {i}: clean {shape} and protected {tuple(np.shape(b))} differ in size")
         groups.setdefault(shape, []).append(i)
-    for idx in groups.values():
-        for s in range(0, len(idx), batch_size):
-            chunk = idx[s : s + batch_size]
+    for shape, idx in groups.items():
+        step = _per_batch(batch_size, shape)
+        for s in range(0, len(idx), step):
+            chunk = idx[s : s + step]
             yield (torch.stack([_tensor(clean[i]) for i in chunk]), torch.stack([_tensor(protected[i]) for i in chunk]))
 
 

@@ -249,9 +249,12 @@ def load_backbone(spec: str | Backbone, *, allow_random: bool = False, image_siz
     try:
         if kind == "small-cnn":
             enc = encoders.small_cnn(weights, device=dev)  # type: ignore[arg-type]
-            ident = {**enc.identity(), "kind": "small-cnn"}
-            bb = Backbone(enc.backbone, identity=ident, image_size=image_size or enc.image_size,
-                          mean=enc.mean, std=enc.std, trainable=trainable)
+            side = image_size or enc.image_size
+            ident = {**enc.identity(), "kind": "small-cnn", "image_size": side}
+            if side != enc.image_size:  # a globally pooled CNN read at another side than it was trained at
+                ident["trained_image_size"] = enc.image_size
+            bb = Backbone(enc.backbone, identity=ident, image_size=side, mean=enc.mean, std=enc.std,
+                          trainable=trainable)
         elif kind == "tv":
             bb = _torchvision(arch, weights, image_size=image_size, trainable=trainable, init_seed=init_seed)
         elif kind == "timm":
@@ -265,13 +268,18 @@ def load_backbone(spec: str | Backbone, *, allow_random: bool = False, image_siz
     return bb.to(dev)
 
 
-def _headless(net: nn.Module, arch: str) -> nn.Module:
-    """Remove a torchvision/timm classifier head in place: the features are its input."""
+def _head_name(net: nn.Module, arch: str) -> str:
+    """The attribute holding a torchvision/timm classifier head (``fc``, ``classifier``, ``head``, ``heads``)."""
     for attr in ("fc", "classifier", "head", "heads"):
         if isinstance(getattr(net, attr, None), nn.Module):
-            setattr(net, attr, nn.Identity())
-            return net
+            return attr
     raise BackboneError(f"{arch!r} has no 'fc', 'classifier', 'head' or 'heads' to remove; use a classification model")
+
+
+def _headless(net: nn.Module, arch: str) -> nn.Module:
+    """Remove a torchvision/timm classifier head in place: the features are its input."""
+    setattr(net, _head_name(net, arch), nn.Identity())
+    return net
 
 
 def _torchvision(arch: str, weights: str | None, *, image_size: int | None, trainable: bool,
@@ -298,11 +306,19 @@ def _torchvision(arch: str, weights: str | None, *, image_size: int | None, trai
     elif _is_file(weights):
         sd = encoders._read_state_dict(weights)
         net = tvm.get_model(arch, weights=None)
+        # Features are the head's input, so the head goes before loading: a checkpoint trained for any
+        # number of classes (ImageNet's 1000, a 32-way pretraining task, CIFAR's 10) loads, and only
+        # the trunk must match the architecture.
+        head = _head_name(net, arch)
+        setattr(net, head, nn.Identity())
         try:
-            net.load_state_dict(sd)
+            net.load_state_dict({k: v for k, v in sd.items() if not k.startswith(head + ".")})
         except Exception as err:
             raise BackboneError(f"{weights!r} is not a torchvision {arch} state dict: {err}") from err
         ident.update(weights=None, checkpoint=os.path.basename(weights), checkpoint_sha256=encoders.file_sha256(weights))
+        trained_on = _safetensors_meta(weights).get("trained_on")
+        if trained_on:  # benchmarks/build_backbone.py writes it: the reports then say what the attacker knew
+            ident["trained_on"] = trained_on
     else:
         try:
             enum = tvm.get_model_weights(arch)[weights]
@@ -322,6 +338,16 @@ def _torchvision(arch: str, weights: str | None, *, image_size: int | None, trai
         ident.update(weights=weights)
     ident.update(image_size=side)
     return Backbone(_headless(net, arch), identity=ident, image_size=side, mean=mean, std=std, trainable=trainable)
+
+
+def _safetensors_meta(path: str) -> dict[str, str]:
+    """The metadata of a safetensors file (``{}`` for other formats)."""
+    if not path.endswith(".safetensors"):
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        return dict(fh.metadata() or {})
 
 
 def _timm(name: str, weights: str | None, *, image_size: int | None, trainable: bool, init_seed: int) -> Backbone:

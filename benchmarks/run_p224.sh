@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Linear probe at 224 px on backbones pretrained on other data (issue 22, session 8): CIFAR-10 train
+# rows [0, 3000) protected, clean test rows [0, 1000), both upscaled to 224 px (bicubic, JPEG 95),
+# bank seed 1234, 8 L-BFGS rounds. FRACTAL = torchvision ResNet-18 pretrained here on procedural
+# fractals (benchmarks/build_backbone.py --arch resnet18 --data fractals); DIGITS = the 32-px digits
+# small CNN, read at 224 px (--backbone-size 224: it pools globally). random = the same ResNet-18 with
+# random weights (init seed 0), clean only: what the fractal pretraining added to the probe.
+# STEPS="clean cuda reflect k5 k9 digits random others" picks the parts (default: all, in this order).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python}
+FRACTAL=${FRACTAL:-tv:resnet18@/tmp/pt/fractal-resnet18-s64.safetensors}
+DIGITS=${DIGITS:-/tmp/pt/digits-cnn-w32.safetensors}
+R=benchmarks/results/p224s8
+B="nice -n 5 env OMP_NUM_THREADS=1 $PY benchmarks/bench_protection.py --threads 1 --train-size 3000 --test-size 1000 --defences none --resolution 224 --attacker linear-probe --epochs 8"
+for step in ${STEPS:-clean cuda reflect k5 k9 digits others}; do
+  case $step in
+    clean)   $B --backbone "$FRACTAL" --methods clean --out $R-probe-fractal-clean.json ;;
+    cuda)    $B --backbone "$FRACTAL" --methods cuda --out $R-probe-fractal-cuda.json ;;
+    reflect) $B --backbone "$FRACTAL" --methods cuda --param cuda.padding=reflect --out $R-probe-fractal-cuda-reflect.json ;;
+    k5)      $B --backbone "$FRACTAL" --methods cuda --param cuda.kernel_size=5 --out $R-probe-fractal-cuda-k5.json ;;
+    k9)      $B --backbone "$FRACTAL" --methods cuda --param cuda.kernel_size=9 --param cuda.blur_parameter=0.06 --out $R-probe-fractal-cuda-k9.json ;;
+    digits)  $B --backbone "$DIGITS" --backbone-size 224 --methods clean cuda --out $R-probe-digits224.json ;;
+    random)  $B --backbone tv:resnet18@random --allow-random-backbone --methods clean --out $R-probe-random-clean.json ;;
+    others)  $B --backbone "$FRACTAL" --methods ops ar lsp --out $R-probe-fractal-others.json ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done
