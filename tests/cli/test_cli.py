@@ -425,21 +425,26 @@ def test_methods_for_answers_from_measured_facts(capsys):
     assert f"cuda: holds under JPEG-10: {d['accuracy']:.3f}" in out
     assert main(["methods", "--for", "pretrained"]) == 0
     out = capsys.readouterr().out
-    assert "em: not measured" in out  # never attacked with a pretrained model: said, not guessed
-    for key in ("cuda", "cudatap"):  # every recorded attacker row of a method is quoted with its ratio
+    assert "bayes: not measured" in out  # never attacked with a pretrained model: said, not guessed
+    pretrained = {(k, r["variant"], r["resolution"]) for k, rows in measured.load().get("attacks", {}).items()
+                  for r in rows if r["attacker"] in measured.PRETRAINED}
+    for key in ("cuda", "cudatap"):  # every attacker row of a setting with a pretrained row is quoted, at its size
         for row in measured.attacks(key):
+            if (key, row["variant"], row["resolution"]) not in pretrained:
+                continue  # a from-scratch row alone (e.g. 96 px) is no answer to "pretrained"
             opts = "" if row["variant"] == "defaults" else f" (with {row['variant']})"
-            line = next(x for x in out.splitlines() if x.startswith(f"  {key}{opts}:"))
+            line = next(x for x in out.splitlines() if x.startswith(f"  {key}{opts} at {row['resolution']} px:"))
             assert f"{measured.ATTACKER_WORDS[row['attacker']]} {row['ratio']:.2f}x" in line
     # ranked by the weaker of the two pretrained attackers: the first line is the most robust
     worst: dict = {}
     for key, rows in measured.load().get("attacks", {}).items():
         for r in rows:
             if r["attacker"] in measured.PRETRAINED:
-                worst.setdefault((key, r["variant"]), {})[r["attacker"]] = r["ratio"]
-    best_key, best_variant = min((k for k, v in worst.items() if len(v) == 2), key=lambda k: max(worst[k].values()))
+                worst.setdefault((key, r["variant"], r["resolution"]), {})[r["attacker"]] = r["ratio"]
+    best_key, best_variant, best_px = min((k for k, v in worst.items() if len(v) == 2),
+                                          key=lambda k: max(worst[k].values()))
     opts = "" if best_variant == "defaults" else f" (with {best_variant})"
-    assert out.splitlines()[1].startswith(f"  {best_key}{opts}:")
+    assert out.splitlines()[1].startswith(f"  {best_key}{opts} at {best_px} px:")
     assert main(["methods", "--for", "no-labels"]) == 0
     assert "clusters" in capsys.readouterr().out and main(["methods", "--for", "nope"]) == 2
 

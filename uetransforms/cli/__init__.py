@@ -121,28 +121,30 @@ def method_guide(need: str) -> list[str]:
         out.append("  other JPEG qualities and re-compression of the published PNGs were not measured.")
     elif need == "pretrained":
         # Every recorded variant counts here (an option's numbers are named as such), ranked by its
-        # weaker side: a protection must hold against the probe *and* the fine-tune.
+        # weaker side: a protection must hold against the probe *and* the fine-tune. Rows of one line
+        # share a resolution: a 224-px probe is never quoted beside a 32-px fine-tune.
         ranked = []
         for r in rows:
-            by_variant: dict[str, dict[str, dict]] = {}
-            scratch: dict[str, dict] = {}
+            by_variant: dict[tuple[str, int], dict[str, dict]] = {}
+            scratch: dict[tuple[str, int], dict] = {}
             for a in measured.attacks(r["key"]):
+                at = (a["variant"], int(a["resolution"]))
                 if a["attacker"] in measured.PRETRAINED:
-                    by_variant.setdefault(a["variant"], {})[a["attacker"]] = a
+                    by_variant.setdefault(at, {})[a["attacker"]] = a
                 else:
-                    scratch[a["variant"]] = a
-            for variant, got in by_variant.items():
-                if variant in scratch:  # the same bank trained from scratch, where that was measured too
-                    got = {**got, "scratch": scratch[variant]}
+                    scratch[at] = a
+            for at, got in by_variant.items():
+                if at in scratch:  # the same setting trained from scratch, where that was measured too
+                    got = {**got, "scratch": scratch[at]}
                 both = all(a in got for a in measured.PRETRAINED)
                 worst = max(got[a]["ratio"] for a in measured.PRETRAINED) if both else float("inf")
-                ranked.append((worst, r["key"], variant, got))
-        for worst, key, variant, got in sorted(ranked, key=lambda t: (t[0], t[1])):
+                ranked.append((worst, r["key"], at, got))
+        for worst, key, (variant, px), got in sorted(ranked, key=lambda t: (t[0], t[1], t[2][1])):
             said = ", ".join(f"{measured.ATTACKER_WORDS[a]} {got[a]['ratio']:.2f}x" if a in got else f"{measured.ATTACKER_WORDS[a]} not measured"
                              for a in measured.PRETRAINED)
             if "scratch" in got:
                 said += f"; {measured.ATTACKER_WORDS['scratch']} {got['scratch']['ratio']:.2f}x"
-            opts = "" if variant == "defaults" else f" (with {variant})"
+            opts = ("" if variant == "defaults" else f" (with {variant})") + f" at {px} px"
             any_row = next(iter(got.values()))
             out.append(f"  {key}{opts}: {said}; PSNR {any_row['psnr']:.1f} dB" if any_row.get("psnr") is not None
                        else f"  {key}{opts}: {said}")
