@@ -102,8 +102,9 @@ def method_guide(need: str) -> list[str]:
         out.append("  every other class-keyed method (cuda, em, ar, lsp, ops, random) runs without labels too, keyed "
                    "by clusters of an image encoder: fit METHOD DATA --no-labels --encoder <encoder file or model name> "
                    "(add --param cluster_by=head to key by the encoder file's own classifier when it was trained on "
-                   "classes like yours); measured weaker than with labels, and not in the shipped facts: see "
-                   "benchmarks/RESULTS.md, 'Label-free protection, session 6' and 'session 7'.")
+                   "classes like yours); measured weaker than with labels, and not in the shipped facts: cuda fitted "
+                   "without labels takes 5x5 filters, and most of their effect is blur (random keys come close); see "
+                   "benchmarks/RESULTS.md, 'Label-free protection, session 6', 'session 7' and 'session 8'.")
         if any(r["key"] == "clusters" for r in free):
             out.append("  clusters downloads ImageNet ResNet-50 weights on first use; offline, pass a local copy: "
                        "--param checkpoint=resnet50-11ad3fa6.pth (or --param surrogate=small-cnn --param "
