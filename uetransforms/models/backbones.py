@@ -342,12 +342,7 @@ def _torchvision(arch: str, weights: str | None, *, image_size: int | None, trai
 
 def _safetensors_meta(path: str) -> dict[str, str]:
     """The metadata of a safetensors file (``{}`` for other formats)."""
-    if not path.endswith(".safetensors"):
-        return {}
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as fh:
-        return dict(fh.metadata() or {})
+    return encoders.file_metadata(path) if path.endswith(".safetensors") else {}
 
 
 def _timm(name: str, weights: str | None, *, image_size: int | None, trainable: bool, init_seed: int) -> Backbone:

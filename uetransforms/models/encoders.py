@@ -242,18 +242,23 @@ def save_small_cnn(net: nn.Module, path: str | os.PathLike, *, extra: dict[str, 
     return file_sha256(path)
 
 
+def file_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata block of a safetensors file (``{}`` when it has none): the one reader of it here."""
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
+
+
 def small_cnn(checkpoint: str | os.PathLike, *, expect_sha256: str | None = None,
               device: str | torch.device | None = None) -> Encoder:
     """The encoder in a file written by :func:`save_small_cnn` (e.g. by ``benchmarks/build_surrogate.py``)."""
-    from safetensors import safe_open
-
     from .networks import SmallCNN
 
     path = os.fspath(checkpoint)
     if not os.path.isfile(path):
         raise SurrogateWeightsError(f"no small-cnn encoder file at {path!r} (benchmarks/build_surrogate.py writes one)")
-    with safe_open(path, framework="pt") as fh:
-        meta = fh.metadata() or {}
+    meta = file_metadata(path)
     if meta.get("format") != ENCODER_FORMAT or meta.get("arch") != "small-cnn":
         raise SurrogateWeightsError(f"{path!r} is not a small-cnn encoder file (format {meta.get('format')!r})")
     sha = file_sha256(path)
@@ -294,14 +299,11 @@ def save_torchvision(net: nn.Module, path: str | os.PathLike, *, arch: str, imag
 
 def encoder_file(path: str | os.PathLike, *, device: str | torch.device | None = None) -> Encoder:
     """The encoder in a self-describing file (:func:`save_small_cnn` or :func:`save_torchvision`)."""
-    from safetensors import safe_open
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise SurrogateWeightsError(f"no encoder file at {path!r}")
     try:
-        with safe_open(path, framework="pt") as fh:
-            meta = fh.metadata() or {}
+        meta = file_metadata(path)
     except Exception as err:
         raise SurrogateWeightsError(
             f"{path!r} is not an encoder file written by save_small_cnn/save_torchvision ({err}); for a plain "
