@@ -24,7 +24,7 @@ def test_weights_follow_the_construction():
         rest = w[k, 0][~centre].astype(np.float64)
         assert (rest >= 0).all() and (rest < 0.2).all()
     assert bank.params == {"blur_parameter": 0.2, "center_parameter": 1.0, "kernel_size": 5,
-                           "normalise": "max", "padding": "zeros", "seed": 11}
+                           "normalise": "max", "padding": "zeros", "dilation": 1, "seed": 11}
     assert bank.info["size_mismatch"] == "resize"
     # centre positions are random: not all classes share one
     ds10, _, _ = toy_data(n=20, classes=10)
@@ -79,14 +79,14 @@ def test_apply_is_the_per_class_filter_then_max_normalisation():
     assert ue.apply(bank, big, [0, 1]).shape == big.shape
 
 
-def _reflect_ref(x, w, labels):
+def _reflect_ref(x, w, labels, dilation=1):
     """The reference for reflect padding: ``F.pad(mode="reflect")``, then a float64 conv (exact for grid
     filters, so it is the float32 sum too), then the kernel's float32 max-normalisation."""
     out = []
     for i, y in enumerate(labels):
         k = w.shape[-1]
-        xp = F.pad(x[i : i + 1].double(), (k // 2,) * 4, mode="reflect")
-        ref = F.conv2d(xp, w[y].unsqueeze(1).double(), groups=3).float()
+        xp = F.pad(x[i : i + 1].double(), (dilation * (k // 2),) * 4, mode="reflect")
+        ref = F.conv2d(xp, w[y].unsqueeze(1).double(), groups=3, dilation=dilation).float()
         out.append((ref / ref.max() * 255).round().clamp(0, 255).to(torch.uint8))
     return torch.cat(out)
 
@@ -119,6 +119,30 @@ def test_reflect_matches_the_reference_and_is_the_same_batched_or_per_image(hw, 
     assert torch.equal(out, _reflect_ref(x, w, labels))
     per_image = torch.cat([ue.apply(bank, x[i : i + 1], [y]) for i, y in enumerate(labels)])
     assert torch.equal(out, per_image)
+
+
+@pytest.mark.parametrize("hw", [(20, 17), (100, 96)])
+def test_dilation_spaces_the_same_filters_and_is_stored(hw):
+    ds, _, labels = toy_data(classes=3)
+    bank = ue.fit("cuda", ds, seed=7, padding="reflect", dilation=3)
+    # The same random entries as dilation 1 (the key does not change), only spaced out at apply time.
+    assert np.array_equal(bank.tensors["weight"], ue.fit("cuda", ds, seed=7).tensors["weight"])
+    assert bank.params["dilation"] == 3 and bank.measure()["kernel_size"] == 3
+    x = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (len(labels), 3, *hw), dtype=np.uint8))
+    out = ue.apply(bank, x, labels)
+    assert torch.equal(out, _reflect_ref(x, torch.from_numpy(bank.tensors["weight"]), labels, dilation=3))
+    assert not torch.equal(out, ue.apply(ue.fit("cuda", ds, seed=7, padding="reflect"), x, labels))
+
+
+def test_bank_without_a_dilation_param_applies_contiguous_filters(tmp_path):
+    # Banks saved before the dilation parameter existed hold no "dilation": their taps were contiguous.
+    ds, imgs, labels = toy_data()
+    bank = ue.fit("cuda", ds, seed=9)
+    old = bank.replace(params={k: v for k, v in bank.params.items() if k != "dilation"})
+    loaded = ue.NoiseBank.load(old.save(tmp_path / "old.bank.arrow"))
+    assert "dilation" not in loaded.params
+    x = to_chw(imgs)
+    assert torch.equal(ue.apply(loaded, x, labels), ue.apply(bank, x, labels))
 
 
 def test_bank_without_a_padding_param_applies_as_zeros(tmp_path):
@@ -170,6 +194,8 @@ def test_reads_labels_only_not_images():
         ({"kernel_size": 3.0}, "kernel_size"),
         ({"normalise": "min"}, "normalise"),
         ({"padding": "replicate"}, "padding"),
+        ({"dilation": 0}, "dilation"),
+        ({"dilation": 2.0}, "dilation"),
         ({"blur": 0.3}, "blur"),
     ],
 )

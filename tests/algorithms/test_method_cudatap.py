@@ -37,6 +37,21 @@ def test_filters_are_cudas_and_the_noise_sits_on_the_filtered_pixels(backbone_fi
     assert 0 <= bank.info["target_hit_rate"] <= 1
 
 
+def test_cudas_padding_and_dilation_are_the_ones_crafted_on_and_applied(backbone_file):
+    # The bank stores cuda's padding and dilation; the noise was crafted on images filtered that way,
+    # and apply must filter the same way (it once applied every cudatap bank zero-padded).
+    ds = _data(size=12)
+    bank = ue.fit("cudatap", ds, backbone=backbone_file, mode="class", steps=2, seed=3, padding="reflect", dilation=2)
+    assert bank.params["padding"] == "reflect" and bank.params["dilation"] == 2
+    x = _chw(ds)
+    w = torch.from_numpy(np.array(bank.tensors["weight"]))[ds["label"]]
+    filtered = kernels.convolve(x, w, padding="reflect", dilation=2)
+    d = torch.from_numpy(np.array(bank.tensors["delta"], dtype=np.float32))[ds["label"]] * 255
+    out = ue.apply(bank, x, ds["label"])
+    assert torch.equal(out, kernels.add_delta(filtered, d))
+    assert not torch.equal(out, kernels.add_delta(kernels.convolve(x, w), d))
+
+
 def test_class_mode_keys_filters_and_noise_by_class(backbone_file):
     ds = _data()
     bank = ue.fit("cudatap", ds, backbone=backbone_file, mode="class", steps=2, seed=2)

@@ -162,21 +162,52 @@ def _grid_filters(rng, b, c, k, *, signed=False):
 @pytest.mark.parametrize("normalise", ["max", "none"])
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("padding", kernels.CONV_PADDINGS)
-def test_library_conv_gives_the_shifted_adds_bytes(monkeypatch, hw, k, normalise, signed, padding):
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_library_conv_gives_the_shifted_adds_bytes(monkeypatch, hw, k, normalise, signed, padding, dilation):
     # Grid filters may take F.conv2d (exact in any order); the bytes must be the reference's.
     rng = np.random.default_rng(k * 100 + hw[0])
     x = torch.from_numpy(rng.integers(0, 256, (3, 3, *hw), dtype=np.uint8))
     x[1] = 0  # an all-black image: normalised by the clamped peak, stays black
     w = _grid_filters(rng, 3, 3, k, signed=signed)
-    ref = kernels._convolve_shifted(x, w, normalise, padding)
+    ref = kernels._convolve_shifted(x, w, normalise, padding, dilation=dilation)
     exact = kernels._library_conv_exact()  # checked once per process, before the spy counts calls
     calls = []
     real = kernels._convolve_library
-    monkeypatch.setattr(kernels, "_convolve_library", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(kernels, "_convolve_library", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     for layout in (torch.contiguous_format, torch.channels_last):
-        assert torch.equal(kernels.convolve(x.contiguous(memory_format=layout), w, normalise=normalise, padding=padding), ref)
+        got = kernels.convolve(x.contiguous(memory_format=layout), w, normalise=normalise, padding=padding,
+                               dilation=dilation)
+        assert torch.equal(got, ref)
     # Where this torch build's convolution rounds even on the grid, every call keeps the shifted adds.
     assert len(calls) == (2 if exact and hw[0] * hw[1] >= kernels._LIBRARY_CONV_MIN_PIXELS else 0)
+
+
+@pytest.mark.parametrize("padding", kernels.CONV_PADDINGS)
+@pytest.mark.parametrize("hw", [(12, 11), (100, 97)])
+def test_a_dilated_filter_is_the_contiguous_filter_with_zeros_between_its_taps(hw, padding):
+    # The reference for dilation: a k x k filter spaced d apart is the (d(k-1)+1)-wide filter holding the
+    # same entries every d pixels and zeros between them, with the same padding width.
+    rng = np.random.default_rng(hw[0])
+    x = torch.from_numpy(rng.integers(0, 256, (2, 3, *hw), dtype=np.uint8))
+    w = _grid_filters(rng, 2, 3, 3)
+    for d in (2, 3):
+        wide = torch.zeros((2, 3, 2 * d + 1, 2 * d + 1))
+        wide[:, :, ::d, ::d] = w
+        assert torch.equal(kernels.convolve(x, w, padding=padding, dilation=d), kernels.convolve(x, wide, padding=padding))
+        assert not torch.equal(kernels.convolve(x, w, padding=padding, dilation=d), kernels.convolve(x, w, padding=padding))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_conv_dilation_must_be_a_positive_integer(bad):
+    x = torch.zeros((1, 3, 8, 8), dtype=torch.uint8)
+    with pytest.raises(BankError, match="dilation must be an integer >= 1"):
+        kernels.convolve(x, torch.ones((1, 3, 3, 3)), dilation=bad)
+
+
+def test_reflect_padding_names_the_dilation_when_the_image_is_too_small():
+    x = torch.zeros((1, 3, 8, 8), dtype=torch.uint8)
+    with pytest.raises(BankError, match="dilation 4 needs images larger than 8x8.*smaller dilation"):
+        kernels.convolve(x, torch.ones((1, 3, 5, 5)), padding="reflect", dilation=4)
 
 
 def test_off_grid_filters_keep_the_shifted_adds(monkeypatch):
@@ -184,7 +215,7 @@ def test_off_grid_filters_keep_the_shifted_adds(monkeypatch):
     x = torch.from_numpy(rng.integers(0, 256, (2, 3, 100, 100), dtype=np.uint8))
     w = _grid_filters(rng, 2, 3, 3)
     w[0, 0, 0, 0] += 2.0**-20  # one entry off the grid: a library convolution could round differently
-    monkeypatch.setattr(kernels, "_convolve_library", lambda *a: pytest.fail("off-grid filters must not take F.conv2d"))
+    monkeypatch.setattr(kernels, "_convolve_library", lambda *a, **kw: pytest.fail("off-grid filters must not take F.conv2d"))
     assert torch.equal(kernels.convolve(x, w), kernels._convolve_shifted(x, w, "max"))
 
 
@@ -199,7 +230,7 @@ def test_fused_adds_only_for_grid_filters(monkeypatch, off_grid):
     exact = kernels._library_conv_exact()  # checked once per process, before the spy counts calls
     seen = []
     real = kernels._convolve_shifted
-    monkeypatch.setattr(kernels, "_convolve_shifted", lambda *a, fused=False: seen.append(fused) or real(*a, fused=fused))
+    monkeypatch.setattr(kernels, "_convolve_shifted", lambda *a, fused=False, **kw: seen.append(fused) or real(*a, fused=fused, **kw))
     out = kernels.convolve(x, w)
     assert seen == [not off_grid and exact]
     assert torch.equal(out, real(x, w, "max"))
@@ -212,7 +243,7 @@ def test_a_convolution_that_rounds_is_caught_by_the_self_check(monkeypatch):
     x = torch.from_numpy(rng.integers(0, 256, (2, 3, 100, 100), dtype=np.uint8))
     w = _grid_filters(rng, 2, 3, 3)
     real = kernels._convolve_library
-    monkeypatch.setattr(kernels, "_convolve_library", lambda *a: real(*a) // 2 * 2)  # drops the low bit
+    monkeypatch.setattr(kernels, "_convolve_library", lambda *a, **kw: real(*a, **kw) // 2 * 2)  # drops the low bit
     monkeypatch.setattr(kernels, "_LIBRARY_CONV_EXACT", {})
     assert torch.equal(kernels.convolve(x, w), kernels._convolve_shifted(x, w, "max"))
     assert kernels._LIBRARY_CONV_EXACT == {kernels._conv_precision(): False}

@@ -51,6 +51,14 @@ Parameters (all stored in ``bank.params``, with the seed):
   133 one pixel in) that COIN's edge-pixel detector keys on and that costs PSNR (25.3 dB against
   31.0 dB with reflect); reflect leaves no frame. Stored in ``bank.params``: every apply path
   reads it from the bank, and banks saved before this parameter apply as ``"zeros"``.
+* ``dilation`` (default 1, the paper's contiguous filters; ours): the ``k x k`` taps are spaced
+  ``dilation`` pixels apart (``F.conv2d(dilation=...)``), so the filter spans
+  ``dilation * (k - 1) + 1`` pixels with the same ``k * k`` random entries. Why: a 3 x 3 filter on a
+  photo whose detail is several pixels wide (an upscaled or soft image) only mixes neighbours that
+  are nearly equal, so every class's filter does almost the same thing; spacing the taps by the
+  detail's scale makes the class filters differ where the content is. Zero padding then draws a
+  frame ``dilation * (k // 2)`` pixels wide, so pair it with ``padding="reflect"``. Stored in
+  ``bank.params``; banks saved before it apply with 1.
 
 Example:
     >>> import numpy as np, torch, uetransforms as ue
@@ -99,6 +107,9 @@ METHOD = Method(
               help="'max': divide each filtered image by its maximum (the paper); 'none': clip only"),
         Param("padding", "zeros", Choice(kernels.CONV_PADDINGS), paper="zeros", public=True,
               help="'zeros' (the paper: a dark frame k//2 px wide, a detection cue) or 'reflect' (no frame)"),
+        Param("dilation", 1, Number(1, integer=True), paper=1, public=True,
+              help="pixels between filter taps (ours; the paper's filters are contiguous, 1): a k x k filter then "
+                   "spans dilation*(k-1)+1 px, for images whose detail is coarser than a pixel"),
     ),
     # keyed by clusters (no labels) the 3 x 3 filters protect little: 0.80x vs 0.51x with 5 x 5 (module docs)
     label_free_defaults={"kernel_size": 5},

@@ -15,7 +15,8 @@ Fitting: the filters are exactly ``cuda``'s for the same seed and parameters (``
 the bank (kind ``convadd``) holds both, keyed alike (per class, or per sample with each sample's
 class filter). Applying filters the image, rounds it to uint8 as a ``cuda`` bank does, then adds the
 delta: the delta was kept inside the pixel box of the filtered image, so adding never clips.
-Parameters: ``cuda``'s (``blur_parameter``, ``center_parameter``, ``kernel_size``, ``normalise``)
+Parameters: ``cuda``'s (``blur_parameter``, ``center_parameter``, ``kernel_size``, ``normalise``,
+``padding``, ``dilation``)
 and ``tap``'s (``epsilon``, ``backbone``, ``mode``, ``augment``, ``steps``, ``step_size``...), with
 their defaults except ``augment="flip+crop"`` (the setting measured). Measured against pretrained
 attackers in ``benchmarks/RESULTS.md`` ("Surviving the pretrained attacker, session 7"): crafted
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 
 from ..core import kernels
+from ..core.kinds.conv import conv_options
 from ..core.bank import NoiseBank
 from ..core.data import FitData
 from . import Method, cuda, tap
@@ -80,7 +82,7 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
     def filtered(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # The very kernel apply runs, on the uint8 pixels (x is u8 / 255, so the rounding is exact).
         u8 = (x * 255).round_().to(torch.uint8)
-        return kernels.convolve(u8, weight.to(x.device)[y], normalise=p["normalise"]).float().div_(255)
+        return kernels.convolve(u8, weight.to(x.device)[y], **conv_options(p)).float().div_(255)
 
     delta, keys, info = tap.craft(data, seed=seed, device=device, before=filtered,
                                   **{n: v for n, v in p.items() if n not in _CONV})

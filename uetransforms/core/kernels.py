@@ -2,7 +2,7 @@
 
 * :func:`add_delta` -- ``clip(round(x + delta))``, the additive kernel;
 * :func:`convolve` -- per-image ``k x k`` depthwise filters (the CUDA paper's normalisation), zero
-  or reflect padding;
+  or reflect padding, contiguous or dilated taps;
 * :func:`blend_pixels` -- sparse pixel edits ``where(mask, value, x)``;
 * :func:`ar_recursion` / :func:`synth_ar` -- autoregressive noise from per-key coefficients and
   a per-sample seed (:func:`sample_seed`).
@@ -108,9 +108,10 @@ def _library_conv_exact() -> bool:
             w = w.to(torch.float32)
             for mode in ("max", "none"):
                 for pad in CONV_PADDINGS:
-                    ref = _convolve_shifted(x, w, mode, pad)
-                    ok = ok and torch.equal(ref, _convolve_library(x, w, mode, pad))
-                    ok = ok and torch.equal(ref, _convolve_shifted(x, w, mode, pad, fused=True))
+                    for d in (1, 2):  # a dilated library convolution takes other code paths
+                        ref = _convolve_shifted(x, w, mode, pad, dilation=d)
+                        ok = ok and torch.equal(ref, _convolve_library(x, w, mode, pad, dilation=d))
+                        ok = ok and torch.equal(ref, _convolve_shifted(x, w, mode, pad, fused=True, dilation=d))
         _LIBRARY_CONV_EXACT[key] = ok
     return _LIBRARY_CONV_EXACT[key]
 
@@ -122,13 +123,15 @@ def _library_conv_exact() -> bool:
 CONV_PADDINGS = ("zeros", "reflect")
 
 
-def convolve(images: torch.Tensor, weight: torch.Tensor, *, normalise: str = "max", padding: str = "zeros") -> torch.Tensor:
+def convolve(images: torch.Tensor, weight: torch.Tensor, *, normalise: str = "max", padding: str = "zeros",
+             dilation: int = 1) -> torch.Tensor:
     """Filter image ``b``, channel ``c`` with ``weight[b, c]`` (``[B, C, k, k]``), the whole batch at once.
 
     ``normalise="max"`` divides each filtered image by its maximum over all channels and pixels,
     as the CUDA paper does, so the output spans the full range again; ``"none"`` only clips.
-    ``padding`` is one of :data:`CONV_PADDINGS`; ``"reflect"`` needs images more than ``k // 2``
-    pixels on each side.
+    ``padding`` is one of :data:`CONV_PADDINGS`; ``"reflect"`` needs images more than
+    ``dilation * (k // 2)`` pixels on each side. ``dilation`` spaces the taps ``dilation`` pixels
+    apart (``F.conv2d``'s dilation), so a ``k x k`` filter spans ``dilation * (k - 1) + 1`` pixels.
     Same bytes on every CPU and GPU: filters on the :func:`conv_grid_bits` grid (every bank
     ``cuda`` fits) go through the library convolution, which is exact for them; other filters
     (banks from before the grid) take fixed-order shifted adds.
@@ -141,17 +144,22 @@ def convolve(images: torch.Tensor, weight: torch.Tensor, *, normalise: str = "ma
         raise BankError(f"unknown conv normalisation {normalise!r}; expected 'max' or 'none'")
     if padding not in CONV_PADDINGS:
         raise BankError(f"unknown conv padding {padding!r}; expected one of {CONV_PADDINGS}")
-    if padding == "reflect" and (images.shape[-2] <= kh // 2 or images.shape[-1] <= kw // 2):
+    if isinstance(dilation, bool) or not isinstance(dilation, (int, np.integer)) or dilation < 1:
+        raise BankError(f"conv dilation must be an integer >= 1, got {dilation!r}; refit with dilation=1 (contiguous filters)")
+    dilation = int(dilation)
+    rh, rw = dilation * (kh // 2), dilation * (kw // 2)
+    if padding == "reflect" and (images.shape[-2] <= rh or images.shape[-1] <= rw):
         raise BankError(
-            f"reflect padding of a {kh}x{kw} filter needs images larger than {kh // 2}x{kw // 2} pixels, got "
-            f"{images.shape[-2]}x{images.shape[-1]}; refit with padding='zeros' or a smaller kernel_size")
+            f"reflect padding of a {kh}x{kw} filter with dilation {dilation} needs images larger than {rh}x{rw} "
+            f"pixels, got {images.shape[-2]}x{images.shape[-1]}; refit with padding='zeros', a smaller kernel_size "
+            "or a smaller dilation")
     kern = weight.to(device=images.device, dtype=torch.float32)
     exact = images.dtype == torch.uint8 and not images.is_cuda and _on_exact_grid(kern) and _library_conv_exact()
     # The GPU keeps the shifted adds: they are memory-bound there and cuDNN's tf32/algorithm
     # choices are not worth auditing for a kernel that costs microseconds.
     if exact and images.shape[-2] * images.shape[-1] >= _LIBRARY_CONV_MIN_PIXELS:
-        return _convolve_library(images, kern, normalise, padding)
-    return _convolve_shifted(images, kern, normalise, padding, fused=exact)
+        return _convolve_library(images, kern, normalise, padding, dilation=dilation)
+    return _convolve_shifted(images, kern, normalise, padding, fused=exact, dilation=dilation)
 
 
 def _normalise_(y: torch.Tensor, peak_dims: tuple[int, ...], normalise: str) -> torch.Tensor:
@@ -163,17 +171,19 @@ def _normalise_(y: torch.Tensor, peak_dims: tuple[int, ...], normalise: str) -> 
     return y.round_().clamp_(0, 255)
 
 
-def _pad(x: torch.Tensor, kh: int, kw: int, padding: str) -> torch.Tensor:
-    """``x`` (float ``[B, C, H, W]``) padded by ``k // 2`` on each side: the one padding rule of both paths.
+def _pad(x: torch.Tensor, kh: int, kw: int, padding: str, dilation: int = 1) -> torch.Tensor:
+    """``x`` (float ``[B, C, H, W]``) padded by ``dilation * (k // 2)`` on each side: the one padding rule
+    of both paths.
 
     Reflected pixels are copies of pixel values, so the grid's exactness (:func:`conv_grid_bits`)
     holds for either padding.
     """
-    pads = (kw // 2, kw // 2, kh // 2, kh // 2)
+    pads = (dilation * (kw // 2),) * 2 + (dilation * (kh // 2),) * 2
     return F.pad(x, pads, mode="reflect") if padding == "reflect" else F.pad(x, pads)
 
 
-def _convolve_library(images: torch.Tensor, kern: torch.Tensor, normalise: str, padding: str = "zeros") -> torch.Tensor:
+def _convolve_library(images: torch.Tensor, kern: torch.Tensor, normalise: str, padding: str = "zeros", *,
+                      dilation: int = 1) -> torch.Tensor:
     """``F.conv2d`` one image at a time, channels-last; only for uint8 images and grid filters.
 
     Exact in any summation order (see :func:`conv_grid_bits`). One image per call: oneDNN's
@@ -187,13 +197,13 @@ def _convolve_library(images: torch.Tensor, kern: torch.Tensor, normalise: str, 
     x = torch.empty((1, c, h, w), dtype=torch.float32, memory_format=torch.channels_last)
     for i in range(b):
         x.copy_(images[i : i + 1])
-        y = F.conv2d(_pad(x, kh, kw, padding), kern[i].reshape(c, 1, kh, kw), groups=c)
+        y = F.conv2d(_pad(x, kh, kw, padding, dilation), kern[i].reshape(c, 1, kh, kw), groups=c, dilation=dilation)
         _cast_into(out[i : i + 1], _normalise_(y, (1, 2, 3), normalise))
     return out
 
 
 def _convolve_shifted(images: torch.Tensor, kern: torch.Tensor, normalise: str, padding: str = "zeros", *,
-                      fused: bool = False) -> torch.Tensor:
+                      fused: bool = False, dilation: int = 1) -> torch.Tensor:
     """The reference: ``k * k`` shifted multiplies and adds in a fixed order.
 
     Separate elementwise IEEE ops give the same bits on every CPU and GPU for any filter, which
@@ -222,18 +232,19 @@ def _convolve_shifted(images: torch.Tensor, kern: torch.Tensor, normalise: str, 
         x = images[s : s + per].to(torch.float32, memory_format=torch.contiguous_format)
         k = kern[s : s + per]
         # Padding by k // 2 keeps the size for odd kernels, as the paper's Conv2d(padding=k//2) does.
-        xp = _pad(x, kh, kw, padding)
+        xp = _pad(x, kh, kw, padding, dilation)
+        d = dilation  # tap (u, v) reads the pixel d*u, d*v away from the window's corner
         if fused:
             y = torch.mul(xp[:, :, :h, :w], k[:, :, 0, 0, None, None])
             for t in range(1, kh * kw):
                 u, v = divmod(t, kw)
-                y.addcmul_(xp[:, :, u : u + h, v : v + w], k[:, :, u, v, None, None])
+                y.addcmul_(xp[:, :, d * u : d * u + h, d * v : d * v + w], k[:, :, u, v, None, None])
         else:
             y = torch.zeros_like(x)
             term = torch.empty_like(x)
             for u in range(kh):
                 for v in range(kw):
-                    torch.mul(xp[:, :, u : u + h, v : v + w], k[:, :, u, v, None, None], out=term)
+                    torch.mul(xp[:, :, d * u : d * u + h, d * v : d * v + w], k[:, :, u, v, None, None], out=term)
                     y.add_(term)
         _cast_into(out[s : s + per], _normalise_(y, (1, 2, 3), normalise))
     return out
@@ -420,10 +431,10 @@ def _scale_to_norm(delta: np.ndarray, epsilon: float, norm: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- convolution, then additive noise
 def convolve_add(images: torch.Tensor, weight: torch.Tensor, delta255: torch.Tensor, *,
-                 normalise: str = "max") -> torch.Tensor:
+                 normalise: str = "max", padding: str = "zeros", dilation: int = 1) -> torch.Tensor:
     """:func:`convolve`, then :func:`add_delta` on its uint8 result: the two kernels in sequence, no copy of either.
 
     The noise is added to the *filtered* pixels (what a ``convadd`` method crafts it on), so the
     filtered image is rounded to uint8 first, exactly as a conv bank leaves it.
     """
-    return add_delta(convolve(images, weight, normalise=normalise), delta255)
+    return add_delta(convolve(images, weight, normalise=normalise, padding=padding, dilation=dilation), delta255)

@@ -12,12 +12,14 @@ import torch
 from . import hw, register_kind
 from ..kernels import convolve_add
 from .additive import measure_additive
-from .conv import measure_conv
+from .conv import conv_options, measure_conv
 
 
 def apply_convadd(app, x: torch.Tensor, rows: np.ndarray, seeds: list[int] | None) -> torch.Tensor:
+    # The filter's options come from the same reader as a conv bank's: a cudatap bank fitted with
+    # padding="reflect" (or a dilation) was crafted on images filtered that way, and is applied so.
     return convolve_add(x, app.rows_of("weight", rows), app.sized_rows("delta", rows, hw(x), mode="bilinear"),
-                        normalise=app.bank.params.get("normalise", "max"))
+                        **conv_options(app.bank.params))
 
 
 def measure_convadd(bank) -> dict[str, float]:
