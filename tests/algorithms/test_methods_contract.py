@@ -168,7 +168,8 @@ def test_every_builtin_declares_one_method_in_display_order():
 
 
 def test_card_allow_list_is_read_from_the_declarations():
-    assert registry.public_names("cuda") == ("blur_parameter", "center_parameter", "kernel_size", "normalise", "padding")
+    assert registry.public_names("cuda") == ("blur_parameter", "center_parameter", "kernel_size", "normalise", "padding",
+                                              "dilation")
     assert "synth" in registry.public_names("ar") and "salt" not in registry.public_names("ar")
     assert registry.public_params("not-installed", {"epsilon": 0.1}) == {}  # an unknown method publishes nothing
 
