@@ -322,3 +322,67 @@ def test_mask_cell_and_augment_bad_values():
         ue.fit("salm", data, mask_cell=-2)
     with pytest.raises(ValueError, match="augment"):
         ue.fit("salm", data, augment="rotate")
+
+
+def test_tile_mask_repeats_the_tiles_best_positions_within_the_budget():
+    score = torch.rand(2, 1, 8, 8)
+    m = salm.tile_mask(score, 0.25, 4)
+    tiles = m.reshape(2, 1, 2, 4, 2, 4)
+    assert (tiles == tiles[:, :, :1, :, :1]).all()  # one 4x4 tile, repeated
+    assert (m[:, :, :4, :4].sum((1, 2, 3)) == 4).all() and salm.mask_budget(8, 8, 0.25, tile=4) == 16
+    folded = salm.fold(score, 4).flatten(1)  # the tile's score: the sum over its 4 repetitions
+    kept = m[:, 0, :4, :4].flatten(1).bool()
+    for b in range(2):
+        assert folded[b][kept[b]].min() >= folded[b][~kept[b]].max()
+    # 8x8 in tiles of 3: positions in the first two rows / columns of the tile repeat 3 times, the last 2;
+    # quota floor(0.25 * 9) = 2, budget floor(0.25 * 64) = 16: 9 + 6 fits, 9 + 9 would not
+    hot = torch.zeros(1, 1, 8, 8)
+    hot[0, 0, 0::3, 0::3] = 3.0  # tile position (0, 0), 9 repetitions
+    hot[0, 0, 1::3, 1::3] = 2.0  # (1, 1), 9 repetitions
+    hot[0, 0, 2::3, 0::3] = 1.0  # (2, 0), 6 repetitions
+    odd = salm.tile_mask(hot, 0.25, 3)
+    assert int(odd.sum()) == 15 <= 16 and odd[0, 0, 0, 0] == 1 and odd[0, 0, 1, 1] == 0 and odd[0, 0, 2, 0] == 1
+    assert salm.mask_budget(8, 8, 0.25, tile=3) == 16  # the most any tile mask may keep: min(16, 9 + 9)
+    tie = salm.tie_rule(3)
+    t = torch.randn(2, 3, 8, 8)
+    once = tie(t)
+    assert torch.allclose(tie(once), once) and torch.equal(once, salm.unfold(once[:, :, :3, :3], 8, 8))
+    assert torch.equal(torch.sign(once), torch.sign(salm.unfold(salm.fold(t, 3), 8, 8)))  # sign of the tile's sum
+
+
+@pytest.mark.parametrize("tile", [4, 3])
+def test_tile_noise_is_one_periodic_pattern_per_class_within_the_l0_budget(tile):
+    images, labels = tiny(24, k=3)
+    data = FitData.from_arrays(images, labels)
+    bank = ue.fit("salm", data, seed=5, mode="class", fraction=0.25, tile=tile, **fast())
+    d = torch.from_numpy(np.array(bank.tensors["delta"]))
+    assert torch.equal(d, salm.unfold(d[:, :, :tile, :tile], 8, 8))  # stored noise: the tile, repeated
+    assert (changed_positions(d[:, :, :tile, :tile].numpy()) <= math.floor(0.25 * tile * tile)).all()
+    k = bank.info["mask_pixels"]
+    assert k == salm.mask_budget(8, 8, 0.25, tile=tile) <= 0.25 * 64
+    assert (changed_positions(d.numpy()) <= k).all() and changed_positions(d.numpy()).min() > 0
+    assert (d.abs() <= EPS).all()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    out = ue.apply(bank, x, labels)
+    assert (((out.int() - x.int()).abs().amax(1) > 0).flatten(1).sum(1) <= k).all()  # what is applied
+    again = ue.fit("salm", data, seed=5, mode="class", fraction=0.25, tile=tile, **fast())
+    assert np.array_equal(again.tensors["delta"], bank.tensors["delta"])  # a seed gives the same bank
+
+
+def test_tile_bad_values():
+    images, labels = tiny(4)
+    data = FitData.from_arrays(images, labels)
+    with pytest.raises(ValueError, match="tile=1: use 0"):
+        ue.fit("salm", data, mode="class", tile=1)
+    with pytest.raises(ValueError, match="tile=9 is larger than the 8x8 image"):
+        ue.fit("salm", data, mode="class", tile=9)
+    with pytest.raises(ValueError, match="use mode='class'"):
+        ue.fit("salm", data, tile=4)
+    with pytest.raises(ValueError, match="use mask_update='once'"):
+        ue.fit("salm", data, mode="class", tile=4, mask_update="step")
+    with pytest.raises(ValueError, match="use one"):
+        ue.fit("salm", data, mode="class", tile=4, mask_cell=4)
+    with pytest.raises(ValueError, match=r"use tile >= 4 or a larger fraction"):
+        ue.fit("salm", data, mode="class", tile=3, fraction=0.1)
+    with pytest.raises(ValueError, match="tile"):
+        ue.fit("salm", data, mode="class", tile=-4)

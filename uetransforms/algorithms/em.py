@@ -179,6 +179,7 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
            mask_rule: MaskRule | None = None,
            step_rule: Callable[[torch.Tensor], torch.Tensor] | None = None,
            augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+           tie: Callable[[torch.Tensor], torch.Tensor] | None = None,
            ) -> tuple[Any, dict[str, Any], Any]:
     """Run the min-min loop; returns (noise table, info, masks or None). Used by ``em`` and ``salm``.
 
@@ -189,6 +190,9 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
     on and every one the PGD steps see (an expectation over the attacker's views); masks and the
     stop error are judged on the unaugmented images. Its generator is seeded apart from the
     loop's, so a fit without it is unchanged.
+    ``tie(t) -> t`` (class mode; salm's periodic pattern) is a linear projection of the class
+    table onto a subspace: it is applied to the starting table and to every PGD gradient before
+    its sign, so the noise stays in that subspace (the L-inf clip is per element and keeps it).
     """
     rng = np.random.default_rng(seed)
     src = sg.ImageSource(data, device)
@@ -200,6 +204,10 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
     trainer = sg.Trainer(model, lr=p["lr"])
     noise = _Noise(p["mode"], len(data), k, data.image_shape, p["epsilon"], device, rng, mask_rule is not None,
                    random_start=step_rule is None)
+    if tie is not None:
+        if p["mode"] != "class":
+            raise ValueError("internal error: tie needs class-wise noise (sample noise is clipped to each image's box)")
+        noise.table = tie(noise.table)
     budget = sg.Budget(p["max_steps"], p["max_seconds"])
     eps, alpha = p["epsilon"], p["step_size"]
     feed = src.cycle(p["batch_size"], rng)
@@ -243,7 +251,7 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
                 loss = F.cross_entropy(logits, y, reduction="sum")
                 (g,) = torch.autograd.grad(loss, d)
                 with torch.no_grad():
-                    step = g.sign()
+                    step = (g if tie is None else tie(g)).sign()
                     if m is not None:
                         step = step * m
                     if step_rule is not None:  # rows of g: samples, or the class table

@@ -156,6 +156,27 @@ def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
             raise ValueError(f"mask_cell={cell} with fraction={p['fraction']} keeps no position in a {cell}x{cell} "
                              f"cell (fraction * cell * cell < 1): use mask_cell >= {math.ceil(math.sqrt(1 / p['fraction']))} "
                              "or a larger fraction")
+    tile = p["tile"]
+    if tile:
+        h, w = data.image_shape[1:] if hasattr(data, "image_shape") else (None, None)
+        if tile < 2:
+            raise ValueError(f"tile={tile}: use 0 (no periodic pattern) or a tile side of at least 2 pixels")
+        if h is not None and tile > min(h, w):
+            raise ValueError(f"tile={tile} is larger than the {h}x{w} image: use a tile side up to {min(h, w)}, "
+                             "or 0 for no periodic pattern")
+        if p["mode"] != "class":
+            raise ValueError("tile repeats one pattern per class over the image: use mode='class' (sample-wise "
+                             "noise is clipped to each image's own pixel box, which breaks the repetition)")
+        if p["mask_update"] != "once":
+            raise ValueError(f"tile with mask_update={p['mask_update']!r}: use mask_update='once' (the tile's "
+                             "positions are drawn once; per-step masks would break the repetition)")
+        if cell:
+            raise ValueError(f"tile={tile} and mask_cell={cell} both decide where the positions go: use one "
+                             "(mask_cell=0 with a tile)")
+        if math.floor(p["fraction"] * tile * tile + 1e-9) < 1:
+            raise ValueError(f"tile={tile} with fraction={p['fraction']} keeps no position of the {tile}x{tile} "
+                             f"tile (fraction * tile * tile < 1): use tile >= {math.ceil(math.sqrt(1 / p['fraction']))} "
+                             "or a larger fraction")
     if p["mask_update"] == "freeze":
         if p["mode"] != "sample":
             raise ValueError("mask_update='freeze' keeps each image's own positions: use mode='sample' (class-wise "
@@ -202,6 +223,10 @@ METHOD = Method(
         Param("mask_cell", 0, Number(0, integer=True, cast=False),
               help="0: the top positions of the whole image; c >= 2: the top fraction of each c x c cell (so every "
                    "region of the image holds some; needs fraction * c * c >= 1); ours"),
+        Param("tile", 0, Number(0, integer=True, cast=False),
+              help="mode='class': 0, or c >= 2: each class's noise is one c x c tile repeated over the image "
+                   "(periodic) and its mask the tile's top floor(fraction * c * c) positions by the score summed "
+                   "over the repetitions; ours"),
         Param("augment", "none", Choice(AUGMENTS),
               help="the attacker's views inside the fit: 'none', 'flip' or 'flip+crop' (a random flip and shift "
                    "of up to 1/8 of the side on every perturbed batch the surrogate and the PGD steps see); ours"),
@@ -223,6 +248,7 @@ VERIFIED = ("threat model: released noised images make an unauthorised classifie
 RECONSTRUCTION = ("objective (em's min-min loop with a binary mask)", "pixel-selection rule (mask_by)",
                   "ratio (fraction)", "fixed, per-step or step-then-frozen mask (mask_update, freeze_rounds)",
                   "local regions by a pooled score (mask_pool)", "top positions per cell (mask_cell)",
+                  "one periodic pattern per class: a tile repeated over the image (tile)",
                   "the attacker's flip / crop inside the fit (augment)",
                   "surrogate warm-up before the masks (mask_warmup_accuracy, mask_warmup_steps)",
                   "budget and loop numbers (em's defaults, Huang et al.: eps 8/255 L-inf, 20 PGD steps of eps/10, "
@@ -318,19 +344,83 @@ def _cell_quota(h: int, w: int, fraction: float, cell: int) -> np.ndarray:
     return np.floor(fraction * np.outer(hs, ws) + 1e-9).astype(np.int64)
 
 
-def mask_budget(h: int, w: int, fraction: float, cell: int = 0) -> int:
-    """The L0 budget: pixel positions a mask of :func:`top_fraction_mask` keeps in an ``h x w`` image."""
+def mask_budget(h: int, w: int, fraction: float, cell: int = 0, tile: int = 0) -> int:
+    """The L0 budget: pixel positions a mask of :func:`top_fraction_mask` keeps in an ``h x w`` image
+    (with ``tile``: the most a :func:`tile_mask` can keep, which a given score may not reach)."""
+    if tile:
+        counts = np.sort(tile_counts(h, w, tile).reshape(-1))[::-1]
+        return int(min(math.floor(fraction * h * w + 1e-9), counts[: math.floor(fraction * tile * tile + 1e-9)].sum()))
     if not cell:
         return max(1, math.ceil(fraction * h * w))
     return int(_cell_quota(h, w, fraction, cell).sum())
 
 
-def mask_rule(mask_by: str, fraction: float, pool: int = 1, cell: int = 0) -> _em.MaskRule:
+def tile_counts(h: int, w: int, tile: int) -> np.ndarray:
+    """How often each position of a ``tile x tile`` tile repeats in an ``h x w`` image ``[tile, tile]``."""
+    return np.outer(np.bincount(np.arange(h) % tile, minlength=tile), np.bincount(np.arange(w) % tile, minlength=tile))
+
+
+def fold(t: torch.Tensor, tile: int) -> torch.Tensor:
+    """``[b, C, H, W] -> [b, C, tile, tile]``: each tile position summed over its repetitions."""
+    b, c, h, w = t.shape
+    nh, nw = -(-h // tile), -(-w // tile)
+    padded = torch.nn.functional.pad(t, (0, nw * tile - w, 0, nh * tile - h))
+    return padded.reshape(b, c, nh, tile, nw, tile).sum((2, 4))
+
+
+def unfold(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``[b, C, tile, tile] -> [b, C, h, w]``: the tile repeated from the top-left corner, cut to the image."""
+    tile = t.shape[-1]
+    return t.repeat(1, 1, -(-h // tile), -(-w // tile))[:, :, :h, :w].contiguous()
+
+
+def tie_rule(tile: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The engine's ``tie``: the orthogonal projection onto ``tile``-periodic tables (each position's mean
+    over its repetitions, repeated). On a gradient its sign is that of the tile's own gradient (the sum)."""
+    def tie(t: torch.Tensor) -> torch.Tensor:
+        h, w = t.shape[-2:]
+        counts = torch.from_numpy(tile_counts(h, w, tile)).to(t.device, t.dtype)
+        return unfold(fold(t, tile) / counts, h, w)
+    return tie
+
+
+def tile_mask(score: torch.Tensor, fraction: float, tile: int, pool: int = 1) -> torch.Tensor:
+    """0/1 mask ``[b, 1, H, W]``: a ``tile x tile`` tile's best positions, repeated over the image.
+
+    The tile's score is ``score`` ``[b, 1, H, W]`` (pooled first, as in :func:`top_fraction_mask`)
+    summed over each position's repetitions; the tile keeps its top ``floor(fraction * tile * tile)``
+    positions in score order, skipping any whose repetitions would take the image above
+    ``floor(fraction * H * W)`` changed positions (only when ``tile`` does not divide the image: then
+    positions near the top-left corner repeat once more than the others).
+    """
+    b, _, h, w = score.shape
+    if pool > 1:
+        score = torch.nn.functional.avg_pool2d(score, pool, stride=1, padding=pool // 2, count_include_pad=False)
+    quota = math.floor(fraction * tile * tile + 1e-9)
+    limit = math.floor(fraction * h * w + 1e-9)
+    counts = tile_counts(h, w, tile).reshape(-1)
+    order = fold(score, tile).reshape(b, -1).argsort(dim=1, descending=True, stable=True).cpu().numpy()
+    keep = np.zeros((b, tile * tile), np.float32)
+    for i in range(b):
+        kept = used = 0
+        for j in order[i]:
+            if kept == quota:
+                break
+            if used + counts[j] <= limit:
+                keep[i, j], kept, used = 1.0, kept + 1, used + counts[j]
+    return unfold(torch.from_numpy(keep).reshape(b, 1, tile, tile).to(score.device, score.dtype), h, w)
+
+
+def mask_rule(mask_by: str, fraction: float, pool: int = 1, cell: int = 0, tile: int = 0) -> _em.MaskRule:
     """The ``(x, grad) -> mask`` rule for the min-min engine."""
+    if tile:
+        pick = lambda s: tile_mask(s, fraction, tile, pool)  # noqa: E731
+    else:
+        pick = lambda s: top_fraction_mask(s, fraction, pool, cell)  # noqa: E731
     if mask_by == "grad":
-        return lambda x, g: top_fraction_mask(g.abs().sum(1, keepdim=True), fraction, pool, cell)
+        return lambda x, g: pick(g.abs().sum(1, keepdim=True))
     if mask_by == "intensity":
-        return lambda x, g: top_fraction_mask(x.mean(1, keepdim=True), fraction, pool, cell)
+        return lambda x, g: pick(x.mean(1, keepdim=True))
     raise ValueError(f"mask_by={mask_by!r}; expected one of {MASK_RULES}")
 
 
@@ -406,7 +496,7 @@ def _fit_freeze(data: FitData, p: dict[str, Any], *, seed: int, device: torch.de
 def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBank:
     """Fit error-minimising noise restricted to each image's top-``fraction`` pixels."""
     h, w = data.image_shape[1:]
-    k = mask_budget(h, w, p["fraction"], p["mask_cell"])
+    k = mask_budget(h, w, p["fraction"], p["mask_cell"], p["tile"])
     view = view_rule(p["augment"])
     run = dict(p)
     warm = None
@@ -421,9 +511,9 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
         table, info = _fit_freeze(data, run, seed=seed, device=device)
         info["mask_pixels"] = k
     elif p["mask_update"] == "once":
-        rule = mask_rule(p["mask_by"], p["fraction"], p["mask_pool"], p["mask_cell"])
+        rule = mask_rule(p["mask_by"], p["fraction"], p["mask_pool"], p["mask_cell"], p["tile"])
         table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm", mask_rule=rule,
-                                         augment=view)
+                                         augment=view, tie=tie_rule(p["tile"]) if p["tile"] else None)
         info["mask_pixels"] = k
     else:
         table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm",
