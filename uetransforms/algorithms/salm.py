@@ -46,6 +46,17 @@ is cut into ``c x c`` cells and each keeps the top ``floor(fraction * c * c)`` p
 score, so every region (every receptive field, every crop the attacker takes) holds perturbed
 pixels; the L0 budget is then the sum of the cells' quotas, never above ``fraction * H * W``.
 
+``tile`` (ours; default 0: no repetition; needs ``mode="class"`` and ``mask_update="once"``): with
+``c >= 2`` each class's noise is one ``c x c`` tile repeated over the image from its top-left
+corner, a periodic texture (the attacker's random crop only changes its phase, its flip mirrors
+it). The tile keeps its top ``floor(fraction * c * c)`` positions by the score summed over their
+repetitions (when ``c`` does not divide the image, positions near the top-left repeat once more,
+and any that would take the image above ``floor(fraction * H * W)`` changed positions is
+skipped), and every PGD step moves the tile by the sign of its own gradient (the sum over its
+repetitions). So the positions are chosen per tile, for the whole class, not per image region:
+"significant" here means a tile position that matters over the whole image on average, which is
+the paper's idea only loosely.
+
 ``augment`` (ours; default ``"none"``): ``"flip"`` or ``"flip+crop"`` show the surrogate and the
 PGD steps each perturbed batch through the from-scratch attacker's own augmentation (a random
 horizontal flip; a random shift of up to 1/8 of the side with zeros shifted in, i.e. its zero-pad
@@ -95,7 +106,7 @@ epochs did not move one way, and sample-wise, the default mode, it has one seed)
 stays ``"none"`` (it lost).
 
 Parameters: those of ``em`` (``mode`` defaults to ``"sample"``) plus ``fraction`` (0.1),
-``mask_by`` ("grad"), ``mask_update`` ("once"), ``mask_pool`` (1), ``mask_cell`` (0), ``augment``
+``mask_by`` ("grad"), ``mask_update`` ("once"), ``mask_pool`` (1), ``mask_cell`` (0), ``tile`` (0), ``augment``
 ("none"), ``freeze_rounds`` (4), ``mask_warmup_accuracy`` (None: no warm-up) and
 ``mask_warmup_steps`` (1000). ``bank.info`` adds ``mask_pixels`` (the L0 budget in pixel
 positions, :func:`mask_budget`; ``None`` for ``mask_update="step"``) and, for ``"freeze"``,
