@@ -11,7 +11,11 @@ a crude stand-in for a lesion on a scan; it says nothing about real medical imag
 Each configuration ``NAME=METHOD[:k=v,...]`` is fitted on the training images (``ue.fit``), applied
 as a bank would be (``ue.apply``, whole grey levels), and a ``--arch`` model is trained from
 scratch on the protected copy (``ue.evaluate``: SGD, one-cycle, crop+flip augmentation), then tested
-on clean test images. ``clean`` is the unprotected row. The JSON records every number, the share of
+on clean test images. ``clean`` is the unprotected row. ``random-tile[:tile=c,fraction=f,epsilon=e]``
+is a control with no fit and no model: each class gets a ``c x c`` tile with ``floor(f * c * c)``
+positions drawn at random (``--bank-seed``) and a random sign per position and channel, times
+``round(255 * e)`` grey levels, repeated over the image (what ``salm``'s ``tile`` would store if the
+fit did nothing but pick random positions and signs). The JSON records every number, the share of
 pixel positions each bank changed, the bank's stop reason and its warm-up.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_salm.py --threads 1 \\
@@ -66,6 +70,21 @@ def scans(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
         out[i] = g[:, :, None]
         share += float((cover > 0.5).mean())
     return out, labels.astype(np.int64), share / n
+
+
+def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels: int, seed: int) -> np.ndarray:
+    """The ``random-tile`` control: ``[K, 3, size, size]`` int16 grey levels, one random periodic tile per class."""
+    rng = np.random.default_rng(seed)
+    keep = int(np.floor(fraction * tile * tile + 1e-9))
+    if keep < 1 or size % tile:
+        raise SystemExit(f"random-tile: tile={tile} must divide --size {size} and keep >= 1 position at "
+                         f"fraction={fraction}")
+    out = np.zeros((num_classes, 3, tile, tile), np.int16)
+    for c in range(num_classes):
+        pos = rng.choice(tile * tile, keep, replace=False)
+        signs = rng.choice(np.array([-1, 1], np.int16), (3, keep))
+        out[c].reshape(3, -1)[:, pos] = signs * levels
+    return np.tile(out, (1, 1, size // tile, size // tile))
 
 
 def parse_kv(text: str) -> dict[str, object]:
@@ -138,6 +157,20 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, object] = {"name": name, "method": method}
         if method == "clean":
             report = ue.evaluate(clean, test, **ev)
+        elif method == "random-tile":
+            kw = parse_kv(kv)
+            c, f = int(kw.get("tile", 4)), float(kw.get("fraction", 0.2))
+            levels = int(round(255 * float(kw.get("epsilon", 8 / 255))))
+            noise = random_tiles(len(SHAPES), args.size, c, f, levels, args.bank_seed)
+            x = x_train.astype(np.int16).transpose(0, 3, 1, 2)
+            prot_np = np.clip(x + noise[y_train], 0, 255).astype(np.uint8)
+            changed = (np.abs(prot_np.astype(np.int16) - x).max(1) > 0).reshape(len(x), -1).mean(1)
+            images = list(np.ascontiguousarray(prot_np.transpose(0, 2, 3, 1)))
+            report = ue.evaluate({"image": images, "label": y_train.tolist()}, test, clean_train=clean,
+                                 baseline=False, **ev)
+            row.update(params={"tile": c, "fraction": f, "levels": levels},
+                       changed_positions_mean=round(float(changed.mean()), 4),
+                       changed_positions_max=round(float(changed.max()), 4), quality=report.quality)
         else:
             params = {**common, **parse_kv(kv)}
             data = FitData.from_arrays(x_train, y_train)
@@ -165,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                    train_seconds=r.seconds)
         results.append(row)
         write()
-        extra = "" if method == "clean" else (f", fit {row['fit_seconds']} s, stop {row['info']['stopped_by']}, "
-                                               f"err {row['info']['final_train_error']}, changed "
-                                               f"{row['changed_positions_max']:.3f} of positions")
+        extra = "" if method in ("clean", "random-tile") else (
+            f", fit {row['fit_seconds']} s, stop {row['info']['stopped_by']}, err {row['info']['final_train_error']}, "
+            f"changed {row['changed_positions_max']:.3f} of positions")
         print(f"{name:>16}: test acc {r.test_accuracy:.3f} (train {r.train_accuracy:.3f}{extra})", flush=True)
     wall = write()
     print(f"wrote {args.out} ({wall:.0f} s)")

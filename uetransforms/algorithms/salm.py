@@ -360,7 +360,8 @@ def mask_budget(h: int, w: int, fraction: float, cell: int = 0, tile: int = 0) -
     (with ``tile``: the most a :func:`tile_mask` can keep, which a given score may not reach)."""
     if tile:
         counts = np.sort(tile_counts(h, w, tile).reshape(-1))[::-1]
-        return int(min(math.floor(fraction * h * w + 1e-9), counts[: math.floor(fraction * tile * tile + 1e-9)].sum()))
+        quota = math.floor(fraction * tile * tile + 1e-9)
+        return int(min(math.floor(fraction * h * w + 1e-9), counts[:quota].sum()))
     if not cell:
         return max(1, math.ceil(fraction * h * w))
     return int(_cell_quota(h, w, fraction, cell).sum())
@@ -368,7 +369,8 @@ def mask_budget(h: int, w: int, fraction: float, cell: int = 0, tile: int = 0) -
 
 def tile_counts(h: int, w: int, tile: int) -> np.ndarray:
     """How often each position of a ``tile x tile`` tile repeats in an ``h x w`` image ``[tile, tile]``."""
-    return np.outer(np.bincount(np.arange(h) % tile, minlength=tile), np.bincount(np.arange(w) % tile, minlength=tile))
+    return np.outer(np.bincount(np.arange(h) % tile, minlength=tile),
+                    np.bincount(np.arange(w) % tile, minlength=tile))
 
 
 def fold(t: torch.Tensor, tile: int) -> torch.Tensor:
