@@ -105,8 +105,8 @@ final accuracy at both seeds that have a whole-image row, but the mean of the at
 epochs did not move one way, and sample-wise, the default mode, it has one seed) and ``augment``
 stays ``"none"`` (it lost). Session 9 ("salm, session 9 (issue 26)"; the same setting): ``tile=4``
 (class-wise, 0.2: 18.75% of the positions) gave 0.501 at seed 1234, and with a weaker surrogate
-(``train_steps=5`` instead of 20) 0.250 / 0.250 / 0.500 at the three seeds above (and 0.501 / 0.474 at
-two more), at or below ``em`` at two of them; but random 4 x 4 tiles with no fit gave 0.500 / 0.278 /
+(``train_steps=5`` instead of 20) 0.250 / 0.250 / 0.500 at the three seeds above and 0.501 / 0.474 at
+two more (``em``: 0.254 / 0.285), at or below ``em`` at two of the five; but random 4 x 4 tiles with no fit gave 0.500 / 0.278 /
 0.250 / 0.609 / 0.535 at the same five seeds, so the fit is not shown to add to a random periodic class
 pattern. ``tile=5`` gave 0.717, ``mask_cell=5`` 0.340. So ``tile`` stays 0.
 
