@@ -15,7 +15,20 @@ clean under the same labelling, with the majority-class floor beside it.
         --out benchmarks/results/labelfree-s6.json
 
 Results are written after every config (a killed run keeps what it measured); ``--resume`` reads
-the clean baselines and finished configs back from ``--out``.
+the clean baselines and finished configs back from ``--out`` (refused when that file was measured
+with another attacker, backbone or harness setting: its clean rows would not be this run's).
+
+**Pretrained attackers.** ``--attacker linear-probe`` / ``finetune`` with ``--backbone SPEC`` trains
+every labelling (clean baseline included) with the evaluation package's attacker, as
+``bench_protection.py --attacker`` does (``ue.evaluate``'s ``attacker=`` / ``backbone=``; the probe
+counts ``--epochs`` as L-BFGS rounds, the fine-tune's peak lr is the attacker's 0.01). The JSON
+records the attacker, the backbone's identity (file, sha256, what it was trained on) and the
+resolution, so ``benchmarks/record_attacks.py`` can record its rows:
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 nice -n 5 python benchmarks/bench_labelfree.py \\
+        --encoder /tmp/uet-surrogate/resnet18-c10-e9.safetensors --attacker finetune --epochs 4 \\
+        --backbone /tmp/pt/attack-cnn-w32-r40k50k.safetensors \\
+        --config cuda5-k10=cuda:n_clusters=10,kernel_size=5 --out /tmp/labelfree-finetune.json
 
 **How pure must a key be?** A config with the bench-only parameter ``key_purity=P`` is NOT
 label-free: it is the method fitted class-keyed on a synthetic key column, each row's key being its
@@ -77,6 +90,21 @@ def noisy_keys(labels, p: float, *, seed: int, num_classes: int = 10):
     return np.where(keep, y, other)
 
 
+def _setting_differs(old: dict, new: dict) -> str | None:
+    """The first harness setting an earlier ``--out`` file was measured with that this run's differs
+    in (``None`` when none does). Files written before ``--attacker`` existed trained from scratch."""
+    for k in ("attacker", "epochs", "seed", "train_rows", "test_rows", "resolution", "backbone"):
+        was = old.get(k, {"attacker": "scratch", "backbone": None, "resolution": new["resolution"]}.get(k))
+        if k == "backbone":
+            was = None if was is None else was.get("checkpoint_sha256")
+            now = None if new[k] is None else new[k].get("checkpoint_sha256")
+        else:
+            now = new[k]
+        if was != now:
+            return f"{k} ({was!r}, this run {now!r})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--encoder", help="encoder file / name for ue.fit(..., encoder=) (not needed when every "
@@ -84,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", action="append", default=[], metavar="NAME=METHOD[:P=V,...]")
     p.add_argument("--bank", action="append", default=[], metavar="NAME=PATH", help="reuse a fitted bank")
     p.add_argument("--labellings", nargs="+", default=["true", "pairs"], choices=["true", "pairs"])
+    p.add_argument("--attacker", default="scratch", choices=["scratch", "linear-probe", "finetune"],
+                   help="who trains on the protected rows (ue.evaluate's attacker=); the pretrained ones need --backbone")
+    p.add_argument("--backbone", default=None,
+                   help="the pretrained attackers' backbone spec (ue.evaluate's backbone=), e.g. a small-cnn file")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--train-size", type=int, default=10_000)
     p.add_argument("--test-size", type=int, default=2_000)
@@ -94,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.attacker == "scratch" and args.backbone is not None:
+        raise SystemExit("--backbone is for --attacker linear-probe / finetune; --attacker scratch trains a "
+                         "random-init cnn-small")
+    if args.attacker != "scratch" and args.backbone is None:
+        raise SystemExit(f"--attacker {args.attacker} starts from a pretrained model: pass --backbone <spec or file>")
 
     import datasets
     import numpy as np
@@ -102,22 +139,35 @@ def main(argv: list[str] | None = None) -> int:
     import uetransforms as ue
     from uetransforms.evaluation import labelfree, quality
     from uetransforms.models.assign import ClusterAssigner
+    from uetransforms.models.backbones import load_backbone
 
     torch.set_num_threads(1)
     paths = {s: os.path.join(args.data, f"{s}-00000-of-00001.parquet") for s in ("train", "test")}
     train = datasets.Dataset.from_parquet(paths["train"]).select(range(args.train_size))
     test = datasets.Dataset.from_parquet(paths["test"]).select(range(args.test_size))
     labs = [lab for lab in labelfree.cifar10_labellings() if lab.name in args.labellings]
-    harness = dict(image_column="img", label_column="label", arch="cnn-small", epochs=args.epochs, seed=args.seed)
+    # Loaded once and handed to every run (ue.evaluate copies it, so a fine-tune never starts from
+    # another run's weights); its identity names the attacker's starting point in the JSON.
+    backbone = None if args.backbone is None else load_backbone(args.backbone)
+    harness = dict(image_column="img", label_column="label", arch="cnn-small", epochs=args.epochs, seed=args.seed,
+                   attacker=args.attacker, backbone=backbone)
+    side = train[0]["img"].size[0]
+    setting = {"image_column": "img", "label_column": "label", "arch": "cnn-small", "epochs": args.epochs,
+               "seed": args.seed, "attacker": args.attacker,
+               "backbone": None if backbone is None else backbone.identity(), "resolution": side,
+               "train_rows": [0, args.train_size], "test_rows": [0, args.test_size]}
     state = {"command": "python benchmarks/bench_labelfree.py " + " ".join(sys.argv[1:] if argv is None else argv),
-             "harness": {**harness, "train_rows": [0, args.train_size], "test_rows": [0, args.test_size],
-                         "bank_seed": args.bank_seed, "threads": 1},
+             "harness": {**setting, "bank_seed": args.bank_seed, "threads": 1},
              "encoder": args.encoder, "clean": {}, "floors": {}, "results": [],
              "environment": {"uetransforms": ue.__version__, "torch": torch.__version__,
                              "python": platform.python_version()}}
     if args.resume and os.path.exists(args.out):
         with open(args.out) as f:
             old = json.load(f)
+        differs = _setting_differs(old.get("harness", {}), setting)
+        if differs:
+            raise SystemExit(f"--resume: {args.out} was measured with another {differs}; its clean rows are not "
+                             "this run's: pass another --out")
         state["clean"], state["results"] = old.get("clean", {}), old.get("results", [])
         state["previous_commands"] = old.get("previous_commands", []) + [old.get("command")]
 
