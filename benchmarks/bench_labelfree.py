@@ -105,6 +105,22 @@ def _setting_differs(old: dict, new: dict) -> str | None:
     return None
 
 
+def _encoder_identity(bank) -> dict | None:
+    """The encoder that keyed a label-free bank, as the bank records it, with what its file says it
+    was trained on (``None`` for a bank keyed by a label column, e.g. a ``key_purity`` probe)."""
+    enc = bank.info.get("surrogate") if bank.keying == "cluster" or bank.info.get("label_agnostic") else None
+    if not enc:
+        return None
+    out = {k: enc.get(k) for k in ("kind", "arch", "checkpoint", "checkpoint_sha256", "image_size", "weights")}
+    path = enc.get("checkpoint_path")
+    if path and os.path.isfile(path) and path.endswith(".safetensors"):
+        from uetransforms.models.encoders import file_metadata
+
+        meta = file_metadata(path)
+        out["trained_on"], out["validation"] = meta.get("trained_on"), meta.get("validation")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--encoder", help="encoder file / name for ue.fit(..., encoder=) (not needed when every "
@@ -227,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             "name": name, "method": method, "params": {k: v for k, v in params.items()}, "key_purity": key_p,
             "n_clusters": bank.num_keys if bank.keying == "cluster" else None, "keying": bank.keying,
             "fit_seconds": round(fit_s, 1), "protect_seconds": round(protect_s, 1), "purity": pur,
-            "target_hit_rate": bank.info.get("target_hit_rate"), "quality": q,
+            "target_hit_rate": bank.info.get("target_hit_rate"), "quality": q, "encoder": _encoder_identity(bank),
             "rows": [r.__dict__ for r in rep.rows]})
         save()
         for r in rep.rows:
