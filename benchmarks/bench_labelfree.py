@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import uetransforms as ue
+    from uetransforms.algorithms import public_params
     from uetransforms.evaluation import labelfree, quality
     from uetransforms.models.assign import ClusterAssigner
     from uetransforms.models.backbones import load_backbone
@@ -241,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         rep = labelfree.run({name: prot}, test, clean_train=train, labellings=labs, clean=state["clean"], **harness)
         state["results"].append({
             "name": name, "method": method, "params": {k: v for k, v in params.items()}, "key_purity": key_p,
+            # what the bank was fitted with (a default of the day included), so a record read later
+            # never takes a later default for this row's
+            "bank_params": public_params(bank.method, bank.params),
             "n_clusters": bank.num_keys if bank.keying == "cluster" else None, "keying": bank.keying,
             "fit_seconds": round(fit_s, 1), "protect_seconds": round(protect_s, 1), "purity": pur,
             "target_hit_rate": bank.info.get("target_hit_rate"), "quality": q, "encoder": _encoder_identity(bank),

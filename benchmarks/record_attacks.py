@@ -1,10 +1,18 @@
-"""Record attacker rows from ``bench_protection.py`` results into the shipped measured facts.
+"""Record attacker rows from ``bench_protection.py`` and ``bench_labelfree.py`` results into the shipped measured facts.
 
 ``uetransforms/assets/measured.json`` keeps, per method, one row per setting (attacker, backbone,
-resolution, rows); ``uetransforms methods KEY``, the method guide and the dataset card quote the
-row nearest the user's images (``uetransforms.algorithms.measured``). Each protected row is paired
-with the clean row of the same setting found in the files given or in ``--baseline`` files (read for their
-clean rows only).
+resolution, rows, the attacker's labelling); ``uetransforms methods KEY``, the method guide and the
+dataset card quote the row nearest the user's images (``uetransforms.algorithms.measured``). Each
+protected row is paired with the clean row of the same setting found in the files given or in
+``--baseline`` files (read for their clean rows only).
+
+A ``bench_labelfree.py`` file's rows are recorded as fitted **without labels** (``labels: "none"``,
+with the encoder that keyed them), one row per attacker labelling (the true labels; 5 groups of 2
+classes), each with the variant its parameters make against the method's label-free defaults
+(``--variant`` is for ``bench_protection.py`` rows); its ``key_purity`` probes are not recorded:
+
+    python benchmarks/record_attacks.py benchmarks/results/labelfree-s8.json \
+        benchmarks/results/labelfree-s8-pairs.json benchmarks/results/labelfree-s9-probe.json
 
     python benchmarks/record_attacks.py benchmarks/results/pretrained-probe.json \\
         benchmarks/results/pretrained-finetune-others.json
@@ -22,7 +30,7 @@ from uetransforms.algorithms import measured
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", nargs="+", help="bench_protection.py --out JSON files whose rows to record")
+    ap.add_argument("results", nargs="+", help="bench_protection.py / bench_labelfree.py --out JSON files whose rows to record")
     ap.add_argument("--baseline", action="append", default=[],
                     help="a results file read for its clean rows only (repeatable)")
     ap.add_argument("--variant", default="defaults",
@@ -35,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = measured.attack_rows(docs, baselines=baselines, variant=args.variant, methods=args.methods)
     for m, rs in rows.items():
         for r in rs:
-            print(f"{m:8s} {r['attacker']:13s} {r['resolution']:4d} px {r['train_size']} rows: "
-                  f"{r['protected_accuracy']:.3f} / {r['clean_accuracy']:.3f} = {r['ratio']:.2f}x  [{r['variant']}]")
+            fitted = "without labels" if r["labels"] == "none" else "with labels"
+            print(f"{m:8s} {r['attacker']:13s} {r['resolution']:4d} px {r['train_size']} rows, {fitted}, attacker "
+                  f"labels {r['labelling']:5s}: {r['protected_accuracy']:.3f} / {r['clean_accuracy']:.3f} = "
+                  f"{r['ratio']:.2f}x  [{r['variant']}]")
     if not rows:
         raise SystemExit("no protected row had a clean baseline of the same setting in these files: pass the "
                          "file that holds the 'clean' row with --baseline")

@@ -12,7 +12,12 @@ with the command that produced it:
   sha256), image resolution, training rows -- from ``benchmarks/bench_protection.py`` results
   (written by :func:`record_attacks`). :func:`nearest_attacks` picks, per attacker, the row
   measured nearest a user's image size, so the CLI and the card quote the facts closest to the
-  user's images and say so plainly when nothing near was measured.
+  user's images and say so plainly when nothing near was measured. ``benchmarks/bench_labelfree.py``
+  results are rows too: each says how the protector fitted (``labels``: ``"true"`` with the label
+  column, ``"none"`` without it, keyed by clusters of the named ``encoder``) and how the attacker
+  labelled the images (``labelling``: ``"true"``, or ``"pairs"``, CIFAR-10's 5 groups of 2
+  classes). A row fitted without labels is quoted only as such (:func:`labelfree_text`), never as
+  the method's labelled number, and the other way round.
 
 Nothing here is estimated: a defence that was not run is listed under ``not_run``; an attacker
 never measured is said to be "not measured".
@@ -89,7 +94,7 @@ def for_method(key: str, *, profile: str | None = None, path: str | os.PathLike 
     return copy.deepcopy(next(iter(per_profile.values()), {}))
 
 
-def summary(key: str, *, profile: str | None = None, resolution: int | None = None,
+def summary(key: str, *, profile: str | None = None, resolution: int | None = None, labels: str | None = None,
             path: str | os.PathLike | None = None) -> str | None:
     """One paragraph of what was measured about method ``key`` (None when it never was).
 
@@ -98,15 +103,31 @@ def summary(key: str, *, profile: str | None = None, resolution: int | None = No
     defences break it, hold against it or were not run, and (:func:`attacks_text`) how it fared
     against a pretrained attacker, measured nearest ``resolution`` px when given.
 
+    ``labels`` says which fit the paragraph is about, for a class-keyed method: ``"true"`` (fitted
+    with labels: the numbers above only), ``"none"`` (fitted without labels, keyed by clusters:
+    only :func:`labelfree_text`, since the labelled numbers do not describe such a bank) or
+    ``None`` (both, the label-free rows in a clause of their own).
+
     Example:
         >>> from uetransforms.algorithms import measured
         >>> measured.summary("no-such-method") is None
         True
     """
+    if labels not in (None, "true", "none"):
+        raise ValueError(f"labels={labels!r}: expected 'true' (fitted with labels), 'none' (without) or None (both)")
+    own = own_labels(key)
+    free = own == "true" and bool(attacks(key, labels="none", path=path))
+    if labels == "none" and own == "true":
+        return (labelfree_text(key, resolution=resolution, path=path) + f"; the numbers of {key} fitted with labels "
+                "do not describe a bank fitted without them.")
     f = for_method(key, profile=profile, path=path)
+    tail = [f"fitted without labels: {labelfree_text(key, resolution=resolution, path=path)}"] if (
+        free and labels is None) else []
     if not f:
-        rows = attacks(key, path=path)
-        return attacks_text(key, resolution=resolution, path=path) + "." if rows else None
+        rows = attacks(key, labels=own, path=path)
+        if not rows and not tail:
+            return None
+        return "; ".join(([attacks_text(key, resolution=resolution, path=path)] if rows else []) + tail) + "."
     h = f.get("harness") or {}
     parts = [f"{f['profile']} harness ({h.get('arch')}, {h.get('train_size')} CIFAR-10 training images, "
              f"{h.get('epochs')} epochs, recorded {f.get('recorded', '?')})"]
@@ -123,7 +144,7 @@ def summary(key: str, *, profile: str | None = None, resolution: int | None = No
              ("holds against", f.get("holds_against")), ("not measured", f.get("not_run"))]
     parts += [f"{label}: {', '.join(names)}" for label, names in lists if names]
     parts.append(attacks_text(key, resolution=resolution, path=path))
-    return "; ".join(parts) + "."
+    return "; ".join(parts + tail) + "."
 
 
 def not_protecting(key: str, *, path: str | os.PathLike | None = None) -> str | None:
@@ -196,14 +217,41 @@ PRETRAINED = ("linear-probe", "finetune")
 #: How each attacker is named in sentences.
 ATTACKER_WORDS = {"scratch": "training from scratch", "linear-probe": "a linear probe", "finetune": "fine-tuning"}
 
+#: How an attacker may label the training images (a row's ``labelling``), in words.
+LABELLING_WORDS = {"true": "the true labels", "pairs": "5 groups of 2 classes"}
+
 # What makes two rows the same measurement setting (a newer row of the same setting replaces the
-# older one) and what pairs a protected row with its clean baseline across result files.
-_SETTING = ("attacker", "backbone_sha256", "resolution", "train_size", "test_size", "epochs", "seed")
+# older one) and what pairs a protected row with its clean baseline across result files: the
+# attacker's labelling is part of it (a 5-pair protected row against the 5-pair clean row).
+_SETTING = ("attacker", "backbone_sha256", "resolution", "train_size", "test_size", "epochs", "seed", "labelling")
+# Rows recorded before ``labels`` / ``labelling`` existed were fitted with labels and attacked with them.
+_OLD_ROWS = {"labels": "true", "labelling": "true"}
 
 
-def attacks(key: str, *, path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Every recorded attacker row of method ``key`` (a copy; ``[]`` when none was recorded)."""
-    return copy.deepcopy(_document(path).get("attacks", {}).get(key, []))
+def _field(row: Mapping[str, Any], name: str) -> Any:
+    return row.get(name, _OLD_ROWS.get(name))
+
+
+def own_labels(key: str) -> str:
+    """``"none"`` for a method that never takes labels (``clusters``), else ``"true"``: which rows
+    are the method's own numbers (a class-keyed method's label-free rows are quoted apart)."""
+    from . import get
+
+    try:
+        m = get(key)
+    except Exception:  # a key no longer (or not yet) registered: its rows are what was recorded
+        return "true"
+    return "none" if m.label_free and "class" not in m.keyed_by else "true"
+
+
+def attacks(key: str, *, labels: str | None = None, labelling: str | None = None,
+            path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Every recorded attacker row of method ``key`` (a copy; ``[]`` when none was recorded); with
+    ``labels`` (``"true"`` / ``"none"``) only rows fitted that way, with ``labelling`` only rows
+    whose attacker labelled the images so."""
+    rows = _document(path).get("attacks", {}).get(key, [])
+    return copy.deepcopy([r for r in rows if (labels is None or _field(r, "labels") == labels)
+                          and (labelling is None or _field(r, "labelling") == labelling)])
 
 
 def _distance(row: Mapping[str, Any], resolution: int | None) -> float:
@@ -214,12 +262,15 @@ def _distance(row: Mapping[str, Any], resolution: int | None) -> float:
 
 
 def nearest_attacks(key: str, *, resolution: int | None = None, variant: str = "defaults",
+                    labels: str | None = None, labelling: str = "true",
                     path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
     """Per attacker, the recorded row of ``key`` measured nearest ``resolution`` px.
 
     Only rows of ``variant`` (``"defaults"``: the method as ``fit`` runs it without options) are
-    considered, so an option's numbers are never quoted as the default's. Ties go to the row with
-    more training images, then the newer one. Attackers with no row are absent.
+    considered, so an option's numbers are never quoted as the default's; only rows fitted with
+    ``labels`` (default: the method's own way, :func:`own_labels`) and attacked under
+    ``labelling``, so a label-free number is never quoted as the labelled one. Ties go to the row
+    with more training images, then the newer one. Attackers with no row are absent.
 
     Example:
         >>> from uetransforms.algorithms import measured
@@ -227,7 +278,7 @@ def nearest_attacks(key: str, *, resolution: int | None = None, variant: str = "
         {}
     """
     best: dict[str, dict[str, Any]] = {}
-    for row in attacks(key, path=path):
+    for row in attacks(key, labels=own_labels(key) if labels is None else labels, labelling=labelling, path=path):
         if row.get("variant", "defaults") != variant:
             continue
         rank = (_distance(row, resolution), -int(row.get("train_size") or 0), row.get("recorded", ""))
@@ -265,51 +316,197 @@ def attacks_text(key: str, *, resolution: int | None = None, path: str | os.Path
             text += f"; {' and '.join(missing)}: not measured"
     else:
         text = f"against a pretrained attacker (linear probe, fine-tune): not measured for {key} with its defaults"
-        others = sorted({r["variant"] for r in attacks(key, path=path) if r["attacker"] in PRETRAINED})
+        others = sorted({r["variant"] for r in attacks(key, labels=own_labels(key), path=path)
+                         if r["attacker"] in PRETRAINED})
         if others:
             text += f" (measured with other options: {'; '.join(others)}; see uetransforms methods {key})"
-    if resolution is not None:
-        sizes = sorted({int(r["resolution"]) for r in attacks(key, path=path)} | ({32} if for_method(key, path=path) else set()))
-        near = min(sizes, key=lambda s: abs(math.log2(s / max(int(resolution), 1)))) if sizes else None
-        if near is not None and abs(math.log2(near / max(int(resolution), 1))) > 1:
-            text += (f"; nothing was measured near {resolution} px (the nearest measured size is {near} px): "
-                     "protection at this size is unknown")
-    return text
+    return text + _size_note(key, resolution, {int(r["resolution"]) for r in attacks(key, path=path)}
+                             | ({32} if for_method(key, path=path) else set()))
+
+
+def _size_note(key: str, resolution: int | None, sizes: set[int]) -> str:
+    """``"; nothing was measured near N px ..."`` when no measured size is within a factor 2 of ``resolution``."""
+    if resolution is None or not sizes:
+        return ""
+    near = min(sorted(sizes), key=lambda s: abs(math.log2(s / max(int(resolution), 1))))
+    if abs(math.log2(near / max(int(resolution), 1))) <= 1:
+        return ""
+    return (f"; nothing was measured near {resolution} px (the nearest measured size is {near} px): "
+            "protection at this size is unknown")
+
+
+def _results(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(config, results)`` of a results document in ``bench_protection.py``'s shape, whichever
+    benchmark wrote it; every result says ``labels`` (how the protector fitted) and ``labelling``
+    (how the attacker labelled the images)."""
+    if "floors" not in doc:  # bench_protection.py: the trainer used the true labels unless label_map says not
+        return {**doc.get("config", {}), "_command": doc.get("command")}, [
+            {**r, "labels": own_labels(r["method"]) if r["method"] != "clean" else None,
+             "labelling": "true" if r.get("label_map", "none") == "none" else r["label_map"]}
+            for r in doc.get("results", [])]
+    # bench_labelfree.py: the clean baselines per labelling, then each config's rows per labelling.
+    h = doc.get("harness", {})
+    (t0, t1), (s0, s1) = h["train_rows"], h["test_rows"]
+    config = {"train_size": t1 - t0, "test_size": s1 - s0, "epochs": h.get("epochs"), "seed": h.get("seed"),
+              "_command": doc.get("command")}
+    # files written before --attacker existed trained from scratch on 32-px CIFAR-10
+    base = {"attacker": h.get("attacker", "scratch"), "backbone": h.get("backbone"),
+            "resolution": h.get("resolution", 32), "defence": "none", "protected_fraction": 1.0}
+    out = [{**base, "method": "clean", "labels": None, "labelling": lab, "test_accuracy": acc}
+           for lab, acc in doc.get("clean", {}).items()]
+    for r in doc.get("results", []):
+        if r.get("key_purity") is not None:  # keyed by noisy true labels: a probe of key purity, not a fit
+            continue
+        fitted = _labelfree_params(r)
+        if fitted is None:
+            continue
+        for row in r["rows"]:
+            out.append({**base, "method": r["method"], "labels": "none", "labelling": row["labelling"],
+                        "test_accuracy": row["protected_accuracy"], "train_accuracy": row.get("train_accuracy"),
+                        "quality": r.get("quality"), "variant": labelfree_variant(r["method"], fitted),
+                        "keying": r.get("keying"), "n_clusters": r.get("n_clusters"),
+                        "encoder": r.get("encoder") or _encoder_from_path(doc.get("encoder"))})
+    return config, out
+
+
+def _labelfree_params(r: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The parameters a ``bench_labelfree.py`` row was fitted with, or ``None`` when the file
+    cannot say. Newer files record the bank's own (``bank_params``, a default of the day
+    included) beside the keying options the config set; older ones only the config's, which say
+    what was fitted only when they pin every label-free default (``cuda``'s 5 x 5 filters became
+    the label-free default in session 8: a session-7 row fitted 3 x 3 by the default of its day
+    names no ``kernel_size``, and today's default would misname it)."""
+    from . import get
+    from .fitting import KEYING_OPTIONS
+
+    params = dict(r.get("params") or {})
+    if r.get("bank_params") is not None:
+        return {**{k: v for k, v in params.items() if k in KEYING_OPTIONS}, **r["bank_params"]}
+    try:
+        m = get(r["method"])
+    except Exception:
+        return None
+    pinned = "class" not in m.keyed_by or set(m.label_free_defaults) <= set(params)
+    return params if pinned else None
+
+
+def labelfree_variant(method: str, params: Mapping[str, Any]) -> str:
+    """What a label-free fit set apart from the method's label-free defaults (``"defaults"`` when
+    nothing): its declared defaults, the ``label_free_defaults`` a class-keyed method takes without
+    labels, and the keying defaults (K-means, K = 10)."""
+    from . import get
+    from .fitting import KEYING_OPTIONS
+
+    m = get(method)
+    usual = {**m.defaults, **{k: v for k, v in KEYING_OPTIONS.items() if k not in ("encoder", "encoder_checkpoint")}}
+    if "class" in m.keyed_by:
+        usual.update(m.label_free_defaults)
+    missing = object()
+    set_apart = [f"{k}={v}" for k, v in params.items() if usual.get(k, missing) != v]
+    return ", ".join(set_apart) or "defaults"
+
+
+def _encoder_from_path(path: str | None) -> dict[str, Any] | None:
+    """The encoder of a ``bench_labelfree.py`` file written before each row named it: only the
+    path is in the file, so the identity is read from the file at that path now, and says so."""
+    if not path:
+        return None
+    out: dict[str, Any] = {"checkpoint": os.path.basename(path), "checkpoint_sha256": None,
+                           "identified": "from the file at the results' encoder path when recorded"}
+    if os.path.isfile(path) and path.endswith(".safetensors"):
+        from ..models.encoders import file_metadata, file_sha256
+
+        meta = file_metadata(path)
+        out.update(checkpoint_sha256=file_sha256(path), arch=meta.get("arch"), trained_on=meta.get("trained_on"),
+                   validation=meta.get("validation"))
+    return out
+
+
+def _setting_words(row: Mapping[str, Any]) -> str:
+    """Where a row was measured, in words: the backbone (pretrained attackers) and size."""
+    if row["attacker"] in PRETRAINED:
+        return _where(row)
+    return f"{row['resolution']} px, {row['train_size']} images"
+
+
+def _encoder_words(row: Mapping[str, Any]) -> str:
+    e = row.get("encoder") or {}
+    trained = f" trained on {e['trained_on']}" if e.get("trained_on") else ""
+    sha = f", sha256 {e['checkpoint_sha256'][:12]}..." if e.get("checkpoint_sha256") else ""
+    keys = (f"K-means clusters (K = {row['n_clusters']})" if row.get("keying") == "cluster" and row.get("n_clusters")
+            else "clusters")
+    return f"keyed by {keys} of a {e.get('arch') or 'named'} encoder{trained}{sha}"
+
+
+def labelfree_text(key: str, *, resolution: int | None = None, path: str | os.PathLike | None = None) -> str:
+    """What was measured of class-keyed method ``key`` fitted *without* labels (keyed by an
+    encoder's clusters, its label-free defaults), per attacker nearest ``resolution`` px: the
+    attacker training with the true labels, and with 5 groups of 2 classes where measured. Only
+    rows recorded with ``labels="none"``: never the labelled numbers.
+
+    Example:
+        >>> from uetransforms.algorithms import measured
+        >>> measured.labelfree_text("no-such-method")
+        'not measured for no-such-method with its label-free defaults'
+    """
+    rows = nearest_attacks(key, resolution=resolution, labels="none", labelling="true", path=path)
+    if not rows:
+        return f"not measured for {key} with its label-free defaults"
+    pairs = nearest_attacks(key, resolution=resolution, labels="none", labelling="pairs", path=path)
+    said: dict[str, list[str]] = {}
+    for a, r in rows.items():  # one setting named once, each attacker's numbers before it
+        p = pairs.get(a)
+        same = p is not None and all(p.get(k) == r.get(k) for k in ("resolution", "train_size", "backbone_sha256"))
+        extra = f"; attacker with {LABELLING_WORDS['pairs']}: {p['ratio']:.2f}x" if same else ""
+        said.setdefault(_setting_words(r), []).append(
+            f"{ATTACKER_WORDS[a]} {r['protected_accuracy']:.3f} vs {r['clean_accuracy']:.3f} clean "
+            f"({r['ratio']:.2f}x{extra})")
+    first = next(iter(rows.values()))
+    psnr = f", PSNR {first['psnr']:.1f} dB" if first.get("psnr") is not None else ""
+    text = (f"{_encoder_words(first)}{psnr}; attacker with {LABELLING_WORDS['true']}: "
+            + "; ".join(", ".join(nums) + f" ({where})" for where, nums in said.items()))
+    missing = [ATTACKER_WORDS[a] for a in ATTACKERS if a not in rows]
+    if missing:
+        text += f"; {' and '.join(missing)}: not measured"
+    return text + _size_note(key, resolution, {int(r["resolution"]) for r in attacks(key, labels="none", path=path)})
 
 
 def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mapping[str, Any]] = (),
                 variant: str = "defaults", methods: Iterable[str] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Attacker rows per method from ``benchmarks/bench_protection.py`` results documents.
+    """Attacker rows per method from ``benchmarks/bench_protection.py`` or
+    ``benchmarks/bench_labelfree.py`` results documents.
 
-    Each protected row (no defence, whole set protected, true labels) is paired with the clean
-    row of the same setting (attacker, backbone checkpoint, resolution, rows, epochs, training
-    seed), found in ``docs`` or ``baselines`` (documents read for their clean rows only) -- a method
-    is often run in a later file than its baseline.
+    Each protected row (no defence, whole set protected) is paired with the clean row of the same
+    setting (attacker, backbone checkpoint, resolution, rows, epochs, training seed, the attacker's
+    labelling), found in ``docs`` or ``baselines`` (documents read for their clean rows only) -- a
+    method is often run in a later file than its baseline.
     A protected row with no clean baseline is skipped (a ratio needs both). ``variant`` names what
-    was fitted (``"defaults"``, or e.g. ``"mode=class"``) and is stored with every row; ``methods``
-    limits which methods' rows are taken (baselines still come from every document).
+    was fitted (``"defaults"``, or e.g. ``"mode=class"``) and is stored with every
+    ``bench_protection.py`` row; a ``bench_labelfree.py`` row carries its own
+    (:func:`labelfree_variant` of the parameters it records), its ``labels`` (``"none"``: fitted
+    without labels) and the encoder that keyed it; its ``key_purity`` probes are not fits and are
+    skipped. ``methods`` limits which methods' rows are taken (baselines still come from every
+    document).
     """
-    docs, baselines = list(docs), list(baselines)
+    docs, baselines = [_results(d) for d in docs], [_results(d) for d in baselines]
     only = None if methods is None else set(methods)
 
-    def setting(doc: Mapping[str, Any], r: Mapping[str, Any]) -> tuple:
-        c = doc.get("config", {})
+    def setting(c: Mapping[str, Any], r: Mapping[str, Any]) -> tuple:
         b = r.get("backbone") or {}
         return (r.get("attacker", "scratch"), b.get("checkpoint_sha256"), int(r.get("resolution") or 32),
-                c.get("train_size"), c.get("test_size"), c.get("epochs"), c.get("seed"))
+                c.get("train_size"), c.get("test_size"), c.get("epochs"), c.get("seed"), r["labelling"])
 
     def usable(r: Mapping[str, Any]) -> bool:
         return (r.get("defence", "none") == "none" and float(r.get("protected_fraction", 1.0)) == 1.0
-                and r.get("label_map", "none") == "none")
+                and r["labelling"] in LABELLING_WORDS)
 
-    clean = {setting(d, r): (d, r) for d in (*baselines, *docs) for r in d.get("results", [])
-             if r["method"] == "clean" and usable(r)}
+    clean = {setting(c, r): (c, r) for c, rs in (*baselines, *docs) for r in rs if r["method"] == "clean" and usable(r)}
     out: dict[str, list[dict[str, Any]]] = {}
-    for d in docs:
-        for r in d.get("results", []):
+    for c, rs in docs:
+        for r in rs:
             if r["method"] == "clean" or not usable(r) or (only is not None and r["method"] not in only):
                 continue
-            key = setting(d, r)
+            key = setting(c, r)
             if key not in clean:
                 continue
             base = clean[key][1]
@@ -318,11 +515,15 @@ def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mappin
             row = dict(zip(_SETTING, key))
             row.update({
                 "backbone": None if b is None else {k: b.get(k) for k in ("kind", "arch", "trained_on", "checkpoint_sha256")},
-                "variant": variant, "clean_accuracy": base["test_accuracy"], "protected_accuracy": r["test_accuracy"],
+                "variant": r.get("variant", variant), "labels": r["labels"],
+                "clean_accuracy": base["test_accuracy"], "protected_accuracy": r["test_accuracy"],
                 "ratio": r["test_accuracy"] / base["test_accuracy"], "clean_peak": base.get("peak_accuracy"),
                 "protected_peak": r.get("peak_accuracy"), "psnr": q.get("psnr_mean"), "ssim": q.get("ssim_mean"),
-                "command": d.get("command"), "baseline_command": clean[key][0].get("command"),
+                "command": c["_command"], "baseline_command": clean[key][0]["_command"],
             })
+            if r["labels"] == "none" and r.get("encoder") is not None:
+                row["encoder"] = r["encoder"]
+                row["keying"], row["n_clusters"] = r.get("keying"), r.get("n_clusters")
             out.setdefault(r["method"], []).append(row)
     return out
 
@@ -341,7 +542,7 @@ def record_attacks(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Map
     for m, rows in attack_rows(docs, baselines=baselines, variant=variant, methods=methods).items():
         kept = table.get(m, [])
         for row in rows:
-            same = lambda old: all(old.get(k) == row.get(k) for k in (*_SETTING, "variant"))  # noqa: E731
+            same = lambda old: all(_field(old, k) == _field(row, k) for k in (*_SETTING, "variant", "labels"))  # noqa: E731
             kept = [old for old in kept if not same(old)] + [{**row, "recorded": stamp}]
         table[m] = sorted(kept, key=lambda r: (ATTACKERS.index(r["attacker"]), r["resolution"], r["variant"]))
     current["attacks"] = {k: table[k] for k in sorted(table)}
@@ -359,5 +560,6 @@ def _write(doc: Mapping[str, Any], p: str) -> None:
     os.replace(tmp, p)
 
 
-__all__ = ["ASSET", "ATTACKERS", "ATTACKER_WORDS", "PRETRAINED", "attack_rows", "attacks", "attacks_text", "facts_from_results",
-           "for_method", "load", "nearest_attacks", "not_protecting", "record", "record_attacks", "summary"]
+__all__ = ["ASSET", "ATTACKERS", "ATTACKER_WORDS", "LABELLING_WORDS", "PRETRAINED", "attack_rows", "attacks", "attacks_text",
+           "facts_from_results", "for_method", "labelfree_text", "labelfree_variant", "load", "nearest_attacks",
+           "not_protecting", "own_labels", "record", "record_attacks", "summary"]

@@ -97,14 +97,27 @@ def method_guide(need: str) -> list[str]:
         free = [r for r in rows if r["label_free"]]
         for r in free:
             f = facts[r["key"]]
-            out.append(f"  {r['key']}: needs {r['needs']}; "
-                       + (f"measured {ratio(f)}" if f else "not measured in the defence suite"))
-        out.append("  every other class-keyed method (cuda, em, ar, lsp, ops, random) runs without labels too, keyed "
-                   "by clusters of an image encoder: fit METHOD DATA --no-labels --encoder <encoder file or model name> "
-                   "(add --param cluster_by=head to key by the encoder file's own classifier when it was trained on "
-                   "classes like yours); measured weaker than with labels, and not in the shipped facts: cuda fitted "
-                   "without labels takes 5x5 filters, and most of their effect is blur (random keys come close); see "
-                   "benchmarks/RESULTS.md, 'Label-free protection, session 6', 'session 7' and 'session 8'.")
+            line = f"  {r['key']}: needs {r['needs']}; " + (f"measured {ratio(f)}" if f else "not measured in the defence suite")
+            if measured.attacks(r["key"], labels="none"):
+                line += f"; {measured.labelfree_text(r['key'])}"
+            out.append(line)
+        # Class-keyed methods fitted without labels: only rows recorded as such (labels "none"),
+        # never the labelled numbers of the same method.
+        keyed = [r["key"] for r in rows if not r["label_free"] and measured.attacks(r["key"], labels="none")]
+        how = ("  every other class-keyed method (cuda, em, ar, lsp, ops, random) runs without labels too, keyed "
+               "by clusters of an image encoder: fit METHOD DATA --no-labels --encoder <encoder file or model name> "
+               "(add --param cluster_by=head to key by the encoder file's own classifier when it was trained on "
+               "classes like yours); ")
+        blur = ("cuda fitted without labels takes 5x5 filters, and most of their effect is blur (random keys come "
+                "close); see benchmarks/RESULTS.md, 'Label-free protection, session 6', 'session 7' and 'session 8'")
+        if not keyed:
+            out.append(how + f"measured weaker than with labels, and not in the shipped facts: {blur}.")
+        else:
+            out.append(how + "measured without labels, with its label-free defaults (ratio = protected / clean "
+                       "under the same attacker and labelling; not the numbers of the method fitted with labels):")
+            out += [f"    {k} without labels: {measured.labelfree_text(k)}" for k in keyed]
+            if "cuda" in keyed:  # the random-key controls (not label-free fits, so not in the facts)
+                out.append(f"    {blur.replace(chr(39) + 'session 8' + chr(39), chr(39) + 'session 8' + chr(39) + ' and ' + chr(39) + 'session 9' + chr(39))}.")
         if any(r["key"] == "clusters" for r in free):
             out.append("  clusters downloads ImageNet ResNet-50 weights on first use; offline, pass a local copy: "
                        "--param checkpoint=resnet50-11ad3fa6.pth (or --param surrogate=small-cnn --param "
@@ -128,7 +141,9 @@ def method_guide(need: str) -> list[str]:
         for r in rows:
             by_variant: dict[tuple[str, int], dict[str, dict]] = {}
             scratch: dict[tuple[str, int], dict] = {}
-            for a in measured.attacks(r["key"]):
+            # the method as it is fitted by default (with labels, unless it never takes them), the
+            # attacker using the true labels: a label-free row is not this method's labelled number
+            for a in measured.attacks(r["key"], labels=measured.own_labels(r["key"]), labelling="true"):
                 at = (a["variant"], int(a["resolution"]))
                 if a["attacker"] in measured.PRETRAINED:
                     by_variant.setdefault(at, {})[a["attacker"]] = a
@@ -241,8 +256,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
     if attack_rows:
         print()
         print("  against other attackers (protected / clean under the same attacker; benchmarks/RESULTS.md):")
-        _print_table(["attacker", "backbone", "px", "images", "protected", "clean", "ratio", "fitted with"],
+        # which fit (with or without labels) and the attacker's labelling are columns of their own,
+        # so a label-free row is never read as the labelled one
+        _print_table(["attacker", "backbone", "px", "images", "fit labels", "attacker labels", "protected", "clean",
+                      "ratio", "fitted with"],
                      [[a["attacker"], (a.get("backbone") or {}).get("arch") or "-", str(a["resolution"]), str(a["train_size"]),
+                       "none" if a.get("labels") == "none" else "true", a.get("labelling", "true"),
                        f"{a['protected_accuracy']:.3f}", f"{a['clean_accuracy']:.3f}", f"{a['ratio']:.2f}", a["variant"]]
                       for a in attack_rows])
     else:

@@ -159,7 +159,7 @@ that weakens the protection. Convert, crop or augment only at training time.
   the same classes weakens most methods.
 - A model fine-tuned from strong pretrained features may still learn the content.
 - The perturbation is not encryption: it does not hide what the pictures show.
-{_measured_text(bank.method, _side(bank, image_sizes))}
+{_measured_text(bank.method, _side(bank, image_sizes), _labels(bank))}
 ## How to verify
 
 - Every image is PNG: `PIL.Image.open(io.BytesIO(row["{image_column}"]["bytes"])).format == "PNG"`
@@ -243,13 +243,21 @@ def _side(bank: NoiseBank, image_sizes: Any) -> int | None:
     return int(max(shape[1:])) if len(shape) == 3 else None
 
 
-def _measured_text(method: str, resolution: int | None = None) -> str:
+def _measured_text(method: str, resolution: int | None = None, labels: str | None = None) -> str:
     """Measured facts about ``method`` when the package ships them (``uetransforms.algorithms.measured``),
-    the attacker rows taken nearest this dataset's image size (and a plain word when none is near)."""
+    the attacker rows taken nearest this dataset's image size (and a plain word when none is near),
+    of the bank's own kind of fit (``labels``: ``"true"`` fitted with labels, ``"none"`` without)."""
     from ..algorithms.measured import summary
 
-    text = summary(method, resolution=resolution)
+    text = summary(method, resolution=resolution, labels=labels)
     return f"- Measured with uetransforms ({_MEASURED_WHERE}): {text}\n" if text else ""
+
+
+def _labels(bank: NoiseBank) -> str:
+    """``"none"`` for a bank fitted without labels (keyed by clusters, or sample noise made with
+    cluster ids as labels: ``info["label_agnostic"]``), else ``"true"``: the card quotes only the
+    measurements of that kind of fit."""
+    return "none" if bank.keying == "cluster" or bank.info.get("label_agnostic") else "true"
 
 
 _MEASURED_WHERE = ("on CIFAR-10 images at the sizes named below, not on this dataset, whose images and classes may "
