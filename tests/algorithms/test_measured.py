@@ -129,3 +129,92 @@ def test_shipped_attack_rows_name_their_setting():
             assert r["command"] and r["variant"]
             if r["attacker"] != "scratch":  # a pretrained attacker names the backbone it started from
                 assert r["backbone"]["arch"] and r["backbone"]["trained_on"] and r["backbone"]["checkpoint_sha256"]
+
+
+def _labelfree_doc(attacker, clean, configs, *, backbone_sha="abc", resolution=32, command="labelfree"):
+    """A bench_labelfree.py results document: clean accuracy per labelling, then per config
+    ``(name, method, params, bank_params, key_purity, {labelling: protected accuracy})``."""
+    b = None if attacker == "scratch" else {"kind": "small-cnn", "arch": "small-cnn-w8", "checkpoint_sha256": backbone_sha,
+                                              "trained_on": "rows 100-200", "checkpoint_path": "/private/path"}
+    enc = {"kind": "torchvision", "arch": "resnet18", "checkpoint": "enc.safetensors", "checkpoint_sha256": "e" * 64,
+           "trained_on": "rows 300-400"}
+    results = [{"name": name, "method": m, "params": params, "bank_params": bank_params, "key_purity": kp,
+                "n_clusters": None if kp is not None else params.get("n_clusters", 10),
+                "keying": "class" if kp is not None else "cluster", "encoder": None if kp is not None else enc,
+                "quality": {"psnr_mean": 16.8, "ssim_mean": 0.6},
+                "rows": [{"method": name, "labelling": lab, "clean_accuracy": clean[lab], "protected_accuracy": acc,
+                          "ratio": acc / clean[lab], "floor": 0.1, "floor_ratio": 0.1 / clean[lab],
+                          "train_accuracy": 0.7, "seconds": 1.0} for lab, acc in accs.items()]}
+               for name, m, params, bank_params, kp, accs in configs]
+    return {"command": command, "encoder": "/nowhere/enc.safetensors",
+            "harness": {"epochs": 2, "seed": 0, "attacker": attacker, "backbone": b, "resolution": resolution,
+                        "train_rows": [0, 500], "test_rows": [0, 100]},
+            "clean": clean, "floors": {lab: 0.1 for lab in clean}, "results": results}
+
+
+def test_labelfree_rows_are_recorded_as_fitted_without_labels_per_attacker_labelling():
+    doc = _labelfree_doc("linear-probe", {"true": 0.6, "pairs": 0.8}, [
+        ("k10", "cuda", {"n_clusters": 10, "kernel_size": 5}, {"kernel_size": 5}, None, {"true": 0.3, "pairs": 0.6}),
+        ("k50", "cuda", {"n_clusters": 50}, {"kernel_size": 5}, None, {"true": 0.45}),
+        ("p10", "cuda", {"kernel_size": 5}, {"kernel_size": 5}, 0.1, {"true": 0.2}),  # noisy true labels: no fit
+    ])
+    rows = measured.attack_rows([doc])["cuda"]
+    got = {(r["variant"], r["labelling"]): (r["labels"], round(r["ratio"], 6)) for r in rows}
+    # 5 x 5 is cuda's label-free default, K = 10 the keying default: "defaults"; each labelling
+    # against the clean row of its own labelling
+    assert got == {("defaults", "true"): ("none", 0.5), ("defaults", "pairs"): ("none", 0.75),
+                   ("n_clusters=50", "true"): ("none", 0.75)}
+    r = rows[0]
+    assert r["encoder"]["checkpoint_sha256"] == "e" * 64 and r["n_clusters"] == 10 and r["attacker"] == "linear-probe"
+    assert "checkpoint_path" not in r["backbone"] and r["backbone"]["checkpoint_sha256"] == "abc"
+    assert r["train_size"] == 500 and r["test_size"] == 100 and r["resolution"] == 32
+
+
+def test_an_older_labelfree_row_is_recorded_only_when_it_says_what_was_fitted():
+    # no bank_params (files before session 9): only params that pin cuda's label-free kernel_size say
+    # what was fitted; a row fitted 3 x 3 by the default of its day would read as today's 5 x 5
+    doc = _labelfree_doc("scratch", {"true": 0.6}, [
+        ("old-k10", "cuda", {"n_clusters": 10}, None, None, {"true": 0.5}),
+        ("pinned-k10", "cuda", {"n_clusters": 10, "kernel_size": 3}, None, None, {"true": 0.55}),
+    ])
+    rows = measured.attack_rows([doc])["cuda"]
+    assert [(r["variant"], r["protected_accuracy"]) for r in rows] == [("kernel_size=3", 0.55)]
+
+
+def test_label_free_and_labelled_rows_are_never_quoted_for_each_other(tmp_path):
+    path = tmp_path / "m.json"
+    labelled = _bench_doc("linear-probe", {"clean": 0.8, "cuda": 0.4})
+    free = _labelfree_doc("linear-probe", {"true": 0.8, "pairs": 0.9}, [
+        ("k10", "cuda", {"n_clusters": 10}, {"kernel_size": 5}, None, {"true": 0.52, "pairs": 0.63})])
+    measured.record_attacks([labelled], path=path)
+    measured.record_attacks([free], path=path)  # same setting, other fit: kept beside the labelled row
+    assert sorted(r["labels"] for r in measured.attacks("cuda", path=path)) == ["none", "none", "true"]
+    assert measured.nearest_attacks("cuda", path=path)["linear-probe"]["protected_accuracy"] == 0.4
+    with_labels = measured.summary("cuda", labels="true", path=path)
+    without = measured.summary("cuda", labels="none", path=path)
+    both = measured.summary("cuda", path=path)
+    assert "0.400 vs 0.800" in with_labels and "0.520" not in with_labels
+    assert "a linear probe 0.520 vs 0.800 clean (0.65x; attacker with 5 groups of 2 classes: 0.70x)" in without
+    assert "0.400" not in without and "do not describe a bank fitted without them" in without
+    assert "keyed by K-means clusters (K = 10) of a resnet18 encoder trained on rows 300-400" in without
+    head, _, tail = both.partition("fitted without labels:")
+    assert "0.400 vs 0.800" in head and "0.520" not in head and "0.520 vs 0.800" in tail
+    assert "0.520" not in measured.attacks_text("cuda", path=path)
+    # a re-run of the label-free row replaces it, never the labelled one
+    rerun = _labelfree_doc("linear-probe", {"true": 0.8, "pairs": 0.9}, [
+        ("k10", "cuda", {"n_clusters": 10}, {"kernel_size": 5}, None, {"true": 0.56, "pairs": 0.63})])
+    measured.record_attacks([rerun], path=path)
+    rows = measured.attacks("cuda", labels="none", labelling="true", path=path)
+    assert [r["protected_accuracy"] for r in rows] == [0.56]
+    assert [r["protected_accuracy"] for r in measured.attacks("cuda", labels="true", path=path)] == [0.4]
+    with pytest.raises(ValueError, match="labels="):
+        measured.summary("cuda", labels="yes", path=path)
+
+
+def test_a_method_that_never_takes_labels_quotes_its_label_free_rows_as_its_own(tmp_path):
+    path = tmp_path / "m.json"
+    uc = _labelfree_doc("finetune", {"true": 0.6}, [("uc", "clusters", {}, {}, None, {"true": 0.54})])
+    measured.record_attacks([uc], path=path)
+    assert measured.own_labels("clusters") == "none" and measured.own_labels("cuda") == "true"
+    assert measured.nearest_attacks("clusters", path=path)["finetune"]["ratio"] == pytest.approx(0.9)
+    assert "fine-tuning 0.540 vs 0.600 clean (0.90x)" in measured.summary("clusters", path=path)

@@ -426,10 +426,15 @@ def test_methods_for_answers_from_measured_facts(capsys):
     assert main(["methods", "--for", "pretrained"]) == 0
     out = capsys.readouterr().out
     assert "bayes: not measured" in out  # never attacked with a pretrained model: said, not guessed
-    pretrained = {(k, r["variant"], r["resolution"]) for k, rows in measured.load().get("attacks", {}).items()
-                  for r in rows if r["attacker"] in measured.PRETRAINED}
+    # the guide answers for each method as fitted by default (with labels, unless it never takes
+    # them) and attacked with the true labels: label-free rows have their own answer (no-labels)
+    def own(key):
+        return measured.attacks(key, labels=measured.own_labels(key), labelling="true")
+
+    keys = measured.load().get("attacks", {})
+    pretrained = {(k, r["variant"], r["resolution"]) for k in keys for r in own(k) if r["attacker"] in measured.PRETRAINED}
     for key in ("cuda", "cudatap"):  # every attacker row of a setting with a pretrained row is quoted, at its size
-        for row in measured.attacks(key):
+        for row in own(key):
             if (key, row["variant"], row["resolution"]) not in pretrained:
                 continue  # a from-scratch row alone (e.g. 96 px) is no answer to "pretrained"
             opts = "" if row["variant"] == "defaults" else f" (with {row['variant']})"
@@ -437,8 +442,8 @@ def test_methods_for_answers_from_measured_facts(capsys):
             assert f"{measured.ATTACKER_WORDS[row['attacker']]} {row['ratio']:.2f}x" in line
     # ranked by the weaker of the two pretrained attackers: the first line is the most robust
     worst: dict = {}
-    for key, rows in measured.load().get("attacks", {}).items():
-        for r in rows:
+    for key in keys:
+        for r in own(key):
             if r["attacker"] in measured.PRETRAINED:
                 worst.setdefault((key, r["variant"], r["resolution"]), {})[r["attacker"]] = r["ratio"]
     best_key, best_variant, best_px = min((k for k, v in worst.items() if len(v) == 2),
@@ -550,3 +555,45 @@ def test_fit_no_labels_with_an_encoder_then_protect_assigns_clusters(tmp_path, t
     want = src.map(ue.Protect(loaded, image_column="img", label_column=None), batched=True)
     back = datasets.load_dataset(str(tmp_path / "pub"), split="train")
     assert [np.asarray(a).tobytes() for a in back["img"]] == [np.asarray(a).tobytes() for a in want["img"]]
+
+
+def test_no_labels_guide_and_methods_key_quote_label_free_rows_apart(tmp_path, monkeypatch, capsys):
+    """Recorded label-free rows (bench_labelfree.py) answer "no labels" and show in `methods cuda`
+    marked as such; the labelled numbers never stand in for them, nor they for the labelled ones."""
+    import json
+
+    from uetransforms.algorithms import measured
+    from uetransforms.cli import method_guide
+
+    def row(labels, labelling, attacker, acc, clean):
+        r = {"attacker": attacker, "backbone": None if attacker == "scratch" else
+             {"arch": "small-cnn-w32", "trained_on": "other rows", "checkpoint_sha256": "ab"},
+             "backbone_sha256": None if attacker == "scratch" else "ab", "resolution": 32, "train_size": 10000,
+             "test_size": 2000, "epochs": 8, "seed": 0, "labelling": labelling, "labels": labels,
+             "variant": "defaults", "clean_accuracy": clean, "protected_accuracy": acc, "ratio": acc / clean,
+             "psnr": 16.8, "ssim": 0.6, "command": "x", "recorded": "2026-01-01"}
+        if labels == "none":
+            r.update(encoder={"arch": "resnet18", "trained_on": "rows 30k-50k", "checkpoint_sha256": "e" * 64},
+                     keying="cluster", n_clusters=10)
+        return r
+
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps({"schema": measured.SCHEMA, "methods": {}, "attacks": {"cuda": [
+        row("true", "true", "linear-probe", 0.356, 0.671), row("true", "true", "finetune", 0.438, 0.594),
+        row("none", "true", "scratch", 0.334, 0.660), row("none", "pairs", "scratch", 0.468, 0.764),
+        row("none", "true", "linear-probe", 0.407, 0.684)]}}))
+    monkeypatch.setattr(measured, "ASSET", str(path))
+    guide = "\n".join(method_guide("no-labels"))
+    line = next(x for x in guide.splitlines() if x.startswith("    cuda without labels:"))
+    assert "training from scratch 0.334 vs 0.660 clean (0.51x; attacker with 5 groups of 2 classes: 0.61x)" in line
+    assert "a linear probe 0.407 vs 0.684 clean (0.60x)" in line and "fine-tuning: not measured" in line
+    assert "0.356" not in guide and "0.438" not in guide and "not in the shipped facts" not in guide
+    pre = "\n".join(method_guide("pretrained"))
+    assert "a linear probe 0.53x, fine-tuning 0.74x" in pre and "0.60x" not in pre and "0.51x" not in pre
+    assert main(["methods", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert "fit labels" in out and "attacker labels" in out
+    table = [x.split() for x in out.splitlines() if x.startswith(("  linear-probe", "  scratch", "  finetune",
+                                                                   "linear-probe", "scratch", "finetune"))]
+    assert ["scratch", "-", "32", "10000", "none", "pairs", "0.468", "0.764", "0.61", "defaults"] in table
+    assert ["linear-probe", "small-cnn-w32", "32", "10000", "true", "true", "0.356", "0.671", "0.53", "defaults"] in table

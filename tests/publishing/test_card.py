@@ -227,3 +227,44 @@ def test_card_says_a_convadd_bank_blurs_visibly_and_adds_measured_noise():
     card = dataset_card({"train": ds}, bank, image_column="img")
     assert "visible change" in card and "at most 5/255 more (measured" in card
     assert "A person sees the same pictures" not in card
+
+
+def test_card_of_a_label_free_bank_quotes_only_label_free_rows(monkeypatch, tmp_path):
+    """A bank fitted without labels is described by the rows measured without labels, and a
+    labelled bank by the labelled ones: neither number stands in for the other."""
+    import json
+
+    import torch
+
+    from uetransforms.algorithms import measured
+    from uetransforms.models.encoders import save_small_cnn
+    from uetransforms.models.networks import SmallCNN
+
+    def row(labels, acc):
+        r = {"attacker": "linear-probe", "backbone": {"arch": "small-cnn-w32", "trained_on": "other rows",
+                                                      "checkpoint_sha256": "ab"},
+             "resolution": 32, "train_size": 5000, "test_size": 2000, "epochs": 8, "seed": 0, "labels": labels,
+             "labelling": "true", "variant": "defaults", "clean_accuracy": 0.8, "protected_accuracy": acc,
+             "ratio": acc / 0.8, "command": "x", "recorded": "2026-01-01"}
+        if labels == "none":
+            r.update(encoder={"arch": "resnet18", "trained_on": "rows 30k-50k"}, keying="cluster", n_clusters=10)
+        return r
+
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps({"schema": measured.SCHEMA, "methods": {},
+                                "attacks": {"cuda": [row("true", 0.4), row("none", 0.52)]}}))
+    monkeypatch.setattr(measured, "ASSET", str(path))
+    torch.manual_seed(0)
+    enc = str(tmp_path / "enc.safetensors")
+    save_small_cnn(SmallCNN(10, 3, width=8), enc)
+    ds = _ds()
+
+    def measured_line(bank):
+        card = dataset_card({"train": ds}, bank, image_column="img")
+        return next(s for s in card.splitlines() if s.startswith("- Measured with uetransforms"))
+
+    labelled = measured_line(ue.fit("cuda", ds, image_column="img", seed=1))
+    free = measured_line(ue.fit("cuda", ds, image_column="img", label_column=None, encoder=enc, n_clusters=2, seed=1))
+    assert "a linear probe 0.400 vs 0.800 clean (0.50x)" in labelled and "0.520" not in labelled
+    assert "a linear probe 0.520 vs 0.800 clean (0.65x)" in free and "0.400" not in free
+    assert "keyed by K-means clusters (K = 10) of a resnet18 encoder" in free
