@@ -377,7 +377,7 @@ def _labelfree_params(r: Mapping[str, Any]) -> dict[str, Any] | None:
     the label-free default in session 8: a session-7 row fitted 3 x 3 by the default of its day
     names no ``kernel_size``, and today's default would misname it)."""
     from . import get
-    from .fitting import KEYING_OPTIONS
+    from ..models.assign import KEYING_OPTIONS
 
     params = dict(r.get("params") or {})
     if r.get("bank_params") is not None:
@@ -395,7 +395,7 @@ def labelfree_variant(method: str, params: Mapping[str, Any]) -> str:
     nothing): its declared defaults, the ``label_free_defaults`` a class-keyed method takes without
     labels, and the keying defaults (K-means, K = 10)."""
     from . import get
-    from .fitting import KEYING_OPTIONS
+    from ..models.assign import KEYING_OPTIONS
 
     m = get(method)
     usual = {**m.defaults, **{k: v for k, v in KEYING_OPTIONS.items() if k not in ("encoder", "encoder_checkpoint")}}

@@ -28,6 +28,19 @@ import torch
 from ..core.bank import BankError, NoiseBank
 
 
+#: ``ue.fit`` options of label-free keying (``label_column=None`` with a class-keyed method), with
+#: their defaults: read here, never passed to the method. Measured on CIFAR-10 (10k rows, a
+#: ResNet-18 encoder trained on other rows; benchmarks/RESULTS.md, "Label-free protection, session
+#: 6 (issue 25)"): cosine K-means ("l2") gives purity 0.628 against the 10 true labels at K = 10,
+#: raw features 0.472; more clusters barely add purity (K = 20 / 50 / 100: 0.624 / 0.637 / 0.634)
+#: while each key gets fewer images, so K = 10. Session 7 (same RESULTS.md, "session 7"): the
+#: encoder's own class head keys purer (0.703 vs K-means 0.625, ResNet-18 of 0.713 accuracy) and
+#: protects more (cuda 0.74x vs 0.80x clean), but only an encoder trained on classes like the
+#: owner's has such a head, so K-means stays the default and ``cluster_by="head"`` is the option.
+KEYING_OPTIONS: dict[str, Any] = {"encoder": None, "encoder_checkpoint": None, "n_clusters": 10,
+                                  "feature_norm": "l2", "cluster_by": "kmeans"}
+
+
 def encoder_identity(encoder: torch.nn.Module) -> dict[str, Any]:
     """What a bank records about a surrogate: a rebuildable identity, or a module's class name."""
     from .encoders import identity_of
