@@ -218,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
                                  protected_fraction=args.protected_fraction, **common)
         for row in report.rows:
             setting = row.defence if row.protected_fraction >= 1 else f"{row.defence} @{row.protected_fraction:g} protected"
-            results.append({"method": method, "params": params.get(method, {}), "defence": setting,
+            # how the protector fitted: a cluster-keyed bank (clusters, or a --bank fitted with
+            # --no-labels) used no labels; record_attacks keeps such rows apart from labelled ones
+            free = method != "clean" and (bank.keying == "cluster" or bool(bank.info.get("label_agnostic")))
+            labels = "none" if free else "true"
+            results.append({"method": method, "params": params.get(method, {}), "defence": setting, "labels": labels,
                             "attacker": report.config["attacker"], "backbone": report.config["backbone"],
                             "resolution": report.data["image_shape"][-1], "peak_accuracy": row.peak_accuracy,
                             "peak_epoch": row.peak_epoch,

@@ -218,3 +218,11 @@ def test_a_method_that_never_takes_labels_quotes_its_label_free_rows_as_its_own(
     assert measured.own_labels("clusters") == "none" and measured.own_labels("cuda") == "true"
     assert measured.nearest_attacks("clusters", path=path)["finetune"]["ratio"] == pytest.approx(0.9)
     assert "fine-tuning 0.540 vs 0.600 clean (0.90x)" in measured.summary("clusters", path=path)
+
+
+def test_a_bench_protection_row_of_a_bank_fitted_without_labels_is_recorded_as_such():
+    doc = _bench_doc("linear-probe", {"clean": 0.8, "cuda": 0.4})
+    doc["results"][1]["labels"] = "none"  # bench_protection.py --bank cuda=<a --no-labels bank>
+    (row,) = measured.attack_rows([doc])["cuda"]
+    assert row["labels"] == "none"
+    assert measured.attack_rows([_bench_doc("linear-probe", {"clean": 0.8, "cuda": 0.4})])["cuda"][0]["labels"] == "true"

@@ -340,8 +340,10 @@ def _results(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any
     benchmark wrote it; every result says ``labels`` (how the protector fitted) and ``labelling``
     (how the attacker labelled the images)."""
     if "floors" not in doc:  # bench_protection.py: the trainer used the true labels unless label_map says not
+        # newer files say how each bank was fitted (a --bank fitted without labels); older ones fitted
+        # every method its own way
         return {**doc.get("config", {}), "_command": doc.get("command")}, [
-            {**r, "labels": own_labels(r["method"]) if r["method"] != "clean" else None,
+            {**r, "labels": None if r["method"] == "clean" else r.get("labels") or own_labels(r["method"]),
              "labelling": "true" if r.get("label_map", "none") == "none" else r["label_map"]}
             for r in doc.get("results", [])]
     # bench_labelfree.py: the clean baselines per labelling, then each config's rows per labelling.
