@@ -235,11 +235,11 @@ def _field(row: Mapping[str, Any], name: str) -> Any:
 def own_labels(key: str) -> str:
     """``"none"`` for a method that never takes labels (``clusters``), else ``"true"``: which rows
     are the method's own numbers (a class-keyed method's label-free rows are quoted apart)."""
-    from . import get
+    from . import UnknownMethodError, get
 
     try:
         m = get(key)
-    except Exception:  # a key no longer (or not yet) registered: its rows are what was recorded
+    except UnknownMethodError:  # a key no longer (or not yet) registered: its rows are what was recorded
         return "true"
     return "none" if m.label_free and "class" not in m.keyed_by else "true"
 
@@ -378,7 +378,7 @@ def _labelfree_params(r: Mapping[str, Any]) -> dict[str, Any] | None:
     what was fitted only when they pin every label-free default (``cuda``'s 5 x 5 filters became
     the label-free default in session 8: a session-7 row fitted 3 x 3 by the default of its day
     names no ``kernel_size``, and today's default would misname it)."""
-    from . import get
+    from . import UnknownMethodError, get
     from ..models.assign import KEYING_OPTIONS
 
     params = dict(r.get("params") or {})
@@ -386,7 +386,7 @@ def _labelfree_params(r: Mapping[str, Any]) -> dict[str, Any] | None:
         return {**{k: v for k, v in params.items() if k in KEYING_OPTIONS}, **r["bank_params"]}
     try:
         m = get(r["method"])
-    except Exception:
+    except UnknownMethodError:  # nothing says what this installation's defaults were for it
         return None
     pinned = "class" not in m.keyed_by or set(m.label_free_defaults) <= set(params)
     return params if pinned else None
