@@ -226,3 +226,16 @@ def test_a_bench_protection_row_of_a_bank_fitted_without_labels_is_recorded_as_s
     (row,) = measured.attack_rows([doc])["cuda"]
     assert row["labels"] == "none"
     assert measured.attack_rows([_bench_doc("linear-probe", {"clean": 0.8, "cuda": 0.4})])["cuda"][0]["labels"] == "true"
+
+
+def test_a_label_free_row_fitted_with_other_options_is_named_not_passed_off_as_the_default(tmp_path):
+    path = tmp_path / "m.json"
+    uc = _labelfree_doc("linear-probe", {"true": 0.6}, [
+        ("uc", "clusters", {}, {"profile": "cpu", "epochs": 6.0}, None, {"true": 0.5})])
+    measured.record_attacks([uc], path=path)
+    (row,) = measured.attacks("clusters", path=path)
+    assert row["variant"] == "profile=cpu, epochs=6.0"  # what the bank says was fitted ("auto" resolved)
+    assert measured.nearest_attacks("clusters", path=path) == {}
+    assert measured.labelfree_text("clusters", path=path) == (
+        "not measured for clusters with its label-free defaults (measured with other options: profile=cpu, "
+        "epochs=6.0; see uetransforms methods clusters)")

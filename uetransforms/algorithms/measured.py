@@ -453,7 +453,11 @@ def labelfree_text(key: str, *, resolution: int | None = None, path: str | os.Pa
     """
     rows = nearest_attacks(key, resolution=resolution, labels="none", labelling="true", path=path)
     if not rows:
-        return f"not measured for {key} with its label-free defaults"
+        text = f"not measured for {key} with its label-free defaults"
+        others = sorted({r["variant"] for r in attacks(key, labels="none", path=path)})
+        if others:  # e.g. clusters' bank records the profile "auto" resolved to: named, not passed off as default
+            text += f" (measured with other options: {'; '.join(others)}; see uetransforms methods {key})"
+        return text
     pairs = nearest_attacks(key, resolution=resolution, labels="none", labelling="pairs", path=path)
     said: dict[str, list[str]] = {}
     for a, r in rows.items():  # one setting named once, each attacker's numbers before it
