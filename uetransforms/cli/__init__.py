@@ -108,16 +108,19 @@ def method_guide(need: str) -> list[str]:
                "by clusters of an image encoder: fit METHOD DATA --no-labels --encoder <encoder file or model name> "
                "(add --param cluster_by=head to key by the encoder file's own classifier when it was trained on "
                "classes like yours); ")
-        blur = ("cuda fitted without labels takes 5x5 filters, and most of their effect is blur (random keys come "
-                "close); see benchmarks/RESULTS.md, 'Label-free protection, session 6', 'session 7' and 'session 8'")
+        def blur(sessions: str) -> str:
+            return ("cuda fitted without labels takes 5x5 filters, and most of their effect is blur (random keys "
+                    f"come close); see benchmarks/RESULTS.md, 'Label-free protection, session 6', {sessions}")
+
         if not keyed:
-            out.append(how + f"measured weaker than with labels, and not in the shipped facts: {blur}.")
+            out.append(how + f"measured weaker than with labels, and not in the shipped facts: "
+                       + blur("'session 7' and 'session 8'") + ".")
         else:
             out.append(how + "measured without labels, with its label-free defaults (ratio = protected / clean "
                        "under the same attacker and labelling; not the numbers of the method fitted with labels):")
             out += [f"    {k} without labels: {measured.labelfree_text(k)}" for k in keyed]
             if "cuda" in keyed:  # the random-key controls (not label-free fits, so not in the facts)
-                out.append(f"    {blur.replace(chr(39) + 'session 8' + chr(39), chr(39) + 'session 8' + chr(39) + ' and ' + chr(39) + 'session 9' + chr(39))}.")
+                out.append("    " + blur("'session 7', 'session 8' and 'session 9'") + ".")
         if any(r["key"] == "clusters" for r in free):
             out.append("  clusters downloads ImageNet ResNet-50 weights on first use; offline, pass a local copy: "
                        "--param checkpoint=resnet50-11ad3fa6.pth (or --param surrogate=small-cnn --param "
