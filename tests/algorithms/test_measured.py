@@ -96,6 +96,19 @@ def test_record_attacks_replaces_only_the_same_setting_and_variant(tmp_path):
     assert measured.nearest_attacks("cuda", path=path)["linear-probe"]["protected_accuracy"] == 0.6
 
 
+def test_a_bench_protection_rows_colour_variant_is_not_taken_for_what_was_fitted():
+    # bench_protection.py writes the data's colour variant into each row ("variant": "rgb"); the
+    # recorded variant is the caller's --variant (session 9 recorded "rgb" for dilated cuda rows).
+    base = _bench_doc("scratch", {"clean": 0.6})
+    doc = _bench_doc("scratch", {"cuda": 0.3})
+    for d in (base, doc):
+        for r in d["results"]:
+            r["variant"] = "rgb"
+    rows = measured.attack_rows([doc], baselines=[base], variant="dilation=6, padding=reflect")
+    assert [r["variant"] for r in rows["cuda"]] == ["dilation=6, padding=reflect"]
+    assert [r["variant"] for r in measured.attack_rows([doc], baselines=[base])["cuda"]] == ["defaults"]
+
+
 def test_nearest_attacks_picks_the_size_closest_to_the_users_images(tmp_path):
     path = tmp_path / "m.json"
     for res in (32, 96):

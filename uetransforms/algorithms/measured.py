@@ -365,7 +365,7 @@ def _results(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any
         for row in r["rows"]:
             out.append({**base, "method": r["method"], "labels": "none", "labelling": row["labelling"],
                         "test_accuracy": row["protected_accuracy"], "train_accuracy": row.get("train_accuracy"),
-                        "quality": r.get("quality"), "variant": labelfree_variant(r["method"], fitted),
+                        "quality": r.get("quality"), "fit_variant": labelfree_variant(r["method"], fitted),
                         "keying": r.get("keying"), "n_clusters": r.get("n_clusters"),
                         "encoder": r.get("encoder") or _encoder_from_path(doc.get("encoder"))})
     return config, out
@@ -521,7 +521,9 @@ def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mappin
             row = dict(zip(_SETTING, key))
             row.update({
                 "backbone": None if b is None else {k: b.get(k) for k in ("kind", "arch", "trained_on", "checkpoint_sha256")},
-                "variant": r.get("variant", variant), "labels": r["labels"],
+                # a label-free file names what each bank was fitted with; a bench_protection.py row's own
+                # "variant" is the data's colour variant ("rgb"), not what was fitted, so it is never read here
+                "variant": r.get("fit_variant", variant), "labels": r["labels"],
                 "clean_accuracy": base["test_accuracy"], "protected_accuracy": r["test_accuracy"],
                 "ratio": r["test_accuracy"] / base["test_accuracy"], "clean_peak": base.get("peak_accuracy"),
                 "protected_peak": r.get("peak_accuracy"), "psnr": q.get("psnr_mean"), "ssim": q.get("ssim_mean"),
