@@ -5,13 +5,19 @@
 # fractals (benchmarks/build_backbone.py --arch resnet18 --data fractals); DIGITS = the 32-px digits
 # small CNN, read at 224 px (--backbone-size 224: it pools globally). random = the same ResNet-18 with
 # random weights (init seed 0), clean only: what the fractal pretraining added to the probe.
-# STEPS="clean cuda reflect k5 k9 digits random others" picks the parts (default: all, in this order).
+# STEPS="clean cuda reflect k5 k9 digits random others" picks the parts (default: those of session 8).
+# Session 9 (benchmarks/results/p224s9-*): cuda with dilated taps (dilation=7 = 224/32, so the 3x3 filter
+# acts at the scale of the upscaled content, as it does at 32 px), the random-init control with it, lsp,
+# and DIGITS at 224; STEPS="d7r rnd-clean rnd-d7r lsp d7 d4r dig-clean dig-d7r" (not in the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
 FRACTAL=${FRACTAL:-tv:resnet18@/tmp/pt/fractal-resnet18-s64.safetensors}
 DIGITS=${DIGITS:-/tmp/pt/digits-cnn-w32.safetensors}
 R=benchmarks/results/p224s8
+R9=benchmarks/results/p224s9
+RANDOM_BB="tv:resnet18@random --allow-random-backbone"
+D7R="--param cuda.dilation=7 --param cuda.padding=reflect"
 B="nice -n 5 env OMP_NUM_THREADS=1 $PY benchmarks/bench_protection.py --threads 1 --train-size 3000 --test-size 1000 --defences none --resolution 224 --attacker linear-probe --epochs 8"
 for step in ${STEPS:-clean cuda reflect k5 k9 digits others}; do
   case $step in
@@ -23,6 +29,14 @@ for step in ${STEPS:-clean cuda reflect k5 k9 digits others}; do
     digits)  $B --backbone "$DIGITS" --backbone-size 224 --methods clean cuda --out $R-probe-digits224.json ;;
     random)  $B --backbone tv:resnet18@random --allow-random-backbone --methods clean --out $R-probe-random-clean.json ;;
     others)  $B --backbone "$FRACTAL" --methods ops ar lsp --out $R-probe-fractal-others.json ;;
+    d7r)       $B --backbone "$FRACTAL" --methods cuda $D7R --out $R9-probe-fractal-cuda-d7-reflect.json ;;
+    d7)        $B --backbone "$FRACTAL" --methods cuda --param cuda.dilation=7 --out $R9-probe-fractal-cuda-d7.json ;;
+    d4r)       $B --backbone "$FRACTAL" --methods cuda --param cuda.dilation=4 --param cuda.padding=reflect --out $R9-probe-fractal-cuda-d4-reflect.json ;;
+    lsp)       $B --backbone "$FRACTAL" --methods lsp --out $R9-probe-fractal-lsp.json ;;
+    rnd-clean) $B --backbone $RANDOM_BB --methods clean --out $R9-probe-random-clean.json ;;
+    rnd-d7r)   $B --backbone $RANDOM_BB --methods cuda $D7R --out $R9-probe-random-cuda-d7-reflect.json ;;
+    dig-clean) $B --backbone "$DIGITS" --backbone-size 224 --methods clean --out $R9-probe-digits224-clean.json ;;
+    dig-d7r)   $B --backbone "$DIGITS" --backbone-size 224 --methods cuda $D7R --out $R9-probe-digits224-cuda-d7-reflect.json ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
