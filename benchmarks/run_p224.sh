@@ -8,7 +8,7 @@
 # STEPS="clean cuda reflect k5 k9 digits random others" picks the parts (default: those of session 8).
 # Session 9 (benchmarks/results/p224s9-*): cuda with dilated taps (dilation=7 = 224/32, so the 3x3 filter
 # acts at the scale of the upscaled content, as it does at 32 px), the random-init control with it, lsp,
-# and DIGITS at 224; STEPS="d7r rnd-clean rnd-d7r lsp d7 d4r dig-clean dig-d7r dig-cuda dig-d7 dig-d7r-k2" (not in the default;
+# and DIGITS at 224; STEPS="d7r rnd-clean rnd-d7r lsp d7 d4r dig-clean dig-d7r dig-cuda dig-d7 dig-reflect dig-d7r-k2" (not in the default;
 # dig-d7r-k2 is dig-d7r with a second bank key, 4321).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +40,7 @@ for step in ${STEPS:-clean cuda reflect k5 k9 digits others}; do
     dig-d7r)   $B --backbone "$DIGITS" --backbone-size 224 --methods cuda $D7R --out $R9-probe-digits224-cuda-d7-reflect.json ;;
     dig-cuda)  $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --out $R9-probe-digits224-cuda.json ;;
     dig-d7r-k2) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda $D7R --bank-seed 4321 --out $R9-probe-digits224-cuda-d7-reflect-key2.json ;;
+    dig-reflect) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --param cuda.padding=reflect --out $R9-probe-digits224-cuda-reflect.json ;;
     dig-d7)    $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --param cuda.dilation=7 --out $R9-probe-digits224-cuda-d7.json ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
