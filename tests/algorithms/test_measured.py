@@ -109,6 +109,17 @@ def test_a_bench_protection_rows_colour_variant_is_not_taken_for_what_was_fitted
     assert [r["variant"] for r in measured.attack_rows([doc], baselines=[base])["cuda"]] == ["defaults"]
 
 
+def test_two_backbones_at_one_size_quote_the_weaker_protection(tmp_path):
+    # A protection has to hold against every backbone measured at that size: the higher ratio is quoted.
+    path = str(tmp_path / "m.json")
+    for sha, clean, prot in (("aaa", 0.5, 0.2), ("bbb", 0.3, 0.28)):
+        base = _bench_doc("linear-probe", {"clean": clean}, backbone_sha=sha, resolution=224)
+        measured.record_attacks([_bench_doc("linear-probe", {"cuda": prot}, backbone_sha=sha, resolution=224)],
+                                baselines=[base], path=path)
+    row = measured.nearest_attacks("cuda", resolution=224, path=path)["linear-probe"]
+    assert row["protected_accuracy"] == 0.28 and row["ratio"] > 0.9
+
+
 def test_nearest_attacks_picks_the_size_closest_to_the_users_images(tmp_path):
     path = tmp_path / "m.json"
     for res in (32, 96):

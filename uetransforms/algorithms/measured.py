@@ -269,8 +269,10 @@ def nearest_attacks(key: str, *, resolution: int | None = None, variant: str = "
     Only rows of ``variant`` (``"defaults"``: the method as ``fit`` runs it without options) are
     considered, so an option's numbers are never quoted as the default's; only rows fitted with
     ``labels`` (default: the method's own way, :func:`own_labels`) and attacked under
-    ``labelling``, so a label-free number is never quoted as the labelled one. Ties go to the row
-    with more training images, then the newer one. Attackers with no row are absent.
+    ``labelling``, so a label-free number is never quoted as the labelled one. Among rows equally
+    near, the one that protected *least* is quoted (two backbones measured at one size: the
+    protection must hold against both, so the weaker result is the one a user can rely on), then
+    the one with more training images, then the newer one. Attackers with no row are absent.
 
     Example:
         >>> from uetransforms.algorithms import measured
@@ -281,7 +283,8 @@ def nearest_attacks(key: str, *, resolution: int | None = None, variant: str = "
     for row in attacks(key, labels=own_labels(key) if labels is None else labels, labelling=labelling, path=path):
         if row.get("variant", "defaults") != variant:
             continue
-        rank = (_distance(row, resolution), -int(row.get("train_size") or 0), row.get("recorded", ""))
+        rank = (_distance(row, resolution), -float(row["ratio"]), -int(row.get("train_size") or 0),
+                row.get("recorded", ""))
         held = best.get(row["attacker"])
         if held is None or rank < held[0]:
             best[row["attacker"]] = (rank, row)
