@@ -108,7 +108,7 @@ def _setting_differs(old: dict, new: dict) -> str | None:
 def _encoder_identity(bank) -> dict | None:
     """The encoder that keyed a label-free bank, as the bank records it, with what its file says it
     was trained on (``None`` for a bank keyed by a label column, e.g. a ``key_purity`` probe)."""
-    enc = bank.info.get("surrogate") if bank.keying == "cluster" or bank.info.get("label_agnostic") else None
+    enc = bank.info.get("surrogate") if bank.fitted_without_labels else None
     if not enc:
         return None
     out = {k: enc.get(k) for k in ("kind", "arch", "checkpoint", "checkpoint_sha256", "image_size", "weights")}

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             setting = row.defence if row.protected_fraction >= 1 else f"{row.defence} @{row.protected_fraction:g} protected"
             # how the protector fitted: a cluster-keyed bank (clusters, or a --bank fitted with
             # --no-labels) used no labels; record_attacks keeps such rows apart from labelled ones
-            free = method != "clean" and (bank.keying == "cluster" or bool(bank.info.get("label_agnostic")))
+            free = method != "clean" and bank.fitted_without_labels
             labels = "none" if free else "true"
             results.append({"method": method, "params": params.get(method, {}), "defence": setting, "labels": labels,
                             "attacker": report.config["attacker"], "backbone": report.config["backbone"],

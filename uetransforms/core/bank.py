@@ -228,6 +228,21 @@ class NoiseBank:
         return self.image_shape[0]
 
     @property
+    def fitted_without_labels(self) -> bool:
+        """Whether the protector used no label column: keyed by an encoder's clusters
+        (``keying == "cluster"``), or sample noise made with cluster ids standing in for labels
+        (``info["label_agnostic"]``, set by the label-free fit). The one test the card and the
+        benchmarks use to keep a label-free bank's numbers apart from a labelled one's.
+
+        Example:
+            >>> import numpy as np
+            >>> NoiseBank(method="m", kind="additive", keying="class", keys=[0],
+            ...           tensors={"delta": np.zeros((1, 3, 2, 2), "float32")}).fitted_without_labels
+            False
+        """
+        return self.keying == "cluster" or bool(self.info.get("label_agnostic"))
+
+    @property
     def epsilon(self) -> float | None:
         eps = self.params.get("epsilon")
         return None if eps is None else float(eps)

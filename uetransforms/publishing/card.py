@@ -257,7 +257,7 @@ def _labels(bank: NoiseBank) -> str:
     """``"none"`` for a bank fitted without labels (keyed by clusters, or sample noise made with
     cluster ids as labels: ``info["label_agnostic"]``), else ``"true"``: the card quotes only the
     measurements of that kind of fit."""
-    return "none" if bank.keying == "cluster" or bank.info.get("label_agnostic") else "true"
+    return "none" if bank.fitted_without_labels else "true"
 
 
 _MEASURED_WHERE = ("on CIFAR-10 images at the sizes named below, not on this dataset, whose images and classes may "
