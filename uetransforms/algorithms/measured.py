@@ -261,6 +261,14 @@ def _distance(row: Mapping[str, Any], resolution: int | None) -> float:
     return abs(math.log2(max(int(row["resolution"]), 1) / max(int(resolution), 1)))
 
 
+def quote_rank(row: Mapping[str, Any]) -> tuple:
+    """Which of two rows of one setting is quoted (the smaller rank): the one the method protected
+    *least* against (two backbones measured at one size: the protection must hold against both, so
+    the weaker result is the one a user can rely on), then the one with more training images, then
+    the older one. The one rule of :func:`nearest_attacks` and the CLI's method guide."""
+    return (-float(row["ratio"]), -int(row.get("train_size") or 0), row.get("recorded", ""))
+
+
 def nearest_attacks(key: str, *, resolution: int | None = None, variant: str = "defaults",
                     labels: str | None = None, labelling: str = "true",
                     path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
@@ -270,9 +278,8 @@ def nearest_attacks(key: str, *, resolution: int | None = None, variant: str = "
     considered, so an option's numbers are never quoted as the default's; only rows fitted with
     ``labels`` (default: the method's own way, :func:`own_labels`) and attacked under
     ``labelling``, so a label-free number is never quoted as the labelled one. Among rows equally
-    near, the one that protected *least* is quoted (two backbones measured at one size: the
-    protection must hold against both, so the weaker result is the one a user can rely on), then
-    the one with more training images, then the newer one. Attackers with no row are absent.
+    near, :func:`quote_rank` picks (the one it protected least against). Attackers with no row
+    are absent.
 
     Example:
         >>> from uetransforms.algorithms import measured
@@ -283,8 +290,7 @@ def nearest_attacks(key: str, *, resolution: int | None = None, variant: str = "
     for row in attacks(key, labels=own_labels(key) if labels is None else labels, labelling=labelling, path=path):
         if row.get("variant", "defaults") != variant:
             continue
-        rank = (_distance(row, resolution), -float(row["ratio"]), -int(row.get("train_size") or 0),
-                row.get("recorded", ""))
+        rank = (_distance(row, resolution), *quote_rank(row))
         held = best.get(row["attacker"])
         if held is None or rank < held[0]:
             best[row["attacker"]] = (rank, row)
@@ -572,5 +578,5 @@ def _write(doc: Mapping[str, Any], p: str) -> None:
 
 
 __all__ = ["ASSET", "ATTACKERS", "ATTACKER_WORDS", "LABELLING_WORDS", "PRETRAINED", "attack_rows", "attacks", "attacks_text",
-           "facts_from_results", "for_method", "labelfree_text", "labelfree_variant", "load", "nearest_attacks",
+           "facts_from_results", "for_method", "labelfree_text", "labelfree_variant", "load", "nearest_attacks", "quote_rank",
            "not_protecting", "own_labels", "record", "record_attacks", "summary"]

@@ -150,9 +150,8 @@ def method_guide(need: str) -> list[str]:
                 at = (a["variant"], int(a["resolution"]))
                 slot = by_variant.setdefault(at, {}) if a["attacker"] in measured.PRETRAINED else scratch
                 name = a["attacker"] if a["attacker"] in measured.PRETRAINED else at
-                # two backbones measured at one size: quote the one it protected least against (the
-                # rule of measured.nearest_attacks), since the protection has to hold against both
-                if name not in slot or a["ratio"] > slot[name]["ratio"]:
+                # two backbones measured at one size: measured's rule picks the quoted one
+                if name not in slot or measured.quote_rank(a) < measured.quote_rank(slot[name]):
                     slot[name] = a
             for at, got in by_variant.items():
                 if at in scratch:  # the same setting trained from scratch, where that was measured too
