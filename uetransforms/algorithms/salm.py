@@ -160,9 +160,9 @@ def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
     if p["mask_update"] in ("step", "freeze") and p["mask_by"] != "grad":
         raise ValueError(f"mask_update={p['mask_update']!r} redraws the mask from each step's gradient: use "
                          "mask_by='grad' (a brightness mask does not change between steps; use mask_update='once')")
-    cell = p["mask_cell"]
+    cell, tile = p["mask_cell"], p["tile"]
+    h, w = data.image_shape[1:] if hasattr(data, "image_shape") else (None, None)
     if cell:
-        h, w = data.image_shape[1:] if hasattr(data, "image_shape") else (None, None)
         if cell < 2:
             raise ValueError(f"mask_cell={cell}: use 0 (the whole image) or a cell side of at least 2 pixels")
         if h is not None and cell > max(h, w):
@@ -172,9 +172,7 @@ def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
             raise ValueError(f"mask_cell={cell} with fraction={p['fraction']} keeps no position in a {cell}x{cell} "
                              f"cell (fraction * cell * cell < 1): use mask_cell >= {math.ceil(math.sqrt(1 / p['fraction']))} "
                              "or a larger fraction")
-    tile = p["tile"]
     if tile:
-        h, w = data.image_shape[1:] if hasattr(data, "image_shape") else (None, None)
         if tile < 2:
             raise ValueError(f"tile={tile}: use 0 (no periodic pattern) or a tile side of at least 2 pixels")
         if h is not None and tile > min(h, w):
