@@ -120,6 +120,37 @@ def test_two_backbones_at_one_size_quote_the_weaker_protection(tmp_path):
     assert row["protected_accuracy"] == 0.28 and row["ratio"] > 0.9
 
 
+def test_two_bank_keys_of_one_setting_are_two_rows_and_the_weaker_is_quoted(tmp_path):
+    # Session 9: one 224-px setting gave 0.45x with one key and 0.61x with another; recording the
+    # second key replaced the first. Each key is now a row; the quote is the weaker, naming the other.
+    path = str(tmp_path / "m.json")
+    base = _bench_doc("linear-probe", {"clean": 0.5}, resolution=224)
+    for seed, prot in ((1234, 0.225), (4321, 0.305)):
+        doc = _bench_doc("linear-probe", {"cuda": prot}, resolution=224)
+        doc["config"]["bank_seed"] = seed
+        measured.record_attacks([doc], baselines=[base], path=path)
+    rows = measured.attacks("cuda", path=path)
+    assert sorted((r["bank"], r["protected_accuracy"]) for r in rows) == [("seed 1234", 0.225), ("seed 4321", 0.305)]
+    quoted = measured.nearest_attacks("cuda", resolution=224, path=path)["linear-probe"]
+    assert quoted["bank"] == "seed 4321" and quoted["ratio"] == pytest.approx(0.61)
+    assert [r["bank"] for r in measured.other_keys(quoted, rows)] == ["seed 1234"]
+    assert "0.305 vs 0.500 clean (0.61x; 0.45x with another bank key)" in measured.attacks_text("cuda", path=path)
+    # the same key measured again replaces its own row only
+    doc = _bench_doc("linear-probe", {"cuda": 0.3}, resolution=224)
+    doc["config"]["bank_seed"] = 1234
+    measured.record_attacks([doc], baselines=[base], path=path)
+    assert sorted(r["protected_accuracy"] for r in measured.attacks("cuda", path=path)) == [0.3, 0.305]
+
+
+def test_bank_of_names_a_saved_bank_file_or_the_fitting_seed():
+    cmd = "python benchmarks/bench_protection.py --methods cuda tap --bank tap=/tmp/x/tap.bank.arrow --bank-seed 7"
+    assert measured.bank_of("tap", {"_command": cmd}) == "file tap.bank.arrow"
+    assert measured.bank_of("cuda", {"_command": cmd}) == "seed 7"  # only tap's bank was saved
+    assert measured.bank_of("cuda", {"_command": "bench --bank=cuda=/a/b.arrow", "bank_seed": 3}) == "file b.arrow"
+    assert measured.bank_of("cuda", {"_command": "bench", "bank_seed": 3}) == "seed 3"
+    assert measured.bank_of("cuda", {"_command": "bench"}) is None  # the file does not say
+
+
 def test_nearest_attacks_picks_the_size_closest_to_the_users_images(tmp_path):
     path = tmp_path / "m.json"
     for res in (32, 96):
@@ -150,7 +181,7 @@ def test_shipped_attack_rows_name_their_setting():
         for r in rows:
             assert r["attacker"] in measured.ATTACKERS and r["resolution"] > 0 and r["train_size"] > 0
             assert r["ratio"] == pytest.approx(r["protected_accuracy"] / r["clean_accuracy"])
-            assert r["command"] and r["variant"]
+            assert r["command"] and r["variant"] and r["bank"]  # which key or saved bank was measured
             if r["attacker"] != "scratch":  # a pretrained attacker names the backbone it started from
                 assert r["backbone"]["arch"] and r["backbone"]["trained_on"] and r["backbone"]["checkpoint_sha256"]
 

@@ -232,6 +232,26 @@ def _field(row: Mapping[str, Any], name: str) -> Any:
     return row.get(name, _OLD_ROWS.get(name))
 
 
+def bank_of(name: str, config: Mapping[str, Any]) -> str | None:
+    """Which bank a benchmark row measured, in words: ``"file NAME"`` for a saved bank the command
+    passed (``--bank NAME=PATH``; ``name`` is the method for ``bench_protection.py``, the config
+    name for ``bench_labelfree.py``), else ``"seed N"``, the key the benchmark fitted with
+    (``None`` when the file does not say). Part of a row's identity: the same setting measured with
+    another key is another row, and the weaker of them is quoted (session 9: one setting gave 0.45x
+    at one key and 0.61x at another; recording the second replaced the first)."""
+    import shlex
+
+    words = shlex.split(config.get("_command") or "")
+    for i, w in enumerate(words):
+        spec = words[i + 1] if w == "--bank" and i + 1 < len(words) else w[len("--bank="):] if w.startswith("--bank=") else None
+        if spec is not None and spec.split("=", 1)[0] == name and "=" in spec:
+            return f"file {os.path.basename(spec.split('=', 1)[1])}"
+    seed = config.get("bank_seed")
+    if seed is None and "--bank-seed" in words[:-1]:
+        seed = words[words.index("--bank-seed") + 1]
+    return None if seed is None else f"seed {int(seed)}"
+
+
 def own_labels(key: str) -> str:
     """``"none"`` for a method that never takes labels (``clusters``), else ``"true"``: which rows
     are the method's own numbers (a class-keyed method's label-free rows are quoted apart)."""
@@ -263,9 +283,10 @@ def _distance(row: Mapping[str, Any], resolution: int | None) -> float:
 
 def quote_rank(row: Mapping[str, Any]) -> tuple:
     """Which of two rows of one setting is quoted (the smaller rank): the one the method protected
-    *least* against (two backbones measured at one size: the protection must hold against both, so
-    the weaker result is the one a user can rely on), then the one with more training images, then
-    the older one. The one rule of :func:`nearest_attacks` and the CLI's method guide."""
+    *least* against (two backbones measured at one size, or two bank keys of one setting: the
+    protection must hold for both, so the weaker result is the one a user can rely on), then the one
+    with more training images, then the older one. The one rule of :func:`nearest_attacks` and the
+    CLI's method guide."""
     return (-float(row["ratio"]), -int(row.get("train_size") or 0), row.get("recorded", ""))
 
 
@@ -304,9 +325,18 @@ def _where(row: Mapping[str, Any]) -> str:
     return f"{b.get('arch', 'a backbone')}{trained}; {row['resolution']} px, {row['train_size']} images"
 
 
-def _numbers(row: Mapping[str, Any]) -> str:
+def other_keys(row: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``rows`` that measured ``row``'s setting, variant and fit with another bank key."""
+    same = (*_SETTING, "variant", "labels")
+    return [dict(r) for r in rows if all(_field(r, k) == _field(row, k) for k in same)
+            and _field(r, "bank") != _field(row, "bank")]
+
+
+def _numbers(row: Mapping[str, Any], others: Iterable[Mapping[str, Any]] = ()) -> str:
+    ratios = [f"{r['ratio']:.2f}x" for r in others]
+    more = f"; {', '.join(ratios)} with {'another bank key' if len(ratios) == 1 else 'other bank keys'}" if ratios else ""
     return (f"{ATTACKER_WORDS[row['attacker']]} {row['protected_accuracy']:.3f} vs {row['clean_accuracy']:.3f} clean "
-            f"({row['ratio']:.2f}x)")
+            f"({row['ratio']:.2f}x{more})")
 
 
 def attacks_text(key: str, *, resolution: int | None = None, path: str | os.PathLike | None = None) -> str:
@@ -318,8 +348,9 @@ def attacks_text(key: str, *, resolution: int | None = None, path: str | os.Path
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in pre:  # one backbone and size named once, with each attacker's numbers after it
             groups.setdefault(_where(r), []).append(r)
+        every = attacks(key, path=path)
         text = "against a pretrained attacker: " + "; ".join(
-            ", ".join(_numbers(r) for r in rs) + f" ({where})" for where, rs in groups.items())
+            ", ".join(_numbers(r, other_keys(r, every)) for r in rs) + f" ({where})" for where, rs in groups.items())
         missing = [ATTACKER_WORDS[a] for a in PRETRAINED if a not in rows]
         if missing:
             text += f"; {' and '.join(missing)}: not measured"
@@ -359,7 +390,7 @@ def _results(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any
     h = doc.get("harness", {})
     (t0, t1), (s0, s1) = h["train_rows"], h["test_rows"]
     config = {"train_size": t1 - t0, "test_size": s1 - s0, "epochs": h.get("epochs"), "seed": h.get("seed"),
-              "_command": doc.get("command")}
+              "bank_seed": h.get("bank_seed"), "_command": doc.get("command")}
     # files written before --attacker existed trained from scratch on 32-px CIFAR-10
     base = {"attacker": h.get("attacker", "scratch"), "backbone": h.get("backbone"),
             "resolution": h.get("resolution", 32), "defence": "none", "protected_fraction": 1.0}
@@ -372,7 +403,7 @@ def _results(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any
         if fitted is None:
             continue
         for row in r["rows"]:
-            out.append({**base, "method": r["method"], "labels": "none", "labelling": row["labelling"],
+            out.append({**base, "method": r["method"], "bank_name": r.get("name"), "labels": "none", "labelling": row["labelling"],
                         "test_accuracy": row["protected_accuracy"], "train_accuracy": row.get("train_accuracy"),
                         "quality": r.get("quality"), "fit_variant": labelfree_variant(r["method"], fitted),
                         "keying": r.get("keying"), "n_clusters": r.get("n_clusters"),
@@ -529,6 +560,7 @@ def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mappin
             q = r.get("quality") or {}
             row = dict(zip(_SETTING, key))
             row.update({
+                "bank": bank_of(r.get("bank_name") or r["method"], c),
                 "backbone": None if b is None else {k: b.get(k) for k in ("kind", "arch", "trained_on", "checkpoint_sha256")},
                 # a label-free file names what each bank was fitted with; a bench_protection.py row's own
                 # "variant" is the data's colour variant ("rgb"), not what was fitted, so it is never read here
@@ -549,7 +581,8 @@ def record_attacks(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Map
                    variant: str = "defaults", methods: Iterable[str] | None = None,
                    path: str | os.PathLike | None = None) -> str:
     """Merge :func:`attack_rows` of ``docs`` into the measured-facts file: a row replaces a recorded
-    one of the same method, setting and variant; every other row is kept. Returns the path."""
+    one of the same method, setting, variant and bank (:func:`bank_of`); every other row is kept, so
+    a second key of one setting is a row of its own. Returns the path."""
     import time
 
     p = os.fspath(path) if path is not None else ASSET
@@ -559,7 +592,7 @@ def record_attacks(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Map
     for m, rows in attack_rows(docs, baselines=baselines, variant=variant, methods=methods).items():
         kept = table.get(m, [])
         for row in rows:
-            same = lambda old: all(_field(old, k) == _field(row, k) for k in (*_SETTING, "variant", "labels"))  # noqa: E731
+            same = lambda old: all(_field(old, k) == _field(row, k) for k in (*_SETTING, "variant", "labels", "bank"))  # noqa: E731
             kept = [old for old in kept if not same(old)] + [{**row, "recorded": stamp}]
         table[m] = sorted(kept, key=lambda r: (ATTACKERS.index(r["attacker"]), r["resolution"], r["variant"]))
     current["attacks"] = {k: table[k] for k in sorted(table)}
@@ -577,6 +610,6 @@ def _write(doc: Mapping[str, Any], p: str) -> None:
     os.replace(tmp, p)
 
 
-__all__ = ["ASSET", "ATTACKERS", "ATTACKER_WORDS", "LABELLING_WORDS", "PRETRAINED", "attack_rows", "attacks", "attacks_text",
+__all__ = ["ASSET", "ATTACKERS", "ATTACKER_WORDS", "LABELLING_WORDS", "PRETRAINED", "attack_rows", "attacks", "attacks_text", "bank_of", "other_keys",
            "facts_from_results", "for_method", "labelfree_text", "labelfree_variant", "load", "nearest_attacks", "quote_rank",
            "not_protecting", "own_labels", "record", "record_attacks", "summary"]

@@ -262,11 +262,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print("  against other attackers (protected / clean under the same attacker; benchmarks/RESULTS.md):")
         # which fit (with or without labels) and the attacker's labelling are columns of their own,
         # so a label-free row is never read as the labelled one
+        # the bank column: one setting measured with two keys is two rows (the weaker is the one quoted)
         _print_table(["attacker", "backbone", "px", "images", "fit labels", "attacker labels", "protected", "clean",
-                      "ratio", "fitted with"],
+                      "ratio", "fitted with", "bank"],
                      [[a["attacker"], (a.get("backbone") or {}).get("arch") or "-", str(a["resolution"]), str(a["train_size"]),
                        "none" if a.get("labels") == "none" else "true", a.get("labelling", "true"),
-                       f"{a['protected_accuracy']:.3f}", f"{a['clean_accuracy']:.3f}", f"{a['ratio']:.2f}", a["variant"]]
+                       f"{a['protected_accuracy']:.3f}", f"{a['clean_accuracy']:.3f}", f"{a['ratio']:.2f}", a["variant"],
+                       a.get("bank") or "-"]
                       for a in attack_rows])
     else:
         print(f"  {measured.attacks_text(m.key)}.")
