@@ -457,6 +457,38 @@ def test_methods_for_answers_from_measured_facts(capsys):
     assert "clusters" in capsys.readouterr().out and main(["methods", "--for", "nope"]) == 2
 
 
+def test_pretrained_guide_names_each_numbers_backbone_and_its_bank_keys(tmp_path, monkeypatch):
+    """Every number of the pretrained guide carries the tag of its own backbone and size (a 224-px
+    probe of one backbone is never read as another's), and a setting measured with two bank keys
+    quotes the weaker and says so."""
+    import json
+
+    from uetransforms.algorithms import measured
+    from uetransforms.cli import method_guide
+
+    def row(attacker, px, sha, trained_on, acc, clean, bank="seed 1234", variant="defaults"):
+        return {"attacker": attacker, "backbone": {"arch": "small-cnn-w32", "trained_on": trained_on,
+                                                   "checkpoint_sha256": sha},
+                "backbone_sha256": sha, "resolution": px, "train_size": 3000, "test_size": 1000, "epochs": 8,
+                "seed": 0, "labelling": "true", "labels": "true", "bank": bank, "variant": variant,
+                "clean_accuracy": clean, "protected_accuracy": acc, "ratio": acc / clean, "psnr": 20.0, "ssim": 0.8,
+                "command": "x", "recorded": "2026-01-01"}
+
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps({"schema": measured.SCHEMA, "methods": {}, "attacks": {"cuda": [
+        row("linear-probe", 32, "aa", "rows A", 0.3, 0.6), row("finetune", 32, "aa", "rows A", 0.36, 0.6),
+        row("linear-probe", 224, "dd", "digits", 0.2, 0.5, variant="k=5"),
+        row("linear-probe", 224, "dd", "digits", 0.3, 0.5, bank="seed 4321", variant="k=5")]}}))
+    monkeypatch.setattr(measured, "ASSET", str(path))
+    lines = method_guide("pretrained")
+    small = next(x for x in lines if x.startswith("  cuda at 32 px:"))
+    big = next(x for x in lines if x.startswith("  cuda (with k=5) at 224 px:"))
+    assert "[1] small-cnn-w32, trained on digits; 224 px" in lines[-1]
+    assert "[2] small-cnn-w32, trained on rows A; 32 px" in lines[-1]
+    assert "a linear probe 0.50x [2], fine-tuning 0.60x [2]" in small
+    assert "a linear probe 0.60x [1], the weaker of 2 bank keys" in big and "0.40x" not in big
+
+
 def test_shipped_measured_facts_are_read():
     from uetransforms.algorithms import measured
 
@@ -592,7 +624,7 @@ def test_no_labels_guide_and_methods_key_quote_label_free_rows_apart(tmp_path, m
     assert "a linear probe 0.407 vs 0.684 clean (0.60x)" in line and "fine-tuning: not measured" in line
     assert "0.356" not in guide and "0.438" not in guide and "not in the shipped facts" not in guide
     pre = "\n".join(method_guide("pretrained"))
-    assert "a linear probe 0.53x, fine-tuning 0.74x" in pre and "0.60x" not in pre and "0.51x" not in pre
+    assert "a linear probe 0.53x [1], fine-tuning 0.74x [1]" in pre and "0.60x" not in pre and "0.51x" not in pre
     assert main(["methods", "cuda"]) == 0
     out = capsys.readouterr().out
     assert "fit labels" in out and "attacker labels" in out

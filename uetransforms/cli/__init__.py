@@ -159,9 +159,24 @@ def method_guide(need: str) -> list[str]:
                 both = all(a in got for a in measured.PRETRAINED)
                 worst = max(got[a]["ratio"] for a in measured.PRETRAINED) if both else float("inf")
                 ranked.append((worst, r["key"], at, got))
+        # The setting behind each number, from the rows themselves (never a fixed sentence): each
+        # backbone and size is listed once, numbered, and every number names its own, so a 224-px
+        # probe of one backbone is never read as another's.
+        def where(a: dict) -> str:
+            b = a.get("backbone") or {}
+            return (f"{b.get('arch')}, trained on {b.get('trained_on')}; {a['resolution']} px, {a['train_size']} "
+                    "protected CIFAR-10 images")
+
+        settings = sorted({where(a) for *_, got in ranked for a in got.values() if a["attacker"] in measured.PRETRAINED})
+        tag = {w: f"[{i}]" for i, w in enumerate(settings, 1)}
         for worst, key, (variant, px), got in sorted(ranked, key=lambda t: (t[0], t[1], t[2][1])):
-            said = ", ".join(f"{measured.ATTACKER_WORDS[a]} {got[a]['ratio']:.2f}x" if a in got else f"{measured.ATTACKER_WORDS[a]} not measured"
-                             for a in measured.PRETRAINED)
+            def said_one(a: str) -> str:
+                if a not in got:
+                    return f"{measured.ATTACKER_WORDS[a]} not measured"
+                keys = measured.other_keys(got[a], measured.attacks(key))
+                more = f", the weaker of {len(keys) + 1} bank keys" if keys else ""
+                return f"{measured.ATTACKER_WORDS[a]} {got[a]['ratio']:.2f}x {tag[where(got[a])]}{more}"
+            said = ", ".join(said_one(a) for a in measured.PRETRAINED)
             if "scratch" in got:
                 said += f"; {measured.ATTACKER_WORDS['scratch']} {got['scratch']['ratio']:.2f}x"
             opts = ("" if variant == "defaults" else f" (with {variant})") + f" at {px} px"
@@ -170,14 +185,9 @@ def method_guide(need: str) -> list[str]:
                        else f"  {key}{opts}: {said}")
         seen = {key for _, key, _, _ in ranked}
         out += [f"  {r['key']}: not measured" for r in rows if r["key"] not in seen]
-        # The settings behind these lines, from the rows themselves (never a fixed sentence).
-        settings = sorted({(f"{(a.get('backbone') or {}).get('arch')}, trained on "
-                            f"{(a.get('backbone') or {}).get('trained_on')}; {a['resolution']} px, {a['train_size']} "
-                            "protected CIFAR-10 images") for *_, got in ranked for a in got.values()
-                           if a["attacker"] in measured.PRETRAINED})
         if settings:
-            out.append(f"  (pretrained attacker: {' | '.join(settings)}; ratio = protected / clean under the same "
-                       "attacker.)")
+            out.append("  (pretrained attackers: " + " ".join(f"{tag[w]} {w};" for w in settings)
+                       + " ratio = protected / clean under the same attacker.)")
     elif need == "least-visible":
         seen = sorted((k for k in measured_keys if facts[k].get("protects") and (facts[k].get("quality") or {})),
                       key=lambda k: -facts[k]["quality"]["psnr_mean"])
