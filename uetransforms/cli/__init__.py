@@ -113,7 +113,7 @@ def method_guide(need: str) -> list[str]:
                     f"come close); see benchmarks/RESULTS.md, 'Label-free protection, session 6', {sessions}")
 
         if not keyed:
-            out.append(how + f"measured weaker than with labels, and not in the shipped facts: "
+            out.append(how + "measured weaker than with labels, and not in the shipped facts: "
                        + blur("'session 7' and 'session 8'") + ".")
         else:
             out.append(how + "measured without labels, with its label-free defaults (ratio = protected / clean "
