@@ -10,6 +10,8 @@
 # acts at the scale of the upscaled content, as it does at 32 px), the random-init control with it, lsp,
 # and DIGITS at 224; STEPS="d7r rnd-clean rnd-d7r lsp d7 d4r dig-clean dig-d7r dig-cuda dig-d7 dig-reflect dig-d7r-k2" (not in the default;
 # dig-d7r-k2 is dig-d7r with a second bank key, 4321).
+# Session 10 (benchmarks/results/p224s10-*): STEPS="dig-k5d7r-k2", cuda kernel_size=5 dilation=7 reflect on DIGITS at
+# bank key 4321 (the lead's session-9 row of the same setting used key 1234).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -17,6 +19,7 @@ FRACTAL=${FRACTAL:-tv:resnet18@/tmp/pt/fractal-resnet18-s64.safetensors}
 DIGITS=${DIGITS:-/tmp/pt/digits-cnn-w32.safetensors}
 R=benchmarks/results/p224s8
 R9=benchmarks/results/p224s9
+R10=benchmarks/results/p224s10
 RANDOM_BB="tv:resnet18@random --allow-random-backbone"
 D7R="--param cuda.dilation=7 --param cuda.padding=reflect"
 B="nice -n 5 env OMP_NUM_THREADS=1 $PY benchmarks/bench_protection.py --threads 1 --train-size 3000 --test-size 1000 --defences none --resolution 224 --attacker linear-probe --epochs 8"
@@ -40,6 +43,7 @@ for step in ${STEPS:-clean cuda reflect k5 k9 digits others}; do
     dig-d7r)   $B --backbone "$DIGITS" --backbone-size 224 --methods cuda $D7R --out $R9-probe-digits224-cuda-d7-reflect.json ;;
     dig-cuda)  $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --out $R9-probe-digits224-cuda.json ;;
     dig-d7r-k2) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda $D7R --bank-seed 4321 --out $R9-probe-digits224-cuda-d7-reflect-key2.json ;;
+    dig-k5d7r-k2) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --param cuda.kernel_size=5 $D7R --bank-seed 4321 --out $R10-probe-digits224-cuda-k5-d7-reflect-key2.json ;;
     dig-reflect) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --param cuda.padding=reflect --out $R9-probe-digits224-cuda-reflect.json ;;
     dig-d7)    $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --param cuda.dilation=7 --out $R9-probe-digits224-cuda-d7.json ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
