@@ -11,7 +11,9 @@
 # and DIGITS at 224; STEPS="d7r rnd-clean rnd-d7r lsp d7 d4r dig-clean dig-d7r dig-cuda dig-d7 dig-reflect dig-d7r-k2" (not in the default;
 # dig-d7r-k2 is dig-d7r with a second bank key, 4321).
 # Session 10 (benchmarks/results/p224s10-*): STEPS="dig-k5d7r-k2", cuda kernel_size=5 dilation=7 reflect on DIGITS at
-# bank key 4321 (the lead's session-9 row of the same setting used key 1234).
+# bank key 4321 (the lead's session-9 row of the same setting used key 1234); "rnd-k5d7r", the same filters (key 1234)
+# under the random-init ResNet-18 probe; "dig-d14r dig-d14r-k2", 3x3 filters at dilation 14 = 224/16 (the spacing
+# that met the 96-px from-scratch line, 96/16 = 6) on DIGITS at keys 1234 and 4321.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -22,6 +24,7 @@ R9=benchmarks/results/p224s9
 R10=benchmarks/results/p224s10
 RANDOM_BB="tv:resnet18@random --allow-random-backbone"
 D7R="--param cuda.dilation=7 --param cuda.padding=reflect"
+D14R="--param cuda.dilation=14 --param cuda.padding=reflect"
 B="nice -n 5 env OMP_NUM_THREADS=1 $PY benchmarks/bench_protection.py --threads 1 --train-size 3000 --test-size 1000 --defences none --resolution 224 --attacker linear-probe --epochs 8"
 for step in ${STEPS:-clean cuda reflect k5 k9 digits others}; do
   case $step in
@@ -44,6 +47,9 @@ for step in ${STEPS:-clean cuda reflect k5 k9 digits others}; do
     dig-cuda)  $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --out $R9-probe-digits224-cuda.json ;;
     dig-d7r-k2) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda $D7R --bank-seed 4321 --out $R9-probe-digits224-cuda-d7-reflect-key2.json ;;
     dig-k5d7r-k2) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --param cuda.kernel_size=5 $D7R --bank-seed 4321 --out $R10-probe-digits224-cuda-k5-d7-reflect-key2.json ;;
+    rnd-k5d7r) $B --backbone $RANDOM_BB --methods cuda --param cuda.kernel_size=5 $D7R --out $R10-probe-random-cuda-k5-d7-reflect.json ;;
+    dig-d14r)  $B --backbone "$DIGITS" --backbone-size 224 --methods cuda $D14R --out $R10-probe-digits224-cuda-d14-reflect.json ;;
+    dig-d14r-k2) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda $D14R --bank-seed 4321 --out $R10-probe-digits224-cuda-d14-reflect-key2.json ;;
     dig-reflect) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --param cuda.padding=reflect --out $R9-probe-digits224-cuda-reflect.json ;;
     dig-d7)    $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --param cuda.dilation=7 --out $R9-probe-digits224-cuda-d7.json ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
