@@ -13,7 +13,8 @@
 # Session 10 (benchmarks/results/p224s10-*): STEPS="dig-k5d7r-k2", cuda kernel_size=5 dilation=7 reflect on DIGITS at
 # bank key 4321 (the lead's session-9 row of the same setting used key 1234); "rnd-k5d7r", the same filters (key 1234)
 # under the random-init ResNet-18 probe; "dig-d14r dig-d14r-k2", 3x3 filters at dilation 14 = 224/16 (the spacing
-# that met the 96-px from-scratch line, 96/16 = 6) on DIGITS at keys 1234 and 4321.
+# that met the 96-px from-scratch line, 96/16 = 6) on DIGITS at keys 1234 and 4321; "dig-k5d7r-k3", k5 d7 reflect on
+# DIGITS at a third bank key, 777.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -47,6 +48,7 @@ for step in ${STEPS:-clean cuda reflect k5 k9 digits others}; do
     dig-cuda)  $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --out $R9-probe-digits224-cuda.json ;;
     dig-d7r-k2) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda $D7R --bank-seed 4321 --out $R9-probe-digits224-cuda-d7-reflect-key2.json ;;
     dig-k5d7r-k2) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --param cuda.kernel_size=5 $D7R --bank-seed 4321 --out $R10-probe-digits224-cuda-k5-d7-reflect-key2.json ;;
+    dig-k5d7r-k3) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda --param cuda.kernel_size=5 $D7R --bank-seed 777 --out $R10-probe-digits224-cuda-k5-d7-reflect-key3.json ;;
     rnd-k5d7r) $B --backbone $RANDOM_BB --methods cuda --param cuda.kernel_size=5 $D7R --out $R10-probe-random-cuda-k5-d7-reflect.json ;;
     dig-d14r)  $B --backbone "$DIGITS" --backbone-size 224 --methods cuda $D14R --out $R10-probe-digits224-cuda-d14-reflect.json ;;
     dig-d14r-k2) $B --backbone "$DIGITS" --backbone-size 224 --methods cuda $D14R --bank-seed 4321 --out $R10-probe-digits224-cuda-d14-reflect-key2.json ;;
