@@ -5,7 +5,7 @@
 # horse, ship, truck: classes CLS04 never saw), 5-way, relabelled 0-4, rows [0, N) of those classes.
 # RAND04 = the same architecture (5-way head) with random weights (torch seed 0): the control for what
 # CLS04's pretraining adds (the small-cnn loader has no '@random', so it is a file like CLS04).
-# STEPS picks the parts: build rand p32-clean p32-cuda p32-k5r p224-clean p224-k5d7r p224-d7r
+# STEPS picks the parts: build rand p32-clean p32-cuda p32-k5r rnd32-clean p224-clean p224-k5d7r p224-d7r
 # rnd224-clean p224-k5d7r-k2 (default: all, in that order). Outputs: benchmarks/results/cls04-*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ N="nice -n 5 env OMP_NUM_THREADS=1"
 B32="$N $PY benchmarks/bench_protection.py --threads 1 --classes 5-9 --train-size 10000 --test-size 2000 --defences none --attacker linear-probe --epochs 8"
 B224="$N $PY benchmarks/bench_protection.py --threads 1 --classes 5-9 --train-size 6000 --test-size 2000 --defences none --resolution 224 --attacker linear-probe --epochs 8 --backbone-size 224"
 K5D7R="--param cuda.kernel_size=5 --param cuda.dilation=7 --param cuda.padding=reflect"
-for step in ${STEPS:-build rand p32-clean p32-cuda p32-k5r p224-clean p224-k5d7r p224-d7r rnd224-clean p224-k5d7r-k2}; do
+for step in ${STEPS:-build rand p32-clean p32-cuda p32-k5r rnd32-clean p224-clean p224-k5d7r p224-d7r rnd224-clean p224-k5d7r-k2}; do
   case $step in
     build) $N $PY benchmarks/build_surrogate.py --train-rows 10000:50000 --classes 0-4 --width 32 --epochs 8 --seed 7 --out "$CLS04" ;;
     rand)  $PY -c "
@@ -31,6 +31,7 @@ print(save_small_cnn(net, sys.argv[1], extra={'trained_on': 'nothing: random ini
     p32-clean)  $B32 --backbone "$CLS04" --methods clean --out $R-p32-clean.json ;;
     p32-cuda)   $B32 --backbone "$CLS04" --methods cuda --out $R-p32-cuda.json ;;
     p32-k5r)    $B32 --backbone "$CLS04" --methods cuda --param cuda.kernel_size=5 --param cuda.padding=reflect --out $R-p32-cuda-k5-reflect.json ;;
+    rnd32-clean) $B32 --backbone "$RAND04" --methods clean --out $R-p32-random-clean.json ;;
     p224-clean) $B224 --backbone "$CLS04" --methods clean --out $R-p224-clean.json ;;
     p224-k5d7r) $B224 --backbone "$CLS04" --methods cuda $K5D7R --out $R-p224-cuda-k5-d7-reflect.json ;;
     p224-d7r)   $B224 --backbone "$CLS04" --methods cuda --param cuda.dilation=7 --param cuda.padding=reflect --out $R-p224-cuda-d7-reflect.json ;;
