@@ -6,7 +6,10 @@
 # RAND04 = the same architecture (5-way head) with random weights (torch seed 0): the control for what
 # CLS04's pretraining adds (the small-cnn loader has no '@random', so it is a file like CLS04).
 # STEPS picks the parts: build rand p32-clean p32-cuda p32-k5r rnd32-clean p224-clean p224-k5d7r p224-d7r
-# rnd224-clean p224-k5d7r-k2 (default: all, in that order). Outputs: benchmarks/results/cls04-*.json.
+# rnd224-clean p224-k5d7r-k2 (default: all, in that order), and the extra rows rnd32-cuda rnd32-k5r
+# p32-k5r-k2 p32-k5r-k3 p32-cuda-k2 p32-cuda-k3 rnd224-k5d7r p224-k5d7r-k3 p224-clean-r16 p224-k5d7r-r16 (bank seeds: 1234, k2 = 4321,
+# k3 = 99; r16: 16 L-BFGS rounds, the later --epochs wins; not in the default).
+# Outputs: benchmarks/results/cls04-*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -37,6 +40,16 @@ print(save_small_cnn(net, sys.argv[1], extra={'trained_on': 'nothing: random ini
     p224-d7r)   $B224 --backbone "$CLS04" --methods cuda --param cuda.dilation=7 --param cuda.padding=reflect --out $R-p224-cuda-d7-reflect.json ;;
     rnd224-clean) $B224 --backbone "$RAND04" --methods clean --out $R-p224-random-clean.json ;;
     p224-k5d7r-k2) $B224 --backbone "$CLS04" --methods cuda $K5D7R --bank-seed 4321 --out $R-p224-cuda-k5-d7-reflect-key2.json ;;
+    rnd32-cuda) $B32 --backbone "$RAND04" --methods cuda --out $R-p32-random-cuda.json ;;
+    rnd32-k5r)  $B32 --backbone "$RAND04" --methods cuda --param cuda.kernel_size=5 --param cuda.padding=reflect --out $R-p32-random-cuda-k5-reflect.json ;;
+    p32-k5r-k2) $B32 --backbone "$CLS04" --methods cuda --param cuda.kernel_size=5 --param cuda.padding=reflect --bank-seed 4321 --out $R-p32-cuda-k5-reflect-key2.json ;;
+    p32-k5r-k3) $B32 --backbone "$CLS04" --methods cuda --param cuda.kernel_size=5 --param cuda.padding=reflect --bank-seed 99 --out $R-p32-cuda-k5-reflect-key3.json ;;
+    p32-cuda-k2) $B32 --backbone "$CLS04" --methods cuda --bank-seed 4321 --out $R-p32-cuda-key2.json ;;
+    p32-cuda-k3) $B32 --backbone "$CLS04" --methods cuda --bank-seed 99 --out $R-p32-cuda-key3.json ;;
+    p224-clean-r16) $B224 --backbone "$CLS04" --methods clean --epochs 16 --out $R-p224-clean-r16.json ;;
+    p224-k5d7r-r16) $B224 --backbone "$CLS04" --methods cuda $K5D7R --epochs 16 --out $R-p224-cuda-k5-d7-reflect-r16.json ;;
+    rnd224-k5d7r) $B224 --backbone "$RAND04" --methods cuda $K5D7R --out $R-p224-random-cuda-k5-d7-reflect.json ;;
+    p224-k5d7r-k3) $B224 --backbone "$CLS04" --methods cuda $K5D7R --bank-seed 99 --out $R-p224-cuda-k5-d7-reflect-key3.json ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
