@@ -8,7 +8,7 @@
 # STEPS picks the parts: build rand p32-clean p32-cuda p32-k5r rnd32-clean p224-clean p224-k5d7r p224-d7r
 # rnd224-clean p224-k5d7r-k2 (default: all, in that order), and the extra rows rnd32-cuda rnd32-k5r
 # p32-k5r-k2 p32-k5r-k3 p32-cuda-k2 p32-cuda-k3 rnd224-k5d7r p224-k5d7r-k3 p224-clean-r16 p224-k5d7r-r16
-# p224-k5d7r-k2-r16 p224-k5d7r-k3-r16 (bank seeds: 1234, k2 = 4321,
+# p224-k5d7r-k2-r16 p224-k5d7r-k3-r16 rnd224-clean-r16 (bank seeds: 1234, k2 = 4321,
 # k3 = 99; r16: 16 L-BFGS rounds, the later --epochs wins; not in the default).
 # Outputs: benchmarks/results/cls04-*.json.
 set -euo pipefail
@@ -51,6 +51,7 @@ print(save_small_cnn(net, sys.argv[1], extra={'trained_on': 'nothing: random ini
     p224-k5d7r-r16) $B224 --backbone "$CLS04" --methods cuda $K5D7R --epochs 16 --out $R-p224-cuda-k5-d7-reflect-r16.json ;;
     p224-k5d7r-k2-r16) $B224 --backbone "$CLS04" --methods cuda $K5D7R --bank-seed 4321 --epochs 16 --out $R-p224-cuda-k5-d7-reflect-key2-r16.json ;;
     p224-k5d7r-k3-r16) $B224 --backbone "$CLS04" --methods cuda $K5D7R --bank-seed 99 --epochs 16 --out $R-p224-cuda-k5-d7-reflect-key3-r16.json ;;
+    rnd224-clean-r16) $B224 --backbone "$RAND04" --methods clean --epochs 16 --out $R-p224-random-clean-r16.json ;;
     rnd224-k5d7r) $B224 --backbone "$RAND04" --methods cuda $K5D7R --out $R-p224-random-cuda-k5-d7-reflect.json ;;
     p224-k5d7r-k3) $B224 --backbone "$CLS04" --methods cuda $K5D7R --bank-seed 99 --out $R-p224-cuda-k5-d7-reflect-key3.json ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
