@@ -10,6 +10,8 @@ markdown table (rows: methods, columns: defences).
     python benchmarks/bench_protection.py --methods cuda --param cuda.blur_parameter=0.1
     python benchmarks/bench_protection.py --methods clean cuda --defences none --resolution 96 \
         --train-size 2000 --test-size 1000 --epochs 4      # photo-size stand-in: upscaled, stored as JPEG 95
+    python benchmarks/bench_protection.py --methods clean cuda --classes 5-9 --attacker linear-probe \
+        --backbone /tmp/cls04.safetensors   # a 5-way task whose classes the backbone (build_surrogate.py --classes 0-4) never saw
 
 Data: ../shared/data/cifar10/{train,test}-00000-of-00001.parquet (``--data`` to change); the
 rows are shuffled, so the first 10k / 2k are class-balanced.
@@ -26,6 +28,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from build_surrogate import CIFAR10_CLASSES, class_rows, describe_classes, parse_classes  # noqa: E402
+
 DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "cifar10"))
 
 
@@ -51,6 +56,20 @@ def parse_params(items: list[str]) -> dict[str, dict[str, object]]:
                 pass  # plain strings such as normalise=max
         out.setdefault(method, {})[name] = value
     return out
+
+
+def select_classes(ds, column: str, classes: list[int], what: str):
+    """The rows of ``ds`` whose ``column`` label is in ``classes`` (order kept), relabelled 0..k-1 with
+    those classes' names, so the methods (one key per class) and the attacker (one output per class)
+    see a k-way task; a clear error when a class has no row (``what`` names the rows)."""
+    import datasets
+
+    idx, labels = class_rows(ds[column], classes, what)
+    kept = ds.select(idx)
+    feats = kept.features.copy()
+    names = getattr(feats[column], "names", None) or CIFAR10_CLASSES
+    feats[column] = datasets.ClassLabel(names=[names[c] for c in classes])
+    return kept.remove_columns(column).add_column(column, labels.tolist()).cast(feats)
 
 
 def gray_sparse(ds, column: str, quantile: float):
@@ -131,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-map", choices=["none", "animal-vehicle"], default="none",
                    help="label-agnostic setting: the trainer uses another labelling of the same images "
                         "(animal-vehicle: 2 classes) than the protector")
+    p.add_argument("--classes", default=None, metavar="SPEC",
+                   help="keep only the --train-size / --test-size rows of these CIFAR-10 classes (e.g. 5-9 or 5,7,9; "
+                        "order kept), relabelled 0..k-1: the task for a backbone trained on the other classes "
+                        "(build_surrogate.py --classes 0-4)")
     p.add_argument("--protected-fraction", type=float, nargs="+", default=[1.0],
                    help="partial protection: fraction(s) of the training rows protected, the rest clean")
     p.add_argument("--bank", action="append", default=[], metavar="METHOD=PATH",
@@ -158,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     params = parse_params(args.param)
+    classes = parse_classes(args.classes) if args.classes is not None else None
+    if classes is not None and args.label_map != "none":
+        raise SystemExit("--label-map relabels CIFAR-10's ten classes; it cannot be combined with --classes")
     saved = dict(b.split("=", 1) for b in args.bank)
     known = {m["key"] for m in ue.methods()}
     unknown = [m for m in list(args.methods) + list(params) if m != "clean" and m not in known]
@@ -169,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"no CIFAR-10 {s} file at {path}; pass --data <folder with the parquet files>")
     train = datasets.Dataset.from_parquet(paths["train"]).select(range(args.train_size))
     test = datasets.Dataset.from_parquet(paths["test"]).select(range(args.test_size))
+    if classes is not None:
+        train = select_classes(train, "label", classes, f"train rows [0, {args.train_size}) (--train-size)")
+        test = select_classes(test, "label", classes, f"test rows [0, {args.test_size}) (--test-size)")
+        print(f"{describe_classes(classes)}: {len(train)} train rows, {len(test)} test rows", flush=True)
     if args.variant == "gray-sparse":
         train, test = (gray_sparse(ds, "img", args.background_quantile) for ds in (train, test))
     if args.resolution:
@@ -190,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.label_map == "animal-vehicle":
         # CIFAR-10 vehicles: airplane 0, automobile 1, ship 8, truck 9.
         common["label_map"] = [1 if c in (0, 1, 8, 9) else 0 for c in range(10)]
+    # only when given, so the other settings' documents keep their bytes
+    subset = {} if classes is None else {"classes": classes}
+    subset_names = None if classes is None else list(train.features["label"].names)
     results = []
     t_all = time.perf_counter()
     for method in args.methods:
@@ -204,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
                 bank = ue.NoiseBank.load(saved[method])
                 if bank.method != method:
                     raise SystemExit(f"--bank {method}={saved[method]} holds a {bank.method!r} bank")
+                fitted_on = bank.info.get("class_names")
+                if classes is not None and bank.keying == "class" and list(fitted_on or []) != subset_names:
+                    # its keys 0..k-1 would be other classes' filters/noise: a silent wrong row
+                    raise SystemExit(f"--bank {method}={saved[method]} is keyed by the classes {fitted_on}, but "
+                                     f"--classes {args.classes} keeps {subset_names}: fit it on the same rows "
+                                     "(fit_bank.py) or leave --bank out")
             else:
                 bank = ue.fit(method, train, image_column="img", label_column=fit_labels, seed=args.bank_seed,
                               device=args.device, **params.get(method, {}))
@@ -232,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                             "test_accuracy": row.test_accuracy, "curve": row.curve,
                             "train_accuracy": row.train_accuracy, "train_seconds": row.seconds,
                             "fit_seconds": round(fit_s, 2), "protect_seconds": round(protect_s, 2),
-                            "quality": report.quality})
+                            "quality": report.quality, **subset})
             print(f"{method:>10} / {row.defence:<12} test acc {row.test_accuracy:.3f}  "
                   f"(train acc {row.train_accuracy:.3f}, {row.seconds:.0f} s)", flush=True)
     wall = time.perf_counter() - t_all
@@ -254,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
             "config": {**{k: v for k, v in common.items() if k != "backbone"}, "backbone": args.backbone,
                        "backbone_size": args.backbone_size, "train_size": args.train_size,
                        "test_size": args.test_size, "bank_seed": args.bank_seed, "params": params,
-                       "threads": torch.get_num_threads()},
+                       "threads": torch.get_num_threads(),
+                       **({} if classes is None else {"classes": classes, "class_names": subset_names,
+                                                      "train_rows_kept": len(train), "test_rows_kept": len(test)})},
             "environment": {"uetransforms": ue.__version__, "torch": torch.__version__,
                             "python": platform.python_version(), "cpu_count": os.cpu_count()},
             "wall_seconds": round(wall, 1), "table": table, "results": results,

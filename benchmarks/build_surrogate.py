@@ -50,6 +50,64 @@ def _disjoint_rows(spec: str, flag: str) -> range:
     return rows
 
 
+#: CIFAR-10's class names, in label order (the parquet files' ClassLabel).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def parse_classes(spec: str, flag: str = "--classes", num_classes: int = len(CIFAR10_CLASSES)) -> list[int]:
+    """``"0-4"``, ``"5,7,9"`` or ``"0-2,8"`` -> the sorted class ids; a clear error for anything else.
+
+    The one reader of a class-subset spec: ``bench_protection.py --classes`` uses it too, so a
+    backbone's classes and the protected task's are spelled, and checked, the same way.
+    """
+    out: list[int] = []
+    for part in spec.split(","):
+        a, dash, b = part.strip().partition("-")
+        try:
+            lo, hi = int(a), int(b) if dash else int(a)
+        except ValueError:
+            raise SystemExit(f"{flag} {spec!r}: expected class ids and ranges such as 0-4 or 5,7,9") from None
+        if lo > hi:
+            raise SystemExit(f"{flag} {spec!r}: range {part.strip()!r} runs backwards; write {hi}-{lo}")
+        out.extend(range(lo, hi + 1))
+    bad = [c for c in out if not 0 <= c < num_classes]
+    if bad:
+        raise SystemExit(f"{flag} {spec!r}: class ids must be in 0..{num_classes - 1}, got {bad}")
+    if len(set(out)) != len(out):
+        raise SystemExit(f"{flag} {spec!r}: a class is named twice")
+    if len(out) < 2:
+        raise SystemExit(f"{flag} {spec!r}: name at least two classes (a one-class task has nothing to learn)")
+    return sorted(out)
+
+
+def class_rows(y: np.ndarray, classes: list[int], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of the labels ``y`` that are in ``classes`` (order kept) and those rows' labels
+    renumbered 0..k-1 in ``classes``' order; a clear error when a class has no row in ``what``.
+    The one rule for a class subset: this script's training rows and bench_protection's both use it."""
+    y = np.asarray(y, dtype=np.int64)
+    missing = [c for c in classes if not (y == c).any()]
+    if missing:
+        raise SystemExit(f"{what} hold no row of class(es) {missing}: pick more or other rows, or other --classes")
+    idx = np.flatnonzero(np.isin(y, classes))
+    new = np.full(max(int(y.max()), max(classes)) + 1, -1, dtype=np.int64)
+    new[classes] = np.arange(len(classes))
+    return idx, new[y[idx]]
+
+
+def keep_classes(x: np.ndarray, y: np.ndarray, classes: list[int], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``x``/``y`` of ``classes`` (see :func:`class_rows`), labels renumbered 0..k-1."""
+    idx, labels = class_rows(y, classes, what)
+    return x[idx], labels
+
+
+def describe_classes(classes: list[int]) -> str:
+    """``"classes 0-4 only (airplane, automobile, bird, cat, deer)"``: what a file or a row says about its label set."""
+    names = ", ".join(CIFAR10_CLASSES[c] for c in classes)
+    ids = (f"{classes[0]}-{classes[-1]}" if classes == list(range(classes[0], classes[-1] + 1))
+           else ",".join(map(str, classes)))
+    return f"classes {ids} only ({names})"
+
+
 def _load(path: str, rows: range) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow.parquet as pq
     from PIL import Image
@@ -104,15 +162,22 @@ def train_cifar(module, forward, xtr, ytr, xva, yva, args) -> tuple[float, float
     return val_acc, time.perf_counter() - t0
 
 
-def cifar_meta(tr_rows: range, va_rows: range, val_acc: float, seconds: float, args) -> dict[str, str]:
-    """What an encoder file built from CIFAR rows records about its training."""
-    return {
-        "trained_on": f"CIFAR-10 train rows [{tr_rows.start}, {tr_rows.stop}) with labels (disjoint from the "
+def cifar_meta(tr_rows: range, va_rows: range, val_acc: float, seconds: float, args,
+               classes: list[int] | None = None) -> dict[str, str]:
+    """What an encoder file built from CIFAR rows records about its training (``classes``: the label
+    subset it saw, ``None`` for all ten; a subset is also written as a JSON list under ``classes``)."""
+    only = f", {describe_classes(classes)}" if classes is not None else ""
+    meta = {
+        "trained_on": f"CIFAR-10 train rows [{tr_rows.start}, {tr_rows.stop}) with labels{only} (disjoint from the "
                       "harness's protected rows [0, 10000) and test rows [0, 2000))",
-        "validation": f"CIFAR-10 test rows [{va_rows.start}, {va_rows.stop}): accuracy {val_acc:.4f}",
-        "recipe": json.dumps({k: v for k, v in vars(args).items() if k not in ("out", "data")}),
+        "validation": f"CIFAR-10 test rows [{va_rows.start}, {va_rows.stop}){only}: accuracy {val_acc:.4f}",
+        "recipe": json.dumps({k: v for k, v in vars(args).items()
+                              if k not in ("out", "data") and not (k == "classes" and v is None)}),
         "train_seconds": f"{seconds:.0f}",
     }
+    if classes is not None:
+        meta["classes"] = json.dumps(classes)
+    return meta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", default=None,
+                   help="train on these CIFAR-10 classes only, e.g. 0-4 or 0,2,5 (default: all ten); the head "
+                        "has one output per class and the validation rows are filtered the same way")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -136,12 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     tr_rows, va_rows = _disjoint_rows(args.train_rows, "--train-rows"), _rows(args.val_rows)
+    classes = parse_classes(args.classes) if args.classes is not None else None
     xtr, ytr = _load(os.path.join(args.data, "train-00000-of-00001.parquet"), tr_rows)
     xva, yva = _load(os.path.join(args.data, "test-00000-of-00001.parquet"), va_rows)
-    net = SmallCNN(10, 3, width=args.width)
+    if classes is not None:
+        xtr, ytr = keep_classes(xtr, ytr, classes, f"--train-rows {args.train_rows}")
+        xva, yva = keep_classes(xva, yva, classes, f"--val-rows {args.val_rows}")
+        print(f"{describe_classes(classes)}: {len(ytr)} train rows, {len(yva)} validation rows", flush=True)
+    net = SmallCNN(len(classes) if classes is not None else 10, 3, width=args.width)
     model = torch.nn.Sequential(Normalise(), net)
     val_acc, seconds = train_cifar(model, model, xtr, ytr, xva, yva, args)
-    meta = cifar_meta(tr_rows, va_rows, val_acc, seconds, args)
+    meta = cifar_meta(tr_rows, va_rows, val_acc, seconds, args, classes)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
     sha = save_small_cnn(net, args.out, extra=meta)
     print(f"wrote {args.out} (sha256 {sha})")

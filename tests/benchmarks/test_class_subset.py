@@ -1,0 +1,194 @@
+"""The class-subset options of the benchmark scripts (issue 22's "other data" backbone from a disjoint
+label set): ``build_surrogate.py --classes`` trains on some CIFAR-10 classes only and records which,
+``bench_protection.py --classes`` keeps the other classes' rows as a k-way task. Tiny synthetic
+parquet files in CIFAR-10's layout, no network, a few seconds."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks")
+NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture
+def scripts(monkeypatch):
+    """The two scripts as modules (bench_protection imports build_surrogate from its own folder)."""
+    monkeypatch.syspath_prepend(os.path.normpath(BENCH))
+    return importlib.import_module("build_surrogate"), importlib.import_module("bench_protection")
+
+
+def _png(colour: tuple[int, int, int], seed: int) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    img = np.clip(np.asarray(colour, np.int16) + rng.integers(-40, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write(path: str, labels: list[int]) -> None:
+    import datasets
+
+    # one image per class (a class colour plus noise), reused: encoding 10k PNGs would cost seconds
+    pngs = [_png((25 * c, 255 - 25 * c, (80 * c) % 256), c) for c in range(10)]
+    feats = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
+    ds = datasets.Dataset.from_dict({"img": [{"bytes": pngs[y], "path": None} for y in labels], "label": labels},
+                                    features=feats)
+    ds.to_parquet(path)
+
+
+@pytest.fixture(scope="module")
+def cifar_like(tmp_path_factory) -> str:
+    """CIFAR-10's file layout, row i labelled i % 10: 10,060 train rows (build_surrogate only reads rows
+    >= 10000) and 60 test rows."""
+    d = tmp_path_factory.mktemp("cifar")
+    _write(str(d / "train-00000-of-00001.parquet"), [i % 10 for i in range(10_060)])
+    _write(str(d / "test-00000-of-00001.parquet"), [i % 10 for i in range(60)])
+    return str(d)
+
+
+# -- the spec and the row filter -------------------------------------------------------------------
+
+def test_a_classes_spec_reads_ranges_and_lists_sorted(scripts):
+    bs, _ = scripts
+    assert bs.parse_classes("0-4") == [0, 1, 2, 3, 4]
+    assert bs.parse_classes("9,5,7") == [5, 7, 9]
+    assert bs.parse_classes("0-2, 8") == [0, 1, 2, 8]
+
+
+@pytest.mark.parametrize("spec, words", [("4-0", "backwards"), ("cat", "class ids"), ("0-10", "0..9"),
+                                         ("3,1-3", "twice"), ("5", "at least two"), ("", "class ids")])
+def test_a_bad_classes_spec_says_what_is_wrong(scripts, spec, words):
+    bs, _ = scripts
+    with pytest.raises(SystemExit, match=words):
+        bs.parse_classes(spec)
+
+
+def test_class_rows_keeps_the_order_and_renumbers_in_class_order(scripts):
+    bs, _ = scripts
+    idx, labels = bs.class_rows(np.array([9, 0, 5, 3, 7, 9, 5]), [5, 7, 9], "rows")
+    assert idx.tolist() == [0, 2, 4, 5, 6]
+    assert labels.tolist() == [2, 0, 1, 2, 0]
+
+
+def test_class_rows_refuses_a_class_with_no_row(scripts):
+    bs, _ = scripts
+    with pytest.raises(SystemExit, match=r"no row of class\(es\) \[8\]"):
+        bs.class_rows(np.array([5, 7, 9]), [5, 8], "test rows [0, 3)")
+
+
+# -- build_surrogate.py --classes -----------------------------------------------------------------
+
+def test_build_surrogate_trains_on_the_named_classes_and_records_them(scripts, cifar_like, tmp_path, one_thread):
+    bs, _ = scripts
+    from uetransforms.models.backbones import load_backbone
+    from uetransforms.models.encoders import file_metadata
+
+    out = str(tmp_path / "cls.safetensors")
+    assert bs.main(["--data", cifar_like, "--train-rows", "10000:10060", "--val-rows", "0:60", "--classes", "0-2",
+                    "--width", "4", "--epochs", "1", "--batch-size", "16", "--out", out]) == 0
+    meta = file_metadata(out)
+    assert meta["num_classes"] == "3"  # the head is sized to the subset
+    assert json.loads(meta["classes"]) == [0, 1, 2]
+    assert "classes 0-2 only (airplane, automobile, bird)" in meta["trained_on"]
+    assert "classes 0-2 only" in meta["validation"]
+    assert json.loads(meta["recipe"])["classes"] == "0-2"
+    bb = load_backbone(out)
+    assert "classes 0-2 only" in bb.identity()["trained_on"]
+
+
+def test_build_surrogate_without_classes_records_no_subset(scripts, cifar_like, tmp_path, one_thread):
+    bs, _ = scripts
+    from uetransforms.models.encoders import file_metadata
+
+    out = str(tmp_path / "all.safetensors")
+    bs.main(["--data", cifar_like, "--train-rows", "10000:10030", "--val-rows", "0:20", "--width", "4",
+             "--epochs", "1", "--batch-size", "16", "--out", out])
+    meta = file_metadata(out)
+    assert meta["num_classes"] == "10" and "classes" not in meta and "only" not in meta["trained_on"]
+    assert "classes" not in json.loads(meta["recipe"])  # the recipe of a ten-class file is as before
+
+
+def test_build_surrogate_refuses_validation_rows_without_a_named_class(scripts, cifar_like, tmp_path):
+    bs, _ = scripts
+    with pytest.raises(SystemExit, match=r"--val-rows 0:5 hold no row of class\(es\) \[7\]"):
+        bs.main(["--data", cifar_like, "--train-rows", "10000:10060", "--val-rows", "0:5", "--classes", "0,7",
+                 "--epochs", "1", "--out", str(tmp_path / "x.safetensors")])
+
+
+# -- bench_protection.py --classes ----------------------------------------------------------------
+
+def _bench(bp, cifar_like, out, *extra):
+    return bp.main(["--data", cifar_like, "--threads", "1", "--train-size", "40", "--test-size", "30",
+                    "--defences", "none", "--epochs", "1", "--batch-size", "16", "--out", out, *extra])
+
+
+def test_bench_protection_keeps_the_named_classes_relabelled(scripts, cifar_like, tmp_path, one_thread):
+    _, bp = scripts
+    out = str(tmp_path / "r.json")
+    assert _bench(bp, cifar_like, out, "--classes", "5-9", "--methods", "clean", "cuda") == 0
+    doc = json.load(open(out))
+    cfg = doc["config"]
+    # rows [0, 40) have labels i % 10: 20 of classes 5-9; test rows [0, 30): 15
+    assert cfg["classes"] == [5, 6, 7, 8, 9] and cfg["class_names"] == NAMES[5:]
+    assert (cfg["train_rows_kept"], cfg["test_rows_kept"]) == (20, 15)
+    assert [r["classes"] for r in doc["results"]] == [[5, 6, 7, 8, 9]] * 2
+    cuda = doc["results"][1]
+    assert cuda["quality"]["n"] == 20  # the protected rows are the kept ones
+
+
+def test_select_classes_gives_the_methods_a_k_class_task(scripts, cifar_like):
+    _, bp = scripts
+    import datasets
+
+    import uetransforms as ue
+
+    train = datasets.Dataset.from_parquet(os.path.join(cifar_like, "train-00000-of-00001.parquet")).select(range(40))
+    kept = bp.select_classes(train, "label", [6, 8], "rows")
+    assert kept["label"] == [0, 1] * 4 and kept.features["label"].names == ["frog", "ship"]
+    # a class-wise method keys one filter per kept class, not per CIFAR-10 class
+    assert ue.fit("cuda", kept, image_column="img", label_column="label", seed=3).num_keys == 2
+
+
+def test_bench_protection_without_classes_writes_no_subset_keys(scripts, cifar_like, tmp_path, one_thread):
+    _, bp = scripts
+    out = str(tmp_path / "r.json")
+    _bench(bp, cifar_like, out, "--methods", "clean")
+    doc = json.load(open(out))
+    assert "classes" not in doc["config"] and "classes" not in doc["results"][0]
+    assert doc["config"]["train_size"] == 40 and doc["results"][0]["quality"] is None
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--classes", "5-"], "class ids"),
+    (["--classes", "5-9", "--test-size", "7"], r"test rows \[0, 7\) \(--test-size\) hold no row of class\(es\) \[7, 8, 9\]"),
+    (["--classes", "5-9", "--label-map", "animal-vehicle"], "cannot be combined with --classes"),
+])
+def test_bench_protection_refuses_a_bad_subset(scripts, cifar_like, tmp_path, extra, words):
+    _, bp = scripts
+    args = ["--data", cifar_like, "--train-size", "40", "--test-size", "30", "--methods", "clean",
+            "--defences", "none", "--epochs", "1", "--out", str(tmp_path / "r.json")]
+    with pytest.raises(SystemExit, match=words):
+        bp.main(args + extra)
+
+
+def test_bench_protection_refuses_a_saved_bank_of_other_classes(scripts, cifar_like, tmp_path):
+    _, bp = scripts
+    import datasets
+
+    import uetransforms as ue
+
+    train = datasets.Dataset.from_parquet(os.path.join(cifar_like, "train-00000-of-00001.parquet")).select(range(40))
+    path = str(tmp_path / "cuda.bank.arrow")
+    ue.fit("cuda", train, image_column="img", label_column="label", seed=3).save(path)  # ten classes
+    with pytest.raises(SystemExit, match="keyed by the classes"):
+        _bench(bp, cifar_like, str(tmp_path / "r.json"), "--classes", "5-9", "--methods", "cuda",
+               "--bank", f"cuda={path}")
