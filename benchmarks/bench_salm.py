@@ -15,7 +15,10 @@ on clean test images. ``clean`` is the unprotected row. ``random-tile[:tile=c,fr
 is a control with no fit and no model: each class gets a ``c x c`` tile with ``floor(f * c * c)``
 positions drawn at random (``--bank-seed``) and a random sign per position and channel, times
 ``round(255 * e)`` grey levels, repeated over the image (what ``salm``'s ``tile`` would store if the
-fit did nothing but pick random positions and signs). The JSON records every number, the share of
+fit did nothing but pick random positions and signs); with ``design=distinct`` the positions and signs
+are ``salm.distinct_tiles``' (seeded by ``--bank-seed``: classes kept apart under the attacker's shifts
+and mirror). Its row records ``min_view_distance2``, the smallest squared distance between two
+classes' +-1 tiles over those views. The JSON records every number, the share of
 pixel positions each bank changed, the bank's stop reason and its warm-up.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_salm.py --threads 1 \\
@@ -72,19 +75,32 @@ def scans(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     return out, labels.astype(np.int64), share / n
 
 
-def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels: int, seed: int) -> np.ndarray:
-    """The ``random-tile`` control: ``[K, 3, size, size]`` int16 grey levels, one random periodic tile per class."""
-    rng = np.random.default_rng(seed)
+def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels: int, seed: int,
+                 design: str = "random") -> tuple[np.ndarray, float]:
+    """The ``random-tile`` control: ``[K, 3, size, size]`` int16 grey levels, one periodic tile per class, and
+    the smallest distance between two classes' tiles over the attacker's views (salm.view_correlation).
+
+    ``design="random"``: positions and signs drawn at random; ``"distinct"``: ``salm.distinct_tiles``.
+    """
+    from uetransforms.algorithms import salm
+
     keep = int(np.floor(fraction * tile * tile + 1e-9))
     if keep < 1 or size % tile:
         raise SystemExit(f"random-tile: tile={tile} must divide --size {size} and keep >= 1 position at "
                          f"fraction={fraction}")
-    out = np.zeros((num_classes, 3, tile, tile), np.int16)
-    for c in range(num_classes):
-        pos = rng.choice(tile * tile, keep, replace=False)
-        signs = rng.choice(np.array([-1, 1], np.int16), (3, keep))
-        out[c].reshape(3, -1)[:, pos] = signs * levels
-    return np.tile(out, (1, 1, size // tile, size // tile))
+    if design == "distinct":
+        out = salm.distinct_tiles(num_classes, 3, tile, keep, seed).astype(np.int16)
+    elif design == "random":
+        rng = np.random.default_rng(seed)
+        out = np.zeros((num_classes, 3, tile, tile), np.int16)
+        for c in range(num_classes):
+            pos = rng.choice(tile * tile, keep, replace=False)
+            signs = rng.choice(np.array([-1, 1], np.int16), (3, keep))
+            out[c].reshape(3, -1)[:, pos] = signs
+    else:
+        raise SystemExit(f"random-tile: design={design!r}; use 'random' or 'distinct'")
+    apart = salm._design_distance(out)
+    return np.tile(out * levels, (1, 1, size // tile, size // tile)), apart
 
 
 def parse_kv(text: str) -> dict[str, object]:
@@ -161,14 +177,16 @@ def main(argv: list[str] | None = None) -> int:
             kw = parse_kv(kv)
             c, f = int(kw.get("tile", 4)), float(kw.get("fraction", 0.2))
             levels = int(round(255 * float(kw.get("epsilon", 8 / 255))))
-            noise = random_tiles(len(SHAPES), args.size, c, f, levels, args.bank_seed)
+            design = str(kw.get("design", "random"))
+            noise, apart = random_tiles(len(SHAPES), args.size, c, f, levels, args.bank_seed, design)
             x = x_train.astype(np.int16).transpose(0, 3, 1, 2)
             prot_np = np.clip(x + noise[y_train], 0, 255).astype(np.uint8)
             changed = (np.abs(prot_np.astype(np.int16) - x).max(1) > 0).reshape(len(x), -1).mean(1)
             images = list(np.ascontiguousarray(prot_np.transpose(0, 2, 3, 1)))
             report = ue.evaluate({"image": images, "label": y_train.tolist()}, test, clean_train=clean,
                                  baseline=False, **ev)
-            row.update(params={"tile": c, "fraction": f, "levels": levels},
+            row.update(params={"tile": c, "fraction": f, "levels": levels, "design": design},
+                       min_view_distance2=apart,
                        changed_positions_mean=round(float(changed.mean()), 4),
                        changed_positions_max=round(float(changed.max()), 4), quality=report.quality)
         else:

@@ -180,6 +180,7 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
            step_rule: Callable[[torch.Tensor], torch.Tensor] | None = None,
            augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
            tie: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           start: tuple[np.ndarray, np.ndarray] | None = None,
            ) -> tuple[Any, dict[str, Any], Any]:
     """Run the min-min loop; returns (noise table, info, masks or None). Used by ``em`` and ``salm``.
 
@@ -193,6 +194,9 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
     ``tie(t) -> t`` (class mode; salm's periodic pattern) is a linear projection of the class
     table onto a subspace: it is applied to the starting table and to every PGD gradient before
     its sign, so the noise stays in that subspace (the L-inf clip is per element and keeps it).
+    ``start=(masks, table)`` (class mode with a ``mask_rule``; salm's tile design) gives every class its
+    mask ``[K, 1, H, W]`` and starting noise ``[K, C, H, W]`` up front: the masks are never drawn from
+    the surrogate, and the table replaces the random start.
     """
     rng = np.random.default_rng(seed)
     src = sg.ImageSource(data, device)
@@ -204,6 +208,13 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
     trainer = sg.Trainer(model, lr=p["lr"])
     noise = _Noise(p["mode"], len(data), k, data.image_shape, p["epsilon"], device, rng, mask_rule is not None,
                    random_start=step_rule is None)
+    if start is not None:
+        if p["mode"] != "class" or mask_rule is None:
+            raise ValueError("internal error: start needs class-wise noise with a mask_rule")
+        masks, table = start
+        noise.mask[:] = masks
+        noise.has_mask[:] = True
+        noise.table = torch.from_numpy(np.asarray(table * masks, np.float32)).to(device)
     if tie is not None:
         if p["mode"] != "class":
             raise ValueError("internal error: tie needs class-wise noise (sample noise is clipped to each image's box)")
