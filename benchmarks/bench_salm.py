@@ -17,7 +17,8 @@ positions drawn at random (``--bank-seed``) and a random sign per position and c
 ``round(255 * e)`` grey levels, repeated over the image (what ``salm``'s ``tile`` would store if the
 fit did nothing but pick random positions and signs); with ``design=distinct`` the positions and signs
 are ``salm.distinct_tiles``' (seeded by ``--bank-seed``: classes kept apart under the attacker's shifts
-and mirror). Its row records ``min_view_distance2``, the smallest squared distance between two
+and mirror); ``design=chroma`` the same with zero-sum colours (no grey component, so nothing of the
+tile is in a grey scan). Its row records ``min_view_distance2``, the smallest squared distance between two
 classes' +-1 tiles over those views. The JSON records every number, the share of
 pixel positions each bank changed, the bank's stop reason and its warm-up.
 
@@ -80,7 +81,8 @@ def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels
     """The ``random-tile`` control: ``[K, 3, size, size]`` int16 grey levels, one periodic tile per class, and
     the smallest distance between two classes' tiles over the attacker's views (salm.view_correlation).
 
-    ``design="random"``: positions and signs drawn at random; ``"distinct"``: ``salm.distinct_tiles``.
+    ``design="random"``: positions and signs drawn at random; ``"distinct"``: ``salm.distinct_tiles``;
+    ``"chroma"``: ``salm.distinct_tiles(colours="chroma")`` (+1 in one channel, -1 in another: no grey part).
     """
     from uetransforms.algorithms import salm
 
@@ -88,8 +90,9 @@ def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels
     if keep < 1 or size % tile:
         raise SystemExit(f"random-tile: tile={tile} must divide --size {size} and keep >= 1 position at "
                          f"fraction={fraction}")
-    if design == "distinct":
-        out = salm.distinct_tiles(num_classes, 3, tile, keep, seed).astype(np.int16)
+    if design in ("distinct", "chroma"):
+        colours = "signs" if design == "distinct" else "chroma"
+        out = salm.distinct_tiles(num_classes, 3, tile, keep, seed, colours=colours).astype(np.int16)
     elif design == "random":
         rng = np.random.default_rng(seed)
         out = np.zeros((num_classes, 3, tile, tile), np.int16)
@@ -98,7 +101,7 @@ def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels
             signs = rng.choice(np.array([-1, 1], np.int16), (3, keep))
             out[c].reshape(3, -1)[:, pos] = signs
     else:
-        raise SystemExit(f"random-tile: design={design!r}; use 'random' or 'distinct'")
+        raise SystemExit(f"random-tile: design={design!r}; use 'random', 'distinct' or 'chroma'")
     apart = salm._design_distance(out)
     return np.tile(out * levels, (1, 1, size // tile, size // tile)), apart
 

@@ -451,3 +451,52 @@ def test_tile_design_bad_values():
         ue.fit("salm", data, mode="class", tile=4, tile_design="distinct", mask_by="intensity")
     with pytest.raises(ValueError, match="tile_design"):
         ue.fit("salm", data, mode="class", tile=4, tile_design="best")
+
+
+def test_chroma_tiles_have_no_grey_part_and_stay_apart():
+    d = salm.distinct_tiles(4, 3, 4, 3, seed=2, colours="chroma")
+    on = np.abs(d).max(1) > 0
+    assert (on.reshape(4, -1).sum(1) == 3).all() and not d.sum(1).any()  # 3 positions, each sums to 0 over channels
+    assert (np.abs(d).sum(1)[on] == 2).all()  # +1 in one channel, -1 in another
+    # the chroma hexagon has no 4 colours pairwise opposite (> 90 degrees): the best the closest pair can get is one
+    # overlap at dot +1 below the 12 of disjoint views; a random chroma draw usually shares a colour (dot +2 or more)
+    assert salm._design_distance(d) == 10.0
+    with pytest.raises(ValueError, match="colours='chroma' needs at least 2 channels"):
+        salm.distinct_tiles(4, 1, 4, 3, seed=2, colours="chroma")
+    with pytest.raises(ValueError, match="colours='grey'"):
+        salm.distinct_tiles(4, 3, 4, 3, seed=2, colours="grey")
+
+
+def test_zero_sum_rule_is_the_nearest_zero_sum_colour_in_the_box():
+    project = salm.zero_sum_rule(EPS)
+    v = torch.from_numpy(np.random.default_rng(0).normal(0, 0.05, (2, 3, 4, 4)).astype(np.float32))
+    x = project(v)
+    assert x.sum(1).abs().max() < 1e-6 and x.abs().max() <= EPS + 1e-7
+    assert torch.equal(project(torch.zeros(1, 3, 2, 2)).abs() < 1e-9, torch.ones(1, 3, 2, 2, dtype=torch.bool))
+    assert torch.allclose(project(x), x, atol=1e-6)  # a projection
+    # nearest: no feasible point on a grid of the box's zero-sum plane is closer to v at a position
+    g = np.linspace(-EPS, EPS, 41)
+    a, b = np.meshgrid(g, g)
+    feas = np.stack([a, b, -a - b], -1).reshape(-1, 3)
+    feas = feas[np.abs(feas).max(1) <= EPS]
+    for i, j in [(0, 0), (1, 3)]:
+        pv, px = v[0, :, i, j].numpy(), x[0, :, i, j].numpy()
+        assert ((feas - pv) ** 2).sum(1).min() >= ((px - pv) ** 2).sum() - 1e-7
+
+
+def test_tile_design_distinct_chroma_fits_zero_sum_colours_in_the_designs_positions():
+    images, labels = tiny(24, k=3)
+    data = FitData.from_arrays(images, labels)
+    kw = dict(mode="class", fraction=0.25, tile=4, tile_design="distinct-chroma")
+    design = salm.distinct_tiles(3, 3, 4, 4, seed=5, colours="chroma")
+    on = salm.unfold(torch.from_numpy(design.astype(np.float32)), 8, 8).abs().amax(1).numpy() > 0
+    bank = ue.fit("salm", data, seed=5, **fast(**kw))
+    q = np.round(np.array(bank.tensors["delta"], np.float64) * 255).astype(int)
+    assert not q.transpose(0, 2, 3, 1)[~on].any() and q.transpose(0, 2, 3, 1)[on].any()  # only the design's positions
+    # zero-sum before the noise is rounded to whole grey levels channel by channel: at most a level or so off
+    assert np.abs(q.sum(1)).max() <= 1 and np.abs(q).max() <= 8
+    assert (changed_positions(q) <= bank.info["mask_pixels"]).all()
+    assert np.array_equal(ue.fit("salm", data, seed=5, **fast(**kw)).tensors["delta"], bank.tensors["delta"])
+    grey = FitData.from_arrays(images[..., :1], labels)
+    with pytest.raises(ValueError, match="at least 2 channels"):
+        ue.fit("salm", grey, **fast(**kw))

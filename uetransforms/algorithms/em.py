@@ -181,6 +181,7 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
            augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
            tie: Callable[[torch.Tensor], torch.Tensor] | None = None,
            start: tuple[np.ndarray, np.ndarray] | None = None,
+           project: Callable[[torch.Tensor], torch.Tensor] | None = None,
            ) -> tuple[Any, dict[str, Any], Any]:
     """Run the min-min loop; returns (noise table, info, masks or None). Used by ``em`` and ``salm``.
 
@@ -197,6 +198,9 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
     ``start=(masks, table)`` (class mode with a ``mask_rule``; salm's tile design) gives every class its
     mask ``[K, 1, H, W]`` and starting noise ``[K, C, H, W]`` up front: the masks are never drawn from
     the surrogate, and the table replaces the random start.
+    ``project(d) -> d`` (class mode; salm's zero-sum colours) maps the class table back into a set
+    inside the L-inf ball after the start and after every PGD step's clip; it must keep a zero entry zero
+    (masked positions) and act per position (so a periodic table stays periodic).
     """
     rng = np.random.default_rng(seed)
     src = sg.ImageSource(data, device)
@@ -219,6 +223,10 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
         if p["mode"] != "class":
             raise ValueError("internal error: tie needs class-wise noise (sample noise is clipped to each image's box)")
         noise.table = tie(noise.table)
+    if project is not None:
+        if p["mode"] != "class":
+            raise ValueError("internal error: project needs class-wise noise")
+        noise.table = project(noise.table)
     budget = sg.Budget(p["max_steps"], p["max_seconds"])
     eps, alpha = p["epsilon"], p["step_size"]
     feed = src.cycle(p["batch_size"], rng)
@@ -268,6 +276,8 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
                     if step_rule is not None:  # rows of g: samples, or the class table
                         step = step * step_rule(g)
                     d = (d - alpha * step).clamp_(-eps, eps)
+                    if project is not None:
+                        d = project(d)
                     if idx is None:  # sample-wise noise stays inside the pixel box: no clipping later
                         d = (x + d).clamp_(0, 1) - x
                 budget.tick()

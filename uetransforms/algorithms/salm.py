@@ -163,7 +163,8 @@ sg = _em.sg  # the surrogates module, through em (one import path to keep up to 
 MASK_RULES = ("grad", "intensity")
 MASK_UPDATES = ("once", "step", "freeze")
 AUGMENTS = ("none", "flip", "flip+crop")
-TILE_DESIGNS = ("score", "distinct")
+TILE_DESIGNS = ("score", "distinct", "distinct-chroma")
+COLOURS = ("signs", "chroma")
 #: Clean images the warm-up's accuracy is judged on, and how often (surrogate steps).
 WARMUP_PROBE, WARMUP_EVERY = 1024, 20
 
@@ -200,13 +201,16 @@ def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
         if cell:
             raise ValueError(f"tile={tile} and mask_cell={cell} both decide where the positions go: use one "
                              "(mask_cell=0 with a tile)")
-        if p["tile_design"] == "distinct":
+        if p["tile_design"] != "score":
+            if p["tile_design"] == "distinct-chroma" and hasattr(data, "image_shape") and data.image_shape[0] < 2:
+                raise ValueError("tile_design='distinct-chroma' moves colour between channels: it needs colour "
+                                 "images (at least 2 channels); use tile_design='distinct'")
             if h is not None and (h % tile or w % tile):
-                raise ValueError(f"tile_design='distinct' with tile={tile} on a {h}x{w} image: use a tile side that "
+                raise ValueError(f"tile_design={p['tile_design']!r} with tile={tile} on a {h}x{w} image: use a tile side that "
                                  "divides the image (then the attacker's crop only shifts the repeated tile "
                                  "cyclically, and every tile position repeats equally often), or tile_design='score'")
             if p["mask_by"] != "grad" or p["mask_pool"] != 1:
-                raise ValueError("tile_design='distinct' takes the tile's positions from the design: leave mask_by "
+                raise ValueError(f"tile_design={p['tile_design']!r} takes the tile's positions from the design: leave mask_by "
                                  "and mask_pool at their defaults ('grad', 1), or use tile_design='score'")
         if math.floor(p["fraction"] * tile * tile + 1e-9) < 1:
             raise ValueError(f"tile={tile} with fraction={p['fraction']} keeps no position of the {tile}x{tile} "
@@ -506,10 +510,15 @@ def _design_distance(tiles: np.ndarray) -> float:
     return float(min(norms[a] + norms[b] - 2 * corr[a, b] for a in range(k) for b in range(k) if a != b))
 
 
-def distinct_tiles(num_classes: int, channels: int, tile: int, keep: int, seed: int, *, restarts: int = 8,
-                   iters: int = 400) -> np.ndarray:
-    """One ``tile x tile`` tile per class, ``keep`` positions of ``+-1`` per channel, kept apart under the
-    attacker's views: ``[num_classes, channels, tile, tile]`` int8 in ``{-1, 0, 1}``.
+def distinct_tiles(num_classes: int, channels: int, tile: int, keep: int, seed: int, *, colours: str = "signs",
+                   restarts: int = 8, iters: int = 400) -> np.ndarray:
+    """One ``tile x tile`` tile per class, ``keep`` positions each, kept apart under the attacker's views:
+    ``[num_classes, channels, tile, tile]`` int8 in ``{-1, 0, 1}``.
+
+    ``colours="signs"``: every kept position is ``+-1`` in every channel. ``"chroma"``: every kept
+    position is ``+1`` in one channel and ``-1`` in another (0 in the rest), so the tile sums to zero
+    over the channels at every position: it has no grey component, and a feature that responds only to
+    it is blind to grey images (whose channels are equal), such as a scan stored as RGB.
 
     Local search from random starts (``restarts`` of ``iters`` moves: move one position of a class's tile,
     flip one sign, recolour one position or the whole tile; a move is kept unless it raises
@@ -526,9 +535,21 @@ gets every pair there with no two supports sharing more than one position in any
     """
     if keep < 1 or keep > tile * tile:
         raise ValueError(f"keep={keep}: a {tile}x{tile} tile keeps between 1 and {tile * tile} positions")
+    if colours not in COLOURS:
+        raise ValueError(f"colours={colours!r}; expected one of {COLOURS}")
+    if colours == "chroma" and channels < 2:
+        raise ValueError(f"colours='chroma' needs at least 2 channels (got {channels}): use colours='signs'")
     rng = np.random.default_rng([int(seed), 26, 10])
     floor = 0.0 if keep * keep < tile * tile else -math.inf
     signs = np.array([-1, 1], np.int8)
+    # chroma: +1 in one channel, -1 in another
+    palette = np.array([[1 if i == a else -1 if i == b else 0 for i in range(channels)]
+                        for a in range(channels) for b in range(channels) if a != b], np.int8)
+
+    def colour(n: int) -> np.ndarray:
+        """``[channels, n]``: a new colour for each of ``n`` positions (signs: one channel sign each)."""
+        return rng.choice(signs, (channels, n)) if colours == "signs" else palette[rng.integers(len(palette), size=n)].T
+
     views = tile_views(tile)
     best, best_cost = None, None
     for _ in range(restarts):
@@ -536,7 +557,7 @@ gets every pair there with no two supports sharing more than one position in any
         # positions share one colour is told from another class by that colour at every overlap
         tiles = np.zeros((num_classes, channels, tile * tile), np.int8)
         for c in range(num_classes):
-            tiles[c][:, rng.choice(tile * tile, keep, replace=False)] = rng.choice(signs, (channels, 1))
+            tiles[c][:, rng.choice(tile * tile, keep, replace=False)] = colour(1)
         signed = np.zeros((num_classes, num_classes))
         support = np.zeros((num_classes, num_classes))
         for c in range(num_classes):
@@ -550,12 +571,15 @@ gets every pair there with no two supports sharing more than one position in any
             if move == 0 and keep < tile * tile:  # move one position, its signs with it
                 src, dst = rng.choice(on), rng.choice(np.setdiff1d(np.arange(tile * tile), on))
                 cand[c][:, dst], cand[c][:, src] = cand[c][:, src], 0
-            elif move == 1:  # flip one sign
-                cand[c][rng.integers(channels), rng.choice(on)] *= -1
+            elif move == 1:  # flip one sign (chroma: the position's colour, to stay zero-sum)
+                if colours == "signs":
+                    cand[c][rng.integers(channels), rng.choice(on)] *= -1
+                else:
+                    cand[c][:, rng.choice(on)] *= -1
             elif move == 2:  # a new colour for one position
-                cand[c][:, rng.choice(on)] = rng.choice(signs, channels)
+                cand[c][:, rng.choice(on)] = colour(1)[:, 0]
             else:  # a new colour for the whole class
-                cand[c][:, on] = rng.choice(signs, (channels, 1))
+                cand[c][:, on] = colour(1)
             row_s, row_u = _design_rows(cand, c, views)
             s2, u2 = signed.copy(), support.copy()
             s2[c], s2[:, c], u2[c], u2[:, c] = row_s, row_s, row_u, row_u
@@ -567,6 +591,27 @@ gets every pair there with no two supports sharing more than one position in any
         if best_cost[0] <= floor and best_cost[1] <= 1:
             break
     return best.reshape(num_classes, channels, tile, tile)
+
+
+def zero_sum_rule(eps: float, iters: int = 40) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The engine's ``project`` for chroma tiles: each position's colour ``v`` (``[.., C, H, W]``) goes to the
+    nearest point with channel sum 0 and ``|x| <= eps``, ``x = clip(v - t, -eps, eps)`` with the shift ``t``
+    found by bisection (the sum falls as ``t`` grows). A zero colour stays zero; the map is per position."""
+    def project(d: torch.Tensor) -> torch.Tensor:
+        lo = d.amin(-3, keepdim=True) - eps
+        hi = d.amax(-3, keepdim=True) + eps
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            big = (d - mid).clamp(-eps, eps).sum(-3, keepdim=True) > 0
+            lo, hi = torch.where(big, mid, lo), torch.where(big, hi, mid)
+        return (d - (lo + hi) / 2).clamp(-eps, eps)
+    return project
+
+
+def chroma_tie(tile: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``tie_rule(tile)`` then the channel mean removed: a gradient's part that changes colour, not grey."""
+    periodic = tie_rule(tile)
+    return lambda t: (lambda q: q - q.mean(-3, keepdim=True))(periodic(t))
 
 
 def mask_rule(mask_by: str, fraction: float, pool: int = 1, cell: int = 0, tile: int = 0) -> _em.MaskRule:
@@ -670,15 +715,20 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
         info["mask_pixels"] = k
     elif p["mask_update"] == "once":
         rule = mask_rule(p["mask_by"], p["fraction"], p["mask_pool"], p["mask_cell"], p["tile"])
-        start = None
-        if p["tile_design"] == "distinct":
+        start = project = None
+        tie = tie_rule(p["tile"]) if p["tile"] else None
+        if p["tile_design"] != "score":
             # every class's tile positions and signs come from the design; the fit moves the values
+            chroma = p["tile_design"] == "distinct-chroma"
             design = distinct_tiles(data.num_classes, data.image_shape[0], p["tile"],
-                                    math.floor(p["fraction"] * p["tile"] ** 2 + 1e-9), seed)
+                                    math.floor(p["fraction"] * p["tile"] ** 2 + 1e-9), seed,
+                                    colours="chroma" if chroma else "signs")
             signs = unfold(torch.from_numpy(design.astype(np.float32)), h, w).numpy()
             start = ((np.abs(signs).max(1, keepdims=True) > 0).astype(np.uint8), signs * p["epsilon"])
+            if chroma:  # the values move too, but every position stays zero-sum over the channels
+                tie, project = chroma_tie(p["tile"]), zero_sum_rule(p["epsilon"])
         table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm", mask_rule=rule,
-                                         augment=view, tie=tie_rule(p["tile"]) if p["tile"] else None, start=start)
+                                         augment=view, tie=tie, start=start, project=project)
         info["mask_pixels"] = k
         if start is not None:
             info["tile_design"] = {"min_view_distance2": _design_distance(design)}
