@@ -11,7 +11,8 @@ a crude stand-in for a lesion on a scan; it says nothing about real medical imag
 Each configuration ``NAME=METHOD[:k=v,...]`` is fitted on the training images (``ue.fit``), applied
 as a bank would be (``ue.apply``, whole grey levels), and a ``--arch`` model is trained from
 scratch on the protected copy (``ue.evaluate``: SGD, one-cycle, crop+flip augmentation), then tested
-on clean test images. ``clean`` is the unprotected row. ``random-tile[:tile=c,fraction=f,epsilon=e]``
+on clean test images; ``--defence`` (default ``none``) is one defence the attacker applies, e.g.
+``grayscale`` (training and test images to luma). ``clean`` is the unprotected row. ``random-tile[:tile=c,fraction=f,epsilon=e]``
 is a control with no fit and no model: each class gets a ``c x c`` tile with ``floor(f * c * c)``
 positions drawn at random (``--bank-seed``) and a random sign per position and channel, times
 ``round(255 * e)`` grey levels, repeated over the image (what ``salm``'s ``tile`` would store if the
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--bank-seed", type=int, default=1234)
+    p.add_argument("--defence", default="none",
+                   help="one defence spec the attacker applies (uetransforms.evaluation.defences), e.g. grayscale")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=os.path.join(HERE, "results", "salm-scans.json"))
     args = p.parse_args(argv)
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     x_test, y_test, _ = scans(args.test_size, args.size, args.data_seed + 1)
     test = {"image": list(x_test), "label": y_test.tolist()}
     clean = {"image": list(x_train), "label": y_train.tolist()}
-    ev = dict(arch=args.arch, epochs=args.epochs, seed=args.seed, progress=False)
+    ev = dict(arch=args.arch, epochs=args.epochs, seed=args.seed, progress=False, defences=(args.defence,))
     results: list[dict[str, object]] = []
     t_all = time.perf_counter()
 
@@ -163,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{args.data_seed}/{args.data_seed + 1}", "size": args.size,
                                    "train_size": args.train_size, "test_size": args.test_size,
                                    "object_share": round(share, 4), "attacker": f"{args.arch} from scratch, "
-                                   f"{args.epochs} epochs, seed {args.seed}", "bank_seed": args.bank_seed,
+                                   f"{args.epochs} epochs, seed {args.seed}", "defence": args.defence,
+                                   "bank_seed": args.bank_seed,
                                    "common": common, "threads": torch.get_num_threads()},
                        "environment": {"uetransforms": ue.__version__, "torch": torch.__version__,
                                        "python": platform.python_version(), "cpu_count": os.cpu_count()},

@@ -206,12 +206,12 @@ def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
                 raise ValueError("tile_design='distinct-chroma' moves colour between channels: it needs colour "
                                  "images (at least 2 channels); use tile_design='distinct'")
             if h is not None and (h % tile or w % tile):
-                raise ValueError(f"tile_design={p['tile_design']!r} with tile={tile} on a {h}x{w} image: use a tile side that "
-                                 "divides the image (then the attacker's crop only shifts the repeated tile "
+                raise ValueError(f"tile_design={p['tile_design']!r} with tile={tile} on a {h}x{w} image: use a tile "
+                                 "side that divides the image (then the attacker's crop only shifts the repeated tile "
                                  "cyclically, and every tile position repeats equally often), or tile_design='score'")
             if p["mask_by"] != "grad" or p["mask_pool"] != 1:
-                raise ValueError(f"tile_design={p['tile_design']!r} takes the tile's positions from the design: leave mask_by "
-                                 "and mask_pool at their defaults ('grad', 1), or use tile_design='score'")
+                raise ValueError(f"tile_design={p['tile_design']!r} takes the tile's positions from the design: leave "
+                                 "mask_by and mask_pool at their defaults ('grad', 1), or use tile_design='score'")
         if math.floor(p["fraction"] * tile * tile + 1e-9) < 1:
             raise ValueError(f"tile={tile} with fraction={p['fraction']} keeps no position of the {tile}x{tile} "
                              f"tile (fraction * tile * tile < 1): use tile >= {math.ceil(math.sqrt(1 / p['fraction']))} "
@@ -548,7 +548,9 @@ gets every pair there with no two supports sharing more than one position in any
 
     def colour(n: int) -> np.ndarray:
         """``[channels, n]``: a new colour for each of ``n`` positions (signs: one channel sign each)."""
-        return rng.choice(signs, (channels, n)) if colours == "signs" else palette[rng.integers(len(palette), size=n)].T
+        if colours == "signs":
+            return rng.choice(signs, (channels, n))
+        return palette[rng.integers(len(palette), size=n)].T
 
     views = tile_views(tile)
     best, best_cost = None, None
