@@ -18,7 +18,8 @@ positions drawn at random (``--bank-seed``) and a random sign per position and c
 ``round(255 * e)`` grey levels, repeated over the image (what ``salm``'s ``tile`` would store if the
 fit did nothing but pick random positions and signs); with ``design=distinct`` the positions and signs
 are ``salm.distinct_tiles``' (seeded by ``--bank-seed``: classes kept apart under the attacker's shifts
-and mirror); ``design=chroma`` the same with zero-sum colours (no grey component, so nothing of the
+and mirror); ``design=distinct-bright`` the same negated as a whole when one of its colours is
+negative in every channel (which a black background clips to almost nothing); ``design=chroma`` the same with zero-sum colours (no grey component, so nothing of the
 tile is in a grey scan). Its row records ``min_view_distance2``, the smallest squared distance between two
 classes' +-1 tiles over those views. The JSON records every number, the share of
 pixel positions each bank changed, the bank's stop reason and its warm-up.
@@ -83,6 +84,7 @@ def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels
     the smallest distance between two classes' tiles over the attacker's views (salm.view_correlation).
 
     ``design="random"``: positions and signs drawn at random; ``"distinct"``: ``salm.distinct_tiles``;
+    ``"distinct-bright"``: the same, negated as a whole when a position is negative in every channel;
     ``"chroma"``: ``salm.distinct_tiles(colours="chroma")`` (+1 in one channel, -1 in another: no grey part).
     """
     from uetransforms.algorithms import salm
@@ -91,9 +93,13 @@ def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels
     if keep < 1 or size % tile:
         raise SystemExit(f"random-tile: tile={tile} must divide --size {size} and keep >= 1 position at "
                          f"fraction={fraction}")
-    if design in ("distinct", "chroma"):
-        colours = "signs" if design == "distinct" else "chroma"
+    if design in ("distinct", "distinct-bright", "chroma"):
+        colours = "chroma" if design == "chroma" else "signs"
         out = salm.distinct_tiles(num_classes, 3, tile, keep, seed, colours=colours).astype(np.int16)
+        if design == "distinct-bright" and (out.max(1) < 0).any():
+            # a position negative in every channel changes little on a black background (clipped at 0):
+            # the whole design negated keeps every distance between classes and has no such position
+            out = -out
     elif design == "random":
         rng = np.random.default_rng(seed)
         out = np.zeros((num_classes, 3, tile, tile), np.int16)
@@ -102,7 +108,7 @@ def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels
             signs = rng.choice(np.array([-1, 1], np.int16), (3, keep))
             out[c].reshape(3, -1)[:, pos] = signs
     else:
-        raise SystemExit(f"random-tile: design={design!r}; use 'random', 'distinct' or 'chroma'")
+        raise SystemExit(f"random-tile: design={design!r}; use 'random', 'distinct', 'distinct-bright' or 'chroma'")
     apart = salm._design_distance(out)
     return np.tile(out * levels, (1, 1, size // tile, size // tile)), apart
 

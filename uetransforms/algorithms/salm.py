@@ -118,7 +118,13 @@ stays ``"none"`` (it lost). Session 9 ("salm, session 9 (issue 26)"; the same se
 (``train_steps=5`` instead of 20) 0.250 / 0.250 / 0.500 at the three seeds above and 0.501 / 0.474 at
 two more (``em``: 0.254 / 0.285), at or below ``em`` at two of the five; but random 4 x 4 tiles with no fit gave 0.500 / 0.278 /
 0.250 / 0.609 / 0.535 at the same five seeds, so the fit is not shown to add to a random periodic class
-pattern. ``tile=5`` gave 0.717, ``mask_cell=5`` 0.340. So ``tile`` stays 0.
+pattern. ``tile=5`` gave 0.717, ``mask_cell=5`` 0.340. So ``tile`` stays 0. Session 10 ("salm, session
+10 (issue 26)"; the same setting, tile 4, 0.2): ``tile_design="distinct"`` gave 0.501 / 0.255 / 0.689 at
+seeds 1234 / 4321 / 99 (its design alone, no fit: 0.252 / 0.641 / 0.444 / 0.339 / 0.250 at the five);
+zero-sum colour tiles with no fit gave 0.256 / 0.250 / 0.323 / 0.263 / 0.255, near ``em`` (0.262 mean), but
+``tile_design="distinct-chroma"`` (the fit from them) gave 0.477 / 0.744 (``train_steps=5``) and
+0.563 / 0.411 (``train_steps=20``) at 1234 / 4321: the fit undoes the design. So ``tile_design`` stays
+``"score"``.
 
 Parameters: those of ``em`` (``mode`` defaults to ``"sample"``) plus ``fraction`` (0.1),
 ``mask_by`` ("grad"), ``mask_update`` ("once"), ``mask_pool`` (1), ``mask_cell`` (0), ``tile`` (0),
