@@ -11,11 +11,17 @@ a crude stand-in for a lesion on a scan; it says nothing about real medical imag
 Each configuration ``NAME=METHOD[:k=v,...]`` is fitted on the training images (``ue.fit``), applied
 as a bank would be (``ue.apply``, whole grey levels), and a ``--arch`` model is trained from
 scratch on the protected copy (``ue.evaluate``: SGD, one-cycle, crop+flip augmentation), then tested
-on clean test images. ``clean`` is the unprotected row. ``random-tile[:tile=c,fraction=f,epsilon=e]``
+on clean test images; ``--defence`` (default ``none``) is one defence the attacker applies, e.g.
+``grayscale`` (training and test images to luma). ``clean`` is the unprotected row. ``random-tile[:tile=c,fraction=f,epsilon=e]``
 is a control with no fit and no model: each class gets a ``c x c`` tile with ``floor(f * c * c)``
 positions drawn at random (``--bank-seed``) and a random sign per position and channel, times
 ``round(255 * e)`` grey levels, repeated over the image (what ``salm``'s ``tile`` would store if the
-fit did nothing but pick random positions and signs). The JSON records every number, the share of
+fit did nothing but pick random positions and signs); with ``design=distinct`` the positions and signs
+are ``salm.distinct_tiles``' (seeded by ``--bank-seed``: classes kept apart under the attacker's shifts
+and mirror); ``design=distinct-bright`` the same negated as a whole when one of its colours is
+negative in every channel (which a black background clips to almost nothing); ``design=chroma`` the same with zero-sum colours (no grey component, so nothing of the
+tile is in a grey scan). Its row records ``min_view_distance2``, the smallest squared distance between two
+classes' +-1 tiles over those views. The JSON records every number, the share of
 pixel positions each bank changed, the bank's stop reason and its warm-up.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_salm.py --threads 1 \\
@@ -72,19 +78,39 @@ def scans(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     return out, labels.astype(np.int64), share / n
 
 
-def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels: int, seed: int) -> np.ndarray:
-    """The ``random-tile`` control: ``[K, 3, size, size]`` int16 grey levels, one random periodic tile per class."""
-    rng = np.random.default_rng(seed)
+def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels: int, seed: int,
+                 design: str = "random") -> tuple[np.ndarray, float]:
+    """The ``random-tile`` control: ``[K, 3, size, size]`` int16 grey levels, one periodic tile per class, and
+    the smallest distance between two classes' tiles over the attacker's views (salm.view_correlation).
+
+    ``design="random"``: positions and signs drawn at random; ``"distinct"``: ``salm.distinct_tiles``;
+    ``"distinct-bright"``: the same, negated as a whole when a position is negative in every channel;
+    ``"chroma"``: ``salm.distinct_tiles(colours="chroma")`` (+1 in one channel, -1 in another: no grey part).
+    """
+    from uetransforms.algorithms import salm
+
     keep = int(np.floor(fraction * tile * tile + 1e-9))
     if keep < 1 or size % tile:
         raise SystemExit(f"random-tile: tile={tile} must divide --size {size} and keep >= 1 position at "
                          f"fraction={fraction}")
-    out = np.zeros((num_classes, 3, tile, tile), np.int16)
-    for c in range(num_classes):
-        pos = rng.choice(tile * tile, keep, replace=False)
-        signs = rng.choice(np.array([-1, 1], np.int16), (3, keep))
-        out[c].reshape(3, -1)[:, pos] = signs * levels
-    return np.tile(out, (1, 1, size // tile, size // tile))
+    if design in ("distinct", "distinct-bright", "chroma"):
+        colours = "chroma" if design == "chroma" else "signs"
+        out = salm.distinct_tiles(num_classes, 3, tile, keep, seed, colours=colours).astype(np.int16)
+        if design == "distinct-bright" and (out.max(1) < 0).any():
+            # a position negative in every channel changes little on a black background (clipped at 0):
+            # the whole design negated keeps every distance between classes and has no such position
+            out = -out
+    elif design == "random":
+        rng = np.random.default_rng(seed)
+        out = np.zeros((num_classes, 3, tile, tile), np.int16)
+        for c in range(num_classes):
+            pos = rng.choice(tile * tile, keep, replace=False)
+            signs = rng.choice(np.array([-1, 1], np.int16), (3, keep))
+            out[c].reshape(3, -1)[:, pos] = signs
+    else:
+        raise SystemExit(f"random-tile: design={design!r}; use 'random', 'distinct', 'distinct-bright' or 'chroma'")
+    apart = salm._design_distance(out)
+    return np.tile(out * levels, (1, 1, size // tile, size // tile)), apart
 
 
 def parse_kv(text: str) -> dict[str, object]:
@@ -110,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--bank-seed", type=int, default=1234)
+    p.add_argument("--defence", default="none",
+                   help="one defence spec the attacker applies (uetransforms.evaluation.defences), e.g. grayscale")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=os.path.join(HERE, "results", "salm-scans.json"))
     args = p.parse_args(argv)
@@ -126,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     x_test, y_test, _ = scans(args.test_size, args.size, args.data_seed + 1)
     test = {"image": list(x_test), "label": y_test.tolist()}
     clean = {"image": list(x_train), "label": y_train.tolist()}
-    ev = dict(arch=args.arch, epochs=args.epochs, seed=args.seed, progress=False)
+    ev = dict(arch=args.arch, epochs=args.epochs, seed=args.seed, progress=False, defences=(args.defence,))
     results: list[dict[str, object]] = []
     t_all = time.perf_counter()
 
@@ -144,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{args.data_seed}/{args.data_seed + 1}", "size": args.size,
                                    "train_size": args.train_size, "test_size": args.test_size,
                                    "object_share": round(share, 4), "attacker": f"{args.arch} from scratch, "
-                                   f"{args.epochs} epochs, seed {args.seed}", "bank_seed": args.bank_seed,
+                                   f"{args.epochs} epochs, seed {args.seed}", "defence": args.defence,
+                                   "bank_seed": args.bank_seed,
                                    "common": common, "threads": torch.get_num_threads()},
                        "environment": {"uetransforms": ue.__version__, "torch": torch.__version__,
                                        "python": platform.python_version(), "cpu_count": os.cpu_count()},
@@ -161,14 +190,16 @@ def main(argv: list[str] | None = None) -> int:
             kw = parse_kv(kv)
             c, f = int(kw.get("tile", 4)), float(kw.get("fraction", 0.2))
             levels = int(round(255 * float(kw.get("epsilon", 8 / 255))))
-            noise = random_tiles(len(SHAPES), args.size, c, f, levels, args.bank_seed)
+            design = str(kw.get("design", "random"))
+            noise, apart = random_tiles(len(SHAPES), args.size, c, f, levels, args.bank_seed, design)
             x = x_train.astype(np.int16).transpose(0, 3, 1, 2)
             prot_np = np.clip(x + noise[y_train], 0, 255).astype(np.uint8)
             changed = (np.abs(prot_np.astype(np.int16) - x).max(1) > 0).reshape(len(x), -1).mean(1)
             images = list(np.ascontiguousarray(prot_np.transpose(0, 2, 3, 1)))
             report = ue.evaluate({"image": images, "label": y_train.tolist()}, test, clean_train=clean,
                                  baseline=False, **ev)
-            row.update(params={"tile": c, "fraction": f, "levels": levels},
+            row.update(params={"tile": c, "fraction": f, "levels": levels, "design": design},
+                       min_view_distance2=apart,
                        changed_positions_mean=round(float(changed.mean()), 4),
                        changed_positions_max=round(float(changed.max()), 4), quality=report.quality)
         else:

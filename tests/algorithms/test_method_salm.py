@@ -386,3 +386,117 @@ def test_tile_bad_values():
         ue.fit("salm", data, mode="class", tile=3, fraction=0.1)
     with pytest.raises(ValueError, match="tile"):
         ue.fit("salm", data, mode="class", tile=-4)
+
+
+def test_tile_views_are_what_the_attackers_crop_and_flip_show_of_a_repeated_tile():
+    views = salm.tile_views(4)
+    assert views.shape == (32, 16) and (np.sort(views, 1) == np.arange(16)).all()  # each a permutation
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((3, 4, 4))
+    seen = {t.reshape(3, -1)[:, v].tobytes() for v in views}
+    image = np.tile(t, (1, 3, 3))  # a 12x12 image of the repeated tile
+    for dy, dx in [(0, 0), (1, 3), (-2, 1), (3, -3)]:  # crops (shifts), of the image and of its mirror
+        for img in (image, image[:, :, ::-1]):
+            crop = np.roll(img, (dy, dx), axis=(1, 2))[:, 4:8, 4:8]
+            assert np.ascontiguousarray(crop).reshape(3, -1).tobytes() in seen
+
+
+def test_distinct_tiles_keep_every_pair_of_classes_apart_in_every_view():
+    d = salm.distinct_tiles(4, 3, 4, 3, seed=1)
+    assert d.shape == (4, 3, 4, 4) and set(np.unique(d)) <= {-1, 0, 1}
+    on = np.abs(d).max(1) > 0
+    assert (on.reshape(4, -1).sum(1) == 3).all() and (np.abs(d).min(1)[on] == 1).all()  # 3 positions, every channel
+    # brute force, apart from tile_views: every shift and mirror of the repeated tile of class b
+    worst = min(float(((d[a] - np.roll(f, (dy, dx), axis=(1, 2))) ** 2).sum())
+                for a in range(4) for b in range(4) if a != b for f in (d[b], d[b][:, :, ::-1])
+                for dy in range(4) for dx in range(4))
+    # 3 positions of 16: some view of any two tiles shares no position, so 3 + 3 positions x 3 channels = 18
+    # is the most the closest pair can get; a random draw of signs usually has a pair that is closer
+    assert worst == 18.0 == salm._design_distance(d)
+    assert np.array_equal(d, salm.distinct_tiles(4, 3, 4, 3, seed=1))  # same seed, same design
+    with pytest.raises(ValueError, match="keep=17"):
+        salm.distinct_tiles(4, 3, 4, 17, seed=1)
+
+
+def test_tile_design_distinct_starts_from_the_design_and_keeps_its_positions():
+    images, labels = tiny(24, k=3)
+    data = FitData.from_arrays(images, labels)
+    kw = dict(mode="class", fraction=0.25, tile=4, tile_design="distinct")
+    design = salm.distinct_tiles(3, 3, 4, 4, seed=5)  # quota floor(0.25 * 16) = 4 positions
+    signs = salm.unfold(torch.from_numpy(design.astype(np.float32)), 8, 8).numpy()
+    # one PGD step of 1/255 from +-8/255: the stored noise still has the design's signs everywhere
+    first = ue.fit("salm", data, seed=5, **fast(**kw, steps=1, step_size=1 / 255, max_rounds=1, class_batches=1))
+    d = np.array(first.tensors["delta"])
+    assert np.array_equal(np.sign(d), signs) and (np.abs(d[signs != 0]) >= 7 / 255 - 1e-6).all()
+    bank = ue.fit("salm", data, seed=5, **fast(**kw))
+    d = np.array(bank.tensors["delta"])
+    assert not (d[signs == 0]).any()  # the fit moves values only inside the design's positions
+    k = bank.info["mask_pixels"]
+    assert k == 16 == salm.mask_budget(8, 8, 0.25, tile=4) and (changed_positions(d) <= k).all()
+    assert bank.info["tile_design"]["min_view_distance2"] == salm._design_distance(design)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    out = ue.apply(bank, x, labels)
+    assert (((out.int() - x.int()).abs().amax(1) > 0).flatten(1).sum(1) <= k).all()  # what is applied
+    assert np.array_equal(ue.fit("salm", data, seed=5, **fast(**kw)).tensors["delta"], d)  # same bytes for a seed
+
+
+def test_tile_design_bad_values():
+    images, labels = tiny(4)
+    data = FitData.from_arrays(images, labels)
+    with pytest.raises(ValueError, match="set tile"):
+        ue.fit("salm", data, mode="class", tile_design="distinct")
+    with pytest.raises(ValueError, match="use a tile side that divides the image"):
+        ue.fit("salm", data, mode="class", tile=3, fraction=0.25, tile_design="distinct")
+    with pytest.raises(ValueError, match="leave mask_by and mask_pool"):
+        ue.fit("salm", data, mode="class", tile=4, tile_design="distinct", mask_by="intensity")
+    with pytest.raises(ValueError, match="tile_design"):
+        ue.fit("salm", data, mode="class", tile=4, tile_design="best")
+
+
+def test_chroma_tiles_have_no_grey_part_and_stay_apart():
+    d = salm.distinct_tiles(4, 3, 4, 3, seed=2, colours="chroma")
+    on = np.abs(d).max(1) > 0
+    assert (on.reshape(4, -1).sum(1) == 3).all() and not d.sum(1).any()  # 3 positions, each sums to 0 over channels
+    assert (np.abs(d).sum(1)[on] == 2).all()  # +1 in one channel, -1 in another
+    # the chroma hexagon has no 4 colours pairwise opposite (> 90 degrees): the best the closest pair can get is one
+    # overlap at dot +1 below the 12 of disjoint views; a random chroma draw usually shares a colour (dot +2 or more)
+    assert salm._design_distance(d) == 10.0
+    with pytest.raises(ValueError, match="colours='chroma' needs at least 2 channels"):
+        salm.distinct_tiles(4, 1, 4, 3, seed=2, colours="chroma")
+    with pytest.raises(ValueError, match="colours='grey'"):
+        salm.distinct_tiles(4, 3, 4, 3, seed=2, colours="grey")
+
+
+def test_zero_sum_rule_is_the_nearest_zero_sum_colour_in_the_box():
+    project = salm.zero_sum_rule(EPS)
+    v = torch.from_numpy(np.random.default_rng(0).normal(0, 0.05, (2, 3, 4, 4)).astype(np.float32))
+    x = project(v)
+    assert x.sum(1).abs().max() < 1e-6 and x.abs().max() <= EPS + 1e-7
+    assert torch.equal(project(torch.zeros(1, 3, 2, 2)).abs() < 1e-9, torch.ones(1, 3, 2, 2, dtype=torch.bool))
+    assert torch.allclose(project(x), x, atol=1e-6)  # a projection
+    # nearest: no feasible point on a grid of the box's zero-sum plane is closer to v at a position
+    g = np.linspace(-EPS, EPS, 41)
+    a, b = np.meshgrid(g, g)
+    feas = np.stack([a, b, -a - b], -1).reshape(-1, 3)
+    feas = feas[np.abs(feas).max(1) <= EPS]
+    for i, j in [(0, 0), (1, 3)]:
+        pv, px = v[0, :, i, j].numpy(), x[0, :, i, j].numpy()
+        assert ((feas - pv) ** 2).sum(1).min() >= ((px - pv) ** 2).sum() - 1e-7
+
+
+def test_tile_design_distinct_chroma_fits_zero_sum_colours_in_the_designs_positions():
+    images, labels = tiny(24, k=3)
+    data = FitData.from_arrays(images, labels)
+    kw = dict(mode="class", fraction=0.25, tile=4, tile_design="distinct-chroma")
+    design = salm.distinct_tiles(3, 3, 4, 4, seed=5, colours="chroma")
+    on = salm.unfold(torch.from_numpy(design.astype(np.float32)), 8, 8).abs().amax(1).numpy() > 0
+    bank = ue.fit("salm", data, seed=5, **fast(**kw))
+    q = np.round(np.array(bank.tensors["delta"], np.float64) * 255).astype(int)
+    assert not q.transpose(0, 2, 3, 1)[~on].any() and q.transpose(0, 2, 3, 1)[on].any()  # only the design's positions
+    # zero-sum before the noise is rounded to whole grey levels channel by channel: at most a level or so off
+    assert np.abs(q.sum(1)).max() <= 1 and np.abs(q).max() <= 8
+    assert (changed_positions(q) <= bank.info["mask_pixels"]).all()
+    assert np.array_equal(ue.fit("salm", data, seed=5, **fast(**kw)).tensors["delta"], bank.tensors["delta"])
+    grey = FitData.from_arrays(images[..., :1], labels)
+    with pytest.raises(ValueError, match="at least 2 channels"):
+        ue.fit("salm", grey, **fast(**kw))

@@ -180,6 +180,8 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
            step_rule: Callable[[torch.Tensor], torch.Tensor] | None = None,
            augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
            tie: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           start: tuple[np.ndarray, np.ndarray] | None = None,
+           project: Callable[[torch.Tensor], torch.Tensor] | None = None,
            ) -> tuple[Any, dict[str, Any], Any]:
     """Run the min-min loop; returns (noise table, info, masks or None). Used by ``em`` and ``salm``.
 
@@ -193,6 +195,12 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
     ``tie(t) -> t`` (class mode; salm's periodic pattern) is a linear projection of the class
     table onto a subspace: it is applied to the starting table and to every PGD gradient before
     its sign, so the noise stays in that subspace (the L-inf clip is per element and keeps it).
+    ``start=(masks, table)`` (class mode with a ``mask_rule``; salm's tile design) gives every class its
+    mask ``[K, 1, H, W]`` and starting noise ``[K, C, H, W]`` up front: the masks are never drawn from
+    the surrogate, and the table replaces the random start.
+    ``project(d) -> d`` (class mode; salm's zero-sum colours) maps the class table back into a set
+    inside the L-inf ball after the start and after every PGD step's clip; it must keep a zero entry zero
+    (masked positions) and act per position (so a periodic table stays periodic).
     """
     rng = np.random.default_rng(seed)
     src = sg.ImageSource(data, device)
@@ -204,10 +212,21 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
     trainer = sg.Trainer(model, lr=p["lr"])
     noise = _Noise(p["mode"], len(data), k, data.image_shape, p["epsilon"], device, rng, mask_rule is not None,
                    random_start=step_rule is None)
+    if start is not None:
+        if p["mode"] != "class" or mask_rule is None:
+            raise ValueError("internal error: start needs class-wise noise with a mask_rule")
+        masks, table = start
+        noise.mask[:] = masks
+        noise.has_mask[:] = True
+        noise.table = torch.from_numpy(np.asarray(table * masks, np.float32)).to(device)
     if tie is not None:
         if p["mode"] != "class":
             raise ValueError("internal error: tie needs class-wise noise (sample noise is clipped to each image's box)")
         noise.table = tie(noise.table)
+    if project is not None:
+        if p["mode"] != "class":
+            raise ValueError("internal error: project needs class-wise noise")
+        noise.table = project(noise.table)
     budget = sg.Budget(p["max_steps"], p["max_seconds"])
     eps, alpha = p["epsilon"], p["step_size"]
     feed = src.cycle(p["batch_size"], rng)
@@ -257,6 +276,8 @@ def minmin(data: FitData, p: dict[str, Any], *, seed: int, device: torch.device,
                     if step_rule is not None:  # rows of g: samples, or the class table
                         step = step * step_rule(g)
                     d = (d - alpha * step).clamp_(-eps, eps)
+                    if project is not None:
+                        d = project(d)
                     if idx is None:  # sample-wise noise stays inside the pixel box: no clipping later
                         d = (x + d).clamp_(0, 1) - x
                 budget.tick()

@@ -57,6 +57,16 @@ repetitions). So the positions are chosen per tile, for the whole class, not per
 "significant" here means a tile position that matters over the whole image on average, which is
 the paper's idea only loosely.
 
+``tile_design`` (ours; default ``"score"``: the positions above): ``"distinct"`` takes each class's
+tile positions *and starting signs* from :func:`distinct_tiles`, a seeded search that keeps the
+classes' tiles apart in what the attacker can see of them: every cyclic shift (its random crop of a
+repeated tile) and mirror (its flip), :func:`tile_views`. Neither the score nor a random draw asks
+two classes' tiles to differ there. The fit then moves the values inside those positions as
+usual (start at ``+-epsilon`` with the design's signs). Nothing of SALM's significance idea is in
+this mode: the positions come from the design, not from the image or the surrogate (so ``mask_by``
+and ``mask_pool`` must stay at their defaults), and the tile must divide the image, so every tile
+position repeats equally often and the L0 budget is exact.
+
 ``augment`` (ours; default ``"none"``): ``"flip"`` or ``"flip+crop"`` show the surrogate and the
 PGD steps each perturbed batch through the from-scratch attacker's own augmentation (a random
 horizontal flip; a random shift of up to 1/8 of the side with zeros shifted in, i.e. its zero-pad
@@ -108,14 +118,22 @@ stays ``"none"`` (it lost). Session 9 ("salm, session 9 (issue 26)"; the same se
 (``train_steps=5`` instead of 20) 0.250 / 0.250 / 0.500 at the three seeds above and 0.501 / 0.474 at
 two more (``em``: 0.254 / 0.285), at or below ``em`` at two of the five; but random 4 x 4 tiles with no fit gave 0.500 / 0.278 /
 0.250 / 0.609 / 0.535 at the same five seeds, so the fit is not shown to add to a random periodic class
-pattern. ``tile=5`` gave 0.717, ``mask_cell=5`` 0.340. So ``tile`` stays 0.
+pattern. ``tile=5`` gave 0.717, ``mask_cell=5`` 0.340. So ``tile`` stays 0. Session 10 ("salm, session
+10 (issue 26)"; the same setting, tile 4, 0.2): ``tile_design="distinct"`` gave 0.501 / 0.255 / 0.689 at
+seeds 1234 / 4321 / 99 (its design alone, no fit: 0.252 / 0.641 / 0.444 / 0.339 / 0.250 at the five);
+zero-sum colour tiles with no fit gave 0.256 / 0.250 / 0.323 / 0.263 / 0.255, near ``em`` (0.262 mean), but
+``tile_design="distinct-chroma"`` (the fit from them) gave 0.477 / 0.744 (``train_steps=5``) and
+0.563 / 0.411 (``train_steps=20``) at 1234 / 4321: the fit undoes the design. So ``tile_design`` stays
+``"score"``.
 
 Parameters: those of ``em`` (``mode`` defaults to ``"sample"``) plus ``fraction`` (0.1),
-``mask_by`` ("grad"), ``mask_update`` ("once"), ``mask_pool`` (1), ``mask_cell`` (0), ``tile`` (0), ``augment``
-("none"), ``freeze_rounds`` (4), ``mask_warmup_accuracy`` (None: no warm-up) and
-``mask_warmup_steps`` (1000). ``bank.info`` adds ``mask_pixels`` (the L0 budget in pixel
-positions, :func:`mask_budget`; ``None`` for ``mask_update="step"``) and, for ``"freeze"``,
-``freeze`` (the rounds and the surrogate error before the masks were fixed).
+``mask_by`` ("grad"), ``mask_update`` ("once"), ``mask_pool`` (1), ``mask_cell`` (0), ``tile`` (0),
+``tile_design`` ("score"), ``augment`` ("none"), ``freeze_rounds`` (4), ``mask_warmup_accuracy``
+(None: no warm-up) and ``mask_warmup_steps`` (1000). ``bank.info`` adds ``mask_pixels`` (the L0
+budget in pixel positions, :func:`mask_budget`; ``None`` for ``mask_update="step"``), for
+``"freeze"`` ``freeze`` (the rounds and the surrogate error before the masks were fixed), and for
+``tile_design="distinct"`` ``tile_design`` (the design's smallest squared distance between two
+classes' +-1 tiles over the views).
 
 Example:
     >>> import numpy as np, uetransforms as ue
@@ -151,6 +169,8 @@ sg = _em.sg  # the surrogates module, through em (one import path to keep up to 
 MASK_RULES = ("grad", "intensity")
 MASK_UPDATES = ("once", "step", "freeze")
 AUGMENTS = ("none", "flip", "flip+crop")
+TILE_DESIGNS = ("score", "distinct", "distinct-chroma")
+COLOURS = ("signs", "chroma")
 #: Clean images the warm-up's accuracy is judged on, and how often (surrogate steps).
 WARMUP_PROBE, WARMUP_EVERY = 1024, 20
 
@@ -187,10 +207,24 @@ def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
         if cell:
             raise ValueError(f"tile={tile} and mask_cell={cell} both decide where the positions go: use one "
                              "(mask_cell=0 with a tile)")
+        if p["tile_design"] != "score":
+            if p["tile_design"] == "distinct-chroma" and hasattr(data, "image_shape") and data.image_shape[0] < 2:
+                raise ValueError("tile_design='distinct-chroma' moves colour between channels: it needs colour "
+                                 "images (at least 2 channels); use tile_design='distinct'")
+            if h is not None and (h % tile or w % tile):
+                raise ValueError(f"tile_design={p['tile_design']!r} with tile={tile} on a {h}x{w} image: use a tile "
+                                 "side that divides the image (then the attacker's crop only shifts the repeated tile "
+                                 "cyclically, and every tile position repeats equally often), or tile_design='score'")
+            if p["mask_by"] != "grad" or p["mask_pool"] != 1:
+                raise ValueError(f"tile_design={p['tile_design']!r} takes the tile's positions from the design: leave "
+                                 "mask_by and mask_pool at their defaults ('grad', 1), or use tile_design='score'")
         if math.floor(p["fraction"] * tile * tile + 1e-9) < 1:
             raise ValueError(f"tile={tile} with fraction={p['fraction']} keeps no position of the {tile}x{tile} "
                              f"tile (fraction * tile * tile < 1): use tile >= {math.ceil(math.sqrt(1 / p['fraction']))} "
                              "or a larger fraction")
+    elif p["tile_design"] != "score":
+        raise ValueError(f"tile_design={p['tile_design']!r} designs the periodic class tiles: set tile (e.g. tile=4, "
+                         "mode='class'), or leave tile_design='score'")
     if p["mask_update"] == "freeze":
         if p["mode"] != "sample":
             raise ValueError("mask_update='freeze' keeps each image's own positions: use mode='sample' (class-wise "
@@ -241,6 +275,10 @@ METHOD = Method(
               help="mode='class': 0, or c >= 2: each class's noise is one c x c tile repeated over the image "
                    "(periodic) and its mask the tile's top floor(fraction * c * c) positions by the score summed "
                    "over the repetitions; ours"),
+        Param("tile_design", "score", Choice(TILE_DESIGNS),
+              help="tile > 0: 'score' (the tile's positions by the summed score, mask_by) or 'distinct' (positions "
+                   "and starting signs from a design whose class tiles stay apart under the attacker's shifts and "
+                   "mirror, distinct_tiles; needs a tile that divides the image); ours"),
         Param("augment", "none", Choice(AUGMENTS),
               help="the attacker's views inside the fit: 'none', 'flip' or 'flip+crop' (a random flip and shift "
                    "of up to 1/8 of the side on every perturbed batch the surrogate and the PGD steps see); ours"),
@@ -263,6 +301,7 @@ RECONSTRUCTION = ("objective (em's min-min loop with a binary mask)", "pixel-sel
                   "ratio (fraction)", "fixed, per-step or step-then-frozen mask (mask_update, freeze_rounds)",
                   "local regions by a pooled score (mask_pool)", "top positions per cell (mask_cell)",
                   "one periodic pattern per class: a tile repeated over the image (tile)",
+                  "class tiles designed to stay apart under the attacker's shifts and mirror (tile_design)",
                   "the attacker's flip / crop inside the fit (augment)",
                   "surrogate warm-up before the masks (mask_warmup_accuracy, mask_warmup_steps)",
                   "budget and loop numbers (em's defaults, Huang et al.: eps 8/255 L-inf, 20 PGD steps of eps/10, "
@@ -427,6 +466,162 @@ def tile_mask(score: torch.Tensor, fraction: float, tile: int, pool: int = 1) ->
     return unfold(torch.from_numpy(keep).reshape(b, 1, tile, tile).to(score.device, score.dtype), h, w)
 
 
+def tile_views(tile: int) -> np.ndarray:
+    """The attacker's views of a repeated ``tile x tile`` tile as index maps ``[2 * tile * tile, tile * tile]``.
+
+    Its random crop (zero padding aside) shifts a repeated tile cyclically, and its horizontal flip
+    mirrors it (plus a shift when the tile does not divide the width): so the views are the
+    ``tile * tile`` cyclic shifts of the tile and of its mirror. Row ``g`` maps ``view.flat = tile.flat[map[g]]``.
+    """
+    idx = np.arange(tile * tile).reshape(tile, tile)
+    return np.stack([np.roll(f, (dy, dx), axis=(0, 1)).reshape(-1) for f in (idx, idx[:, ::-1])
+                     for dy in range(tile) for dx in range(tile)])
+
+
+def view_correlation(tiles: np.ndarray) -> np.ndarray:
+    """``[K, K]``: for each pair of tiles ``[K, C, t, t]``, the largest ``<a, view(b)>`` over :func:`tile_views`.
+
+    Tiles of equal norm ``n``: ``min_view ||a - view(b)||^2 = 2 n - 2 * corr``, so a low correlation
+    is a large distance between what the attacker can see of two classes.
+    """
+    k, c, t, _ = tiles.shape
+    flat = tiles.reshape(k, c, t * t).astype(np.float64)
+    views = flat[:, :, tile_views(t)]  # [K, C, G, t*t]
+    return np.einsum("acp,bcgp->abg", flat, views).max(2)
+
+
+def _design_rows(flat: np.ndarray, c: int, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class ``c``'s row of the signed and the support :func:`view_correlation` (``flat``: ``[K, C, t*t]``).
+    The views are closed under inverses, so ``corr(a, b) = corr(b, a)`` and a row is also a column."""
+    mine = flat[c][:, views].astype(np.float64)  # [C, G, t*t]
+    signed = np.einsum("cgp,bcp->bg", mine, flat.astype(np.float64)).max(1)
+    on = (np.abs(flat).max(1) > 0).astype(np.float64)  # [K, t*t]
+    support = np.einsum("gp,bp->bg", on[c][views], on).max(1)
+    return signed, support
+
+
+def _design_cost(signed: np.ndarray, support: np.ndarray) -> tuple[float, float, float, float]:
+    """What :func:`distinct_tiles` makes small, in order: the closest pair's signed correlation over the
+    views, the most positions two classes' supports share in any view, then the same two summed over pairs."""
+    off = ~np.eye(len(signed), dtype=bool)
+    return (float(signed[off].max()), float(support[off].max()), float(signed[off].sum()),
+            float(support[off].sum()))
+
+
+def _design_distance(tiles: np.ndarray) -> float:
+    """The smallest ``||a - view(b)||^2`` between two classes' tiles (``{-1, 0, 1}`` units), for bank.info."""
+    k = len(tiles)
+    norms = (tiles.astype(np.float64) ** 2).reshape(k, -1).sum(1)
+    corr = view_correlation(tiles)
+    return float(min(norms[a] + norms[b] - 2 * corr[a, b] for a in range(k) for b in range(k) if a != b))
+
+
+def distinct_tiles(num_classes: int, channels: int, tile: int, keep: int, seed: int, *, colours: str = "signs",
+                   restarts: int = 8, iters: int = 400) -> np.ndarray:
+    """One ``tile x tile`` tile per class, ``keep`` positions each, kept apart under the attacker's views:
+    ``[num_classes, channels, tile, tile]`` int8 in ``{-1, 0, 1}``.
+
+    ``colours="signs"``: every kept position is ``+-1`` in every channel. ``"chroma"``: every kept
+    position is ``+1`` in one channel and ``-1`` in another (0 in the rest), so the tile sums to zero
+    over the channels at every position: it has no grey component, and a feature that responds only to
+    it is blind to grey images (whose channels are equal), such as a scan stored as RGB.
+
+    Local search from random starts (``restarts`` of ``iters`` moves: move one position of a class's tile,
+    flip one sign, recolour one position or the whole tile; a move is kept unless it raises
+    :func:`_design_cost`). First it makes the largest
+    correlation between two classes' tiles over every cyclic shift and mirror (:func:`view_correlation`)
+    as small as it can, i.e. the smallest distance between what the attacker can see of two classes as
+    large as it can; then the shared positions of their supports (so two classes do not differ only by
+    signs); then the sums over all pairs. With ``keep * keep < tile * tile`` some shift of any two
+    tiles shares no position, so a correlation of 0 (distance ``2 * keep * channels``) is the best a pair
+    can get (e.g. 4 classes, 3 channels: each class one colour of ``+++, +--, -+-, --+``, which differ in
+two channels, so every overlap has a negative dot product); the search stops after a restart that
+gets every pair there with no two supports sharing more than one position in any view.
+    The same ``seed`` gives the same tiles.
+    """
+    if keep < 1 or keep > tile * tile:
+        raise ValueError(f"keep={keep}: a {tile}x{tile} tile keeps between 1 and {tile * tile} positions")
+    if colours not in COLOURS:
+        raise ValueError(f"colours={colours!r}; expected one of {COLOURS}")
+    if colours == "chroma" and channels < 2:
+        raise ValueError(f"colours='chroma' needs at least 2 channels (got {channels}): use colours='signs'")
+    rng = np.random.default_rng([int(seed), 26, 10])
+    floor = 0.0 if keep * keep < tile * tile else -math.inf
+    signs = np.array([-1, 1], np.int8)
+    # chroma: +1 in one channel, -1 in another
+    palette = np.array([[1 if i == a else -1 if i == b else 0 for i in range(channels)]
+                        for a in range(channels) for b in range(channels) if a != b], np.int8)
+
+    def colour(n: int) -> np.ndarray:
+        """``[channels, n]``: a new colour for each of ``n`` positions (signs: one channel sign each)."""
+        if colours == "signs":
+            return rng.choice(signs, (channels, n))
+        return palette[rng.integers(len(palette), size=n)].T
+
+    views = tile_views(tile)
+    best, best_cost = None, None
+    for _ in range(restarts):
+        # start: each class one random colour (sign vector) on all its positions; a class whose
+        # positions share one colour is told from another class by that colour at every overlap
+        tiles = np.zeros((num_classes, channels, tile * tile), np.int8)
+        for c in range(num_classes):
+            tiles[c][:, rng.choice(tile * tile, keep, replace=False)] = colour(1)
+        signed = np.zeros((num_classes, num_classes))
+        support = np.zeros((num_classes, num_classes))
+        for c in range(num_classes):
+            signed[c], support[c] = _design_rows(tiles, c, views)
+        cost = _design_cost(signed, support)
+        for _ in range(iters):
+            cand = tiles.copy()
+            c = rng.integers(num_classes)
+            on = np.flatnonzero(np.abs(cand[c]).max(0))
+            move = rng.integers(4)
+            if move == 0 and keep < tile * tile:  # move one position, its signs with it
+                src, dst = rng.choice(on), rng.choice(np.setdiff1d(np.arange(tile * tile), on))
+                cand[c][:, dst], cand[c][:, src] = cand[c][:, src], 0
+            elif move == 1:  # flip one sign (chroma: the position's colour, to stay zero-sum)
+                if colours == "signs":
+                    cand[c][rng.integers(channels), rng.choice(on)] *= -1
+                else:
+                    cand[c][:, rng.choice(on)] *= -1
+            elif move == 2:  # a new colour for one position
+                cand[c][:, rng.choice(on)] = colour(1)[:, 0]
+            else:  # a new colour for the whole class
+                cand[c][:, on] = colour(1)
+            row_s, row_u = _design_rows(cand, c, views)
+            s2, u2 = signed.copy(), support.copy()
+            s2[c], s2[:, c], u2[c], u2[:, c] = row_s, row_s, row_u, row_u
+            new = _design_cost(s2, u2)
+            if new <= cost:
+                tiles, cost, signed, support = cand, new, s2, u2
+        if best_cost is None or cost < best_cost:
+            best, best_cost = tiles, cost
+        if best_cost[0] <= floor and best_cost[1] <= 1:
+            break
+    return best.reshape(num_classes, channels, tile, tile)
+
+
+def zero_sum_rule(eps: float, iters: int = 40) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The engine's ``project`` for chroma tiles: each position's colour ``v`` (``[.., C, H, W]``) goes to the
+    nearest point with channel sum 0 and ``|x| <= eps``, ``x = clip(v - t, -eps, eps)`` with the shift ``t``
+    found by bisection (the sum falls as ``t`` grows). A zero colour stays zero; the map is per position."""
+    def project(d: torch.Tensor) -> torch.Tensor:
+        lo = d.amin(-3, keepdim=True) - eps
+        hi = d.amax(-3, keepdim=True) + eps
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            big = (d - mid).clamp(-eps, eps).sum(-3, keepdim=True) > 0
+            lo, hi = torch.where(big, mid, lo), torch.where(big, hi, mid)
+        return (d - (lo + hi) / 2).clamp(-eps, eps)
+    return project
+
+
+def chroma_tie(tile: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``tie_rule(tile)`` then the channel mean removed: a gradient's part that changes colour, not grey."""
+    periodic = tie_rule(tile)
+    return lambda t: (lambda q: q - q.mean(-3, keepdim=True))(periodic(t))
+
+
 def mask_rule(mask_by: str, fraction: float, pool: int = 1, cell: int = 0, tile: int = 0) -> _em.MaskRule:
     """The ``(x, grad) -> mask`` rule for the min-min engine."""
     if tile:
@@ -528,9 +723,23 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
         info["mask_pixels"] = k
     elif p["mask_update"] == "once":
         rule = mask_rule(p["mask_by"], p["fraction"], p["mask_pool"], p["mask_cell"], p["tile"])
+        start = project = None
+        tie = tie_rule(p["tile"]) if p["tile"] else None
+        if p["tile_design"] != "score":
+            # every class's tile positions and signs come from the design; the fit moves the values
+            chroma = p["tile_design"] == "distinct-chroma"
+            design = distinct_tiles(data.num_classes, data.image_shape[0], p["tile"],
+                                    math.floor(p["fraction"] * p["tile"] ** 2 + 1e-9), seed,
+                                    colours="chroma" if chroma else "signs")
+            signs = unfold(torch.from_numpy(design.astype(np.float32)), h, w).numpy()
+            start = ((np.abs(signs).max(1, keepdims=True) > 0).astype(np.uint8), signs * p["epsilon"])
+            if chroma:  # the values move too, but every position stays zero-sum over the channels
+                tie, project = chroma_tie(p["tile"]), zero_sum_rule(p["epsilon"])
         table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm", mask_rule=rule,
-                                         augment=view, tie=tie_rule(p["tile"]) if p["tile"] else None)
+                                         augment=view, tie=tie, start=start, project=project)
         info["mask_pixels"] = k
+        if start is not None:
+            info["tile_design"] = {"min_view_distance2": _design_distance(design)}
     else:
         table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm",
                                          step_rule=step_rule(p["fraction"], p["mask_pool"], p["mask_cell"]),
