@@ -142,6 +142,24 @@ def test_two_bank_keys_of_one_setting_are_two_rows_and_the_weaker_is_quoted(tmp_
     assert sorted(r["protected_accuracy"] for r in measured.attacks("cuda", path=path)) == [0.3, 0.305]
 
 
+def test_a_class_subset_task_is_its_own_setting_and_says_so(tmp_path):
+    # bench_protection.py --classes 5-9: a 5-way task of the classes a backbone never saw. Recorded
+    # as a plain row it read as a 10-way CIFAR-10 probe of the requested rows (chance 0.2 vs 0.1).
+    path = str(tmp_path / "m.json")
+    base, doc = _bench_doc("linear-probe", {"clean": 0.75}), _bench_doc("linear-probe", {"cuda": 0.375})
+    for d in (base, doc):
+        d["config"].update(classes=[5, 6, 7, 8, 9], train_rows_kept=252, test_rows_kept=49)
+    ten = _bench_doc("linear-probe", {"cuda": 0.3})  # a 10-way row has no clean row of its own here
+    rows = measured.attack_rows([doc, ten], baselines=[base])["cuda"]
+    assert len(rows) == 1 and rows[0]["classes"] == [5, 6, 7, 8, 9] and rows[0]["ratio"] == pytest.approx(0.5)
+    measured.record_attacks([doc], baselines=[base], path=path)
+    measured.record_attacks([_bench_doc("linear-probe", {"cuda": 0.4})], baselines=[_bench_doc("linear-probe", {"clean": 0.8})],
+                            path=path)
+    assert sorted(r.get("classes") is None for r in measured.attacks("cuda", path=path)) == [False, True]
+    assert "252 images of CIFAR-10 classes 5, 6, 7, 8, 9 only (5-way)" in measured.where(rows[0])
+    assert "classes" not in measured.attack_rows([ten], baselines=[_bench_doc("linear-probe", {"clean": 0.6})])["cuda"][0]
+
+
 def test_bank_of_names_a_saved_bank_file_or_the_fitting_seed():
     cmd = "python benchmarks/bench_protection.py --methods cuda tap --bank tap=/tmp/x/tap.bank.arrow --bank-seed 7"
     assert measured.bank_of("tap", {"_command": cmd}) == "file tap.bank.arrow"

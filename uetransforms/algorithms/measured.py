@@ -223,7 +223,9 @@ LABELLING_WORDS = {"true": "the true labels", "pairs": "5 groups of 2 classes"}
 # What makes two rows the same measurement setting (a newer row of the same setting replaces the
 # older one) and what pairs a protected row with its clean baseline across result files: the
 # attacker's labelling is part of it (a 5-pair protected row against the 5-pair clean row).
-_SETTING = ("attacker", "backbone_sha256", "resolution", "train_size", "test_size", "epochs", "seed", "labelling")
+# ``classes``: a task made of some CIFAR-10 classes only (``bench_protection.py --classes``), absent otherwise.
+_SETTING = ("attacker", "backbone_sha256", "resolution", "train_size", "test_size", "epochs", "seed", "labelling",
+            "classes")
 # Rows recorded before ``labels`` / ``labelling`` existed were fitted with labels and attacked with them.
 _OLD_ROWS = {"labels": "true", "labelling": "true"}
 
@@ -318,11 +320,21 @@ def nearest_attacks(key: str, *, resolution: int | None = None, variant: str = "
     return {a: best[a][1] for a in ATTACKERS if a in best}
 
 
-def _where(row: Mapping[str, Any]) -> str:
-    """The setting of a pretrained-attacker row in words: the backbone, what it was trained on, the size."""
+def _images(row: Mapping[str, Any], noun: str = "images") -> str:
+    """How many images a row trained on, in words; a class-subset task says which classes and how many ways."""
+    cls = row.get("classes")
+    if not cls:
+        return f"{row['train_size']} {noun}"
+    return (f"{row.get('train_rows_kept', row['train_size'])} {noun} of CIFAR-10 classes "
+            f"{', '.join(map(str, cls))} only ({len(cls)}-way)")
+
+
+def where(row: Mapping[str, Any], noun: str = "images") -> str:
+    """The setting of a pretrained-attacker row in words: the backbone, what it was trained on, the size,
+    the images (the one wording of the card, ``methods`` and the method guide)."""
     b = row.get("backbone") or {}
     trained = f", trained on {b['trained_on']}" if b.get("trained_on") else ""
-    return f"{b.get('arch', 'a backbone')}{trained}; {row['resolution']} px, {row['train_size']} images"
+    return f"{b.get('arch', 'a backbone')}{trained}; {row['resolution']} px, {_images(row, noun)}"
 
 
 def other_keys(row: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -347,7 +359,7 @@ def attacks_text(key: str, *, resolution: int | None = None, path: str | os.Path
     if pre:
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in pre:  # one backbone and size named once, with each attacker's numbers after it
-            groups.setdefault(_where(r), []).append(r)
+            groups.setdefault(where(r), []).append(r)
         every = attacks(key, path=path)
         text = "against a pretrained attacker: " + "; ".join(
             ", ".join(_numbers(r, other_keys(r, every)) for r in rs) + f" ({where})" for where, rs in groups.items())
@@ -467,8 +479,8 @@ def _encoder_from_path(path: str | None) -> dict[str, Any] | None:
 def _setting_words(row: Mapping[str, Any]) -> str:
     """Where a row was measured, in words: the backbone (pretrained attackers) and size."""
     if row["attacker"] in PRETRAINED:
-        return _where(row)
-    return f"{row['resolution']} px, {row['train_size']} images"
+        return where(row)
+    return f"{row['resolution']} px, {_images(row)}"
 
 
 def _encoder_words(row: Mapping[str, Any]) -> str:
@@ -540,7 +552,8 @@ def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mappin
     def setting(c: Mapping[str, Any], r: Mapping[str, Any]) -> tuple:
         b = r.get("backbone") or {}
         return (r.get("attacker", "scratch"), b.get("checkpoint_sha256"), int(r.get("resolution") or 32),
-                c.get("train_size"), c.get("test_size"), c.get("epochs"), c.get("seed"), r["labelling"])
+                c.get("train_size"), c.get("test_size"), c.get("epochs"), c.get("seed"), r["labelling"],
+                tuple(c["classes"]) if c.get("classes") else None)
 
     def usable(r: Mapping[str, Any]) -> bool:
         return (r.get("defence", "none") == "none" and float(r.get("protected_fraction", 1.0)) == 1.0
@@ -558,7 +571,10 @@ def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mappin
             base = clean[key][1]
             b = r.get("backbone") or None
             q = r.get("quality") or {}
-            row = dict(zip(_SETTING, key))
+            # a class-subset task is part of the setting (a 5-way probe is not a 10-way one); absent otherwise
+            row = {k: v for k, v in zip(_SETTING, key) if k != "classes"}
+            if c.get("classes"):
+                row.update(classes=list(c["classes"]), train_rows_kept=c.get("train_rows_kept"))
             row.update({
                 "bank": bank_of(r.get("bank_name") or r["method"], c),
                 "backbone": None if b is None else {k: b.get(k) for k in ("kind", "arch", "trained_on", "checkpoint_sha256")},
@@ -610,6 +626,6 @@ def _write(doc: Mapping[str, Any], p: str) -> None:
     os.replace(tmp, p)
 
 
-__all__ = ["ASSET", "ATTACKERS", "ATTACKER_WORDS", "LABELLING_WORDS", "PRETRAINED", "attack_rows", "attacks", "attacks_text", "bank_of", "other_keys",
+__all__ = ["ASSET", "ATTACKERS", "ATTACKER_WORDS", "LABELLING_WORDS", "PRETRAINED", "attack_rows", "attacks", "attacks_text", "bank_of", "other_keys", "where",
            "facts_from_results", "for_method", "labelfree_text", "labelfree_variant", "load", "nearest_attacks", "quote_rank",
            "not_protecting", "own_labels", "record", "record_attacks", "summary"]

@@ -276,9 +276,10 @@ METHOD = Method(
                    "(periodic) and its mask the tile's top floor(fraction * c * c) positions by the score summed "
                    "over the repetitions; ours"),
         Param("tile_design", "score", Choice(TILE_DESIGNS),
-              help="tile > 0: 'score' (the tile's positions by the summed score, mask_by) or 'distinct' (positions "
+              help="tile > 0: 'score' (the tile's positions by the summed score, mask_by), 'distinct' (positions "
                    "and starting signs from a design whose class tiles stay apart under the attacker's shifts and "
-                   "mirror, distinct_tiles; needs a tile that divides the image); ours"),
+                   "mirror, distinct_tiles; needs a tile that divides the image) or 'distinct-chroma' (the same with "
+                   "zero-sum colours, kept zero-sum by every step; colour images only); ours"),
         Param("augment", "none", Choice(AUGMENTS),
               help="the attacker's views inside the fit: 'none', 'flip' or 'flip+crop' (a random flip and shift "
                    "of up to 1/8 of the side on every perturbed batch the surrogate and the PGD steps see); ours"),

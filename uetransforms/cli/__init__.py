@@ -163,17 +163,17 @@ def method_guide(need: str) -> list[str]:
         # backbone and size is listed once, numbered, and every number names its own, so a 224-px
         # probe of one backbone is never read as another's.
         def where(a: dict) -> str:
-            b = a.get("backbone") or {}
-            return (f"{b.get('arch')}, trained on {b.get('trained_on')}; {a['resolution']} px, {a['train_size']} "
-                    "protected CIFAR-10 images")
+            return measured.where(a, noun="protected CIFAR-10 images")
 
         settings = sorted({where(a) for *_, got in ranked for a in got.values() if a["attacker"] in measured.PRETRAINED})
         tag = {w: f"[{i}]" for i, w in enumerate(settings, 1)}
         for worst, key, (variant, px), got in sorted(ranked, key=lambda t: (t[0], t[1], t[2][1])):
+            every = measured.attacks(key)
+
             def said_one(a: str) -> str:
                 if a not in got:
                     return f"{measured.ATTACKER_WORDS[a]} not measured"
-                keys = measured.other_keys(got[a], measured.attacks(key))
+                keys = measured.other_keys(got[a], every)
                 more = f", the weaker of {len(keys) + 1} bank keys" if keys else ""
                 return f"{measured.ATTACKER_WORDS[a]} {got[a]['ratio']:.2f}x {tag[where(got[a])]}{more}"
             said = ", ".join(said_one(a) for a in measured.PRETRAINED)
