@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             fitted = "without labels" if r["labels"] == "none" else "with labels"
             print(f"{m:8s} {r['attacker']:13s} {r['resolution']:4d} px {r['train_size']} rows, {fitted}, attacker "
                   f"labels {r['labelling']:5s}: {r['protected_accuracy']:.3f} / {r['clean_accuracy']:.3f} = "
-                  f"{r['ratio']:.2f}x  [{r['variant']}]")
+                  f"{r['ratio']:.2f}x  [{r['variant']}]" + ("  (random weights: a control, listed, never quoted)"
+                                                         if measured.is_control(r) else ""))
     if not rows:
         raise SystemExit("no protected row had a clean baseline of the same setting in these files: pass the "
                          "file that holds the 'clean' row with --baseline")

@@ -201,7 +201,11 @@ def test_shipped_attack_rows_name_their_setting():
             assert r["ratio"] == pytest.approx(r["protected_accuracy"] / r["clean_accuracy"])
             assert r["command"] and r["variant"] and r["bank"]  # which key or saved bank was measured
             if r["attacker"] != "scratch":  # a pretrained attacker names the backbone it started from
-                assert r["backbone"]["arch"] and r["backbone"]["trained_on"] and r["backbone"]["checkpoint_sha256"]
+                b = r["backbone"]
+                if measured.is_control(r):  # random weights: no file, named by its init seed
+                    assert b["arch"] and b["init_seed"] is not None and r["backbone_tag"] == measured.backbone_tag(b)
+                else:
+                    assert b["arch"] and b["trained_on"] and b["checkpoint_sha256"]
 
 
 def _labelfree_doc(attacker, clean, configs, *, backbone_sha="abc", resolution=32, command="labelfree"):
@@ -312,3 +316,51 @@ def test_a_label_free_row_fitted_with_other_options_is_named_not_passed_off_as_t
     assert measured.labelfree_text("clusters", path=path) == (
         "not measured for clusters with its label-free defaults (measured with other options: profile=cpu, "
         "epochs=6.0; see uetransforms methods clusters)")
+
+
+def _random_doc(rows, *, init_seed=0, resolution=224):
+    """A bench row whose attacker probes a torchvision ResNet-18 with *random* weights (no checkpoint file)."""
+    doc = _bench_doc("linear-probe", rows, resolution=resolution)
+    for r in doc["results"]:
+        r["backbone"] = {"kind": "torchvision", "arch": "resnet18", "weights": None, "random_init": True,
+                         "init_seed": init_seed, "image_size": resolution}
+    return doc
+
+
+def test_random_weights_rows_are_recorded_as_controls_listed_never_quoted(tmp_path):
+    # Sessions 9-10 could not record the random-init ResNet-18 probe (0.87x for cuda k5 d7 at 224 px):
+    # the row kept no sha256, so it would read as a nameless ResNet-18 and be quoted as an attacker.
+    path = str(tmp_path / "m.json")
+    base = _bench_doc("linear-probe", {"clean": 0.5}, resolution=224)
+    measured.record_attacks([_bench_doc("linear-probe", {"cuda": 0.2}, resolution=224)], baselines=[base], path=path)
+    measured.record_attacks([_random_doc({"clean": 0.35, "cuda": 0.30})], path=path)
+    rows = measured.attacks("cuda", controls=True, path=path)
+    control = [r for r in rows if measured.is_control(r)]
+    assert len(rows) == 2 and len(control) == 1
+    c = control[0]
+    assert c["backbone"]["random_init"] is True and c["backbone"]["init_seed"] == 0
+    assert c["backbone_tag"] == "torchvision resnet18 @random, init seed 0" and c["ratio"] == pytest.approx(0.30 / 0.35)
+    assert "random weights (init seed 0), a control" in measured.where(c)
+    # the quote stays the trained backbone's although the control protects less (0.86x > 0.40x)
+    assert measured.attacks("cuda", path=path) == [r for r in rows if not measured.is_control(r)]
+    assert measured.nearest_attacks("cuda", resolution=224, path=path)["linear-probe"]["ratio"] == pytest.approx(0.4)
+    assert "0.86x" not in measured.attacks_text("cuda", path=path)
+
+
+def test_file_less_backbones_are_told_apart_by_name_and_init_seed(tmp_path):
+    # Two random inits (or two hub weights) have no sha256; before backbone_tag they were one setting,
+    # so the second replaced the first and one's protected row could pair with the other's clean row.
+    path = str(tmp_path / "m.json")
+    measured.record_attacks([_random_doc({"clean": 0.35, "cuda": 0.30}, init_seed=0)], path=path)
+    measured.record_attacks([_random_doc({"clean": 0.40, "cuda": 0.20}, init_seed=1)], path=path)
+    rows = measured.attacks("cuda", controls=True, path=path)
+    assert sorted((r["backbone"]["init_seed"], round(r["ratio"], 3)) for r in rows) == [(0, 0.857), (1, 0.5)]
+    # a protected row with a clean row of another init only has no baseline
+    assert measured.attack_rows([_random_doc({"cuda": 0.3}, init_seed=2)],
+                                baselines=[_random_doc({"clean": 0.35}, init_seed=0)]) == {}
+    # a file-backed backbone keeps no tag (its sha256 is the identity), as every row recorded before
+    base = _bench_doc("linear-probe", {"clean": 0.5})
+    row = measured.attack_rows([_bench_doc("linear-probe", {"cuda": 0.2})], baselines=[base])["cuda"][0]
+    assert "backbone_tag" not in row and measured.backbone_tag(row["backbone"]) is None
+    assert measured.backbone_tag({"kind": "torchvision", "arch": "resnet50", "weights": "IMAGENET1K_V2"}) == \
+        "torchvision resnet50 @IMAGENET1K_V2"

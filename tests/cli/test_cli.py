@@ -635,3 +635,38 @@ def test_no_labels_guide_and_methods_key_quote_label_free_rows_apart(tmp_path, m
     # the last column is the bank measured: these rows predate it and say "-"
     assert ["scratch", "-", "32", "10000", "none", "pairs", "0.468", "0.764", "0.61", "defaults", "-"] in table
     assert ["linear-probe", "small-cnn-w32", "32", "10000", "true", "true", "0.356", "0.671", "0.53", "defaults", "-"] in table
+
+
+def test_pretrained_guide_never_quotes_a_random_weights_control_but_names_it(tmp_path, monkeypatch, capsys):
+    """A random-init ResNet-18 probe gave cuda k5 d7 0.87x at 224 px where trained small CNNs gave
+    0.36-0.60x: the guide quotes the trained backbone and names the control on a line of its own,
+    and `methods KEY` lists it, marked."""
+    import json
+
+    from uetransforms.algorithms import measured
+    from uetransforms.cli import method_guide
+
+    def row(backbone, acc, clean):
+        return {"attacker": "linear-probe", "backbone": backbone, "backbone_sha256": backbone.get("checkpoint_sha256"),
+                "resolution": 224, "train_size": 3000, "test_size": 1000, "epochs": 8, "seed": 0, "labelling": "true",
+                "labels": "true", "bank": "seed 1234", "variant": "defaults", "clean_accuracy": clean,
+                "protected_accuracy": acc, "ratio": acc / clean, "psnr": 19.0, "ssim": 0.7, "command": "x",
+                "recorded": "2026-01-01"}
+
+    trained = {"kind": "small-cnn", "arch": "small-cnn-w32", "trained_on": "digits", "checkpoint_sha256": "dd"}
+    rand = {"kind": "torchvision", "arch": "resnet18", "trained_on": None, "checkpoint_sha256": None,
+            "random_init": True, "init_seed": 0}
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps({"schema": measured.SCHEMA, "methods": {}, "attacks": {"cuda": [
+        row(trained, 0.2, 0.5), {**row(rand, 0.30, 0.35), "backbone_tag": measured.backbone_tag(rand)}]}}))
+    monkeypatch.setattr(measured, "ASSET", str(path))
+    lines = method_guide("pretrained")
+    quoted = next(x for x in lines if x.startswith("  cuda at 224 px:"))
+    assert "a linear probe 0.40x [1]" in quoted and "0.86x" not in quoted
+    control = next(x for x in lines if x.startswith("  (not quoted"))
+    assert "cuda 0.86x under resnet18, random weights (init seed 0), a control; 224 px" in control
+    assert "resnet18" not in lines[lines.index(control) - 1]  # the backbone footnote names only the trained one
+    assert main(["methods", "cuda"]) == 0
+    table = [x for x in capsys.readouterr().out.splitlines() if x.startswith("linear-probe")]
+    assert any("resnet18 (random: control)" in x and "0.86" in x for x in table)
+    assert any("small-cnn-w32" in x and "0.40" in x for x in table)

@@ -149,3 +149,23 @@ def test_small_cnn_read_at_another_side_says_so(tmp_path):
     assert bb.preprocess(x).shape == (1, 3, 224, 224) and bb(x).shape == (1, 64)
     assert bb.identity()["image_size"] == 224 and bb.identity()["trained_image_size"] == 32
     assert "trained_image_size" not in load_backbone(str(path)).identity()
+
+
+def test_a_random_weights_control_file_says_so_in_its_identity(tmp_path):
+    """A control written on purpose with random weights (metadata random_init='true', as
+    benchmarks/run_cls04.sh writes RAND04) is a random backbone in every report, so the measured
+    facts list it as a control and never quote it; a trained file says nothing of the kind."""
+    from safetensors.torch import save_file
+    from torchvision import models as tvm
+
+    torch.manual_seed(0)
+    small = tmp_path / "rand.safetensors"
+    save_small_cnn(SmallCNN(5, 3, width=8), small, extra={"trained_on": "nothing: random init", "random_init": "true"})
+    trained = tmp_path / "trained.safetensors"
+    save_small_cnn(SmallCNN(5, 3, width=8), trained, extra={"trained_on": "rows 1-2"})
+    assert load_backbone(f"small-cnn@{small}").identity()["random_init"] is True
+    assert "random_init" not in load_backbone(f"small-cnn@{trained}").identity()
+    tv = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in tvm.resnet18(num_classes=5).state_dict().items()}, str(tv),
+              metadata={"trained_on": "nothing", "random_init": "true"})
+    assert load_backbone(f"tv:resnet18@{tv}").identity()["random_init"] is True

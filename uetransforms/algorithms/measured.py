@@ -224,8 +224,10 @@ LABELLING_WORDS = {"true": "the true labels", "pairs": "5 groups of 2 classes"}
 # older one) and what pairs a protected row with its clean baseline across result files: the
 # attacker's labelling is part of it (a 5-pair protected row against the 5-pair clean row).
 # ``classes``: a task made of some CIFAR-10 classes only (``bench_protection.py --classes``), absent otherwise.
+# ``backbone_tag``: a backbone with no checkpoint file (hub weights by name, random weights) is told
+# apart by its name and init seed (absent for a file, whose sha256 says it).
 _SETTING = ("attacker", "backbone_sha256", "resolution", "train_size", "test_size", "epochs", "seed", "labelling",
-            "classes")
+            "classes", "backbone_tag")
 # Rows recorded before ``labels`` / ``labelling`` existed were fitted with labels and attacked with them.
 _OLD_ROWS = {"labels": "true", "labelling": "true"}
 
@@ -266,14 +268,23 @@ def own_labels(key: str) -> str:
     return "none" if m.label_free and "class" not in m.keyed_by else "true"
 
 
-def attacks(key: str, *, labels: str | None = None, labelling: str | None = None,
+def attacks(key: str, *, labels: str | None = None, labelling: str | None = None, controls: bool = False,
             path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Every recorded attacker row of method ``key`` (a copy; ``[]`` when none was recorded); with
     ``labels`` (``"true"`` / ``"none"``) only rows fitted that way, with ``labelling`` only rows
-    whose attacker labelled the images so."""
+    whose attacker labelled the images so. Control rows (:func:`is_control`) only with
+    ``controls=True``: they are listed, never quoted."""
     rows = _document(path).get("attacks", {}).get(key, [])
     return copy.deepcopy([r for r in rows if (labels is None or _field(r, "labels") == labels)
-                          and (labelling is None or _field(r, "labelling") == labelling)])
+                          and (labelling is None or _field(r, "labelling") == labelling)
+                          and (controls or not is_control(r))])
+
+
+def is_control(row: Mapping[str, Any]) -> bool:
+    """Whether a row's attacker started from *random* weights: a control that shows what a backbone's
+    training adds (session 9: a random-init ResNet-18 probed CIFAR better than one pretrained on
+    fractals), not an attacker anyone faces, so no number of it is quoted as a method's protection."""
+    return bool((row.get("backbone") or {}).get("random_init"))
 
 
 def _distance(row: Mapping[str, Any], resolution: int | None) -> float:
@@ -333,7 +344,11 @@ def where(row: Mapping[str, Any], noun: str = "images") -> str:
     """The setting of a pretrained-attacker row in words: the backbone, what it was trained on, the size,
     the images (the one wording of the card, ``methods`` and the method guide)."""
     b = row.get("backbone") or {}
-    trained = f", trained on {b['trained_on']}" if b.get("trained_on") else ""
+    if b.get("random_init"):
+        seed = f" (init seed {b['init_seed']})" if b.get("init_seed") is not None else ""
+        trained = f", random weights{seed}, a control"
+    else:
+        trained = f", trained on {b['trained_on']}" if b.get("trained_on") else ""
     return f"{b.get('arch', 'a backbone')}{trained}; {row['resolution']} px, {_images(row, noun)}"
 
 
@@ -529,6 +544,28 @@ def labelfree_text(key: str, *, resolution: int | None = None, path: str | os.Pa
     return text + _size_note(key, resolution, {int(r["resolution"]) for r in attacks(key, labels="none", path=path)})
 
 
+def backbone_tag(b: Mapping[str, Any] | None) -> str | None:
+    """A backbone's identity when no checkpoint file names it: ``"torchvision resnet18 @IMAGENET1K_V1"``
+    (hub weights by name) or ``"torchvision resnet18 @random, init seed 0"``; ``None`` for a file (its
+    sha256 is the identity) or no backbone. Without it every file-less backbone had one identity."""
+    if not b or b.get("checkpoint_sha256"):
+        return None
+    if b.get("random_init"):
+        return f"{b.get('kind')} {b.get('arch')} @random, init seed {b.get('init_seed')}"
+    return f"{b.get('kind')} {b.get('arch')} @{b.get('weights')}"
+
+
+def _backbone_words(b: Mapping[str, Any]) -> dict[str, Any]:
+    """What a row keeps of a benchmark's backbone identity: what it is and what it learned from
+    (paths and normalisation stay in the result file)."""
+    out = {k: b.get(k) for k in ("kind", "arch", "trained_on", "checkpoint_sha256")}
+    if b.get("weights") is not None:
+        out["weights"] = b["weights"]
+    if b.get("random_init"):  # the init seed tells two random controls apart
+        out.update(random_init=True, init_seed=b.get("init_seed"))
+    return out
+
+
 def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mapping[str, Any]] = (),
                 variant: str = "defaults", methods: Iterable[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Attacker rows per method from ``benchmarks/bench_protection.py`` or
@@ -553,7 +590,7 @@ def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mappin
         b = r.get("backbone") or {}
         return (r.get("attacker", "scratch"), b.get("checkpoint_sha256"), int(r.get("resolution") or 32),
                 c.get("train_size"), c.get("test_size"), c.get("epochs"), c.get("seed"), r["labelling"],
-                tuple(c["classes"]) if c.get("classes") else None)
+                tuple(c["classes"]) if c.get("classes") else None, backbone_tag(b))
 
     def usable(r: Mapping[str, Any]) -> bool:
         return (r.get("defence", "none") == "none" and float(r.get("protected_fraction", 1.0)) == 1.0
@@ -572,12 +609,13 @@ def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mappin
             b = r.get("backbone") or None
             q = r.get("quality") or {}
             # a class-subset task is part of the setting (a 5-way probe is not a 10-way one); absent otherwise
-            row = {k: v for k, v in zip(_SETTING, key) if k != "classes"}
+            # backbone_tag only where no file names the backbone (older rows have none)
+            row = {k: v for k, v in zip(_SETTING, key) if k != "classes" and (k != "backbone_tag" or v is not None)}
             if c.get("classes"):
                 row.update(classes=list(c["classes"]), train_rows_kept=c.get("train_rows_kept"))
             row.update({
                 "bank": bank_of(r.get("bank_name") or r["method"], c),
-                "backbone": None if b is None else {k: b.get(k) for k in ("kind", "arch", "trained_on", "checkpoint_sha256")},
+                "backbone": None if b is None else _backbone_words(b),
                 # a label-free file names what each bank was fitted with; a bench_protection.py row's own
                 # "variant" is the data's colour variant ("rgb"), not what was fitted, so it is never read here
                 "variant": r.get("fit_variant", variant), "labels": r["labels"],
@@ -626,6 +664,7 @@ def _write(doc: Mapping[str, Any], p: str) -> None:
     os.replace(tmp, p)
 
 
-__all__ = ["ASSET", "ATTACKERS", "ATTACKER_WORDS", "LABELLING_WORDS", "PRETRAINED", "attack_rows", "attacks", "attacks_text", "bank_of", "other_keys", "where",
+__all__ = ["ASSET", "ATTACKERS", "ATTACKER_WORDS", "LABELLING_WORDS", "PRETRAINED", "attack_rows", "attacks", "attacks_text", "backbone_tag",
+           "bank_of", "is_control", "other_keys", "where",
            "facts_from_results", "for_method", "labelfree_text", "labelfree_variant", "load", "nearest_attacks", "quote_rank",
            "not_protecting", "own_labels", "record", "record_attacks", "summary"]

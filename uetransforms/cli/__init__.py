@@ -53,6 +53,16 @@ def _label_column(value: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------- subcommands
+def _backbone_cell(row: dict) -> str:
+    """A measured row's backbone in a table cell; a random-weights control says so (it is listed, never quoted)."""
+    from ..algorithms import measured
+
+    b = row.get("backbone") or {}
+    if not b:
+        return "-"
+    return f"{b.get('arch') or '?'} (random: control)" if measured.is_control(row) else b.get("arch") or "-"
+
+
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Columns padded to their widest cell; the last column is left ragged (it holds prose)."""
     table = [list(header)] + [list(r) for r in rows]
@@ -188,6 +198,16 @@ def method_guide(need: str) -> list[str]:
         if settings:
             out.append("  (pretrained attackers: " + " ".join(f"{tag[w]} {w};" for w in settings)
                        + " ratio = protected / clean under the same attacker.)")
+        # Random-weights controls are no attacker, so never quoted above; but what the same filters do to
+        # untrained features is part of what a number means (uetransforms methods KEY lists them).
+        controls = [(r["key"], a) for r in rows for a in measured.attacks(r["key"], labels=measured.own_labels(r["key"]),
+                                                                           labelling="true", controls=True)
+                    if measured.is_control(a)]
+        if controls:
+            said = "; ".join(f"{key}{'' if a['variant'] == 'defaults' else ' (with ' + a['variant'] + ')'} "
+                             f"{a['ratio']:.2f}x under {measured.where(a, noun='protected CIFAR-10 images')}"
+                             for key, a in sorted(controls, key=lambda t: (t[0], t[1]["resolution"], t[1]["variant"])))
+            out.append(f"  (not quoted, as no attacker trains from random weights: {said}.)")
     elif need == "least-visible":
         seen = sorted((k for k in measured_keys if facts[k].get("protects") and (facts[k].get("quality") or {})),
                       key=lambda k: -facts[k]["quality"]["psnr_mean"])
@@ -266,7 +286,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
             _print_table(["defence", "protected", "clean", "ratio"], rows)
     else:
         print("  measured: nothing recorded yet (uetransforms evaluate --suite standard --record-measured)")
-    attack_rows = measured.attacks(m.key)
+    attack_rows = measured.attacks(m.key, controls=True)
     if attack_rows:
         print()
         print("  against other attackers (protected / clean under the same attacker; benchmarks/RESULTS.md):")
@@ -275,7 +295,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         # the bank column: one setting measured with two keys is two rows (the weaker is the one quoted)
         _print_table(["attacker", "backbone", "px", "images", "fit labels", "attacker labels", "protected", "clean",
                       "ratio", "fitted with", "bank"],
-                     [[a["attacker"], (a.get("backbone") or {}).get("arch") or "-", str(a["resolution"]), str(a["train_size"]),
+                     [[a["attacker"], _backbone_cell(a), str(a["resolution"]), str(a["train_size"]),
                        "none" if a.get("labels") == "none" else "true", a.get("labelling", "true"),
                        f"{a['protected_accuracy']:.3f}", f"{a['clean_accuracy']:.3f}", f"{a['ratio']:.2f}", a["variant"],
                        a.get("bank") or "-"]

@@ -316,9 +316,11 @@ def _torchvision(arch: str, weights: str | None, *, image_size: int | None, trai
         except Exception as err:
             raise BackboneError(f"{weights!r} is not a torchvision {arch} state dict: {err}") from err
         ident.update(weights=None, checkpoint=os.path.basename(weights), checkpoint_sha256=encoders.file_sha256(weights))
-        trained_on = _safetensors_meta(weights).get("trained_on")
-        if trained_on:  # benchmarks/build_backbone.py writes it: the reports then say what the attacker knew
-            ident["trained_on"] = trained_on
+        meta = _safetensors_meta(weights)
+        if meta.get("trained_on"):  # benchmarks/build_backbone.py writes it: the reports then say what the attacker knew
+            ident["trained_on"] = meta["trained_on"]
+        if meta.get("random_init") == "true":  # a control file (random weights, written on purpose)
+            ident["random_init"] = True
     else:
         try:
             enum = tvm.get_model_weights(arch)[weights]

@@ -272,6 +272,8 @@ def small_cnn(checkpoint: str | os.PathLike, *, expect_sha256: str | None = None
              "mean": [0.5] * 3, "std": [0.25] * 3, "checkpoint": os.path.basename(path),
              "checkpoint_path": os.path.abspath(path), "checkpoint_sha256": sha,
              "trained_on": meta.get("trained_on", "unknown")}
+    if meta.get("random_init") == "true":  # a control file (random weights, written on purpose): say so
+        ident["random_init"] = True
     # features = conv blocks + global average pool: the input of the linear head
     enc = Encoder(net.features, identity=ident, image_size=int(meta["image_size"]), mean=(0.5,) * 3, std=(0.25,) * 3)
     return enc.to(torch.device(device) if device is not None else torch.device("cpu"))
