@@ -169,8 +169,8 @@ sg = _em.sg  # the surrogates module, through em (one import path to keep up to 
 MASK_RULES = ("grad", "intensity")
 MASK_UPDATES = ("once", "step", "freeze")
 AUGMENTS = ("none", "flip", "flip+crop")
-TILE_DESIGNS = ("score", "distinct", "distinct-chroma")
-COLOURS = ("signs", "chroma")
+TILE_DESIGNS = ("score", "distinct", "distinct-chroma", "distinct-grey")
+COLOURS = ("signs", "chroma", "grey")
 #: Clean images the warm-up's accuracy is judged on, and how often (surrogate steps).
 WARMUP_PROBE, WARMUP_EVERY = 1024, 20
 
@@ -218,6 +218,17 @@ def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
             if p["mask_by"] != "grad" or p["mask_pool"] != 1:
                 raise ValueError(f"tile_design={p['tile_design']!r} takes the tile's positions from the design: leave "
                                  "mask_by and mask_pool at their defaults ('grad', 1), or use tile_design='score'")
+            block = p["tile_block"]
+            if tile % block:
+                raise ValueError(f"tile_block={block} does not divide tile={tile}: use a block side that divides the "
+                                 "tile (e.g. tile=8, tile_block=2), or tile_block=1")
+            if math.floor(p["fraction"] * (tile // block) ** 2 + 1e-9) < 1:
+                raise ValueError(f"tile={tile} with tile_block={block} and fraction={p['fraction']} keeps no block "
+                                 f"(fraction * (tile / tile_block)^2 < 1): use a larger tile, a smaller tile_block or "
+                                 "a larger fraction")
+        elif p["tile_block"] != 1:
+            raise ValueError(f"tile_block={p['tile_block']} shapes a designed tile: use a tile_design other than "
+                             "'score' (e.g. 'distinct-grey'), or tile_block=1")
         if math.floor(p["fraction"] * tile * tile + 1e-9) < 1:
             raise ValueError(f"tile={tile} with fraction={p['fraction']} keeps no position of the {tile}x{tile} "
                              f"tile (fraction * tile * tile < 1): use tile >= {math.ceil(math.sqrt(1 / p['fraction']))} "
@@ -225,6 +236,9 @@ def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
     elif p["tile_design"] != "score":
         raise ValueError(f"tile_design={p['tile_design']!r} designs the periodic class tiles: set tile (e.g. tile=4, "
                          "mode='class'), or leave tile_design='score'")
+    elif p["tile_block"] != 1:
+        raise ValueError(f"tile_block={p['tile_block']} shapes a designed tile: set tile and tile_design (e.g. tile=8, "
+                         "tile_design='distinct-grey'), or leave tile_block=1")
     if p["mask_update"] == "freeze":
         if p["mode"] != "sample":
             raise ValueError("mask_update='freeze' keeps each image's own positions: use mode='sample' (class-wise "
@@ -279,7 +293,13 @@ METHOD = Method(
               help="tile > 0: 'score' (the tile's positions by the summed score, mask_by), 'distinct' (positions "
                    "and starting signs from a design whose class tiles stay apart under the attacker's shifts and "
                    "mirror, distinct_tiles; needs a tile that divides the image) or 'distinct-chroma' (the same with "
-                   "zero-sum colours, kept zero-sum by every step; colour images only); ours"),
+                   "zero-sum colours, kept zero-sum by every step; colour images only) or 'distinct-grey' (the "
+                   "same with every position +epsilon in every channel, and every step keeps it grey and inside "
+                   "[0, epsilon]: the fit only sets strengths along the design); ours"),
+        Param("tile_block", 1, Number(1, integer=True, cast=False),
+              help="a designed tile (tile_design other than 'score'): its positions come in tile_block x tile_block "
+                   "squares (the design is drawn on a tile / tile_block grid and keeps floor(fraction * (tile / "
+                   "tile_block)^2) squares), a coarser pattern; 1: single positions; ours"),
         Param("augment", "none", Choice(AUGMENTS),
               help="the attacker's views inside the fit: 'none', 'flip' or 'flip+crop' (a random flip and shift "
                    "of up to 1/8 of the side on every perturbed batch the surrogate and the PGD steps see); ours"),
@@ -302,7 +322,8 @@ RECONSTRUCTION = ("objective (em's min-min loop with a binary mask)", "pixel-sel
                   "ratio (fraction)", "fixed, per-step or step-then-frozen mask (mask_update, freeze_rounds)",
                   "local regions by a pooled score (mask_pool)", "top positions per cell (mask_cell)",
                   "one periodic pattern per class: a tile repeated over the image (tile)",
-                  "class tiles designed to stay apart under the attacker's shifts and mirror (tile_design)",
+                  "class tiles designed to stay apart under the attacker's shifts and mirror (tile_design, "
+                  "tile_block)",
                   "the attacker's flip / crop inside the fit (augment)",
                   "surrogate warm-up before the masks (mask_warmup_accuracy, mask_warmup_steps)",
                   "budget and loop numbers (em's defaults, Huang et al.: eps 8/255 L-inf, 20 PGD steps of eps/10, "
@@ -525,7 +546,10 @@ def distinct_tiles(num_classes: int, channels: int, tile: int, keep: int, seed: 
     ``colours="signs"``: every kept position is ``+-1`` in every channel. ``"chroma"``: every kept
     position is ``+1`` in one channel and ``-1`` in another (0 in the rest), so the tile sums to zero
     over the channels at every position: it has no grey component, and a feature that responds only to
-    it is blind to grey images (whose channels are equal), such as a scan stored as RGB.
+    it is blind to grey images (whose channels are equal), such as a scan stored as RGB. ``"grey"``:
+    every kept position is ``+1`` in every channel (grey, and never negative: a ``-1`` on a black
+    background is clipped away when applied); classes then differ by their positions only, and the
+    search moves positions only.
 
     Local search from random starts (``restarts`` of ``iters`` moves: move one position of a class's tile,
     flip one sign, recolour one position or the whole tile; a move is kept unless it raises
@@ -557,6 +581,8 @@ gets every pair there with no two supports sharing more than one position in any
         """``[channels, n]``: a new colour for each of ``n`` positions (signs: one channel sign each)."""
         if colours == "signs":
             return rng.choice(signs, (channels, n))
+        if colours == "grey":
+            return np.ones((channels, n), np.int8)
         return palette[rng.integers(len(palette), size=n)].T
 
     views = tile_views(tile)
@@ -576,7 +602,7 @@ gets every pair there with no two supports sharing more than one position in any
             cand = tiles.copy()
             c = rng.integers(num_classes)
             on = np.flatnonzero(np.abs(cand[c]).max(0))
-            move = rng.integers(4)
+            move = 0 if colours == "grey" else rng.integers(4)  # grey: one colour, only positions move
             if move == 0 and keep < tile * tile:  # move one position, its signs with it
                 src, dst = rng.choice(on), rng.choice(np.setdiff1d(np.arange(tile * tile), on))
                 cand[c][:, dst], cand[c][:, src] = cand[c][:, src], 0
@@ -621,6 +647,38 @@ def chroma_tie(tile: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """``tie_rule(tile)`` then the channel mean removed: a gradient's part that changes colour, not grey."""
     periodic = tie_rule(tile)
     return lambda t: (lambda q: q - q.mean(-3, keepdim=True))(periodic(t))
+
+
+def design_tiles(num_classes: int, channels: int, tile: int, fraction: float, seed: int, *, colours: str = "signs",
+                 block: int = 1) -> np.ndarray:
+    """The designed class tiles ``[num_classes, channels, tile, tile]`` int8 in ``{-1, 0, 1}`` for a fraction.
+
+    :func:`distinct_tiles` on a ``tile / block`` grid keeping ``floor(fraction * (tile / block)^2)`` cells,
+    each cell then a ``block x block`` square of the tile: a coarser pattern (lower spatial frequency)
+    with ``block^2`` times as many positions per kept cell, never more than ``fraction`` of the tile.
+    ``block=1`` is ``distinct_tiles(..., keep=floor(fraction * tile^2))`` itself.
+    """
+    if block < 1 or tile % block:
+        raise ValueError(f"block={block} must be a positive divisor of tile={tile}")
+    coarse = tile // block
+    keep = math.floor(fraction * coarse * coarse + 1e-9)
+    small = distinct_tiles(num_classes, channels, coarse, keep, seed, colours=colours)
+    return np.kron(small, np.ones((block, block), np.int8)) if block > 1 else small
+
+
+def keep_sign_rule(signs: torch.Tensor, eps: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The engine's ``project`` that keeps the design's sign: each entry ``d`` goes to ``s * clip(s * d, 0, eps)``
+    with ``s`` in ``{-1, 0, 1}`` (``signs``, the class table's shape), the nearest point that never flips a sign
+    and is zero where ``s`` is: the fit can only set each position's strength along the design."""
+    s = signs.float()
+    return lambda d: s.to(d.device, d.dtype) * (d * s.to(d.device, d.dtype)).clamp(0, eps)
+
+
+def grey_tie(tile: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``tie_rule(tile)`` then the channel mean in every channel: a gradient's grey part, so every step keeps a
+    grey table grey (equal channels)."""
+    periodic = tie_rule(tile)
+    return lambda t: periodic(t).mean(-3, keepdim=True).expand_as(t).contiguous()
 
 
 def mask_rule(mask_by: str, fraction: float, pool: int = 1, cell: int = 0, tile: int = 0) -> _em.MaskRule:
@@ -728,14 +786,17 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
         tie = tie_rule(p["tile"]) if p["tile"] else None
         if p["tile_design"] != "score":
             # every class's tile positions and signs come from the design; the fit moves the values
-            chroma = p["tile_design"] == "distinct-chroma"
-            design = distinct_tiles(data.num_classes, data.image_shape[0], p["tile"],
-                                    math.floor(p["fraction"] * p["tile"] ** 2 + 1e-9), seed,
-                                    colours="chroma" if chroma else "signs")
+            colours = {"distinct": "signs", "distinct-chroma": "chroma", "distinct-grey": "grey"}[p["tile_design"]]
+            design = design_tiles(data.num_classes, data.image_shape[0], p["tile"], p["fraction"], seed,
+                                  colours=colours, block=p["tile_block"])
             signs = unfold(torch.from_numpy(design.astype(np.float32)), h, w).numpy()
             start = ((np.abs(signs).max(1, keepdims=True) > 0).astype(np.uint8), signs * p["epsilon"])
-            if chroma:  # the values move too, but every position stays zero-sum over the channels
+            # the design fixes the positions exactly (the tile divides the image): the L0 budget is its support
+            k = int(start[0].reshape(len(start[0]), -1).sum(1).max())
+            if colours == "chroma":  # the values move too, but every position stays zero-sum over the channels
                 tie, project = chroma_tie(p["tile"]), zero_sum_rule(p["epsilon"])
+            elif colours == "grey":  # strengths only: grey, in [0, eps], never a sign flip
+                tie, project = grey_tie(p["tile"]), keep_sign_rule(torch.from_numpy(signs), p["epsilon"])
         table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm", mask_rule=rule,
                                          augment=view, tie=tie, start=start, project=project)
         info["mask_pixels"] = k
