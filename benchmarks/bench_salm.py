@@ -21,7 +21,7 @@ are ``salm.distinct_tiles``' (seeded by ``--bank-seed``: classes kept apart unde
 and mirror); ``design=distinct-bright`` the same negated as a whole when one of its colours is
 negative in every channel (which a black background clips to almost nothing); ``design=chroma`` the same with zero-sum colours (no grey component, so nothing of the
 tile is in a grey scan); ``design=grey`` the same with every position +e in every channel (grey and
-non-negative: classes differ by positions only); ``block=b`` (designs only) makes each designed position a
+non-negative: classes differ by positions only), ``design=grey-signs`` +-e the same in every channel; ``block=b`` (designs only) makes each designed position a
 ``b x b`` square (``salm.design_tiles``: the design on a ``c / b`` grid, a coarser pattern). Its row records ``min_view_distance2``, the smallest squared distance between two
 classes' +-1 tiles over those views. The JSON records every number, the share of
 pixel positions each bank changed, the bank's stop reason and its warm-up.
@@ -88,7 +88,8 @@ def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels
     ``design="random"``: positions and signs drawn at random; ``"distinct"``: ``salm.distinct_tiles``;
     ``"distinct-bright"``: the same, negated as a whole when a position is negative in every channel;
     ``"chroma"``: ``salm.distinct_tiles(colours="chroma")`` (+1 in one channel, -1 in another: no grey part);
-    ``"grey"``: ``colours="grey"`` (+1 in every channel: grey and non-negative, classes differ by positions).
+    ``"grey"``: ``colours="grey"`` (+1 in every channel: grey and non-negative, classes differ by positions);
+    ``"grey-signs"``: ``colours="grey-signs"`` (+-1, the same in every channel).
     ``block`` (designs only): ``salm.design_tiles``' squares of ``block x block`` positions.
     """
     from uetransforms.algorithms import salm
@@ -99,10 +100,10 @@ def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels
                          f"fraction={fraction}")
     if block != 1 and (design == "random" or block < 1 or tile % block
                        or np.floor(fraction * (tile // block) ** 2 + 1e-9) < 1):
-        raise SystemExit(f"random-tile: block={block} needs a design (distinct, distinct-bright, chroma, grey), a "
+        raise SystemExit(f"random-tile: block={block} needs a design (distinct, distinct-bright, chroma, grey, grey-signs), a "
                          f"block side that divides tile={tile}, and fraction * (tile / block)^2 >= 1")
-    if design in ("distinct", "distinct-bright", "chroma", "grey"):
-        colours = {"chroma": "chroma", "grey": "grey"}.get(design, "signs")
+    if design in ("distinct", "distinct-bright", "chroma", "grey", "grey-signs"):
+        colours = {"chroma": "chroma", "grey": "grey", "grey-signs": "grey-signs"}.get(design, "signs")
         out = salm.design_tiles(num_classes, 3, tile, fraction, seed, colours=colours, block=block).astype(np.int16)
         if design == "distinct-bright" and (out.max(1) < 0).any():
             # a position negative in every channel changes little on a black background (clipped at 0):
@@ -116,8 +117,8 @@ def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels
             signs = rng.choice(np.array([-1, 1], np.int16), (3, keep))
             out[c].reshape(3, -1)[:, pos] = signs
     else:
-        raise SystemExit(f"random-tile: design={design!r}; use 'random', 'distinct', 'distinct-bright', 'chroma' or "
-                         "'grey'")
+        raise SystemExit(f"random-tile: design={design!r}; use 'random', 'distinct', 'distinct-bright', 'chroma', "
+                         "'grey' or 'grey-signs'")
     apart = salm._design_distance(out)
     return np.tile(out * levels, (1, 1, size // tile, size // tile)), apart
 

@@ -542,16 +542,27 @@ def test_grey_tie_keeps_a_grey_periodic_table_grey():
     assert torch.allclose(t[:, 0], salm.tie_rule(4)(g).mean(1), atol=1e-6)
 
 
-@pytest.mark.parametrize("tile,block", [(4, 1), (8, 2)])
-def test_tile_design_distinct_grey_fits_grey_strengths_inside_the_design(tile, block):
+def test_grey_signed_tiles_are_grey_and_signed():
+    d = salm.distinct_tiles(4, 3, 4, 3, seed=2, colours="grey-signs")
+    on = np.abs(d).max(1) > 0
+    assert set(np.unique(d)) == {-1, 0, 1} and (d == d[:, :1]).all() and (on.reshape(4, -1).sum(1) == 3).all()
+    assert np.array_equal(d, salm.distinct_tiles(4, 3, 4, 3, seed=2, colours="grey-signs"))
+
+
+@pytest.mark.parametrize("tile,block,design", [(4, 1, "distinct-grey"), (8, 2, "distinct-grey"),
+                                               (4, 1, "distinct-grey-signs")])
+def test_tile_design_distinct_grey_fits_grey_strengths_inside_the_design(tile, block, design):
     images, labels = tiny(24, hw=16, k=3)
     data = FitData.from_arrays(images, labels)
-    kw = dict(mode="class", fraction=0.25, tile=tile, tile_design="distinct-grey", tile_block=block)
-    design = salm.design_tiles(3, 3, tile, 0.25, 5, colours="grey", block=block)
-    on = salm.unfold(torch.from_numpy(design.astype(np.float32)), 16, 16).amax(1).numpy() > 0  # [K, 16, 16]
+    kw = dict(mode="class", fraction=0.25, tile=tile, tile_design=design, tile_block=block)
+    colours = "grey" if design == "distinct-grey" else "grey-signs"
+    signs = salm.unfold(torch.from_numpy(salm.design_tiles(3, 3, tile, 0.25, 5, colours=colours, block=block)
+                                         .astype(np.float32)), 16, 16).numpy()
+    on = np.abs(signs).max(1) > 0  # [K, 16, 16]
     bank = ue.fit("salm", data, seed=5, **fast(**kw))
     q = np.round(np.array(bank.tensors["delta"], np.float64) * 255).astype(int)
-    assert (q == q[:, :1]).all() and q.min() >= 0 and q.max() <= 8  # grey, never negative, inside eps
+    assert (q == q[:, :1]).all() and (q * signs).min() >= 0 and np.abs(q).max() <= 8  # grey, design's sign, <= eps
+    assert (q.min() >= 0) == (design == "distinct-grey")  # never negative for the non-negative design
     assert not q.transpose(0, 2, 3, 1)[~on].any() and q.transpose(0, 2, 3, 1)[on].any()  # only the design's positions
     # the L0 budget is the design's exactly: 4 of 16 (tile 4) or 4 squares of 4 of 64 (tile 8), 25% of 256
     k = bank.info["mask_pixels"]
@@ -561,7 +572,8 @@ def test_tile_design_distinct_grey_fits_grey_strengths_inside_the_design(tile, b
     assert (((out.int() - x.int()).abs().amax(1) > 0).flatten(1).sum(1) <= k).all()  # what is applied
     assert np.array_equal(ue.fit("salm", data, seed=5, **fast(**kw)).tensors["delta"], bank.tensors["delta"])
     one = ue.fit("salm", FitData.from_arrays(images[..., :1], labels), seed=5, **fast(**kw))  # one grey channel
-    assert np.array(one.tensors["delta"]).shape == (3, 1, 16, 16) and np.array(one.tensors["delta"]).min() >= 0
+    one_d = np.array(one.tensors["delta"])
+    assert one_d.shape == (3, 1, 16, 16) and (one_d * signs[:, :1]).min() >= 0  # the design's signs, one channel
 
 
 def test_tile_block_bad_values():

@@ -65,7 +65,16 @@ two classes' tiles to differ there. The fit then moves the values inside those p
 usual (start at ``+-epsilon`` with the design's signs). Nothing of SALM's significance idea is in
 this mode: the positions come from the design, not from the image or the surrogate (so ``mask_by``
 and ``mask_pool`` must stay at their defaults), and the tile must divide the image, so every tile
-position repeats equally often and the L0 budget is exact.
+position repeats equally often and the L0 budget is exact. ``"distinct-chroma"``: zero-sum colours
+(no grey part), kept zero-sum by every step. ``"distinct-grey"``: every designed position is
+``+epsilon`` in every channel (grey, so it is the same noise in a one-channel scan and survives an
+attacker's greyscale conversion; non-negative, so a black background does not clip it away), the
+classes differ by their positions only, and every step keeps the table grey (:func:`grey_tie`) and
+each position inside ``[0, epsilon]`` (:func:`keep_sign_rule`: no sign flips), so the fit only sets
+strengths along the design. ``"distinct-grey-signs"``: the same with ``+-epsilon`` grey positions
+(each position keeps its design sign). ``tile_block=b`` (ours; default 1) draws the design on a ``tile / b``
+grid and makes each kept cell a ``b x b`` square (:func:`design_tiles`), a coarser, lower-frequency
+pattern with the same share of positions.
 
 ``augment`` (ours; default ``"none"``): ``"flip"`` or ``"flip+crop"`` show the surrogate and the
 PGD steps each perturbed batch through the from-scratch attacker's own augmentation (a random
@@ -128,12 +137,13 @@ zero-sum colour tiles with no fit gave 0.256 / 0.250 / 0.323 / 0.263 / 0.255, ne
 
 Parameters: those of ``em`` (``mode`` defaults to ``"sample"``) plus ``fraction`` (0.1),
 ``mask_by`` ("grad"), ``mask_update`` ("once"), ``mask_pool`` (1), ``mask_cell`` (0), ``tile`` (0),
-``tile_design`` ("score"), ``augment`` ("none"), ``freeze_rounds`` (4), ``mask_warmup_accuracy``
+``tile_design`` ("score"), ``tile_block`` (1), ``augment`` ("none"), ``freeze_rounds`` (4), ``mask_warmup_accuracy``
 (None: no warm-up) and ``mask_warmup_steps`` (1000). ``bank.info`` adds ``mask_pixels`` (the L0
-budget in pixel positions, :func:`mask_budget`; ``None`` for ``mask_update="step"``), for
-``"freeze"`` ``freeze`` (the rounds and the surrogate error before the masks were fixed), and for
-``tile_design="distinct"`` ``tile_design`` (the design's smallest squared distance between two
-classes' +-1 tiles over the views).
+budget in pixel positions, :func:`mask_budget`, or a design's exact support; ``None`` for
+``mask_update="step"``), for
+``"freeze"`` ``freeze`` (the rounds and the surrogate error before the masks were fixed), and for a
+designed tile ``tile_design`` (the design's smallest squared distance between two classes' tiles
+over the views, in +-1 units).
 
 Example:
     >>> import numpy as np, uetransforms as ue
@@ -169,8 +179,8 @@ sg = _em.sg  # the surrogates module, through em (one import path to keep up to 
 MASK_RULES = ("grad", "intensity")
 MASK_UPDATES = ("once", "step", "freeze")
 AUGMENTS = ("none", "flip", "flip+crop")
-TILE_DESIGNS = ("score", "distinct", "distinct-chroma", "distinct-grey")
-COLOURS = ("signs", "chroma", "grey")
+TILE_DESIGNS = ("score", "distinct", "distinct-chroma", "distinct-grey", "distinct-grey-signs")
+COLOURS = ("signs", "chroma", "grey", "grey-signs")
 #: Clean images the warm-up's accuracy is judged on, and how often (surrogate steps).
 WARMUP_PROBE, WARMUP_EVERY = 1024, 20
 
@@ -295,7 +305,8 @@ METHOD = Method(
                    "mirror, distinct_tiles; needs a tile that divides the image) or 'distinct-chroma' (the same with "
                    "zero-sum colours, kept zero-sum by every step; colour images only) or 'distinct-grey' (the "
                    "same with every position +epsilon in every channel, and every step keeps it grey and inside "
-                   "[0, epsilon]: the fit only sets strengths along the design); ours"),
+                   "[0, epsilon]: the fit only sets strengths along the design) or 'distinct-grey-signs' (the same "
+                   "with +-epsilon grey positions); ours"),
         Param("tile_block", 1, Number(1, integer=True, cast=False),
               help="a designed tile (tile_design other than 'score'): its positions come in tile_block x tile_block "
                    "squares (the design is drawn on a tile / tile_block grid and keeps floor(fraction * (tile / "
@@ -549,7 +560,8 @@ def distinct_tiles(num_classes: int, channels: int, tile: int, keep: int, seed: 
     it is blind to grey images (whose channels are equal), such as a scan stored as RGB. ``"grey"``:
     every kept position is ``+1`` in every channel (grey, and never negative: a ``-1`` on a black
     background is clipped away when applied); classes then differ by their positions only, and the
-    search moves positions only.
+    search moves positions only. ``"grey-signs"``: every kept position is ``+1`` or ``-1``, the same in
+    every channel (grey, signed).
 
     Local search from random starts (``restarts`` of ``iters`` moves: move one position of a class's tile,
     flip one sign, recolour one position or the whole tile; a move is kept unless it raises
@@ -583,6 +595,8 @@ gets every pair there with no two supports sharing more than one position in any
             return rng.choice(signs, (channels, n))
         if colours == "grey":
             return np.ones((channels, n), np.int8)
+        if colours == "grey-signs":
+            return np.repeat(rng.choice(signs, (1, n)), channels, axis=0)
         return palette[rng.integers(len(palette), size=n)].T
 
     views = tile_views(tile)
@@ -606,7 +620,7 @@ gets every pair there with no two supports sharing more than one position in any
             if move == 0 and keep < tile * tile:  # move one position, its signs with it
                 src, dst = rng.choice(on), rng.choice(np.setdiff1d(np.arange(tile * tile), on))
                 cand[c][:, dst], cand[c][:, src] = cand[c][:, src], 0
-            elif move == 1:  # flip one sign (chroma: the position's colour, to stay zero-sum)
+            elif move == 1:  # flip one sign (chroma, grey-signs: the whole position, to stay zero-sum / grey)
                 if colours == "signs":
                     cand[c][rng.integers(channels), rng.choice(on)] *= -1
                 else:
@@ -786,7 +800,8 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
         tie = tie_rule(p["tile"]) if p["tile"] else None
         if p["tile_design"] != "score":
             # every class's tile positions and signs come from the design; the fit moves the values
-            colours = {"distinct": "signs", "distinct-chroma": "chroma", "distinct-grey": "grey"}[p["tile_design"]]
+            colours = {"distinct": "signs", "distinct-chroma": "chroma", "distinct-grey": "grey",
+                       "distinct-grey-signs": "grey-signs"}[p["tile_design"]]
             design = design_tiles(data.num_classes, data.image_shape[0], p["tile"], p["fraction"], seed,
                                   colours=colours, block=p["tile_block"])
             signs = unfold(torch.from_numpy(design.astype(np.float32)), h, w).numpy()
@@ -795,7 +810,7 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
             k = int(start[0].reshape(len(start[0]), -1).sum(1).max())
             if colours == "chroma":  # the values move too, but every position stays zero-sum over the channels
                 tie, project = chroma_tie(p["tile"]), zero_sum_rule(p["epsilon"])
-            elif colours == "grey":  # strengths only: grey, in [0, eps], never a sign flip
+            elif colours in ("grey", "grey-signs"):  # strengths only: grey, in [0, eps] along the sign, no flips
                 tie, project = grey_tie(p["tile"]), keep_sign_rule(torch.from_numpy(signs), p["epsilon"])
         table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm", mask_rule=rule,
                                          augment=view, tie=tie, start=start, project=project)
