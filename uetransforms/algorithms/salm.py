@@ -133,7 +133,14 @@ seeds 1234 / 4321 / 99 (its design alone, no fit: 0.252 / 0.641 / 0.444 / 0.339 
 zero-sum colour tiles with no fit gave 0.256 / 0.250 / 0.323 / 0.263 / 0.255, near ``em`` (0.262 mean), but
 ``tile_design="distinct-chroma"`` (the fit from them) gave 0.477 / 0.744 (``train_steps=5``) and
 0.563 / 0.411 (``train_steps=20``) at 1234 / 4321: the fit undoes the design. So ``tile_design`` stays
-``"score"``.
+``"score"``. Session 11 ("salm, session 11 (issue 26)"; the same setting, two attacker training seeds per
+cell): grey noise only (equal in every channel, so it survives greyscale and exists in a one-channel scan)
+protected nothing near ``em``: non-negative grey tiles with no fit 0.932 / 0.930 and 0.942 / 0.986 at bank
+seeds 1234 / 4321, in 2 x 2 blocks on a tile of 8 0.998-1.000; ``+-epsilon`` grey tiles 0.922 / 0.931 and
+0.501 / 0.691; ``tile_design="distinct-grey"`` fitted 0.857 / 0.970 (tile 4) and 1.000 / 1.000 (tile 8,
+``tile_block=2``) at 1234; sample-wise noise on the object and its rim (``mask_by="intensity"``,
+``mask_pool=5``, 18.75%) 0.987 / 0.930 (dense ``em``: 0.267 +- 0.028 over 5 bank x 3 training seeds). So
+the defaults stay as they are.
 
 Parameters: those of ``em`` (``mode`` defaults to ``"sample"``) plus ``fraction`` (0.1),
 ``mask_by`` ("grad"), ``mask_update`` ("once"), ``mask_pool`` (1), ``mask_cell`` (0), ``tile`` (0),
