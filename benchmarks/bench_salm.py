@@ -20,7 +20,9 @@ fit did nothing but pick random positions and signs); with ``design=distinct`` t
 are ``salm.distinct_tiles``' (seeded by ``--bank-seed``: classes kept apart under the attacker's shifts
 and mirror); ``design=distinct-bright`` the same negated as a whole when one of its colours is
 negative in every channel (which a black background clips to almost nothing); ``design=chroma`` the same with zero-sum colours (no grey component, so nothing of the
-tile is in a grey scan). Its row records ``min_view_distance2``, the smallest squared distance between two
+tile is in a grey scan); ``design=grey`` the same with every position +e in every channel (grey and
+non-negative: classes differ by positions only), ``design=grey-signs`` +-e the same in every channel; ``block=b`` (designs only) makes each designed position a
+``b x b`` square (``salm.design_tiles``: the design on a ``c / b`` grid, a coarser pattern). Its row records ``min_view_distance2``, the smallest squared distance between two
 classes' +-1 tiles over those views. The JSON records every number, the share of
 pixel positions each bank changed, the bank's stop reason and its warm-up.
 
@@ -79,13 +81,16 @@ def scans(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels: int, seed: int,
-                 design: str = "random") -> tuple[np.ndarray, float]:
+                 design: str = "random", block: int = 1) -> tuple[np.ndarray, float]:
     """The ``random-tile`` control: ``[K, 3, size, size]`` int16 grey levels, one periodic tile per class, and
     the smallest distance between two classes' tiles over the attacker's views (salm.view_correlation).
 
     ``design="random"``: positions and signs drawn at random; ``"distinct"``: ``salm.distinct_tiles``;
     ``"distinct-bright"``: the same, negated as a whole when a position is negative in every channel;
-    ``"chroma"``: ``salm.distinct_tiles(colours="chroma")`` (+1 in one channel, -1 in another: no grey part).
+    ``"chroma"``: ``salm.distinct_tiles(colours="chroma")`` (+1 in one channel, -1 in another: no grey part);
+    ``"grey"``: ``colours="grey"`` (+1 in every channel: grey and non-negative, classes differ by positions);
+    ``"grey-signs"``: ``colours="grey-signs"`` (+-1, the same in every channel).
+    ``block`` (designs only): ``salm.design_tiles``' squares of ``block x block`` positions.
     """
     from uetransforms.algorithms import salm
 
@@ -93,9 +98,13 @@ def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels
     if keep < 1 or size % tile:
         raise SystemExit(f"random-tile: tile={tile} must divide --size {size} and keep >= 1 position at "
                          f"fraction={fraction}")
-    if design in ("distinct", "distinct-bright", "chroma"):
-        colours = "chroma" if design == "chroma" else "signs"
-        out = salm.distinct_tiles(num_classes, 3, tile, keep, seed, colours=colours).astype(np.int16)
+    if block != 1 and (design == "random" or block < 1 or tile % block
+                       or np.floor(fraction * (tile // block) ** 2 + 1e-9) < 1):
+        raise SystemExit(f"random-tile: block={block} needs a design (distinct, distinct-bright, chroma, grey, grey-signs), a "
+                         f"block side that divides tile={tile}, and fraction * (tile / block)^2 >= 1")
+    if design in ("distinct", "distinct-bright", "chroma", "grey", "grey-signs"):
+        colours = {"chroma": "chroma", "grey": "grey", "grey-signs": "grey-signs"}.get(design, "signs")
+        out = salm.design_tiles(num_classes, 3, tile, fraction, seed, colours=colours, block=block).astype(np.int16)
         if design == "distinct-bright" and (out.max(1) < 0).any():
             # a position negative in every channel changes little on a black background (clipped at 0):
             # the whole design negated keeps every distance between classes and has no such position
@@ -108,7 +117,8 @@ def random_tiles(num_classes: int, size: int, tile: int, fraction: float, levels
             signs = rng.choice(np.array([-1, 1], np.int16), (3, keep))
             out[c].reshape(3, -1)[:, pos] = signs
     else:
-        raise SystemExit(f"random-tile: design={design!r}; use 'random', 'distinct', 'distinct-bright' or 'chroma'")
+        raise SystemExit(f"random-tile: design={design!r}; use 'random', 'distinct', 'distinct-bright', 'chroma', "
+                         "'grey' or 'grey-signs'")
     apart = salm._design_distance(out)
     return np.tile(out * levels, (1, 1, size // tile, size // tile)), apart
 
@@ -135,12 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="cnn-small")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                   help="train the attacker once per training seed on each training set (one fit per config): one "
+                        "row per seed, in this order; replaces --seed")
     p.add_argument("--bank-seed", type=int, default=1234)
     p.add_argument("--defence", default="none",
                    help="one defence spec the attacker applies (uetransforms.evaluation.defences), e.g. grayscale")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=os.path.join(HERE, "results", "salm-scans.json"))
     args = p.parse_args(argv)
+    try:
+        seeds = [args.seed] if args.seeds is None else [int(t) for t in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds {args.seeds!r}: give training seeds as integers separated by commas, e.g. 0,1")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds {args.seeds!r}: give at least one training seed, each once")
 
     import torch
 
@@ -154,16 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     x_test, y_test, _ = scans(args.test_size, args.size, args.data_seed + 1)
     test = {"image": list(x_test), "label": y_test.tolist()}
     clean = {"image": list(x_train), "label": y_train.tolist()}
-    ev = dict(arch=args.arch, epochs=args.epochs, seed=args.seed, progress=False, defences=(args.defence,))
+    ev = dict(arch=args.arch, epochs=args.epochs, progress=False, defences=(args.defence,))
     results: list[dict[str, object]] = []
     t_all = time.perf_counter()
 
     def write() -> float:
         """The JSON so far (after every row: a run cut by a timeout keeps its finished rows)."""
-        base = next((r["test_accuracy"] for r in results if r["method"] == "clean"), None)
-        if base:
-            for r in results:
-                r["ratio_to_clean"] = round(r["test_accuracy"] / base, 3)
+        # each row against the clean row of its own training seed (rows carry no seed without --seeds)
+        base = {r.get("train_seed"): r["test_accuracy"] for r in reversed(results) if r["method"] == "clean"}
+        for r in results:
+            if base.get(r.get("train_seed")):
+                r["ratio_to_clean"] = round(r["test_accuracy"] / base[r.get("train_seed")], 3)
         wall = time.perf_counter() - t_all
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
@@ -172,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{args.data_seed}/{args.data_seed + 1}", "size": args.size,
                                    "train_size": args.train_size, "test_size": args.test_size,
                                    "object_share": round(share, 4), "attacker": f"{args.arch} from scratch, "
-                                   f"{args.epochs} epochs, seed {args.seed}", "defence": args.defence,
+                                   f"{args.epochs} epochs, seed{'s' * (len(seeds) > 1)} "
+                                   f"{', '.join(map(str, seeds))}", "defence": args.defence,
                                    "bank_seed": args.bank_seed,
                                    "common": common, "threads": torch.get_num_threads()},
                        "environment": {"uetransforms": ue.__version__, "torch": torch.__version__,
@@ -185,23 +206,23 @@ def main(argv: list[str] | None = None) -> int:
         method, _, kv = (rest or name).partition(":")
         row: dict[str, object] = {"name": name, "method": method}
         if method == "clean":
-            report = ue.evaluate(clean, test, **ev)
+            train, against = clean, {}
         elif method == "random-tile":
             kw = parse_kv(kv)
             c, f = int(kw.get("tile", 4)), float(kw.get("fraction", 0.2))
             levels = int(round(255 * float(kw.get("epsilon", 8 / 255))))
-            design = str(kw.get("design", "random"))
-            noise, apart = random_tiles(len(SHAPES), args.size, c, f, levels, args.bank_seed, design)
+            design, block = str(kw.get("design", "random")), int(kw.get("block", 1))
+            noise, apart = random_tiles(len(SHAPES), args.size, c, f, levels, args.bank_seed, design, block)
             x = x_train.astype(np.int16).transpose(0, 3, 1, 2)
             prot_np = np.clip(x + noise[y_train], 0, 255).astype(np.uint8)
             changed = (np.abs(prot_np.astype(np.int16) - x).max(1) > 0).reshape(len(x), -1).mean(1)
             images = list(np.ascontiguousarray(prot_np.transpose(0, 2, 3, 1)))
-            report = ue.evaluate({"image": images, "label": y_train.tolist()}, test, clean_train=clean,
-                                 baseline=False, **ev)
-            row.update(params={"tile": c, "fraction": f, "levels": levels, "design": design},
+            train, against = {"image": images, "label": y_train.tolist()}, {"clean_train": clean, "baseline": False}
+            row.update(params={"tile": c, "fraction": f, "levels": levels, "design": design,
+                               **({"block": block} if block != 1 else {})},
                        min_view_distance2=apart,
                        changed_positions_mean=round(float(changed.mean()), 4),
-                       changed_positions_max=round(float(changed.max()), 4), quality=report.quality)
+                       changed_positions_max=round(float(changed.max()), 4))
         else:
             params = {**common, **parse_kv(kv)}
             data = FitData.from_arrays(x_train, y_train)
@@ -216,23 +237,31 @@ def main(argv: list[str] | None = None) -> int:
             diff = (prot.int() - x.int()).abs().amax(1)  # [n, H, W]: largest change over channels
             changed = (diff > 0).flatten(1).float().mean(1)
             prot_np = prot.permute(0, 2, 3, 1).contiguous().numpy()
-            report = ue.evaluate({"image": list(prot_np), "label": y_train.tolist()}, test, clean_train=clean,
-                                 baseline=False, **ev)
+            train, against = {"image": list(prot_np), "label": y_train.tolist()}, {"clean_train": clean, "baseline": False}
             info = {k: v for k, v in bank.info.items() if k not in ("verified", "reconstruction")}
             row.update(params=params, fit_seconds=round(fit_s, 1), info=info,
                        warnings=[str(w.message) for w in caught],
                        changed_positions_mean=round(float(changed.mean()), 4),
                        changed_positions_max=round(float(changed.max()), 4),
-                       linf_levels=int(diff.max()), quality=report.quality)
-        r = report.rows[0]
-        row.update(test_accuracy=r.test_accuracy, train_accuracy=r.train_accuracy, curve=r.curve,
-                   train_seconds=r.seconds)
-        results.append(row)
-        write()
-        extra = "" if method in ("clean", "random-tile") else (
-            f", fit {row['fit_seconds']} s, stop {row['info']['stopped_by']}, err {row['info']['final_train_error']}, "
-            f"changed {row['changed_positions_max']:.3f} of positions")
-        print(f"{name:>16}: test acc {r.test_accuracy:.3f} (train {r.train_accuracy:.3f}{extra})", flush=True)
+                       linf_levels=int(diff.max()))
+        # one fit, one attacker per training seed: the attacker's own seed is part of the spread
+        for seed in seeds:
+            report = ue.evaluate(train, test, seed=seed, **against, **ev)
+            r = report.rows[0]
+            out = dict(row)
+            if method != "clean":
+                out["quality"] = report.quality
+            if args.seeds is not None:
+                out["train_seed"] = seed
+            out.update(test_accuracy=r.test_accuracy, train_accuracy=r.train_accuracy, curve=r.curve,
+                       train_seconds=r.seconds)
+            results.append(out)
+            write()
+            extra = "" if method in ("clean", "random-tile") else (
+                f", fit {row['fit_seconds']} s, stop {row['info']['stopped_by']}, err {row['info']['final_train_error']}, "
+                f"changed {row['changed_positions_max']:.3f} of positions")
+            tag = f" seed {seed}" if args.seeds is not None else ""
+            print(f"{name:>16}{tag}: test acc {r.test_accuracy:.3f} (train {r.train_accuracy:.3f}{extra})", flush=True)
     wall = write()
     print(f"wrote {args.out} ({wall:.0f} s)")
     return 0

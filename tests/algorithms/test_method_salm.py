@@ -463,8 +463,8 @@ def test_chroma_tiles_have_no_grey_part_and_stay_apart():
     assert salm._design_distance(d) == 10.0
     with pytest.raises(ValueError, match="colours='chroma' needs at least 2 channels"):
         salm.distinct_tiles(4, 1, 4, 3, seed=2, colours="chroma")
-    with pytest.raises(ValueError, match="colours='grey'"):
-        salm.distinct_tiles(4, 3, 4, 3, seed=2, colours="grey")
+    with pytest.raises(ValueError, match="colours='rainbow'"):
+        salm.distinct_tiles(4, 3, 4, 3, seed=2, colours="rainbow")
 
 
 def test_zero_sum_rule_is_the_nearest_zero_sum_colour_in_the_box():
@@ -500,3 +500,90 @@ def test_tile_design_distinct_chroma_fits_zero_sum_colours_in_the_designs_positi
     grey = FitData.from_arrays(images[..., :1], labels)
     with pytest.raises(ValueError, match="at least 2 channels"):
         ue.fit("salm", grey, **fast(**kw))
+
+
+def test_grey_tiles_are_grey_non_negative_and_blocks_are_squares():
+    d = salm.distinct_tiles(4, 3, 4, 3, seed=2, colours="grey")
+    on = np.abs(d).max(1) > 0
+    assert set(np.unique(d)) == {0, 1} and (d == d[:, :1]).all()  # +1 in every channel or nothing
+    assert (on.reshape(4, -1).sum(1) == 3).all()
+    # classes differ by positions only: the closest pair shares at most 2 of its 3 positions in any view
+    # (brute force over the repeated tile's shifts and mirror), never all 3
+    share = max(int((on[a] & np.roll(f, (dy, dx), axis=(0, 1))).sum()) for a in range(4) for b in range(4) if a != b
+                for f in (on[b], on[b][:, ::-1]) for dy in range(4) for dx in range(4))
+    assert share <= 2 and salm._design_distance(d) == 2 * 9 - 2 * 3 * share
+    assert np.array_equal(d, salm.distinct_tiles(4, 3, 4, 3, seed=2, colours="grey"))
+    assert np.array_equal(salm.design_tiles(4, 3, 4, 0.2, 2, colours="grey"), d)  # block 1: the design itself
+    big = salm.design_tiles(4, 3, 8, 0.2, 2, colours="grey", block=2)
+    assert big.shape == (4, 3, 8, 8) and np.array_equal(big[:, :, ::2, ::2], d)  # the 4x4 design, each cell 2x2
+    assert np.array_equal(big, big.repeat(2, 2)[:, :, ::2].repeat(2, 3)[:, :, :, ::2])  # constant on every 2x2 block
+    assert ((np.abs(big).max(1) > 0).reshape(4, -1).sum(1) == 12).all()  # floor(0.2 * 16) = 3 squares of 4: 12 of 64
+    with pytest.raises(ValueError, match="block=3"):
+        salm.design_tiles(4, 3, 8, 0.2, 2, block=3)
+
+
+def test_keep_sign_rule_sets_strengths_along_the_design_without_flipping_a_sign():
+    rng = np.random.default_rng(0)
+    signs = torch.from_numpy(rng.integers(-1, 2, (2, 3, 4, 4)).astype(np.float32))
+    project = salm.keep_sign_rule(signs, EPS)
+    d = torch.from_numpy(rng.normal(0, 0.06, (2, 3, 4, 4)).astype(np.float32))
+    x = project(d)
+    assert not x[signs == 0].any() and ((x * signs) >= 0).all() and x.abs().max() <= EPS + 1e-7
+    assert torch.allclose(project(x), x)  # a projection
+    # nearest, entry by entry: the clip of d into [0, eps] along the sign (0 when d points the other way)
+    want = torch.where(signs > 0, d.clamp(0, EPS), torch.where(signs < 0, d.clamp(-EPS, 0), torch.zeros_like(d)))
+    assert torch.allclose(x, want)
+
+
+def test_grey_tie_keeps_a_grey_periodic_table_grey():
+    g = torch.from_numpy(np.random.default_rng(1).normal(0, 1, (2, 3, 8, 8)).astype(np.float32))
+    t = salm.grey_tie(4)(g)
+    assert torch.equal(t, t[:, :1].expand_as(t)) and torch.allclose(t, torch.roll(t, (4, 4), (2, 3)))
+    assert torch.allclose(t[:, 0], salm.tie_rule(4)(g).mean(1), atol=1e-6)
+
+
+def test_grey_signed_tiles_are_grey_and_signed():
+    d = salm.distinct_tiles(4, 3, 4, 3, seed=2, colours="grey-signs")
+    on = np.abs(d).max(1) > 0
+    assert set(np.unique(d)) == {-1, 0, 1} and (d == d[:, :1]).all() and (on.reshape(4, -1).sum(1) == 3).all()
+    assert np.array_equal(d, salm.distinct_tiles(4, 3, 4, 3, seed=2, colours="grey-signs"))
+
+
+@pytest.mark.parametrize("tile,block,design", [(4, 1, "distinct-grey"), (8, 2, "distinct-grey"),
+                                               (4, 1, "distinct-grey-signs")])
+def test_tile_design_distinct_grey_fits_grey_strengths_inside_the_design(tile, block, design):
+    images, labels = tiny(24, hw=16, k=3)
+    data = FitData.from_arrays(images, labels)
+    kw = dict(mode="class", fraction=0.25, tile=tile, tile_design=design, tile_block=block)
+    colours = "grey" if design == "distinct-grey" else "grey-signs"
+    signs = salm.unfold(torch.from_numpy(salm.design_tiles(3, 3, tile, 0.25, 5, colours=colours, block=block)
+                                         .astype(np.float32)), 16, 16).numpy()
+    on = np.abs(signs).max(1) > 0  # [K, 16, 16]
+    bank = ue.fit("salm", data, seed=5, **fast(**kw))
+    q = np.round(np.array(bank.tensors["delta"], np.float64) * 255).astype(int)
+    assert (q == q[:, :1]).all() and (q * signs).min() >= 0 and np.abs(q).max() <= 8  # grey, design's sign, <= eps
+    assert (q.min() >= 0) == (design == "distinct-grey")  # never negative for the non-negative design
+    assert not q.transpose(0, 2, 3, 1)[~on].any() and q.transpose(0, 2, 3, 1)[on].any()  # only the design's positions
+    # the L0 budget is the design's exactly: 4 of 16 (tile 4) or 4 squares of 4 of 64 (tile 8), 25% of 256
+    k = bank.info["mask_pixels"]
+    assert k == 64 == int(on.reshape(3, -1).sum(1).max()) and (changed_positions(q) <= k).all()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    out = ue.apply(bank, x, labels)
+    assert (((out.int() - x.int()).abs().amax(1) > 0).flatten(1).sum(1) <= k).all()  # what is applied
+    assert np.array_equal(ue.fit("salm", data, seed=5, **fast(**kw)).tensors["delta"], bank.tensors["delta"])
+    one = ue.fit("salm", FitData.from_arrays(images[..., :1], labels), seed=5, **fast(**kw))  # one grey channel
+    one_d = np.array(one.tensors["delta"])
+    assert one_d.shape == (3, 1, 16, 16) and (one_d * signs[:, :1]).min() >= 0  # the design's signs, one channel
+
+
+def test_tile_block_bad_values():
+    images, labels = tiny(4)
+    data = FitData.from_arrays(images, labels)
+    with pytest.raises(ValueError, match="tile_block=3 does not divide tile=4"):
+        ue.fit("salm", data, mode="class", tile=4, tile_design="distinct-grey", tile_block=3)
+    with pytest.raises(ValueError, match="keeps no block"):
+        ue.fit("salm", data, mode="class", tile=4, fraction=0.2, tile_design="distinct-grey", tile_block=2)
+    with pytest.raises(ValueError, match="use a tile_design other than 'score'"):
+        ue.fit("salm", data, mode="class", tile=4, tile_block=2)
+    with pytest.raises(ValueError, match="set tile and tile_design"):
+        ue.fit("salm", data, tile_block=2)

@@ -65,7 +65,16 @@ two classes' tiles to differ there. The fit then moves the values inside those p
 usual (start at ``+-epsilon`` with the design's signs). Nothing of SALM's significance idea is in
 this mode: the positions come from the design, not from the image or the surrogate (so ``mask_by``
 and ``mask_pool`` must stay at their defaults), and the tile must divide the image, so every tile
-position repeats equally often and the L0 budget is exact.
+position repeats equally often and the L0 budget is exact. ``"distinct-chroma"``: zero-sum colours
+(no grey part), kept zero-sum by every step. ``"distinct-grey"``: every designed position is
+``+epsilon`` in every channel (grey, so it is the same noise in a one-channel scan and survives an
+attacker's greyscale conversion; non-negative, so a black background does not clip it away), the
+classes differ by their positions only, and every step keeps the table grey (:func:`grey_tie`) and
+each position inside ``[0, epsilon]`` (:func:`keep_sign_rule`: no sign flips), so the fit only sets
+strengths along the design. ``"distinct-grey-signs"``: the same with ``+-epsilon`` grey positions
+(each position keeps its design sign). ``tile_block=b`` (ours; default 1) draws the design on a ``tile / b``
+grid and makes each kept cell a ``b x b`` square (:func:`design_tiles`), a coarser, lower-frequency
+pattern with the same share of positions.
 
 ``augment`` (ours; default ``"none"``): ``"flip"`` or ``"flip+crop"`` show the surrogate and the
 PGD steps each perturbed batch through the from-scratch attacker's own augmentation (a random
@@ -124,16 +133,24 @@ seeds 1234 / 4321 / 99 (its design alone, no fit: 0.252 / 0.641 / 0.444 / 0.339 
 zero-sum colour tiles with no fit gave 0.256 / 0.250 / 0.323 / 0.263 / 0.255, near ``em`` (0.262 mean), but
 ``tile_design="distinct-chroma"`` (the fit from them) gave 0.477 / 0.744 (``train_steps=5``) and
 0.563 / 0.411 (``train_steps=20``) at 1234 / 4321: the fit undoes the design. So ``tile_design`` stays
-``"score"``.
+``"score"``. Session 11 ("salm, session 11 (issue 26)"; the same setting, two attacker training seeds per
+cell): grey noise only (equal in every channel, so it survives greyscale and exists in a one-channel scan)
+protected nothing near ``em``: non-negative grey tiles with no fit 0.932 / 0.930 and 0.942 / 0.986 at bank
+seeds 1234 / 4321, in 2 x 2 blocks on a tile of 8 0.998-1.000; ``+-epsilon`` grey tiles 0.922 / 0.931 and
+0.501 / 0.691; ``tile_design="distinct-grey"`` fitted 0.857 / 0.970 (tile 4) and 1.000 / 1.000 (tile 8,
+``tile_block=2``) at 1234; sample-wise noise on the object and its rim (``mask_by="intensity"``,
+``mask_pool=5``, 18.75%) 0.987 / 0.930 (dense ``em``: 0.267 +- 0.028 over 5 bank x 3 training seeds). So
+the defaults stay as they are.
 
 Parameters: those of ``em`` (``mode`` defaults to ``"sample"``) plus ``fraction`` (0.1),
 ``mask_by`` ("grad"), ``mask_update`` ("once"), ``mask_pool`` (1), ``mask_cell`` (0), ``tile`` (0),
-``tile_design`` ("score"), ``augment`` ("none"), ``freeze_rounds`` (4), ``mask_warmup_accuracy``
+``tile_design`` ("score"), ``tile_block`` (1), ``augment`` ("none"), ``freeze_rounds`` (4), ``mask_warmup_accuracy``
 (None: no warm-up) and ``mask_warmup_steps`` (1000). ``bank.info`` adds ``mask_pixels`` (the L0
-budget in pixel positions, :func:`mask_budget`; ``None`` for ``mask_update="step"``), for
-``"freeze"`` ``freeze`` (the rounds and the surrogate error before the masks were fixed), and for
-``tile_design="distinct"`` ``tile_design`` (the design's smallest squared distance between two
-classes' +-1 tiles over the views).
+budget in pixel positions, :func:`mask_budget`, or a design's exact support; ``None`` for
+``mask_update="step"``), for
+``"freeze"`` ``freeze`` (the rounds and the surrogate error before the masks were fixed), and for a
+designed tile ``tile_design`` (the design's smallest squared distance between two classes' tiles
+over the views, in +-1 units).
 
 Example:
     >>> import numpy as np, uetransforms as ue
@@ -169,8 +186,8 @@ sg = _em.sg  # the surrogates module, through em (one import path to keep up to 
 MASK_RULES = ("grad", "intensity")
 MASK_UPDATES = ("once", "step", "freeze")
 AUGMENTS = ("none", "flip", "flip+crop")
-TILE_DESIGNS = ("score", "distinct", "distinct-chroma")
-COLOURS = ("signs", "chroma")
+TILE_DESIGNS = ("score", "distinct", "distinct-chroma", "distinct-grey", "distinct-grey-signs")
+COLOURS = ("signs", "chroma", "grey", "grey-signs")
 #: Clean images the warm-up's accuracy is judged on, and how often (surrogate steps).
 WARMUP_PROBE, WARMUP_EVERY = 1024, 20
 
@@ -218,6 +235,17 @@ def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
             if p["mask_by"] != "grad" or p["mask_pool"] != 1:
                 raise ValueError(f"tile_design={p['tile_design']!r} takes the tile's positions from the design: leave "
                                  "mask_by and mask_pool at their defaults ('grad', 1), or use tile_design='score'")
+            block = p["tile_block"]
+            if tile % block:
+                raise ValueError(f"tile_block={block} does not divide tile={tile}: use a block side that divides the "
+                                 "tile (e.g. tile=8, tile_block=2), or tile_block=1")
+            if math.floor(p["fraction"] * (tile // block) ** 2 + 1e-9) < 1:
+                raise ValueError(f"tile={tile} with tile_block={block} and fraction={p['fraction']} keeps no block "
+                                 f"(fraction * (tile / tile_block)^2 < 1): use a larger tile, a smaller tile_block or "
+                                 "a larger fraction")
+        elif p["tile_block"] != 1:
+            raise ValueError(f"tile_block={p['tile_block']} shapes a designed tile: use a tile_design other than "
+                             "'score' (e.g. 'distinct-grey'), or tile_block=1")
         if math.floor(p["fraction"] * tile * tile + 1e-9) < 1:
             raise ValueError(f"tile={tile} with fraction={p['fraction']} keeps no position of the {tile}x{tile} "
                              f"tile (fraction * tile * tile < 1): use tile >= {math.ceil(math.sqrt(1 / p['fraction']))} "
@@ -225,6 +253,9 @@ def _resolve(p: dict[str, Any], data: Any) -> dict[str, Any]:
     elif p["tile_design"] != "score":
         raise ValueError(f"tile_design={p['tile_design']!r} designs the periodic class tiles: set tile (e.g. tile=4, "
                          "mode='class'), or leave tile_design='score'")
+    elif p["tile_block"] != 1:
+        raise ValueError(f"tile_block={p['tile_block']} shapes a designed tile: set tile and tile_design (e.g. tile=8, "
+                         "tile_design='distinct-grey'), or leave tile_block=1")
     if p["mask_update"] == "freeze":
         if p["mode"] != "sample":
             raise ValueError("mask_update='freeze' keeps each image's own positions: use mode='sample' (class-wise "
@@ -279,7 +310,14 @@ METHOD = Method(
               help="tile > 0: 'score' (the tile's positions by the summed score, mask_by), 'distinct' (positions "
                    "and starting signs from a design whose class tiles stay apart under the attacker's shifts and "
                    "mirror, distinct_tiles; needs a tile that divides the image) or 'distinct-chroma' (the same with "
-                   "zero-sum colours, kept zero-sum by every step; colour images only); ours"),
+                   "zero-sum colours, kept zero-sum by every step; colour images only) or 'distinct-grey' (the "
+                   "same with every position +epsilon in every channel, and every step keeps it grey and inside "
+                   "[0, epsilon]: the fit only sets strengths along the design) or 'distinct-grey-signs' (the same "
+                   "with +-epsilon grey positions); ours"),
+        Param("tile_block", 1, Number(1, integer=True, cast=False),
+              help="a designed tile (tile_design other than 'score'): its positions come in tile_block x tile_block "
+                   "squares (the design is drawn on a tile / tile_block grid and keeps floor(fraction * (tile / "
+                   "tile_block)^2) squares), a coarser pattern; 1: single positions; ours"),
         Param("augment", "none", Choice(AUGMENTS),
               help="the attacker's views inside the fit: 'none', 'flip' or 'flip+crop' (a random flip and shift "
                    "of up to 1/8 of the side on every perturbed batch the surrogate and the PGD steps see); ours"),
@@ -302,7 +340,8 @@ RECONSTRUCTION = ("objective (em's min-min loop with a binary mask)", "pixel-sel
                   "ratio (fraction)", "fixed, per-step or step-then-frozen mask (mask_update, freeze_rounds)",
                   "local regions by a pooled score (mask_pool)", "top positions per cell (mask_cell)",
                   "one periodic pattern per class: a tile repeated over the image (tile)",
-                  "class tiles designed to stay apart under the attacker's shifts and mirror (tile_design)",
+                  "class tiles designed to stay apart under the attacker's shifts and mirror (tile_design, "
+                  "tile_block)",
                   "the attacker's flip / crop inside the fit (augment)",
                   "surrogate warm-up before the masks (mask_warmup_accuracy, mask_warmup_steps)",
                   "budget and loop numbers (em's defaults, Huang et al.: eps 8/255 L-inf, 20 PGD steps of eps/10, "
@@ -525,7 +564,11 @@ def distinct_tiles(num_classes: int, channels: int, tile: int, keep: int, seed: 
     ``colours="signs"``: every kept position is ``+-1`` in every channel. ``"chroma"``: every kept
     position is ``+1`` in one channel and ``-1`` in another (0 in the rest), so the tile sums to zero
     over the channels at every position: it has no grey component, and a feature that responds only to
-    it is blind to grey images (whose channels are equal), such as a scan stored as RGB.
+    it is blind to grey images (whose channels are equal), such as a scan stored as RGB. ``"grey"``:
+    every kept position is ``+1`` in every channel (grey, and never negative: a ``-1`` on a black
+    background is clipped away when applied); classes then differ by their positions only, and the
+    search moves positions only. ``"grey-signs"``: every kept position is ``+1`` or ``-1``, the same in
+    every channel (grey, signed).
 
     Local search from random starts (``restarts`` of ``iters`` moves: move one position of a class's tile,
     flip one sign, recolour one position or the whole tile; a move is kept unless it raises
@@ -557,6 +600,10 @@ gets every pair there with no two supports sharing more than one position in any
         """``[channels, n]``: a new colour for each of ``n`` positions (signs: one channel sign each)."""
         if colours == "signs":
             return rng.choice(signs, (channels, n))
+        if colours == "grey":
+            return np.ones((channels, n), np.int8)
+        if colours == "grey-signs":
+            return np.repeat(rng.choice(signs, (1, n)), channels, axis=0)
         return palette[rng.integers(len(palette), size=n)].T
 
     views = tile_views(tile)
@@ -576,11 +623,11 @@ gets every pair there with no two supports sharing more than one position in any
             cand = tiles.copy()
             c = rng.integers(num_classes)
             on = np.flatnonzero(np.abs(cand[c]).max(0))
-            move = rng.integers(4)
+            move = 0 if colours == "grey" else rng.integers(4)  # grey: one colour, only positions move
             if move == 0 and keep < tile * tile:  # move one position, its signs with it
                 src, dst = rng.choice(on), rng.choice(np.setdiff1d(np.arange(tile * tile), on))
                 cand[c][:, dst], cand[c][:, src] = cand[c][:, src], 0
-            elif move == 1:  # flip one sign (chroma: the position's colour, to stay zero-sum)
+            elif move == 1:  # flip one sign (chroma, grey-signs: the whole position, to stay zero-sum / grey)
                 if colours == "signs":
                     cand[c][rng.integers(channels), rng.choice(on)] *= -1
                 else:
@@ -621,6 +668,38 @@ def chroma_tie(tile: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """``tie_rule(tile)`` then the channel mean removed: a gradient's part that changes colour, not grey."""
     periodic = tie_rule(tile)
     return lambda t: (lambda q: q - q.mean(-3, keepdim=True))(periodic(t))
+
+
+def design_tiles(num_classes: int, channels: int, tile: int, fraction: float, seed: int, *, colours: str = "signs",
+                 block: int = 1) -> np.ndarray:
+    """The designed class tiles ``[num_classes, channels, tile, tile]`` int8 in ``{-1, 0, 1}`` for a fraction.
+
+    :func:`distinct_tiles` on a ``tile / block`` grid keeping ``floor(fraction * (tile / block)^2)`` cells,
+    each cell then a ``block x block`` square of the tile: a coarser pattern (lower spatial frequency)
+    with ``block^2`` times as many positions per kept cell, never more than ``fraction`` of the tile.
+    ``block=1`` is ``distinct_tiles(..., keep=floor(fraction * tile^2))`` itself.
+    """
+    if block < 1 or tile % block:
+        raise ValueError(f"block={block} must be a positive divisor of tile={tile}")
+    coarse = tile // block
+    keep = math.floor(fraction * coarse * coarse + 1e-9)
+    small = distinct_tiles(num_classes, channels, coarse, keep, seed, colours=colours)
+    return np.kron(small, np.ones((block, block), np.int8)) if block > 1 else small
+
+
+def keep_sign_rule(signs: torch.Tensor, eps: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The engine's ``project`` that keeps the design's sign: each entry ``d`` goes to ``s * clip(s * d, 0, eps)``
+    with ``s`` in ``{-1, 0, 1}`` (``signs``, the class table's shape), the nearest point that never flips a sign
+    and is zero where ``s`` is: the fit can only set each position's strength along the design."""
+    s = signs.float()
+    return lambda d: s.to(d.device, d.dtype) * (d * s.to(d.device, d.dtype)).clamp(0, eps)
+
+
+def grey_tie(tile: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``tie_rule(tile)`` then the channel mean in every channel: a gradient's grey part, so every step keeps a
+    grey table grey (equal channels)."""
+    periodic = tie_rule(tile)
+    return lambda t: periodic(t).mean(-3, keepdim=True).expand_as(t).contiguous()
 
 
 def mask_rule(mask_by: str, fraction: float, pool: int = 1, cell: int = 0, tile: int = 0) -> _em.MaskRule:
@@ -728,14 +807,18 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
         tie = tie_rule(p["tile"]) if p["tile"] else None
         if p["tile_design"] != "score":
             # every class's tile positions and signs come from the design; the fit moves the values
-            chroma = p["tile_design"] == "distinct-chroma"
-            design = distinct_tiles(data.num_classes, data.image_shape[0], p["tile"],
-                                    math.floor(p["fraction"] * p["tile"] ** 2 + 1e-9), seed,
-                                    colours="chroma" if chroma else "signs")
+            colours = {"distinct": "signs", "distinct-chroma": "chroma", "distinct-grey": "grey",
+                       "distinct-grey-signs": "grey-signs"}[p["tile_design"]]
+            design = design_tiles(data.num_classes, data.image_shape[0], p["tile"], p["fraction"], seed,
+                                  colours=colours, block=p["tile_block"])
             signs = unfold(torch.from_numpy(design.astype(np.float32)), h, w).numpy()
             start = ((np.abs(signs).max(1, keepdims=True) > 0).astype(np.uint8), signs * p["epsilon"])
-            if chroma:  # the values move too, but every position stays zero-sum over the channels
+            # the design fixes the positions exactly (the tile divides the image): the L0 budget is its support
+            k = int(start[0].reshape(len(start[0]), -1).sum(1).max())
+            if colours == "chroma":  # the values move too, but every position stays zero-sum over the channels
                 tie, project = chroma_tie(p["tile"]), zero_sum_rule(p["epsilon"])
+            elif colours in ("grey", "grey-signs"):  # strengths only: grey, in [0, eps] along the sign, no flips
+                tie, project = grey_tie(p["tile"]), keep_sign_rule(torch.from_numpy(signs), p["epsilon"])
         table, info, _masks = _em.minmin(data, run, seed=seed, device=device, method="salm", mask_rule=rule,
                                          augment=view, tie=tie, start=start, project=project)
         info["mask_pixels"] = k
