@@ -139,12 +139,20 @@ def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1).numpy() == y).mean())
 
 
-def tiny_scores(images, labels, weight, params, n_train: int, epochs: int) -> dict[str, float]:
+def tiny_scores(images, labels, weight, params, n_train: int, epochs: int, seeds=(0, 1)) -> dict[str, float]:
+    """cnn-tiny trained on the filtered sample (true labels), averaged over training seeds."""
     num_classes = weight.shape[0]
-    xf = filtered(images[:n_train], weight, labels[:n_train], params)
-    model = _train_tiny(xf, labels[:n_train], num_classes, epochs, seed=0)
-    return {"tiny_clean": 1.0 - _accuracy(model, images[n_train:], labels[n_train:]),
-            "tiny_train": _accuracy(model, xf, labels[:n_train])}
+    xf = filtered(images, weight, labels, params)
+    out: dict[str, list[float]] = {"tiny_clean": [], "tiny_train": [], "tiny_heldout": [], "tiny_gap": []}
+    for seed in seeds:
+        model = _train_tiny(xf[:n_train], labels[:n_train], num_classes, epochs, seed=seed)
+        clean = _accuracy(model, images[n_train:], labels[n_train:])
+        held = _accuracy(model, xf[n_train:], labels[n_train:])
+        out["tiny_clean"].append(1.0 - clean)
+        out["tiny_train"].append(_accuracy(model, xf[:n_train], labels[:n_train]))
+        out["tiny_heldout"].append(held)  # key + content, on images it never saw
+        out["tiny_gap"].append(held - clean)  # what the key adds
+    return {k: float(np.mean(v)) for k, v in out.items()}
 
 
 def decode_score(images, weight, params, n_img: int, epochs: int) -> dict[str, float]:
@@ -155,6 +163,45 @@ def decode_score(images, weight, params, n_img: int, epochs: int) -> dict[str, f
     test = np.arange(len(x)) % len(sel) >= int(0.8 * len(sel))  # held-out images, every filter
     model = _train_tiny(x[~test], which[~test], k, epochs, seed=0)
     return {"decode": _accuracy(model, x[test], which[test])}
+
+
+def image_features(x: np.ndarray, radial: int = 8, angular: int = 4) -> np.ndarray:
+    """Per-image global statistics a pooling network reads easily: mean, log contrast, and the log power in
+    ``radial x angular`` frequency bins of the grey image (magnitudes only: blind to shifts)."""
+    g = x.astype(np.float64).mean(axis=1)
+    m = g.mean(axis=(1, 2))
+    g = g - m[:, None, None]
+    p = np.abs(np.fft.fft2(g)) ** 2
+    fy = np.fft.fftfreq(g.shape[1])[:, None]
+    fx = np.fft.fftfreq(g.shape[2])[None, :]
+    r = np.minimum((np.hypot(fy, fx) / 0.5 * radial).astype(int), radial - 1)
+    a = ((np.arctan2(fy, fx) % np.pi) / np.pi * angular).astype(int) % angular
+    b = (r * angular + a).ravel()
+    dc = np.zeros(g.shape[1:], bool)
+    dc[0, 0] = True
+    keep = ~dc.ravel()
+    flat = p.reshape(len(p), -1)[:, keep]
+    nb = radial * angular
+    sums = np.zeros((len(p), nb))
+    np.add.at(sums.T, b[keep], flat.T)
+    cnt = np.bincount(b[keep], minlength=nb)
+    logp = np.log(sums[:, cnt > 0] / cnt[cnt > 0] + 1e-6)
+    return np.column_stack([m, np.log(g.std(axis=(1, 2)) + 1e-6), logp])
+
+
+def decode_linear(images, weight, params, n_img: int) -> dict[str, float]:
+    """Which filter was applied, told by a linear classifier on :func:`image_features` (held-out images)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    k = weight.shape[0]
+    sel = images[:n_img]
+    which = np.repeat(np.arange(k), len(sel))
+    f = image_features(filtered(np.tile(sel, (k, 1, 1, 1)), weight, which, params))
+    test = np.arange(len(f)) % len(sel) >= int(0.8 * len(sel))
+    sc = StandardScaler().fit(f[~test])
+    clf = LogisticRegression(max_iter=2000).fit(sc.transform(f[~test]), which[~test])
+    return {"decode_lin": float(clf.score(sc.transform(f[test]), which[test]))}
 
 
 def measured_columns(results: str, min_keys: int = 3) -> dict[str, dict[int, float]]:
@@ -189,9 +236,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=list(MEASURED_KEYS))
     ap.add_argument("--n-images", type=int, default=2000, help="user images the scores read (train rows [0, n))")
-    ap.add_argument("--tiny-epochs", type=int, default=3)
+    ap.add_argument("--tiny-epochs", type=int, default=6)
     ap.add_argument("--decode-images", type=int, default=400)
     ap.add_argument("--decode-epochs", type=int, default=2)
+    ap.add_argument("--decode-cnn", action="store_true",
+                    help="also the cnn-tiny filter decoder (at 400 images x 2 epochs it stayed at chance, session 11)")
+    ap.add_argument("--tiny-seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--explore", action="store_true",
+                    help="also the exploratory cnn-tiny columns (tiny_clean/train/heldout/gap, two training seeds)")
+    ap.add_argument("--candidates", type=int, nargs="*", default=[],
+                    help="after the check: for each seed, ue.fit('cuda', key_trials=--trials) on train rows [0, --fit-rows) "
+                         "(32 px), and print its candidates' scores, the kept and the worst-ranked candidate")
+    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--fit-rows", type=int, default=5000, help="train rows [0, n) --candidates fits on (the bench's)")
+    ap.add_argument("--time-fit", type=int, default=0, metavar="ROWS",
+                    help="time ue.fit('cuda', key_trials=--trials) on the first ROWS train rows (32 px)")
+    ap.add_argument("--skip-check", action="store_true", help="skip the scores of the measured keys")
     ap.add_argument("--no-tiny", action="store_true", help="spectral scores only (no training)")
     ap.add_argument("--data", default=DATA)
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
@@ -204,41 +264,84 @@ def main(argv=None) -> int:
     params = {"kernel_size": 5, "padding": "reflect"}
     sets = {"10": None, "5": [5, 6, 7, 8, 9]}  # the CLS04 rows protect classes 5-9 only (5 filters)
     scores: dict[str, dict[int, dict[str, float]]] = {}
-    for tag, classes in sets.items():
-        images, labels = load_images(args.n_images, args.data, classes=classes)
-        power = power_spectrum(images)
-        scores[tag] = {}
-        for seed in args.seeds:
+    table: dict = {}
+    if not args.skip_check:
+        for tag, classes in sets.items():
+            images, labels = load_images(args.n_images, args.data, classes=classes)
+            power = power_spectrum(images)
+            scores[tag] = {}
+            for seed in args.seeds:
+                t0 = time.perf_counter()
+                w = bank_weight(seed, len(classes or range(10)), params)
+                s = spectral_scores(w, power, 1)
+                s.update(decode_linear(images, w, params, args.decode_images))
+                if not args.no_tiny:
+                    from uetransforms.algorithms import cuda
+
+                    # the score key_trials ranks by (one owner: cuda.key_score): lower = stronger key
+                    s["key_score"] = cuda.key_score(cuda.score_images(images[: cuda.SCORE_IMAGES]),
+                                                    labels[: cuda.SCORE_IMAGES], w, normalise="max", padding="reflect")
+                if args.explore:
+                    s.update(tiny_scores(images, labels, w, params, int(0.75 * len(images)), args.tiny_epochs,
+                                          tuple(args.tiny_seeds)))
+                    if args.decode_cnn:
+                        s.update(decode_score(images, w, params, args.decode_images, args.decode_epochs))
+                s["seconds"] = round(time.perf_counter() - t0, 2)
+                scores[tag][seed] = s
+                print(f"[{tag} classes] seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in s.items()), flush=True)
+        cols = measured_columns(args.results)
+        names = [k for k in next(iter(scores["10"].values())) if k != "seconds"]
+        print("\nSpearman rho (p) of score vs measured test accuracy (negative = the score predicts protection):")
+        for col, accs in cols.items():
+            tag = "5" if "cls56789" in col else "10"
+            keys = [k for k in accs if k in scores[tag]]
+            if len(keys) < 3:
+                continue
+            acc = [accs[k] for k in keys]
+            table[col] = {"keys": keys, "accuracy": acc}
+            cells = []
+            for n in names:
+                rho, pval = spearmanr([scores[tag][k][n] for k in keys], acc)
+                table[col][n] = [float(rho), float(pval)]
+                cells.append(f"{n} {rho:+.2f} ({pval:.2f})")
+            print(f"{col} [{len(keys)} keys]: " + "; ".join(cells))
+    chosen = {}
+    if args.candidates:
+        import datasets
+
+        import uetransforms as ue
+        from uetransforms.algorithms import cuda
+
+        # exactly the bench's fit: train rows [0, --fit-rows), key_trials candidates scored on the fit's own sample
+        ds = datasets.Dataset.from_parquet(os.path.join(args.data, "train-00000-of-00001.parquet")).select(range(args.fit_rows))
+        for seed in args.candidates:
             t0 = time.perf_counter()
-            w = bank_weight(seed, len(classes or range(10)), params)
-            s = spectral_scores(w, power, 1)
-            if not args.no_tiny:
-                s.update(tiny_scores(images, labels, w, params, int(0.75 * len(images)), args.tiny_epochs))
-                s.update(decode_score(images, w, params, args.decode_images, args.decode_epochs))
-            s["seconds"] = round(time.perf_counter() - t0, 2)
-            scores[tag][seed] = s
-            print(f"[{tag} classes] seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in s.items()), flush=True)
-    cols = measured_columns(args.results)
-    names = [k for k in next(iter(scores["10"].values())) if k != "seconds"]
-    table = {}
-    print("\nSpearman rho (p) of score vs measured test accuracy (negative = the score predicts protection):")
-    for col, accs in cols.items():
-        tag = "5" if "cls56789" in col else "10"
-        keys = [k for k in accs if k in scores[tag]]
-        if len(keys) < 3:
-            continue
-        acc = [accs[k] for k in keys]
-        table[col] = {"keys": keys, "accuracy": acc}
-        cells = []
-        for n in names:
-            rho, pval = spearmanr([scores[tag][k][n] for k in keys], acc)
-            table[col][n] = [float(rho), float(pval)]
-            cells.append(f"{n} {rho:+.2f} ({pval:.2f})")
-        print(f"{col} [{len(keys)} keys]: " + "; ".join(cells))
+            bank = ue.fit("cuda", ds, image_column="img", label_column="label", seed=seed, key_trials=args.trials, **params)
+            cands, sc = cuda.candidate_seeds(seed, args.trials), bank.info["key_scores"]
+            kept, worst = bank.info["key_kept"], int(np.argmax(sc))
+            chosen[seed] = {"candidates": cands, "scores": sc, "kept": kept, "worst": worst,
+                            "fit_seconds": round(time.perf_counter() - t0, 1)}
+            print(f"seed {seed}, {args.trials} candidates: scores " + " ".join(f"{v:.3f}" for v in sc)
+                  + f"; kept #{kept} (bank seed {cands[kept]}), worst #{worst} (bank seed {cands[worst]}); "
+                  f"fit {chosen[seed]['fit_seconds']} s", flush=True)
+    timing = {}
+    if args.time_fit:
+        import datasets
+
+        import uetransforms as ue
+
+        ds = datasets.Dataset.from_parquet(os.path.join(args.data, "train-00000-of-00001.parquet")).select(range(args.time_fit))
+        for trials in (1, args.trials):
+            t0 = time.perf_counter()
+            bank = ue.fit("cuda", ds, image_column="img", label_column="label", seed=2026, key_trials=trials, **params)
+            timing[trials] = round(time.perf_counter() - t0, 1)
+            print(f"ue.fit cuda key_trials={trials} on {args.time_fit} rows (32 px): {timing[trials]} s; "
+                  f"info {({k: v for k, v in bank.info.items() if k.startswith('key_')})}", flush=True)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as fh:
-            json.dump({"command": " ".join(["python"] + sys.argv), "scores": scores, "correlations": table}, fh, indent=1)
+            json.dump({"command": " ".join(["python"] + sys.argv), "scores": scores, "correlations": table,
+                       "candidates": chosen, "fit_seconds": timing}, fh, indent=1)
     return 0
 
 

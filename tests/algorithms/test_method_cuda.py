@@ -203,3 +203,116 @@ def test_bad_params_raise_value_error_naming_the_parameter(params, name):
     ds, _, _ = toy_data()
     with pytest.raises(ValueError, match=name):
         ue.fit("cuda", ds, seed=0, **params)
+
+
+# --- key_trials: several candidate keys, the most learnable kept ---------------------------------------------
+
+def _golden_data():
+    # the data the golden hashes below were computed on (main before key_trials, commit 0665c7f)
+    imgs = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    return {"image": list(imgs), "label": [0, 1, 2, 0, 1, 2]}
+
+
+@pytest.mark.parametrize("seed, params, sha", [
+    (7, {}, "960902cb4f1a94b2680346d96919c74a8f86cc1e2d0e8d145ea1e0031bbcbb8c"),
+    (1234, {"kernel_size": 5, "padding": "reflect"}, "13200ae57f5940d1c305daf064b9a77b13fd6fa1915837be8a4eda157bea17d4"),
+    (99, {"kernel_size": 5, "dilation": 2}, "2540c50cb2fc0b3f8c993214516061ae6730704c743a8c65d338ca0cfcb2b89b"),
+])
+def test_one_key_trial_is_main_bank_byte_for_byte(seed, params, sha):
+    ds = _golden_data()
+    assert ue.fit("cuda", ds, seed=seed, **params).sha256 == sha
+    bank = ue.fit("cuda", ds, seed=seed, key_trials=1, **params)
+    assert bank.sha256 == sha and "key_trials" not in bank.params and bank.info == {"size_mismatch": "resize"}
+
+
+class _CountingList(list):
+    """A list that records which slices were read (what FitData decodes of a dict dataset)."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.reads: list[tuple[int, int]] = []
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            self.reads.append((i.start, i.stop))
+        return super().__getitem__(i)
+
+
+def test_one_key_trial_reads_no_image_but_the_first():
+    ds = _golden_data()
+    ds["image"] = _CountingList(ds["image"])
+    ue.fit("cuda", ds, seed=3, key_trials=1)
+    assert ds["image"].reads == [(0, 1)]  # the first image, for its shape only
+
+
+@pytest.fixture
+def fast_score(monkeypatch):
+    """The real score at a unit-test budget: one epoch, one training seed."""
+    monkeypatch.setattr(cuda, "SCORE_EPOCHS", 1)
+    monkeypatch.setattr(cuda, "SCORE_SEEDS", (0,))
+
+
+def test_key_trials_keeps_the_lowest_score_and_is_a_candidate_draw(monkeypatch):
+    ds, _, _ = toy_data(n=9, classes=3)
+    seen = []
+
+    def fake_score(images, labels, weight, *, normalise, padding):
+        seen.append(weight.copy())
+        return float(weight.sum() % 1.0)  # any deterministic, key-dependent number
+
+    monkeypatch.setattr(cuda, "key_score", fake_score)
+    bank = ue.fit("cuda", ds, seed=21, key_trials=5, kernel_size=5)
+    cands = cuda.candidate_seeds(21, 5)
+    assert cands[0] == 21 and len(set(cands)) == 5
+    scores = [float(w.sum() % 1.0) for w in seen]
+    kept = int(np.argmin(scores))
+    assert bank.info["key_kept"] == kept and bank.info["key_scores"] == scores
+    assert bank.info["key_score"] == min(scores) and bank.info["key_trials"] == 5
+    # candidate i is the one-key bank of seed candidate_seeds(21, 5)[i]: candidate 0 is today's draw
+    for i, c in enumerate(cands):
+        assert (ue.fit("cuda", ds, seed=c, kernel_size=5).tensors["weight"] == seen[i]).all()
+    assert (bank.tensors["weight"] == seen[kept]).all()
+    assert bank.params["key_trials"] == 5 and bank.params["seed"] == 21
+    # info says how the key was chosen, never which seed it came from
+    assert set(bank.info) == {"size_mismatch", "key_trials", "key_kept", "key_score", "key_scores", "key_score_images"}
+
+
+def test_key_trials_same_seed_same_bytes_and_a_bounded_seeded_sample(monkeypatch, fast_score):
+    monkeypatch.setattr(cuda, "SCORE_IMAGES", 6)
+    ds, _, _ = toy_data(n=12, classes=3)
+    ds["image"] = _CountingList(ds["image"])
+    a = ue.fit("cuda", ds, seed=5, key_trials=3)
+    rows_a = sorted({r for r, _ in ds["image"].reads[1:]})  # after the first image's shape
+    ds["image"].reads.clear()
+    b = ue.fit("cuda", ds, seed=5, key_trials=3)
+    rows_b = sorted({r for r, _ in ds["image"].reads[1:]})
+    assert a.sha256 == b.sha256 and a.info == b.info
+    assert len(rows_a) == 6 and rows_a == rows_b and a.info["key_score_images"] == 6  # 6 of 12 rows, seeded
+    assert all(0.0 <= s <= 1.0 for s in a.info["key_scores"]) and len(a.info["key_scores"]) == 3
+
+
+def test_key_score_is_a_held_out_accuracy_and_repeatable(fast_score):
+    ds, imgs, labels = toy_data(n=12, classes=3)
+    x = to_chw(imgs)
+    w = ue.fit("cuda", ds, seed=4).tensors["weight"]
+    s = cuda.key_score(x, np.asarray(labels), w, normalise="max", padding="zeros")
+    assert s == cuda.key_score(x, np.asarray(labels), w, normalise="max", padding="zeros")
+    assert 0.0 <= s <= 1.0 and abs(s * 3 - round(s * 3)) < 1e-9  # accuracy on the held-out quarter: 3 of 12 images
+
+
+def test_score_images_shrinks_large_images_only():
+    small = np.zeros((2, 3, 20, 30), np.uint8)
+    assert tuple(cuda.score_images(small).shape) == (2, 3, 20, 30)
+    big = np.full((2, 3, 96, 64), 200, np.uint8)
+    out = cuda.score_images(big)
+    assert tuple(out.shape) == (2, 3, 32, 21) and out.dtype == torch.uint8 and int(out.min()) == 200
+
+
+def test_key_trials_errors():
+    ds, _, _ = toy_data()
+    for bad in (0, -1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="key_trials"):
+            ue.fit("cuda", ds, seed=0, key_trials=bad)
+    one = {"image": ds["image"][:1], "label": [0]}
+    with pytest.raises(ValueError, match="key_trials=1"):
+        ue.fit("cuda", one, seed=0, key_trials=2)

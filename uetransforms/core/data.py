@@ -225,6 +225,21 @@ class FitData:
             e = min(s + batch_size, self._n)
             yield self._decode(self._raw_images(s, e), s), slice(s, e)
 
+    def images_at(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The images of ``rows`` (in that order) as uint8 ``[n, C, H, W]``, decoding only those rows.
+
+        For a method that reads a bounded sample of a large dataset; the whole set is not kept.
+        """
+        rows = [int(r) for r in rows]
+        bad = [r for r in rows if not 0 <= r < self._n]
+        if bad:
+            raise IndexError(f"rows {bad[:5]} are outside the dataset's {self._n} rows")
+        if self._images is not None:
+            return self._images[rows]
+        if not rows:
+            return np.empty((0, *self.image_shape), np.uint8)
+        return np.concatenate([self._decode(self._raw_images(r, r + 1), r) for r in rows])
+
     def images(self) -> np.ndarray:
         """All images as one uint8 ``[N, C, H, W]`` array (decoded once, then kept)."""
         if self._images is None:
