@@ -248,6 +248,7 @@ def main(argv=None) -> int:
                     help="after the check: for each seed, ue.fit('cuda', key_trials=--trials) on train rows [0, --fit-rows) "
                          "(32 px), and print its candidates' scores, the kept and the worst-ranked candidate")
     ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--classes", default=None, help="--candidates on these classes only, e.g. 5,6,7,8,9 (CLS04's task)")
     ap.add_argument("--fit-rows", type=int, default=5000, help="train rows [0, n) --candidates fits on (the bench's)")
     ap.add_argument("--time-fit", type=int, default=0, metavar="ROWS",
                     help="time ue.fit('cuda', key_trials=--trials) on the first ROWS train rows (32 px)")
@@ -314,6 +315,12 @@ def main(argv=None) -> int:
 
         # exactly the bench's fit: train rows [0, --fit-rows), key_trials candidates scored on the fit's own sample
         ds = datasets.Dataset.from_parquet(os.path.join(args.data, "train-00000-of-00001.parquet")).select(range(args.fit_rows))
+        if args.classes:
+            # as bench_protection.py --classes: those classes' rows of [0, --fit-rows), relabelled 0.. in order
+            keep = [int(c) for c in args.classes.split(",")]
+            ds = ds.filter(lambda y: y in keep, input_columns="label")
+            ds = ds.map(lambda y: {"label": keep.index(y)}, input_columns="label").cast_column(
+                "label", datasets.ClassLabel(num_classes=len(keep)))
         for seed in args.candidates:
             t0 = time.perf_counter()
             bank = ue.fit("cuda", ds, image_column="img", label_column="label", seed=seed, key_trials=args.trials, **params)

@@ -42,6 +42,18 @@ def test_hf_dataset_columns_and_class_names():
     np.testing.assert_array_equal(np.concatenate([b for b, _ in batches]), data.images())
 
 
+def test_images_at_decodes_only_the_rows_asked_in_their_order():
+    data = FitData(_hf(), image_column="img", label_column="y")
+    want = _imgs(6).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(data.images_at([4, 1, 1]), want[[4, 1, 1]])
+    assert data._images is None  # a sample does not load the whole set
+    assert data.images_at([]).shape == (0, 3, 8, 8)
+    with pytest.raises(IndexError, match="outside"):
+        data.images_at([6])
+    data.images()  # once the set is loaded, rows come from it
+    np.testing.assert_array_equal(data.images_at(np.array([5, 0])), want[[5, 0]])
+
+
 def test_content_hash_ids_are_stable_and_positionless():
     imgs = _imgs(5)
     data = FitData.from_arrays(imgs, labels=[0] * 5)

@@ -6,7 +6,8 @@ Datasets", CVPR 2023 (arXiv:2303.04278).
 Every class ``k`` gets its own random ``k x k`` filter and each image of that class is filtered
 with it (one depthwise convolution per channel, zero padding ``k // 2``), then divided by its own
 maximum so it spans the full range again. The filters are the private key; nothing is learned
-and no image is read (only the label column and the first image's shape).
+and no image is read (only the label column and the first image's shape), unless ``key_trials > 1``
+asks to choose among several keys (ours, below).
 
 Faithful to the paper and the authors' code:
 
@@ -70,6 +71,20 @@ Parameters (all stored in ``bank.params``, with the seed):
   Caveat: those images are CIFAR upscaled, whose detail is exactly 3 px wide at 96 px (a
   dilation-3 filter gives the 32-px cuda image upscaled); real photos have detail at every scale,
   and none has been measured with a dilation. The default stays 1, the paper's.
+* ``key_trials`` (default 1, the paper's one random key; ours): how many candidate keys to draw from the
+  seed before keeping one. The paper draws one key; how well it protects then depends on the draw
+  (``kernel_size=5, padding="reflect"``: 0.28x ... 0.54x clean from scratch at 32 px and 0.33x ... 0.62x at
+  96 px over seven keys, ``benchmarks/RESULTS.md``, "One cuda setting at three sizes (session 10)"):
+  when the attacker learns the filters as the classes' cue it generalises badly to clean images; when a
+  key's filters happen to look alike to a network, only the blur is left. With ``key_trials = N > 1``
+  candidate 0 is the one-key draw and candidates 1 ... N-1 are drawn from seeds derived from the seed
+  (:func:`candidate_seeds`); each is scored by :func:`key_score` (a ``cnn-tiny`` trained a few epochs on
+  a seeded sample of at most ``SCORE_IMAGES`` = 2000 of the images, shrunk to 32 px and filtered with the
+  candidate, tested on clean held-out images of the sample: the lower its accuracy, the more a network
+  learns the key instead of the content), and the lowest is kept. The same seed gives the same bank on
+  the same machine; ``bank.info`` records ``key_trials``, the kept candidate's index and every
+  candidate's score (never a seed). ``key_trials=1`` reads no image and gives exactly the one-key bank.
+  Cost: about 20 s per candidate on one shared CPU core at 32 px (8 candidates, 5000 rows: 190 s).
 
 Example:
     >>> import numpy as np, torch, uetransforms as ue
