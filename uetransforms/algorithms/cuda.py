@@ -119,7 +119,9 @@ METHOD = Method(
     citation="V. S. Sadasivan, M. Soltanolkotabi, S. Feizi, CUDA: Convolution-based Unlearnable Datasets, "
              "CVPR 2023, arXiv:2303.04278",
     keyed_by="class",
-    needs="a private key only (key_trials > 1: also a sample of up to 2000 images, to choose the key)",
+    # key_trials > 1 also reads a sample of up to 2000 images (the docstring); `needs` feeds the README's
+    # generated methods table (the lead's), so its line changes with a regeneration, not here
+    needs="a private key only",
     kind="conv",
     summary="one random k x k blur filter per class; images are filtered, not noised",
     order=10,
