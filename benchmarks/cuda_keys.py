@@ -248,6 +248,9 @@ def main(argv=None) -> int:
                     help="after the check: for each seed, ue.fit('cuda', key_trials=--trials) on train rows [0, --fit-rows) "
                          "(32 px), and print its candidates' scores, the kept and the worst-ranked candidate")
     ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--score-seeds", type=int, nargs="+", default=None,
+                    help="--candidates with other training seeds of the score's cnn-tiny (cuda.SCORE_SEEDS; default "
+                         "the package's): its test-retest check")
     ap.add_argument("--classes", default=None, help="--candidates on these classes only, e.g. 5,6,7,8,9 (CLS04's task)")
     ap.add_argument("--fit-rows", type=int, default=5000, help="train rows [0, n) --candidates fits on (the bench's)")
     ap.add_argument("--time-fit", type=int, default=0, metavar="ROWS",
@@ -313,6 +316,8 @@ def main(argv=None) -> int:
         import uetransforms as ue
         from uetransforms.algorithms import cuda
 
+        if args.score_seeds:
+            cuda.SCORE_SEEDS = tuple(args.score_seeds)
         # exactly the bench's fit: train rows [0, --fit-rows), key_trials candidates scored on the fit's own sample
         ds = datasets.Dataset.from_parquet(os.path.join(args.data, "train-00000-of-00001.parquet")).select(range(args.fit_rows))
         if args.classes:

@@ -84,7 +84,14 @@ Parameters (all stored in ``bank.params``, with the seed):
   learns the key instead of the content), and the lowest is kept. The same seed gives the same bank on
   the same machine; ``bank.info`` records ``key_trials``, the kept candidate's index and every
   candidate's score (never a seed). ``key_trials=1`` reads no image and gives exactly the one-key bank.
-  Cost: about 20 s per candidate on one shared CPU core at 32 px (8 candidates, 5000 rows: 190 s).
+  Measured effect (``benchmarks/RESULTS.md``, "Choosing cuda's key at fit time (session 11)";
+  ``kernel_size=5, padding="reflect"``, CIFAR-10 rows [0, 5000), 8 candidates of seeds 2026, 2027, 2028):
+  **no benefit shown**. On the seven earlier keys the score ranked the measured rows weakly (Spearman
+  -0.54 ... -0.75, p 0.05-0.22), but on the new keys the kept candidate met every goal line (32 px
+  fine-tune / probe of a pretrained CNN <= 0.6x, from scratch <= 0.5x; 96 px, dilation 6, from scratch
+  <= 0.5x) for one seed of three, and protected more than the worst-ranked candidate in 5 of 12
+  attacker x size comparisons. So the default stays 1, and ``key_trials > 1`` only costs time for now.
+  Cost: 12-24 s per candidate on one shared CPU core (8 candidates on 5000 rows at 32 px: 94-192 s).
 
 Example:
     >>> import numpy as np, torch, uetransforms as ue
