@@ -91,7 +91,7 @@ Parameters (all stored in ``bank.params``, with the seed):
   fine-tune / probe of a pretrained CNN <= 0.6x, from scratch <= 0.5x; 96 px, dilation 6, from scratch
   <= 0.5x) for one seed of three, and protected more than the worst-ranked candidate in 5 of 12
   attacker x size comparisons. So the default stays 1, and ``key_trials > 1`` only costs time for now.
-  Cost: 12-24 s per candidate on one shared CPU core (8 candidates on 5000 rows at 32 px: 94-192 s).
+  Cost: 6-24 s per candidate on one shared CPU core (8 candidates on 5000 rows at 32 px: 45-192 s, by load).
 
 Example:
     >>> import numpy as np, torch, uetransforms as ue
@@ -236,7 +236,7 @@ def key_score(images: torch.Tensor, labels: np.ndarray, weight: np.ndarray, *, n
     n = len(images)
     cut = max(1, min(n - 1, (3 * n) // 4))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    filt = kernels.convolve(images[:cut], torch.from_numpy(weight)[y[:cut]], normalise=normalise, padding=padding)
+    filt = kernels.convolve(images[:cut], torch.tensor(weight)[y[:cut]], normalise=normalise, padding=padding)
     xt, yt = filt.float().div_(255), y[:cut]
     held, yh = images[cut:].float().div_(255), y[cut:]
     accs = []
