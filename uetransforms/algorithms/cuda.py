@@ -226,10 +226,11 @@ def key_score(images: torch.Tensor, labels: np.ndarray, weight: np.ndarray, *, n
     its mean accuracy on the *clean* held-out quarter of ``images`` (lower: the key protects more).
 
     ``images`` uint8 ``[N, C, h, w]`` (already through :func:`score_images`), ``labels`` their classes. The
-    filters act contiguously (dilation 1) at this small size, whatever the bank's dilation: a k x k filter
-    with dilation d on a large image acts as the contiguous filter on the image shrunk by d, and the
-    measured check scored every size at 32 px. Trains on the CPU whatever the fit's device, so the choice
-    does not depend on the accelerator.
+    filters act contiguously (dilation 1) at this small size, whatever the bank's size and dilation: that is
+    how the session-11 check scored the 96-px (dilation 6) and 224-px (dilation 7) keys too, an
+    approximation (a dilated filter on a large image is close to the contiguous one on the image shrunk by
+    the dilation), not a measured rule. Trains on the CPU whatever the fit's device, so the choice does not
+    depend on the accelerator.
     """
     from ..models import surrogates
 
