@@ -89,8 +89,10 @@ Parameters (all stored in ``bank.params``, with the seed):
   **no benefit shown**. On the seven earlier keys the score ranked the measured rows weakly (Spearman
   -0.54 ... -0.75, p 0.05-0.22), but on the new keys the kept candidate met every goal line (32 px
   fine-tune / probe of a pretrained CNN <= 0.6x, from scratch <= 0.5x; 96 px, dilation 6, from scratch
-  <= 0.5x) for one seed of three, and protected more than the worst-ranked candidate in 5 of 12
-  attacker x size comparisons. So the default stays 1, and ``key_trials > 1`` only costs time for now.
+  <= 0.5x) for one seed of three, and protected more than the worst-ranked candidate in 6 of 13
+  attacker x size comparisons (224 px, one pair: 0.47x against 0.58x); rescored with other surrogate
+  training seeds, each set kept another candidate. So the default stays 1, and ``key_trials > 1`` only
+  costs time for now.
   Cost: 6-24 s per candidate on one shared CPU core (8 candidates on 5000 rows at 32 px: 45-192 s, by load).
 
 Example:
