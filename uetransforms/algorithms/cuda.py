@@ -150,7 +150,8 @@ METHOD = Method(
                    "spans dilation*(k-1)+1 px, for images whose detail is coarser than a pixel"),
         Param("key_trials", 1, Number(1, integer=True), paper=1,
               help="candidate keys drawn from the seed, the one a small surrogate learns least from kept (ours; "
-                   "1: the paper's single draw, no image read; > 1 reads a sample of up to 2000 images)"),
+                   "1: the paper's single draw, no image read; > 1 reads a sample of up to 2000 images and costs "
+                   "6-24 s per candidate; no protection gain measured yet, so leave it at 1)"),
     ),
     # keyed by clusters (no labels) the 3 x 3 filters protect little: 0.80x vs 0.51x with 5 x 5 (module docs)
     label_free_defaults={"kernel_size": 5},
