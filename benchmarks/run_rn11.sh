@@ -6,7 +6,7 @@
 # control is the same architecture from torchvision at init seed 0 ('tv:resnet18@random', its 1000-way head,
 # which the probe drops anyway).
 # STEPS picks the parts: build clean rnd-clean k5d7r k5d7r-k2 k5d7r-k3 cuda (default: all, in that order), and
-# the extra rows s64-clean s64-k5d7r d7r rnd-k5d7r (bank seeds: 1234, k2 = 4321, k3 = 99; s64: the same backbone
+# the extra rows s64-clean s64-k5d7r s64-k5d7r-k2 s64-k5d7r-k3 d7r rnd-k5d7r (bank seeds: 1234, k2 = 4321, k3 = 99; s64: the same backbone
 # reading the 224-px images resized down to 64 px, its training side).
 # Outputs: benchmarks/results/rn11-*.json.
 set -euo pipefail
@@ -29,6 +29,8 @@ for step in ${STEPS:-build clean rnd-clean k5d7r k5d7r-k2 k5d7r-k3 cuda}; do
     cuda)      $B224 --backbone "tv:resnet18@$RN04" --methods cuda --out $R-p224-cuda.json ;;
     s64-clean) $B224 --backbone "tv:resnet18@$RN04" --backbone-size 64 --methods clean --out $R-p224-s64-clean.json ;;
     s64-k5d7r) $B224 --backbone "tv:resnet18@$RN04" --backbone-size 64 --methods cuda $K5D7R --out $R-p224-s64-cuda-k5-d7-reflect.json ;;
+    s64-k5d7r-k2) $B224 --backbone "tv:resnet18@$RN04" --backbone-size 64 --methods cuda $K5D7R --bank-seed 4321 --out $R-p224-s64-cuda-k5-d7-reflect-key2.json ;;
+    s64-k5d7r-k3) $B224 --backbone "tv:resnet18@$RN04" --backbone-size 64 --methods cuda $K5D7R --bank-seed 99 --out $R-p224-s64-cuda-k5-d7-reflect-key3.json ;;
     d7r)       $B224 --backbone "tv:resnet18@$RN04" --methods cuda --param cuda.dilation=7 --param cuda.padding=reflect --out $R-p224-cuda-d7-reflect.json ;;
     rnd-k5d7r) $B224 --backbone tv:resnet18@random --allow-random-backbone --methods cuda $K5D7R --out $R-p224-random-cuda-k5-d7-reflect.json ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
