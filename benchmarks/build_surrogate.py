@@ -119,11 +119,40 @@ def _load(path: str, rows: range) -> tuple[np.ndarray, np.ndarray]:
     return x.transpose(0, 3, 1, 2).copy(), labels
 
 
-def train_cifar(module, forward, xtr, ytr, xva, yva, args) -> tuple[float, float]:
+def upscale_rows(x: np.ndarray, side: int) -> np.ndarray:
+    """uint8 ``[N, 3, H, W]`` -> ``[N, 3, side, side]``, Pillow bicubic: the resampler ``bench_protection.py
+    --resolution`` upscales the protected rows with, so a backbone trained at ``side`` saw images made the same
+    way (without the harness's JPEG step: these rows are training data, not a stored dataset)."""
+    from PIL import Image
+
+    if x.shape[-1] == side and x.shape[-2] == side:
+        return x
+    out = np.empty((len(x), 3, side, side), np.uint8)
+    for i, im in enumerate(x):
+        out[i] = np.asarray(Image.fromarray(im.transpose(1, 2, 0)).resize((side, side), Image.BICUBIC)).transpose(2, 0, 1)
+    return out
+
+
+def accuracy(forward, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
+    """Accuracy of ``forward`` on uint8 rows ``x`` (eval mode is the caller's)."""
+    import torch
+
+    with torch.no_grad():
+        pred = torch.cat([forward(torch.from_numpy(x[s : s + batch]).float().div(255)).argmax(1)
+                          for s in range(0, len(x), batch)])
+    return float((pred.numpy() == y).mean())
+
+
+def train_cifar(module, forward, xtr, ytr, xva, yva, args, on_epoch=None) -> tuple[float, float]:
     """Train ``module`` (called through ``forward``, e.g. with its own preprocessing) on uint8 CIFAR rows
-    with the harness's augmentation (reflect-pad 4 crop, one offset per batch, per-image flip), SGD
+    with the harness's augmentation (reflect-pad crop, one offset per batch, per-image flip), SGD
     Nesterov + one-cycle at ``args.lr``; returns (validation accuracy, seconds). Shared by every
-    build_*_surrogate script so their recipes cannot drift apart."""
+    build_*_surrogate script so their recipes cannot drift apart.
+
+    The crop pads by 1/8 of the rows' side (4 px at 32 px, as the harness; 8 px on rows upscaled to 64)
+    so upscaled rows get the same augmentation relative to their content. ``on_epoch(epoch, seconds)``,
+    if given, runs after every epoch (in eval mode; e.g. to write a checkpoint, so a stopped run keeps
+    what it has)."""
     import torch
     import torch.nn.functional as F
 
@@ -132,6 +161,8 @@ def train_cifar(module, forward, xtr, ytr, xva, yva, args) -> tuple[float, float
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps)
     gen = torch.Generator().manual_seed(args.seed)
     xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    side = xt.shape[-1]
+    pad = side // 8
     t0 = time.perf_counter()
     for ep in range(args.epochs):
         module.train()
@@ -140,8 +171,8 @@ def train_cifar(module, forward, xtr, ytr, xva, yva, args) -> tuple[float, float
         for s in range(0, len(order), args.batch_size):
             idx = order[s : s + args.batch_size]
             x = xt[idx].float().div_(255)
-            dy, dx = torch.randint(0, 9, (2,), generator=gen).tolist()
-            x = F.pad(x, (4, 4, 4, 4), mode="reflect")[:, :, dy : dy + 32, dx : dx + 32]
+            dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
+            x = F.pad(x, (pad, pad, pad, pad), mode="reflect")[:, :, dy : dy + side, dx : dx + side]
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             out = forward(x)
@@ -153,23 +184,28 @@ def train_cifar(module, forward, xtr, ytr, xva, yva, args) -> tuple[float, float
             tot += len(idx)
             correct += int((out.argmax(1) == yt[idx]).sum())
         print(f"epoch {ep + 1}/{args.epochs}: train acc {correct / tot:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if on_epoch is not None:
+            module.eval()
+            on_epoch(ep + 1, time.perf_counter() - t0)
     module.eval()
-    with torch.no_grad():
-        pred = torch.cat([forward(torch.from_numpy(xva[s : s + 500]).float().div(255)).argmax(1)
-                          for s in range(0, len(xva), 500)])
-    val_acc = float((pred.numpy() == yva).mean())
+    val_acc = accuracy(forward, xva, yva)
     print(f"validation accuracy on test rows {args.val_rows}: {val_acc:.4f}")
     return val_acc, time.perf_counter() - t0
 
 
 def cifar_meta(tr_rows: range, va_rows: range, val_acc: float, seconds: float, args,
-               classes: list[int] | None = None) -> dict[str, str]:
+               classes: list[int] | None = None, *, side: int | None = None,
+               epochs_done: int | None = None) -> dict[str, str]:
     """What an encoder file built from CIFAR rows records about its training (``classes``: the label
-    subset it saw, ``None`` for all ten; a subset is also written as a JSON list under ``classes``)."""
+    subset it saw, ``None`` for all ten; a subset is also written as a JSON list under ``classes``;
+    ``side``: the rows were upscaled to it before training; ``epochs_done``: how many of ``args.epochs``
+    the weights have, said in ``trained_on`` so a checkpoint of a stopped run cannot pass for the full recipe)."""
     only = f", {describe_classes(classes)}" if classes is not None else ""
+    size = f", upscaled to {side} px (Pillow bicubic)" if side is not None and side != 32 else ""
+    done = f", {epochs_done} of {args.epochs} epochs" if epochs_done is not None else ""
     meta = {
-        "trained_on": f"CIFAR-10 train rows [{tr_rows.start}, {tr_rows.stop}) with labels{only} (disjoint from the "
-                      "harness's protected rows [0, 10000) and test rows [0, 2000))",
+        "trained_on": f"CIFAR-10 train rows [{tr_rows.start}, {tr_rows.stop}) with labels{only}{size}{done} (disjoint "
+                      "from the harness's protected rows [0, 10000) and test rows [0, 2000))",
         "validation": f"CIFAR-10 test rows [{va_rows.start}, {va_rows.stop}){only}: accuracy {val_acc:.4f}",
         "recipe": json.dumps({k: v for k, v in vars(args).items()
                               if k not in ("out", "data") and not (k == "classes" and v is None)}),
@@ -177,6 +213,8 @@ def cifar_meta(tr_rows: range, va_rows: range, val_acc: float, seconds: float, a
     }
     if classes is not None:
         meta["classes"] = json.dumps(classes)
+    if epochs_done is not None:
+        meta["epochs_done"] = str(epochs_done)
     return meta
 
 

@@ -22,6 +22,18 @@ the new file records the file it started from (its sha256 and recipe):
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/build_tv_surrogate.py --init /tmp/uet-surrogate/resnet18-c10.safetensors \\
         --epochs 3 --lr 0.02 --out /tmp/uet-surrogate/resnet18-c10-e9.safetensors
 
+A strided-stem backbone from a disjoint label set (issue 22's "other data" at photo size): the
+torchvision ResNet-18 (ImageNet stem: 7x7 stride-2 conv + max-pool) trained on CIFAR-10 classes 0-4
+only, rows upscaled once to 64 px (``--upscale``: Pillow bicubic, as the harness's ``--resolution``;
+crops then pad by 1/8 of the side), 5-way head; load it as ``tv:resnet18@OUT``:
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/build_tv_surrogate.py --arch resnet18 --classes 0-4 \
+        --train-rows 10000:50000 --image-size 64 --upscale --epochs 5 --batch-size 64 --lr 0.1 \
+        --out /tmp/rn11/rn04-resnet18-s64.safetensors
+
+The file is rewritten after every epoch (its ``trained_on`` and ``epochs_done`` say how many of the
+``--epochs`` it holds), so a run stopped early leaves its last finished epoch, not nothing.
+
 Same arguments, same bytes (seeded, single-threaded CPU).
 """
 
@@ -35,7 +47,19 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from build_surrogate import DEFAULT_DATA, _disjoint_rows, _load, _rows, cifar_meta, train_cifar  # noqa: E402
+from build_surrogate import (  # noqa: E402
+    DEFAULT_DATA,
+    _disjoint_rows,
+    _load,
+    _rows,
+    accuracy,
+    cifar_meta,
+    describe_classes,
+    keep_classes,
+    parse_classes,
+    train_cifar,
+    upscale_rows,
+)
 
 
 def _load_init(net, args) -> dict[str, str]:
@@ -68,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", default=None,
+                   help="train on these CIFAR-10 classes only, e.g. 0-4 (default: all ten); the head has one output "
+                        "per class and the validation rows are filtered the same way")
+    p.add_argument("--upscale", action="store_true",
+                   help="upscale the rows once to --image-size (Pillow bicubic, as bench_protection --resolution) and "
+                        "crop at that size, instead of cropping at 32 px and resizing (bilinear) on the fly")
     p.add_argument("--init", help="an encoder file written by this script (same --arch and --image-size) to "
                                   "continue training from, instead of a random init")
     p.add_argument("--out", required=True)
@@ -83,16 +113,41 @@ def main(argv: list[str] | None = None) -> int:
     tr_rows, va_rows = _disjoint_rows(args.train_rows, "--train-rows"), _rows(args.val_rows)
     xtr, ytr = _load(os.path.join(args.data, "train-00000-of-00001.parquet"), tr_rows)
     xva, yva = _load(os.path.join(args.data, "test-00000-of-00001.parquet"), va_rows)
-    net = tvm.get_model(args.arch, weights=None, num_classes=10)
+    classes = parse_classes(args.classes) if args.classes is not None else None
+    if classes is not None:
+        xtr, ytr = keep_classes(xtr, ytr, classes, f"--train-rows {args.train_rows}")
+        xva, yva = keep_classes(xva, yva, classes, f"--val-rows {args.val_rows}")
+        print(f"{describe_classes(classes)}: {len(ytr)} train rows, {len(yva)} validation rows", flush=True)
+    if args.upscale:
+        xtr, xva = upscale_rows(xtr, args.image_size), upscale_rows(xva, args.image_size)
+    net = tvm.get_model(args.arch, weights=None, num_classes=len(classes) if classes is not None else 10)
     started_from = _load_init(net, args) if args.init else None
     # The encoder's own preprocessing (resize + ImageNet normalisation), so training sees what it will.
     prep = torchvision_encoder(args.arch, None, allow_random_surrogate=True, image_size=args.image_size).preprocess
-    val_acc, seconds = train_cifar(net, lambda x: net(prep(x)), xtr, ytr, xva, yva, args)
-    meta = cifar_meta(tr_rows, va_rows, val_acc, seconds, args)
-    if started_from is not None:
-        meta["continued_from"] = json.dumps(started_from)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
-    sha = save_torchvision(net, args.out, arch=args.arch, image_size=args.image_size, extra=meta)
+
+    def forward(x):
+        return net(prep(x))
+
+    def save(epochs_done: int, seconds: float, val_acc: float) -> str:
+        meta = cifar_meta(tr_rows, va_rows, val_acc, seconds, args, classes,
+                          side=args.image_size if args.upscale else None, epochs_done=epochs_done)
+        if started_from is not None:
+            meta["continued_from"] = json.dumps(started_from)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
+        # write beside, then rename: a run killed mid-write still leaves the previous epoch's whole file
+        tmp = args.out + ".partial"
+        sha = save_torchvision(net, tmp, arch=args.arch, image_size=args.image_size, extra=meta)
+        os.replace(tmp, args.out)
+        return sha
+
+    def checkpoint(epoch: int, seconds: float) -> None:
+        if epoch < args.epochs:  # the last epoch is written below, with the final validation
+            acc = accuracy(forward, xva, yva)
+            save(epoch, seconds, acc)
+            print(f"  checkpoint {args.out}: epoch {epoch}, validation accuracy {acc:.4f}", flush=True)
+
+    val_acc, seconds = train_cifar(net, forward, xtr, ytr, xva, yva, args, on_epoch=checkpoint)
+    sha = save(args.epochs, seconds, val_acc)
     print(f"wrote {args.out} (sha256 {sha})")
     return 0
 

@@ -192,3 +192,107 @@ def test_bench_protection_refuses_a_saved_bank_of_other_classes(scripts, cifar_l
     with pytest.raises(SystemExit, match="keyed by the classes"):
         _bench(bp, cifar_like, str(tmp_path / "r.json"), "--classes", "5-9", "--methods", "cuda",
                "--bank", f"cuda={path}")
+
+
+# -- build_tv_surrogate.py --classes --upscale (RN04: a strided-stem ResNet-18 on classes 0-4) ----
+
+@pytest.fixture
+def tv_script(scripts):
+    return importlib.import_module("build_tv_surrogate")
+
+
+def test_upscale_rows_is_the_harness_resampler(scripts):
+    bs, _ = scripts
+    from PIL import Image
+
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    up = bs.upscale_rows(x, 20)
+    assert up.shape == (2, 3, 20, 20) and up.dtype == np.uint8
+    want = np.asarray(Image.fromarray(x[1].transpose(1, 2, 0)).resize((20, 20), Image.BICUBIC)).transpose(2, 0, 1)
+    assert np.array_equal(up[1], want)
+    assert bs.upscale_rows(x, 8) is x
+
+
+def test_train_cifar_crops_upscaled_rows_at_their_own_side(scripts, one_thread):
+    bs, _ = scripts
+    import argparse
+
+    import torch
+
+    seen = set()
+
+    class Probe(torch.nn.Module):  # a linear model over 16x16 pixels: a crop of another side would not fit
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 16 * 16, 2)
+
+        def forward(self, x):
+            seen.add(tuple(x.shape[-2:]))
+            return self.fc(x.flatten(1))
+
+    net = Probe()
+    x = np.random.default_rng(0).integers(0, 256, (12, 3, 16, 16), dtype=np.uint8)
+    y = np.arange(12) % 2
+    epochs = []
+    args = argparse.Namespace(lr=0.01, epochs=2, batch_size=4, seed=0, val_rows="0:12")
+    acc, _ = bs.train_cifar(net, net, x, y, x, y, args, on_epoch=lambda e, s: epochs.append((e, net.training)))
+    assert seen == {(16, 16)} and 0.0 <= acc <= 1.0
+    assert epochs == [(1, False), (2, False)]  # after every epoch, in eval mode
+
+
+def test_build_tv_surrogate_trains_a_strided_resnet_on_the_classes_upscaled(tv_script, cifar_like, tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    from uetransforms.models.backbones import load_backbone
+    from uetransforms.models.encoders import file_metadata
+
+    out = str(tmp_path / "rn.safetensors")
+    assert tv_script.main(["--data", cifar_like, "--train-rows", "10000:10060", "--val-rows", "0:60", "--classes", "0-4",
+                           "--image-size", "48", "--upscale", "--epochs", "2", "--batch-size", "16",
+                           "--out", out]) == 0
+    assert load_file(out)["fc.weight"].shape == (5, 512)  # the head is sized to the subset
+    meta = file_metadata(out)
+    for words in ("CIFAR-10 train rows [10000, 10060)", "classes 0-4 only (airplane, automobile, bird, cat, deer)",
+                  "upscaled to 48 px (Pillow bicubic)", "2 of 2 epochs"):
+        assert words in meta["trained_on"]
+    assert meta["epochs_done"] == "2" and json.loads(meta["classes"]) == [0, 1, 2, 3, 4]
+    assert meta["image_size"] == "48" and json.loads(meta["recipe"])["upscale"] is True
+    assert not os.path.exists(out + ".partial")
+    bb = load_backbone("tv:resnet18@" + out, image_size=48)
+    assert "classes 0-4 only" in bb.identity()["trained_on"]
+    import torch
+
+    conv1 = next(m for m in bb.net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv1.stride == (2, 2) and conv1.kernel_size == (7, 7)  # the ImageNet stem, strided
+
+
+def test_build_tv_surrogate_leaves_the_last_finished_epoch_when_stopped(tv_script, cifar_like, tmp_path, monkeypatch,
+                                                                       one_thread):
+    from uetransforms.models.encoders import file_metadata
+
+    real = tv_script.train_cifar
+
+    class Stop(Exception):
+        pass
+
+    def stopped_after_one(*a, on_epoch, **k):
+        def cb(epoch, seconds):
+            on_epoch(epoch, seconds)
+            raise Stop
+
+        return real(*a, on_epoch=cb, **k)
+
+    monkeypatch.setattr(tv_script, "train_cifar", stopped_after_one)
+    out = str(tmp_path / "rn.safetensors")
+    with pytest.raises(Stop):
+        tv_script.main(["--data", cifar_like, "--train-rows", "10000:10060", "--val-rows", "0:60", "--classes", "0-4",
+                        "--image-size", "40", "--upscale", "--epochs", "3", "--batch-size", "16", "--out", out])
+    meta = file_metadata(out)
+    assert meta["epochs_done"] == "1" and "1 of 3 epochs" in meta["trained_on"]
+    assert not os.path.exists(out + ".partial")
+
+
+def test_build_tv_surrogate_refuses_validation_rows_without_a_named_class(tv_script, cifar_like, tmp_path):
+    with pytest.raises(SystemExit, match=r"--val-rows 0:5 hold no row of class\(es\) \[7\]"):
+        tv_script.main(["--data", cifar_like, "--train-rows", "10000:10060", "--val-rows", "0:5", "--classes", "0,7",
+                        "--epochs", "1", "--out", str(tmp_path / "x.safetensors")])
