@@ -364,3 +364,24 @@ def test_file_less_backbones_are_told_apart_by_name_and_init_seed(tmp_path):
     assert "backbone_tag" not in row and measured.backbone_tag(row["backbone"]) is None
     assert measured.backbone_tag({"kind": "torchvision", "arch": "resnet50", "weights": "IMAGENET1K_V2"}) == \
         "torchvision resnet50 @IMAGENET1K_V2"
+
+
+def test_a_backbone_reading_resized_images_is_its_own_setting(tmp_path):
+    # Session 11: the same 224-px protected images probed by a backbone that first resizes them to its own
+    # 64 px replaced the 224-px row of that key (0.64x -> 0.76x); the read size is part of the setting.
+    path = str(tmp_path / "m.json")
+
+    def doc(rows, side):
+        d = _bench_doc("linear-probe", rows, resolution=224)
+        for r in d["results"]:
+            r["backbone"]["image_size"] = side
+        return d
+    measured.record_attacks([doc({"clean": 0.70, "cuda": 0.45}, 224)], path=path)
+    measured.record_attacks([doc({"clean": 0.73, "cuda": 0.55}, 64)], path=path)
+    rows = measured.attacks("cuda", path=path)
+    assert sorted((r.get("backbone_size") or 0, round(r["ratio"], 3)) for r in rows) == [(0, 0.643), (64, 0.753)]
+    read = next(r for r in rows if r.get("backbone_size"))
+    assert "224 px resized to 64 px for the backbone" in measured.where(read)
+    assert "resized" not in measured.where(next(r for r in rows if not r.get("backbone_size")))
+    # a clean row read at another size is no baseline for a protected row
+    assert measured.attack_rows([doc({"cuda": 0.5}, 64)], baselines=[doc({"clean": 0.7}, 224)]) == {}

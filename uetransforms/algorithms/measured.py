@@ -225,9 +225,11 @@ LABELLING_WORDS = {"true": "the true labels", "pairs": "5 groups of 2 classes"}
 # attacker's labelling is part of it (a 5-pair protected row against the 5-pair clean row).
 # ``classes``: a task made of some CIFAR-10 classes only (``bench_protection.py --classes``), absent otherwise.
 # ``backbone_tag``: a backbone with no checkpoint file (hub weights by name, random weights) is told
-# apart by its name and init seed (absent for a file, whose sha256 says it).
+# apart by its name and init seed (absent for a file, whose sha256 says it). ``backbone_size``: the side
+# the backbone reads when the attacker resizes the images to it first (absent when it reads them at their
+# own size): session 11's 224-px images probed at 64 px replaced the 224-px row of the same key.
 _SETTING = ("attacker", "backbone_sha256", "resolution", "train_size", "test_size", "epochs", "seed", "labelling",
-            "classes", "backbone_tag")
+            "classes", "backbone_tag", "backbone_size")
 # Rows recorded before ``labels`` / ``labelling`` existed were fitted with labels and attacked with them.
 _OLD_ROWS = {"labels": "true", "labelling": "true"}
 
@@ -349,7 +351,8 @@ def where(row: Mapping[str, Any], noun: str = "images") -> str:
         trained = f", random weights{seed}, a control"
     else:
         trained = f", trained on {b['trained_on']}" if b.get("trained_on") else ""
-    return f"{b.get('arch', 'a backbone')}{trained}; {row['resolution']} px, {_images(row, noun)}"
+    read = f" resized to {row['backbone_size']} px for the backbone" if row.get("backbone_size") else ""
+    return f"{b.get('arch', 'a backbone')}{trained}; {row['resolution']} px{read}, {_images(row, noun)}"
 
 
 def other_keys(row: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -555,6 +558,12 @@ def backbone_tag(b: Mapping[str, Any] | None) -> str | None:
     return f"{b.get('kind')} {b.get('arch')} @{b.get('weights')}"
 
 
+def _read_size(b: Mapping[str, Any] | None, r: Mapping[str, Any]) -> int | None:
+    """The side a backbone reads the images at when that is not their own (``--backbone-size``), else None."""
+    side = (b or {}).get("image_size")
+    return None if side is None or int(side) == int(r.get("resolution") or 32) else int(side)
+
+
 def _backbone_words(b: Mapping[str, Any]) -> dict[str, Any]:
     """What a row keeps of a benchmark's backbone identity: what it is and what it learned from
     (paths and normalisation stay in the result file)."""
@@ -590,7 +599,7 @@ def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mappin
         b = r.get("backbone") or {}
         return (r.get("attacker", "scratch"), b.get("checkpoint_sha256"), int(r.get("resolution") or 32),
                 c.get("train_size"), c.get("test_size"), c.get("epochs"), c.get("seed"), r["labelling"],
-                tuple(c["classes"]) if c.get("classes") else None, backbone_tag(b))
+                tuple(c["classes"]) if c.get("classes") else None, backbone_tag(b), _read_size(b, r))
 
     def usable(r: Mapping[str, Any]) -> bool:
         return (r.get("defence", "none") == "none" and float(r.get("protected_fraction", 1.0)) == 1.0
@@ -609,8 +618,9 @@ def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mappin
             b = r.get("backbone") or None
             q = r.get("quality") or {}
             # a class-subset task is part of the setting (a 5-way probe is not a 10-way one); absent otherwise
-            # backbone_tag only where no file names the backbone (older rows have none)
-            row = {k: v for k, v in zip(_SETTING, key) if k != "classes" and (k != "backbone_tag" or v is not None)}
+            # backbone_tag / backbone_size only where they say something (older rows have neither)
+            row = {k: v for k, v in zip(_SETTING, key)
+                   if k != "classes" and (k not in ("backbone_tag", "backbone_size") or v is not None)}
             if c.get("classes"):
                 row.update(classes=list(c["classes"]), train_rows_kept=c.get("train_rows_kept"))
             row.update({
