@@ -63,6 +63,11 @@ def _backbone_cell(row: dict) -> str:
     return f"{b.get('arch') or '?'} (random: control)" if measured.is_control(row) else b.get("arch") or "-"
 
 
+def _with(variant: str) -> str:
+    """How the guide names a recorded variant after the method key: nothing for its defaults."""
+    return "" if variant == "defaults" else f" (with {variant})"
+
+
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Columns padded to their widest cell; the last column is left ragged (it holds prose)."""
     table = [list(header)] + [list(r) for r in rows]
@@ -189,7 +194,7 @@ def method_guide(need: str) -> list[str]:
             said = ", ".join(said_one(a) for a in measured.PRETRAINED)
             if "scratch" in got:
                 said += f"; {measured.ATTACKER_WORDS['scratch']} {got['scratch']['ratio']:.2f}x"
-            opts = ("" if variant == "defaults" else f" (with {variant})") + f" at {px} px"
+            opts = _with(variant) + f" at {px} px"
             any_row = next(iter(got.values()))
             out.append(f"  {key}{opts}: {said}; PSNR {any_row['psnr']:.1f} dB" if any_row.get("psnr") is not None
                        else f"  {key}{opts}: {said}")
@@ -204,7 +209,7 @@ def method_guide(need: str) -> list[str]:
                                                                            labelling="true", controls=True)
                     if measured.is_control(a)]
         if controls:
-            said = "; ".join(f"{key}{'' if a['variant'] == 'defaults' else ' (with ' + a['variant'] + ')'} "
+            said = "; ".join(f"{key}{_with(a['variant'])} "
                              f"{a['ratio']:.2f}x under {measured.where(a, noun='protected CIFAR-10 images')}"
                              for key, a in sorted(controls, key=lambda t: (t[0], t[1]["resolution"], t[1]["variant"])))
             out.append(f"  (not quoted, as no attacker trains from random weights: {said}.)")

@@ -319,7 +319,7 @@ def _torchvision(arch: str, weights: str | None, *, image_size: int | None, trai
         meta = _safetensors_meta(weights)
         if meta.get("trained_on"):  # benchmarks/build_backbone.py writes it: the reports then say what the attacker knew
             ident["trained_on"] = meta["trained_on"]
-        if meta.get("random_init") == "true":  # a control file (random weights, written on purpose)
+        if encoders.random_init_file(meta):
             ident["random_init"] = True
     else:
         try:

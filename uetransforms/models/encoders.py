@@ -250,6 +250,12 @@ def file_metadata(path: str | os.PathLike) -> dict[str, str]:
         return dict(fh.metadata() or {})
 
 
+def random_init_file(meta: dict[str, str]) -> bool:
+    """Whether a checkpoint's metadata says it holds random weights written on purpose (a control, as
+    ``benchmarks/run_cls04.sh`` writes RAND04): every report then names it as random, never as trained."""
+    return meta.get("random_init") == "true"
+
+
 def small_cnn(checkpoint: str | os.PathLike, *, expect_sha256: str | None = None,
               device: str | torch.device | None = None) -> Encoder:
     """The encoder in a file written by :func:`save_small_cnn` (e.g. by ``benchmarks/build_surrogate.py``)."""
@@ -272,7 +278,7 @@ def small_cnn(checkpoint: str | os.PathLike, *, expect_sha256: str | None = None
              "mean": [0.5] * 3, "std": [0.25] * 3, "checkpoint": os.path.basename(path),
              "checkpoint_path": os.path.abspath(path), "checkpoint_sha256": sha,
              "trained_on": meta.get("trained_on", "unknown")}
-    if meta.get("random_init") == "true":  # a control file (random weights, written on purpose): say so
+    if random_init_file(meta):
         ident["random_init"] = True
     # features = conv blocks + global average pool: the input of the linear head
     enc = Encoder(net.features, identity=ident, image_size=int(meta["image_size"]), mean=(0.5,) * 3, std=(0.25,) * 3)
