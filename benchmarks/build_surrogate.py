@@ -133,17 +133,18 @@ def upscale_rows(x: np.ndarray, side: int) -> np.ndarray:
     return out
 
 
-def accuracy(forward, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
-    """Accuracy of ``forward`` on uint8 rows ``x`` (eval mode is the caller's)."""
+def accuracy(forward, x: np.ndarray, y: np.ndarray, batch: int = 500, device=None) -> float:
+    """Accuracy of ``forward`` on uint8 rows ``x`` (eval mode is the caller's; ``device``: where the
+    batches go, the model's device; ``None`` is the CPU)."""
     import torch
 
     with torch.no_grad():
-        pred = torch.cat([forward(torch.from_numpy(x[s : s + batch]).float().div(255)).argmax(1)
+        pred = torch.cat([forward(torch.from_numpy(x[s : s + batch]).to(device).float().div(255)).argmax(1).cpu()
                           for s in range(0, len(x), batch)])
     return float((pred.numpy() == y).mean())
 
 
-def train_cifar(module, forward, xtr, ytr, xva, yva, args, on_epoch=None) -> tuple[float, float]:
+def train_cifar(module, forward, xtr, ytr, xva, yva, args, on_epoch=None, device=None) -> tuple[float, float]:
     """Train ``module`` (called through ``forward``, e.g. with its own preprocessing) on uint8 CIFAR rows
     with the harness's augmentation (reflect-pad crop, one offset per batch, per-image flip), SGD
     Nesterov + one-cycle at ``args.lr``; returns (validation accuracy, seconds). Shared by every
@@ -152,7 +153,9 @@ def train_cifar(module, forward, xtr, ytr, xva, yva, args, on_epoch=None) -> tup
     The crop pads by 1/8 of the rows' side (4 px at 32 px, as the harness; 8 px on rows upscaled to 64)
     so upscaled rows get the same augmentation relative to their content. ``on_epoch(epoch, seconds)``,
     if given, runs after every epoch (in eval mode; e.g. to write a checkpoint, so a stopped run keeps
-    what it has)."""
+    what it has). ``device``: where ``module`` lives; the rows go there once (uint8) and the
+    augmentation runs there, drawn from the same CPU generator, so the recipe is the same on a GPU
+    (its float arithmetic is not bit-identical to the CPU's)."""
     import torch
     import torch.nn.functional as F
 
@@ -160,7 +163,7 @@ def train_cifar(module, forward, xtr, ytr, xva, yva, args, on_epoch=None) -> tup
     steps = args.epochs * ((len(xtr) + args.batch_size - 1) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps)
     gen = torch.Generator().manual_seed(args.seed)
-    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    xt, yt = torch.from_numpy(xtr).to(device), torch.from_numpy(ytr).to(device)
     side = xt.shape[-1]
     pad = side // 8
     t0 = time.perf_counter()
@@ -169,11 +172,11 @@ def train_cifar(module, forward, xtr, ytr, xva, yva, args, on_epoch=None) -> tup
         order = torch.randperm(len(xt), generator=gen)
         tot = correct = 0
         for s in range(0, len(order), args.batch_size):
-            idx = order[s : s + args.batch_size]
+            idx = order[s : s + args.batch_size].to(device)
             x = xt[idx].float().div_(255)
             dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
             x = F.pad(x, (pad, pad, pad, pad), mode="reflect")[:, :, dy : dy + side, dx : dx + side]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
+            flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             out = forward(x)
             loss = F.cross_entropy(out, yt[idx])
@@ -188,7 +191,7 @@ def train_cifar(module, forward, xtr, ytr, xva, yva, args, on_epoch=None) -> tup
             module.eval()
             on_epoch(ep + 1, time.perf_counter() - t0)
     module.eval()
-    val_acc = accuracy(forward, xva, yva)
+    val_acc = accuracy(forward, xva, yva, device=device)
     print(f"validation accuracy on test rows {args.val_rows}: {val_acc:.4f}")
     return val_acc, time.perf_counter() - t0
 

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                         "crop at that size, instead of cropping at 32 px and resizing (bilinear) on the fly")
     p.add_argument("--init", help="an encoder file written by this script (same --arch and --image-size) to "
                                   "continue training from, instead of a random init")
+    p.add_argument("--device", default=None, help="train there, e.g. cuda (default: the CPU, one thread)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -122,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         xtr, xva = upscale_rows(xtr, args.image_size), upscale_rows(xva, args.image_size)
     net = tvm.get_model(args.arch, weights=None, num_classes=len(classes) if classes is not None else 10)
     started_from = _load_init(net, args) if args.init else None
+    net.to(args.device)
     # The encoder's own preprocessing (resize + ImageNet normalisation), so training sees what it will.
-    prep = torchvision_encoder(args.arch, None, allow_random_surrogate=True, image_size=args.image_size).preprocess
+    # (on --device, since preprocess() moves the batch to where the encoder's normalisation lives)
+    prep = torchvision_encoder(args.arch, None, allow_random_surrogate=True,
+                               image_size=args.image_size).to(args.device).preprocess
 
     def forward(x):
         return net(prep(x))
@@ -142,11 +146,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def checkpoint(epoch: int, seconds: float) -> None:
         if epoch < args.epochs:  # the last epoch is written below, with the final validation
-            acc = accuracy(forward, xva, yva)
+            acc = accuracy(forward, xva, yva, device=args.device)
             save(epoch, seconds, acc)
             print(f"  checkpoint {args.out}: epoch {epoch}, validation accuracy {acc:.4f}", flush=True)
 
-    val_acc, seconds = train_cifar(net, forward, xtr, ytr, xva, yva, args, on_epoch=checkpoint)
+    val_acc, seconds = train_cifar(net, forward, xtr, ytr, xva, yva, args, on_epoch=checkpoint, device=args.device)
     sha = save(args.epochs, seconds, val_acc)
     print(f"wrote {args.out} (sha256 {sha})")
     return 0

@@ -385,3 +385,25 @@ def test_a_backbone_reading_resized_images_is_its_own_setting(tmp_path):
     assert "resized" not in measured.where(next(r for r in rows if not r.get("backbone_size")))
     # a clean row read at another size is no baseline for a protected row
     assert measured.attack_rows([doc({"cuda": 0.5}, 64)], baselines=[doc({"clean": 0.7}, 224)]) == {}
+
+
+def test_the_from_scratch_model_and_a_gpu_run_are_part_of_the_setting(tmp_path):
+    # Session 12: the GPU rows at 224 px train a torchvision resnet18 from scratch; a small-CNN clean row
+    # is no baseline for them, a CPU row is not replaced by a GPU one, and the table cell says both.
+    path = str(tmp_path / "m.json")
+
+    def doc(rows, arch=None, device=None):
+        d = _bench_doc("scratch", rows, resolution=224)
+        d["config"].update({k: v for k, v in (("arch", arch), ("device", device)) if v is not None})
+        return d
+    measured.record_attacks([doc({"clean": 0.60, "cuda": 0.30})], path=path)
+    measured.record_attacks([doc({"clean": 0.88, "cuda": 0.44}, "resnet18", "cuda")], path=path)
+    measured.record_attacks([doc({"clean": 0.80, "cuda": 0.60}, "cnn-small", "cuda:0")], path=path)
+    rows = {(r.get("victim"), r.get("device")): r for r in measured.attacks("cuda", path=path)}
+    assert {k: round(r["ratio"], 3) for k, r in rows.items()} == {
+        (None, None): 0.5, (None, "gpu"): 0.75, ("resnet18", "gpu"): 0.5}
+    assert [measured.attacker_words(rows[k]) for k in ((None, None), (None, "gpu"), ("resnet18", "gpu"))] == [
+        "scratch", "scratch (GPU)", "scratch (resnet18, GPU)"]
+    assert "victim" not in rows[None, None] and "device" not in rows[None, None]  # older rows keep their bytes
+    # a CPU small-CNN clean row is no baseline for a GPU resnet18 row
+    assert measured.attack_rows([doc({"cuda": 0.4}, "resnet18", "cuda")], baselines=[doc({"clean": 0.6})]) == {}

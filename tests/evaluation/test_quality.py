@@ -119,3 +119,22 @@ def test_summary_batches_large_images_by_pixels(monkeypatch):
     small = torch.randint(0, 256, (3, 3, 20, 20), generator=g, dtype=torch.uint8)
     mixed = quality.summary([*x, *small], [*y, *small])
     assert seen == [2, 2, 1, 3] and mixed["n"] == 8
+
+
+_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+def test_summary_on_a_device_gives_the_same_numbers(device, monkeypatch):
+    """``device=`` measures each batch there (``ue.evaluate`` passes its own): the same metrics as in
+    place, and every batch really reaches that device."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (6, 3, 24, 24), generator=g, dtype=torch.uint8)
+    y = (x.int() + torch.randint(-7, 8, x.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    seen: list[str] = []
+    real = quality.ssim
+    monkeypatch.setattr(quality, "ssim", lambda a, b: (seen.append(a.device.type), real(a, b))[1])
+    on = quality.summary(x, y, batch_size=4, device=device)
+    assert seen == [device, device]
+    seen.clear()
+    assert on == pytest.approx(quality.summary(x, y, batch_size=4), rel=1e-5)

@@ -229,7 +229,11 @@ LABELLING_WORDS = {"true": "the true labels", "pairs": "5 groups of 2 classes"}
 # the backbone reads when the attacker resizes the images to it first (absent when it reads them at their
 # own size): session 11's 224-px images probed at 64 px replaced the 224-px row of the same key.
 _SETTING = ("attacker", "backbone_sha256", "resolution", "train_size", "test_size", "epochs", "seed", "labelling",
-            "classes", "backbone_tag", "backbone_size")
+            "classes", "backbone_tag", "backbone_size", "victim", "device")
+# Setting fields a row holds only where they say something (older rows have none of them): which
+# backbone without a file, the side it read the images at, the from-scratch model when it is not the
+# harness's small CNN, and "gpu" for a run trained on one (its float arithmetic is not the CPU's).
+_OPTIONAL = ("backbone_tag", "backbone_size", "victim", "device")
 # Rows recorded before ``labels`` / ``labelling`` existed were fitted with labels and attacked with them.
 _OLD_ROWS = {"labels": "true", "labelling": "true"}
 
@@ -564,6 +568,25 @@ def _read_size(b: Mapping[str, Any] | None, r: Mapping[str, Any]) -> int | None:
     return None if side is None or int(side) == int(r.get("resolution") or 32) else int(side)
 
 
+def _victim(attacker: str, config: Mapping[str, Any]) -> str | None:
+    """The model a from-scratch attacker trained, when it is not the harness's default small CNN
+    (a pretrained attacker's model is its backbone)."""
+    arch = config.get("arch")
+    return arch if attacker == "scratch" and arch not in (None, "cnn-small") else None
+
+
+def _device(config: Mapping[str, Any]) -> str | None:
+    """``"gpu"`` for a benchmark run on a CUDA device, else None (the CPU, every older row)."""
+    return "gpu" if str(config.get("device") or "cpu").startswith("cuda") else None
+
+
+def attacker_words(row: Mapping[str, Any]) -> str:
+    """A row's attacker in a table cell: ``"scratch (resnet18, GPU)"`` names the from-scratch model when
+    it is not the small CNN, and a GPU run."""
+    extra = [x for x in (row.get("victim"), "GPU" if row.get("device") == "gpu" else None) if x]
+    return f"{row['attacker']} ({', '.join(extra)})" if extra else row["attacker"]
+
+
 def _backbone_words(b: Mapping[str, Any]) -> dict[str, Any]:
     """What a row keeps of a benchmark's backbone identity: what it is and what it learned from
     (paths and normalisation stay in the result file)."""
@@ -597,9 +620,11 @@ def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mappin
 
     def setting(c: Mapping[str, Any], r: Mapping[str, Any]) -> tuple:
         b = r.get("backbone") or {}
-        return (r.get("attacker", "scratch"), b.get("checkpoint_sha256"), int(r.get("resolution") or 32),
+        attacker = r.get("attacker", "scratch")
+        return (attacker, b.get("checkpoint_sha256"), int(r.get("resolution") or 32),
                 c.get("train_size"), c.get("test_size"), c.get("epochs"), c.get("seed"), r["labelling"],
-                tuple(c["classes"]) if c.get("classes") else None, backbone_tag(b), _read_size(b, r))
+                tuple(c["classes"]) if c.get("classes") else None, backbone_tag(b), _read_size(b, r),
+                _victim(attacker, c), _device(c))
 
     def usable(r: Mapping[str, Any]) -> bool:
         return (r.get("defence", "none") == "none" and float(r.get("protected_fraction", 1.0)) == 1.0
@@ -618,9 +643,7 @@ def attack_rows(docs: Iterable[Mapping[str, Any]], *, baselines: Iterable[Mappin
             b = r.get("backbone") or None
             q = r.get("quality") or {}
             # a class-subset task is part of the setting (a 5-way probe is not a 10-way one); absent otherwise
-            # backbone_tag / backbone_size only where they say something (older rows have neither)
-            row = {k: v for k, v in zip(_SETTING, key)
-                   if k != "classes" and (k not in ("backbone_tag", "backbone_size") or v is not None)}
+            row = {k: v for k, v in zip(_SETTING, key) if k != "classes" and (k not in _OPTIONAL or v is not None)}
             if c.get("classes"):
                 row.update(classes=list(c["classes"]), train_rows_kept=c.get("train_rows_kept"))
             row.update({

@@ -300,7 +300,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         # the bank column: one setting measured with two keys is two rows (the weaker is the one quoted)
         _print_table(["attacker", "backbone", "px", "images", "fit labels", "attacker labels", "protected", "clean",
                       "ratio", "fitted with", "bank"],
-                     [[a["attacker"], _backbone_cell(a), str(a["resolution"]), str(a["train_size"]),
+                     [[measured.attacker_words(a), _backbone_cell(a), str(a["resolution"]), str(a["train_size"]),
                        "none" if a.get("labels") == "none" else "true", a.get("labelling", "true"),
                        f"{a['protected_accuracy']:.3f}", f"{a['clean_accuracy']:.3f}", f"{a['ratio']:.2f}", a["variant"],
                        a.get("bank") or "-"]

@@ -480,7 +480,7 @@ def evaluate(
     if clean is not None:
         from .quality import summary
 
-        quality = summary(clean.images, prot.images)
+        quality = summary(clean.images, prot.images, device=dev)
 
     rows: list[EvalRow] = []
     for d in defence_list:

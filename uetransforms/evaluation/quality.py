@@ -99,7 +99,8 @@ def ssim(clean: Any, protected: Any, *, window: int = 11, sigma: float = 1.5) ->
     return s.flatten(1).mean(1)
 
 
-def summary(clean: Any, protected: Any, *, batch_size: int = 1024) -> dict[str, float]:
+def summary(clean: Any, protected: Any, *, batch_size: int = 1024,
+            device: str | torch.device | None = None) -> dict[str, float]:
     """Means over the set (and the worst L-inf) of all four metrics, computed in batches.
 
     ``clean`` and ``protected`` are uint8 ``[N, C, H, W]`` batches, or equally long lists of
@@ -109,6 +110,9 @@ def summary(clean: Any, protected: Any, *, batch_size: int = 1024) -> dict[str, 
     Keys: ``linf_max``, ``linf_mean`` (pixel levels), ``l2_mean`` ([0, 1] units), ``psnr_mean`` (dB,
     over images that changed; ``inf`` if none did), ``ssim_mean``, ``changed_fraction``, ``n``,
     and for images of several sizes ``sizes`` (``"HxW"`` of the smallest and largest).
+
+    ``device``: where the batches are measured (``None``: where they are). ``ue.evaluate`` passes its
+    own, so SSIM over a photo-sized set runs on the GPU it trains on rather than on the CPU.
     """
     if len(clean) != len(protected):
         raise ValueError(f"{len(clean)} clean images but {len(protected)} protected ones")
@@ -118,6 +122,8 @@ def summary(clean: Any, protected: Any, *, batch_size: int = 1024) -> dict[str, 
     shapes = set()
     for a, b in _same_size_batches(clean, protected, batch_size):
         shapes.add(tuple(a.shape[-2:]))
+        if device is not None:
+            a, b = a.to(device), b.to(device)
         for name, fn in (("linf", linf), ("l2", l2), ("psnr", psnr), ("ssim", ssim)):
             parts[name].append(fn(a, b))
     m = {k: torch.cat(v) for k, v in parts.items()}
