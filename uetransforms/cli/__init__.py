@@ -193,7 +193,9 @@ def method_guide(need: str) -> list[str]:
                 return f"{measured.ATTACKER_WORDS[a]} {got[a]['ratio']:.2f}x {tag[where(got[a])]}{more}"
             said = ", ".join(said_one(a) for a in measured.PRETRAINED)
             if "scratch" in got:
-                said += f"; {measured.ATTACKER_WORDS['scratch']} {got['scratch']['ratio']:.2f}x"
+                victim = got["scratch"].get("victim")  # the from-scratch model, when not the small CNN
+                said += (f"; {measured.ATTACKER_WORDS['scratch']}{f' ({victim})' if victim else ''} "
+                         f"{got['scratch']['ratio']:.2f}x")
             opts = _with(variant) + f" at {px} px"
             any_row = next(iter(got.values()))
             out.append(f"  {key}{opts}: {said}; PSNR {any_row['psnr']:.1f} dB" if any_row.get("psnr") is not None
