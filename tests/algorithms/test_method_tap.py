@@ -89,3 +89,22 @@ def test_the_shift_moves_pixels_and_passes_gradients():
     assert x.grad is not None and x.grad.sum() > 0
     moved = [not torch.equal(shift_some(x.detach(), gen), x.detach()) for _ in range(5)]
     assert any(moved)
+
+
+def test_coin_augment_crafts_through_the_coin_defences_re_read(backbone_file, monkeypatch):
+    """``augment="flip+crop+coin"`` puts COIN's re-read (the defence's own function) into every PGD step,
+    so the noise is crafted against it; the other choices never call it, and it changes the bank."""
+    from uetransforms.algorithms import _common
+    from uetransforms.evaluation.defences import coin as coin_defence
+
+    assert coin_defence.coin_resample is _common.coin_resample  # one owner of the re-read
+    ds = _data()
+    calls: list[int] = []
+    real = _common.coin_some
+    monkeypatch.setattr(_common, "coin_some", lambda x, gen, alpha=2.0: (calls.append(len(x)), real(x, gen, alpha))[1])
+    plain = ue.fit("tap", ds, backbone=backbone_file, augment="flip+crop", steps=2, seed=3)
+    assert calls == []
+    robust = ue.fit("tap", ds, backbone=backbone_file, augment="flip+crop+coin", steps=2, seed=3)
+    assert sum(calls) == 2 * len(ds["label"])  # every image, every step
+    assert robust.params["augment"] == "flip+crop+coin"
+    assert not np.array_equal(plain.tensors["delta"], robust.tensors["delta"])

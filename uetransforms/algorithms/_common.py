@@ -146,3 +146,44 @@ def shift_some(x: Any, gen: Any) -> Any:
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     return xp[torch.arange(b, device=x.device)[:, None, None, None],
               torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+
+
+def coin_some(x: Any, gen: Any, alpha: float = 2.0) -> Any:
+    """Every pixel of every image re-read at its own random offset in (-alpha, alpha) px: the COIN defence
+    (Li, Wang et al., AAAI 2025) as a PGD augmentation, so noise crafted through it survives that defence."""
+    dy, dx = coin_displacements(x, alpha, gen)
+    return coin_resample(x, dy, dx)
+
+
+def coin_displacements(x: Any, alpha: float, generator: Any) -> tuple[Any, Any]:
+    """Per-image, per-pixel ``(dy, dx)`` in ``U(-alpha, alpha)``, each ``[B, H, W]`` (drawn on the CPU):
+    COIN's displacement field (``evaluation.defences.coin``)."""
+    import torch
+
+    b, _, h, w = x.shape
+    dy = (torch.rand((b, h, w), generator=generator) * 2 - 1) * alpha
+    dx = (torch.rand((b, h, w), generator=generator) * 2 - 1) * alpha
+    return dy.to(x.device, x.dtype), dx.to(x.device, x.dtype)
+
+
+def coin_resample(x: Any, dy: Any, dx: Any) -> Any:
+    """Float ``[B, C, H, W]`` read at ``(i + dy, j + dx)`` by bilinear interpolation, wrapping at the border
+    (differentiable in ``x``: PGD's gradient reaches the noise through it)."""
+    import torch
+
+    b, c, h, w = x.shape
+    ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1) + dy
+    xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w) + dx
+    y0, x0 = ys.floor(), xs.floor()
+    fy, fx = (ys - y0).unsqueeze(1), (xs - x0).unsqueeze(1)  # [B, 1, H, W]: shared by the channels
+    y0, x0 = y0.long() % h, x0.long() % w
+    y1, x1 = (y0 + 1) % h, (x0 + 1) % w
+    flat = x.reshape(b, c, h * w)
+
+    def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        idx = (yy * w + xx).reshape(b, 1, h * w).expand(b, c, h * w)
+        return flat.gather(2, idx).reshape(b, c, h, w)
+
+    top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
+    bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
+    return (top * (1 - fy) + bottom * fy).clamp_(0, 1)

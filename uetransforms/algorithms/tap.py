@@ -30,7 +30,8 @@ inside the pixel box. Parameters: ``epsilon`` (8/255), ``norm`` ("linf"), ``back
 checkpoint; several specs, as a list or joined by ``+``, craft through an ensemble: the mean
 cross-entropy of the members, each with its own probe), ``mode`` ("sample"), ``augment`` ("flip";
 "flip+crop" also shifts each image by up to 1/8 of its side at every step, as the attacker's random
-crop does), ``steps`` (20), ``step_size`` (epsilon/4), ``batch_size`` (128), ``progress``.
+crop does; "flip+crop+coin" then also re-reads every pixel at a random offset of up to 2 px, COIN's
+defence), ``steps`` (20), ``step_size`` (epsilon/4), ``batch_size`` (128), ``progress``.
 ``bank.info`` records the backbone's identity (a list for an ensemble), the head's clean train
 accuracy and the share of perturbed images the crafting model assigns to their target
 (``target_hit_rate``, without augmentation; an ensemble votes by summed probabilities).
@@ -87,9 +88,11 @@ METHOD = Method(
               help="the frozen pretrained network(s) the noise is crafted through (never the attacker's)"),
         Param("mode", "sample", Choice(("sample", "class")), paper="sample", public=True,
               help="'sample' (one delta per image) or 'class' (one universal delta per class)"),
-        Param("augment", "flip", Choice(("flip", "flip+crop")), public=True,
+        Param("augment", "flip", Choice(("flip", "flip+crop", "flip+crop+coin")), public=True,
               help="what PGD draws afresh at every step so the noise survives the attacker's augmentation: "
-                   "'flip' (a random horizontal flip) or 'flip+crop' (also a random shift of up to 1/8 of the side)"),
+                   "'flip' (a random horizontal flip), 'flip+crop' (also a random shift of up to 1/8 of the side) "
+                   "or 'flip+crop+coin' (also COIN's re-read of every pixel at a random offset of up to 2 px, "
+                   "the defence that breaks convolution-based noise)"),
         _common.count("steps", 20, "PGD steps (sample: per batch; class: passes over the data)", public=True),
         _common.positive("step_size", None, "PGD step (None: epsilon/4)", none=True, public=True),
         _common.BATCH_SIZE,
@@ -161,11 +164,12 @@ def craft(data: FitData, *, seed: int, device: torch.device, before: Before | No
         logits = sum(F.softmax(pr(b(x)), 1) for b, pr in zip(bodies, probes))
         return int((logits.argmax(1) == t).sum())
 
-    shift = p["augment"] == "flip+crop"
+    shift, coin = p["augment"] in ("flip+crop", "flip+crop+coin"), p["augment"] == "flip+crop+coin"
 
     def view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = _common.flip_some(x, gen)
-        return _common.shift_some(x, gen) if shift else x
+        x = _common.shift_some(x, gen) if shift else x
+        return _common.coin_some(x, gen) if coin else x
 
     gen = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng([int(seed), 1])

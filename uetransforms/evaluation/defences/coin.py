@@ -15,38 +15,12 @@ The paper's edge-pixel detector (EPD) is not part of this defence.
 
 from __future__ import annotations
 
-import torch
-
+from ...algorithms._common import coin_displacements, coin_resample
 from ...core.errors import DefenceError
 from . import Defence, number, only
 
-
-def coin_displacements(x: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image, per-pixel ``(dy, dx)`` in ``U(-alpha, alpha)``, each ``[B, H, W]`` (drawn on the CPU)."""
-    b, _, h, w = x.shape
-    dy = (torch.rand((b, h, w), generator=generator) * 2 - 1) * alpha
-    dx = (torch.rand((b, h, w), generator=generator) * 2 - 1) * alpha
-    return dy.to(x.device, x.dtype), dx.to(x.device, x.dtype)
-
-
-def coin_resample(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Float ``[B, C, H, W]`` read at ``(i + dy, j + dx)`` by bilinear interpolation, wrapping at the border."""
-    b, c, h, w = x.shape
-    ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1) + dy
-    xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w) + dx
-    y0, x0 = ys.floor(), xs.floor()
-    fy, fx = (ys - y0).unsqueeze(1), (xs - x0).unsqueeze(1)  # [B, 1, H, W]: shared by the channels
-    y0, x0 = y0.long() % h, x0.long() % w
-    y1, x1 = (y0 + 1) % h, (x0 + 1) % w
-    flat = x.reshape(b, c, h * w)
-
-    def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-        idx = (yy * w + xx).reshape(b, 1, h * w).expand(b, c, h * w)
-        return flat.gather(2, idx).reshape(b, c, h, w)
-
-    top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
-    bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
-    return (top * (1 - fy) + bottom * fy).clamp_(0, 1)
+# The re-read itself lives with the fitting augmentations (tap's ``augment="flip+crop+coin"`` crafts
+# noise through it); this module is the defence that applies it to training batches.
 
 
 class Coin(Defence):
