@@ -91,8 +91,8 @@ METHOD = Method(
         Param("augment", "flip", Choice(("flip", "flip+crop", "flip+crop+coin")), public=True,
               help="what PGD draws afresh at every step so the noise survives the attacker's augmentation: "
                    "'flip' (a random horizontal flip), 'flip+crop' (also a random shift of up to 1/8 of the side) "
-                   "or 'flip+crop+coin' (also COIN's re-read of every pixel at a random offset of up to 2 px, "
-                   "the defence that breaks convolution-based noise)"),
+                   "or 'flip+crop+coin' (also COIN's re-read of every pixel at a random offset of up to 2 px, the defence "
+                   "that breaks convolution-based noise; measured, it does not defeat COIN and weakens the noise)"),
         _common.count("steps", 20, "PGD steps (sample: per batch; class: passes over the data)", public=True),
         _common.positive("step_size", None, "PGD step (None: epsilon/4)", none=True, public=True),
         _common.BATCH_SIZE,
