@@ -14,27 +14,10 @@
 # run leaves the others' results. Sizes are variables so the same script runs tiny on a CPU:
 #   DEV=cpu TRAIN_SIZE=60 TEST_SIZE=40 PRE_ROWS=10000:10200 PRE_EPOCHS=1 FT_EPOCHS=1 SC_EPOCHS=1 bash benchmarks/run_gpu224.sh
 set -u
-PY=${PY:-python3}
-DEV=${DEV:-cuda}
-DATA=${DATA:-../shared/data/cifar10}
-R=${R:-benchmarks/results/gpu224}          # result prefix
-BB=${BB:-/tmp/gpu224/rn224-resnet18.safetensors}
-TRAIN_SIZE=${TRAIN_SIZE:-10000}; TEST_SIZE=${TEST_SIZE:-10000}
 PRE_ROWS=${PRE_ROWS:-10000:50000}; PRE_EPOCHS=${PRE_EPOCHS:-10}
-FT_EPOCHS=${FT_EPOCHS:-8}; PROBE_EPOCHS=${PROBE_EPOCHS:-8}; SC_EPOCHS=${SC_EPOCHS:-15}
-THREADS=${THREADS:-2}
 DEADLINE=${DEADLINE:-480}                  # seconds after the start at which every job is stopped
-T0=$(date +%s)
+. "$(dirname "$0")/gpu224_jobs.sh"         # PY DEV DATA R BB sizes, left, job, K7D7R
 mkdir -p "$(dirname "$R")" "$(dirname "$BB")"
-
-left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
-job() {  # job NAME ARGS...: one bench_protection run in the background, its log beside its result
-  local name=$1; shift
-  timeout "$(left)" $PY benchmarks/bench_protection.py --threads "$THREADS" --device "$DEV" --data "$DATA" \
-    --classes 5-9 --train-size "$TRAIN_SIZE" --test-size "$TEST_SIZE" --defences none --resolution 224 \
-    "$@" --out "$R-$name.json" > "$R-$name.log" 2>&1 &
-}
-K7D7R="--param cuda.kernel_size=7 --param cuda.dilation=7 --param cuda.padding=reflect"
 
 # the pretraining, and meanwhile the from-scratch victims (they need no backbone)
 timeout "$(left)" $PY benchmarks/build_tv_surrogate.py --arch resnet18 --classes 0-4 --train-rows "$PRE_ROWS" \

@@ -10,28 +10,12 @@
 #    fine-tuned, RN224 probed, and a resnet18 from scratch: RN224 = BB (run_gpu224.sh step 1).
 # Sizes are variables so the same script runs tiny on a CPU (see run_gpu224.sh).
 set -u
-PY=${PY:-python3}
-DEV=${DEV:-cuda}
-DATA=${DATA:-../shared/data/cifar10}
-R=${R:-benchmarks/results/gpu224}
-BB=${BB:-/tmp/gpu224/rn224-resnet18.safetensors}
 FITBB=${FITBB:-/tmp/gpu224/fit224-resnet34.safetensors}
-TRAIN_SIZE=${TRAIN_SIZE:-10000}; TEST_SIZE=${TEST_SIZE:-10000}
 FIT_ROWS=${FIT_ROWS:-10000:30000}; FIT_EPOCHS=${FIT_EPOCHS:-8}
-FT_EPOCHS=${FT_EPOCHS:-8}; PROBE_EPOCHS=${PROBE_EPOCHS:-8}; SC_EPOCHS=${SC_EPOCHS:-15}
-THREADS=${THREADS:-2}
 DEADLINE=${DEADLINE:-450}
-T0=$(date +%s)
+. "$(dirname "$0")/gpu224_jobs.sh"         # PY DEV DATA R BB sizes, left, job, K7D7R
 mkdir -p "$(dirname "$R")" "$(dirname "$FITBB")"
 
-left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
-job() {
-  local name=$1; shift
-  timeout "$(left)" $PY benchmarks/bench_protection.py --threads "$THREADS" --device "$DEV" --data "$DATA" \
-    --classes 5-9 --train-size "$TRAIN_SIZE" --test-size "$TEST_SIZE" --defences none --resolution 224 \
-    "$@" --out "$R-$name.json" > "$R-$name.log" 2>&1 &
-}
-K7D7R="--param cuda.kernel_size=7 --param cuda.dilation=7 --param cuda.padding=reflect"
 FT="--attacker finetune --backbone tv:resnet18@$BB --epochs $FT_EPOCHS"
 PR="--attacker linear-probe --backbone tv:resnet18@$BB --epochs $PROBE_EPOCHS"
 SC="--attacker scratch --arch resnet18 --epochs $SC_EPOCHS"

@@ -150,7 +150,8 @@ def shift_some(x: Any, gen: Any) -> Any:
 
 def coin_some(x: Any, gen: Any, alpha: float = 2.0) -> Any:
     """Every pixel of every image re-read at its own random offset in (-alpha, alpha) px: the COIN defence
-    (Li, Wang et al., AAAI 2025) as a PGD augmentation, so noise crafted through it survives that defence."""
+    (Li, Wang et al., AAAI 2025) as a PGD augmentation, so the noise is crafted against it (measured: it does
+    not make cudatap survive COIN, benchmarks/RESULTS.md, "Under defences: COIN ...")."""
     dy, dx = coin_displacements(x, alpha, gen)
     return coin_resample(x, dy, dx)
 
