@@ -80,10 +80,10 @@ def bank_weight(seed: int, num_classes: int, params: dict, image_shape=(3, 32, 3
 
 def filtered(images: np.ndarray, weight: np.ndarray, which: np.ndarray, params: dict) -> np.ndarray:
     from uetransforms.core import kernels
+    from uetransforms.core.kinds.conv import conv_options
 
     out = kernels.convolve(torch.from_numpy(images), torch.from_numpy(weight[which]),
-                           normalise=params.get("normalise", "max"), padding=params.get("padding", "zeros"),
-                           dilation=params.get("dilation", 1))
+                           **conv_options(params, images.shape))
     return out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
 
 

@@ -134,6 +134,57 @@ def test_dilation_spaces_the_same_filters_and_is_stored(hw):
     assert not torch.equal(out, ue.apply(ue.fit("cuda", ds, seed=7, padding="reflect"), x, labels))
 
 
+# --- photo sizes: the size defaults and dilation="auto" ----------------------------------------------------------
+
+def _photos(side, n=6, classes=3, seed=0, width=None):
+    imgs = np.random.default_rng(seed).integers(0, 256, (n, side, width or side, 3), dtype=np.uint8)
+    return {"image": list(imgs), "label": [i % classes for i in range(n)]}
+
+
+PHOTO = {"kernel_size": 7, "padding": "reflect", "dilation": "auto"}
+
+
+@pytest.mark.parametrize("h, w, photo", [(32, 32, False), (63, 200, False), (64, 64, True), (96, 80, True)])
+def test_photo_sized_images_take_the_photo_defaults(h, w, photo):
+    bank = ue.fit("cuda", _photos(h, width=w), seed=3)
+    got = {k: bank.params[k] for k in PHOTO}
+    if photo:  # the shorter side decides
+        assert got == PHOTO
+        assert bank.info["size_defaults"] == {"side": min(h, w), "min_side": 64, "values": PHOTO}
+        # the same key as asking for the setting: only info tells that the size chose it
+        explicit = ue.fit("cuda", _photos(h, width=w), seed=3, **PHOTO)
+        assert np.array_equal(bank.tensors["weight"], explicit.tensors["weight"])
+        assert "size_defaults" not in explicit.info and explicit.params == bank.params
+    else:
+        assert got == {"kernel_size": 3, "padding": "zeros", "dilation": 1} and "size_defaults" not in bank.info
+
+
+def test_what_the_caller_passes_wins_over_the_photo_defaults():
+    bank = ue.fit("cuda", _photos(96), seed=3, kernel_size=3, dilation=2)
+    assert (bank.params["kernel_size"], bank.params["padding"], bank.params["dilation"]) == (3, "reflect", 2)
+    assert bank.info["size_defaults"]["values"] == {"padding": "reflect"}  # only what the size chose
+    assert "size_defaults" not in ue.fit("cuda", _photos(96), seed=3, **{**PHOTO, "dilation": 1}).info
+
+
+@pytest.mark.parametrize("hw, dilation", [((64, 64), 2), ((100, 230), 3), ((224, 224), 7), ((20, 20), 1)])
+def test_auto_dilation_spaces_the_taps_by_each_images_size(tmp_path, hw, dilation):
+    # One bank, fitted on 64-px images, acts on every image at that image's own scale, also after a save / load.
+    bank = ue.NoiseBank.load(ue.fit("cuda", _photos(64), seed=5).save(tmp_path / "auto.bank.arrow"))
+    assert bank.params["dilation"] == "auto"
+    labels = [0, 1, 2]
+    x = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (3, 3, *hw), dtype=np.uint8))
+    out = ue.apply(bank, x, labels)
+    assert torch.equal(out, _reflect_ref(x, torch.from_numpy(bank.tensors["weight"]), labels, dilation=dilation))
+
+
+def test_scaled_dilation_is_the_32_px_share():
+    from uetransforms.core.kinds.conv import AUTO_DILATION_SIDE, scaled_dilation
+
+    assert AUTO_DILATION_SIDE == 32
+    assert [scaled_dilation(s, s) for s in (1, 47, 48, 80, 81, 96, 160, 224, 448)] == [1, 1, 2, 3, 3, 3, 5, 7, 14]
+    assert scaled_dilation(224, 4000) == scaled_dilation(4000, 224) == 7  # the shorter side
+
+
 def test_bank_without_a_dilation_param_applies_contiguous_filters(tmp_path):
     # Banks saved before the dilation parameter existed hold no "dilation": their taps were contiguous.
     ds, imgs, labels = toy_data()
@@ -196,6 +247,8 @@ def test_reads_labels_only_not_images():
         ({"padding": "replicate"}, "padding"),
         ({"dilation": 0}, "dilation"),
         ({"dilation": 2.0}, "dilation"),
+        ({"dilation": "Auto"}, "dilation"),
+        ({"dilation": "3"}, "dilation"),
         ({"blur": 0.3}, "blur"),
     ],
 )

@@ -9,6 +9,8 @@ import torch
 import uetransforms as ue
 from uetransforms.core import kernels
 
+PHOTO = {"kernel_size": 7, "padding": "reflect", "dilation": "auto"}
+
 
 def _data(n=12, k=3, size=8):
     rng = np.random.default_rng(0)
@@ -22,11 +24,13 @@ def _chw(ds):
 def test_filters_are_cudas_and_the_noise_sits_on_the_filtered_pixels(backbone_file):
     ds = _data()
     bank = ue.fit("cudatap", ds, backbone=backbone_file, steps=4, seed=5, blur_parameter=0.5)
-    filters = ue.fit("cuda", ds, seed=5, blur_parameter=0.5).tensors["weight"]
+    # cudatap's defaults are cuda's photo-size filters (7 x 7, reflect, taps spaced by the image size)
+    filters = ue.fit("cuda", ds, seed=5, blur_parameter=0.5, **PHOTO).tensors["weight"]
     assert bank.kind == "convadd" and bank.keying == "sample"
     assert np.array_equal(bank.tensors["weight"], filters[ds["label"]])  # same seed, same key: cuda's filters
     x = _chw(ds)
-    filtered = kernels.convolve(x, torch.from_numpy(np.array(bank.tensors["weight"])))
+    # 8-px images: dilation "auto" is 1 here
+    filtered = kernels.convolve(x, torch.from_numpy(np.array(bank.tensors["weight"])), padding="reflect")
     d = bank.tensors["delta"].astype(np.float64)
     assert np.abs(d).max() <= 8 / 255 and np.allclose(np.rint(d * 255), d * 255, atol=1e-3)
     f01 = filtered.numpy() / 255
@@ -55,12 +59,13 @@ def test_cudas_padding_and_dilation_are_the_ones_crafted_on_and_applied(backbone
 def test_class_mode_keys_filters_and_noise_by_class(backbone_file):
     ds = _data()
     bank = ue.fit("cudatap", ds, backbone=backbone_file, mode="class", steps=2, seed=2)
-    assert bank.keying == "class" and bank.tensors["weight"].shape == (3, 3, 3, 3)
+    assert bank.keying == "class" and bank.tensors["weight"].shape == (3, 3, 7, 7)
     assert bank.tensors["delta"].shape == (3, 3, 8, 8)
-    assert np.array_equal(bank.tensors["weight"], ue.fit("cuda", ds, seed=2).tensors["weight"])
+    filters = ue.fit("cuda", ds, seed=2, **PHOTO)
+    assert np.array_equal(bank.tensors["weight"], filters.tensors["weight"])
     x = _chw(ds)
     out = ue.apply(bank, x, ds["label"])
-    filtered = ue.apply(ue.fit("cuda", ds, seed=2), x, ds["label"])
+    filtered = ue.apply(filters, x, ds["label"])
     assert 0 < int((out.int() - filtered.int()).abs().max()) <= 8
 
 
@@ -74,5 +79,7 @@ def test_defaults_are_cudas_and_taps_with_the_measured_shift():
 
     d = cudatap.METHOD.defaults
     assert d["augment"] == "flip+crop" and tap.METHOD.defaults["augment"] == "flip"
-    assert all(d[n] == v for n, v in cuda.METHOD.defaults.items())
+    # cuda's parameters, with cuda's photo-size filters at every size (the setting measured for cudatap)
+    assert all(d[n] == cuda.PHOTO_DEFAULTS.values.get(n, v) for n, v in cuda.METHOD.defaults.items())
+    assert (d["kernel_size"], d["padding"], d["dilation"]) == (7, "reflect", "auto")
     assert all(d[n] == v for n, v in tap.METHOD.defaults.items() if n != "augment")

@@ -811,3 +811,27 @@ def test_source_paths_of_every_image_form(tmp_path):
     assert source_paths(_pixels(2)) == [None, None]
     assert png_records([b"1", b"2"], ["C:\\x\\c.jpg", None]) == [{"bytes": b"1", "path": "c.jpg"},
                                                                {"bytes": b"2", "path": None}]
+
+
+def test_auto_dilation_filters_photos_of_mixed_sizes_each_at_its_own_scale():
+    # cuda's photo defaults space the taps by each image's size (dilation "auto"): one bank, photos of several
+    # sizes in one map, each filtered as if the bank had been fitted at its size.
+    import torch
+
+    from uetransforms.core.kinds.conv import scaled_dilation
+
+    rng = np.random.default_rng(3)
+    sizes = [(64, 64), (130, 100), (64, 64), (224, 160)]
+    src = Dataset.from_dict(
+        {"image": [{"bytes": _encode(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "PNG"), "path": None}
+                   for h, w in sizes], "label": [0, 1, 2, 1]},
+        features=Features({"image": Image(), "label": ClassLabel(num_classes=3)}))
+    bank = ue.fit("cuda", src, seed=11)
+    assert bank.params["dilation"] == "auto" and bank.params["padding"] == "reflect"
+    out = src.map(ue.Protect(bank), batched=True, batch_size=3)
+    for x, y, lab, (h, w) in zip(decoded(src), decoded(out), src["label"], sizes):
+        chw = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))[None])
+        want = kernels.convolve(chw, torch.from_numpy(bank.tensors["weight"][lab : lab + 1].copy()), padding="reflect",
+                                dilation=scaled_dilation(h, w))
+        np.testing.assert_array_equal(y, want[0].numpy().transpose(1, 2, 0))
+    assert [scaled_dilation(h, w) for h, w in sizes] == [2, 3, 2, 5]

@@ -197,6 +197,26 @@ class Rule(Check):
         return self.text
 
 
+@dataclass(frozen=True)
+class SizeDefaults:
+    """Defaults that replace a method's declared ones on images whose shorter side is at least
+    ``min_side`` pixels: a setting measured to work at photo sizes where the paper's (measured on
+    32-px CIFAR) does not. A parameter the caller passes still wins; the bank records the values
+    used (``bank.params``) and which were taken from here (``bank.info["size_defaults"]``).
+    """
+
+    min_side: int
+    values: Mapping[str, Any]
+
+    def applies(self, image_shape: tuple[int, ...]) -> bool:
+        """Whether images of ``image_shape`` (``[..., H, W]``) take these defaults."""
+        return min(int(image_shape[-2]), int(image_shape[-1])) >= self.min_side
+
+    def describe(self) -> str:
+        return (f"on images of {self.min_side} px or more (shorter side): "
+                + ", ".join(f"{k}={format_value(v)}" for k, v in self.values.items()))
+
+
 # ---------------------------------------------------------------------------- the contract
 @dataclass(frozen=True)
 class Param:
@@ -257,6 +277,8 @@ class Method:
             fitted without labels, keyed by clusters (``ue.fit(..., label_column=None, encoder=...)``):
             keys that are only partly the classes may need a stronger setting than labels do. A
             parameter the caller passes still wins; the bank records the values used.
+        size_defaults: defaults that replace the declared ones on large images
+            (:class:`SizeDefaults`; ``cuda``'s photo-size filters); parameters the caller passes win.
         order: position in listings (built-ins 10, 20...; others after them, by key).
         params: the parameters, in the order listings show them.
         public_extra: names the fit adds to ``bank.params`` that are not parameters but are
@@ -276,6 +298,7 @@ class Method:
     summary: str = ""
     label_free: bool = False
     label_free_defaults: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    size_defaults: SizeDefaults | None = field(default=None, compare=False)
     order: int = 1000
     params: tuple[Param, ...] = ()
     public_extra: tuple[str, ...] = ()
@@ -293,6 +316,9 @@ class Method:
         stray = sorted(set(self.label_free_defaults) - set(names))
         if stray:
             raise ValueError(f"method {self.key!r}: label_free_defaults names undeclared parameter(s) {stray}")
+        stray = sorted(set(self.size_defaults.values if self.size_defaults else ()) - set(names))
+        if stray:
+            raise ValueError(f"method {self.key!r}: size_defaults names undeclared parameter(s) {stray}")
 
     # -- the one validation path ------------------------------------------------------------
     def check(self, params: Mapping[str, Any], data: FitData | None = None) -> dict[str, Any]:
@@ -316,11 +342,28 @@ class Method:
                 _warn_budget(self.key, p, out)
         return out
 
+    def sized(self, params: Mapping[str, Any], image_shape: tuple[int, ...]) -> dict[str, Any]:
+        """The :attr:`size_defaults` images of ``image_shape`` take, less the ``params`` the caller passed
+        (``{}`` when none apply)."""
+        sd = self.size_defaults
+        if sd is None or not sd.applies(image_shape):
+            return {}
+        return {k: v for k, v in sd.values.items() if k not in params}
+
     def fit(self, data: FitData, *, seed: int, device: Any, **params: Any) -> NoiseBank:
-        """Validate ``params`` (:meth:`check`) and run the method's fitting function."""
+        """Validate ``params`` (:meth:`check`), the :attr:`size_defaults` of ``data``'s image size filled
+        in, and run the method's fitting function."""
         if self.fit_function is None:
             raise TypeError(f"method {self.key!r} has no fitting function; decorate one with @METHOD.fitter")
-        return self.fit_function(data, seed=seed, device=device, **self.check(params, data))
+        # only a method with size defaults reads the first image's shape here (t2ue's zero-contact fit reads none)
+        sized = {} if self.size_defaults is None else self.sized(params, tuple(data.image_shape))
+        bank = self.fit_function(data, seed=seed, device=device, **self.check({**sized, **params}, data))
+        if not sized:
+            return bank
+        # which values the size chose, so the card and a reader of the bank can tell them from the caller's
+        side = min(int(data.image_shape[-2]), int(data.image_shape[-1]))
+        return bank.replace(info={**bank.info, "size_defaults": {"side": side, "min_side": self.size_defaults.min_side,
+                                                                 "values": dict(sized)}})
 
     def fitter(self, fn: FitFunction) -> Callable[..., NoiseBank]:
         """Decorator attaching the fitting function; returns the validating :meth:`fit`."""

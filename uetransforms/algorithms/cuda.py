@@ -14,15 +14,39 @@ Faithful to the paper and the authors' code:
 * filter entries drawn from ``U(0, blur_parameter)`` (the paper's :math:`p_b`);
 * one uniformly random entry of channel 0 set to ``center_parameter`` (1.0, as the code does),
   then channel 0 copied to every channel (the code's ``w[1] = w[0]; w[2] = w[0]``);
-* ``kernel_size`` 3 and ``blur_parameter`` 0.3, the paper's CIFAR-10 setting, at every image size.
-  For ImageNet-100 the paper uses a smaller :math:`p_b`; the code of a later paper that runs CUDA
+* ``kernel_size`` 3 and ``blur_parameter`` 0.3, the paper's CIFAR-10 setting, on images smaller than
+  64 px. For ImageNet-100 the paper uses a smaller :math:`p_b`; the code of a later paper that runs CUDA
   on ImageNet-100 (IRP, github.com/lyumingzhi/IRP, ``stat_A.py``) uses ``kernel_size=9,
-  blur_parameter=0.06``. The defaults do not switch to it on large images: at 96 px (CIFAR-10
+  blur_parameter=0.06``. We do not use it on large images: at 96 px (CIFAR-10
   upscaled, JPEG, 5000 rows, 8 epochs, ``cnn-small`` from scratch; ``benchmarks/RESULTS.md``, "96 px
-  from scratch at a learning budget (session 8)") it protects more than the defaults (0.70x clean
+  from scratch at a learning budget (session 8)") it protects more than the 3 x 3 filters (0.70x clean
   against 0.97x) but neither protects well, it costs 19.8 dB PSNR against 25.6 dB, and it has no
-  32-px row. Pass both to use it;
+  32-px row; and against a backbone probed at 224 px it gave 0.89x. Pass both to use it;
 * per-image max normalisation after filtering (``kernels.convolve``, ``normalise="max"``).
+
+**Photo sizes (ours): on images whose shorter side is 64 px or more the defaults are** ``kernel_size=7,
+padding="reflect", dilation="auto"`` (:data:`PHOTO_DEFAULTS`, ``METHOD.size_defaults``): 7 x 7 filters whose
+taps are spaced by each image's own size (``round(shorter side / 32)``: 2 at 64 px, 3 at 96, 7 at 224, 32 at
+1024), so a filter covers the share of a photo that a contiguous 7 x 7 filter covers of a 32-px image, and no
+dark frame. Why: the paper's 3 x 3 filters act on a few pixels of a large image, which a network, and above all
+a pretrained one, reads past. Measured (``benchmarks/RESULTS.md``; CIFAR-10 upscaled bicubic and stored as
+JPEG 95, every size; key 1234 unless said; ratio = protected / clean test accuracy under the same attacker):
+
+* 224 px, GPU, ResNet-18 pretrained at 224 px on other classes (CIFAR-10 0-4), victim task classes 5-9:
+  the paper's 3 x 3 filters 1.00x fine-tuned; the photo setting (dilation 7) 0.38-0.55x fine-tuned, 0.54-0.61x
+  linearly probed and 0.45-0.54x for a ResNet-18 trained from scratch over three keys, at 17.2-17.7 dB PSNR;
+* the same attackers at 96 and 160 px (the fine-tune reads the images resized to 224 px), dilation 3 / 5:
+  0.53x / 0.54x fine-tuned, but 0.70x / 0.65x from scratch, at 17.2 dB; twice the spacing (6 / 7) gives
+  0.38-0.57x / 0.32-0.48x fine-tuned over three keys and still 0.63-0.68x / 0.48-0.70x from scratch, at 14.0 /
+  15.6 dB ("Filter spacing across sizes on the GPU (session 13)");
+* 64 px, CPU (a small CNN pretrained on other CIFAR rows and read at 32 px, fine-tuned): 0.31x against
+  the paper's filters' (same section); 32 px: the same filters contiguous (``kernel_size=7,
+  padding="reflect"``) 0.31-0.47x under that CNN's fine-tune and probe and 0.33-0.50x from scratch.
+
+The price is visible damage (PSNR about 17 dB at every size on upscaled images, SSIM 0.5-0.7), and
+protection against a network trained from scratch on the photos is weaker than on 32-px images. Pass
+``kernel_size=3, padding="zeros", dilation=1`` for the paper's filters at any size; ``bank.info
+["size_defaults"]`` records which values the image size chose.
 
 Ours: the random stream (``numpy.random.default_rng(seed)`` instead of the legacy global
 ``np.random.seed``), so the same seed does not give the authors' exact filters; filters are
@@ -70,7 +94,9 @@ Parameters (all stored in ``bank.params``, with the seed):
   at 21.8 dB / 0.81 with the paper's contiguous filters.
   Caveat: those images are CIFAR upscaled, whose detail is exactly 3 px wide at 96 px (a
   dilation-3 filter gives the 32-px cuda image upscaled); real photos have detail at every scale,
-  and none has been measured with a dilation. The default stays 1, the paper's.
+  and none has been measured with a dilation. The default stays 1, the paper's, below 64 px;
+  ``"auto"`` (the photo-size default) spaces the taps ``round(min(H, W) / 32)`` pixels apart on each image
+  as it is protected (``core.kinds.conv.scaled_dilation``), so one bank serves photos of mixed sizes.
 * ``key_trials`` (default 1, the paper's one random key; ours): how many candidate keys to draw from the
   seed before keeping one. The paper draws one key; how well it protects then depends on the draw
   (``kernel_size=5, padding="reflect"``: 0.28x ... 0.54x clean from scratch at 32 px and 0.33x ... 0.62x at
@@ -120,7 +146,17 @@ import torch.nn.functional as F
 from ..core import kernels
 from ..core.bank import NoiseBank
 from ..core.data import FitData
-from . import Choice, Method, Number, Param
+from . import Choice, Method, Number, Param, Rule, SizeDefaults
+
+def _dilation(value: Any) -> Any:
+    if isinstance(value, str) and value == "auto":
+        return value
+    return Number(1, integer=True)(value)
+
+
+#: The photo-size setting (``METHOD.size_defaults``): 7 x 7 filters, reflect padding, taps spaced by the image's
+#: size. Why from 64 px: the smallest size where it was measured against the paper's (module docs).
+PHOTO_DEFAULTS = SizeDefaults(min_side=64, values={"kernel_size": 7, "padding": "reflect", "dilation": "auto"})
 
 METHOD = Method(
     key="cuda",
@@ -145,9 +181,11 @@ METHOD = Method(
               help="'max': divide each filtered image by its maximum (the paper); 'none': clip only"),
         Param("padding", "zeros", Choice(kernels.CONV_PADDINGS), paper="zeros", public=True,
               help="'zeros' (the paper: a dark frame k//2 px wide, a detection cue) or 'reflect' (no frame)"),
-        Param("dilation", 1, Number(1, integer=True), paper=1, public=True,
+        Param("dilation", 1, Rule(_dilation, "an integer >= 1, or 'auto' (round(shorter side / 32) on each image)"),
+              paper=1, public=True,
               help="pixels between filter taps (ours; the paper's filters are contiguous, 1): a k x k filter then "
-                   "spans dilation*(k-1)+1 px, for images whose detail is coarser than a pixel"),
+                   "spans dilation*(k-1)+1 px; 'auto' spaces them by each image's size, so the filter covers the "
+                   "share of a photo it covers of a 32-px image"),
         Param("key_trials", 1, Number(1, integer=True), paper=1,
               help="candidate keys drawn from the seed, the one a small surrogate learns least from kept (ours; "
                    "1: the paper's single draw, no image read; > 1 reads a sample of up to 2000 images and costs "
@@ -155,6 +193,8 @@ METHOD = Method(
     ),
     # keyed by clusters (no labels) the 3 x 3 filters protect little: 0.80x vs 0.51x with 5 x 5 (module docs)
     label_free_defaults={"kernel_size": 5},
+    # the paper's 3 x 3 filters protect nothing against a fine-tuned ResNet-18 at 224 px (1.00x): module docs
+    size_defaults=PHOTO_DEFAULTS,
 )
 
 

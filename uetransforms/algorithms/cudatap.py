@@ -64,8 +64,11 @@ METHOD = Method(
             "for attackers from scratch and from pretrained models alike",
     order=66,
     # tap's parameters, but the shift in the PGD loop on by default: the measured setting (20 steps, flip+crop:
-    # 0.52x under ATTACK's fine-tune against 0.63x with 8 steps and flips only; RESULTS.md, session 7)
-    params=(*cuda.METHOD.params,
+    # 0.52x under ATTACK's fine-tune against 0.63x with 8 steps and flips only; RESULTS.md, session 7);
+    # cuda's, with cuda's photo-size filters at every size (7 x 7 reflect, dilation "auto"): 0.21-0.32x at 32 px
+    # against 0.30-0.52x with 3 x 3 (RESULTS.md, session 12), and 0.34-0.51x at 224 px
+    params=(*(replace(q, default=cuda.PHOTO_DEFAULTS.values[q.name]) if q.name in cuda.PHOTO_DEFAULTS.values else q
+              for q in cuda.METHOD.params),
             *(replace(q, default="flip+crop") if q.name == "augment" else q for q in tap.METHOD.params)),
     resolve=tap.METHOD.resolve,
 )
@@ -82,7 +85,7 @@ def fit(data: FitData, *, seed: int, device: torch.device, **p: Any) -> NoiseBan
     def filtered(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # The very kernel apply runs, on the uint8 pixels (x is u8 / 255, so the rounding is exact).
         u8 = (x * 255).round_().to(torch.uint8)
-        return kernels.convolve(u8, weight.to(x.device)[y], **conv_options(p)).float().div_(255)
+        return kernels.convolve(u8, weight.to(x.device)[y], **conv_options(p, u8.shape)).float().div_(255)
 
     delta, keys, info = tap.craft(data, seed=seed, device=device, before=filtered,
                                   **{n: v for n, v in p.items() if n not in _CONV})

@@ -317,6 +317,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         _print_table(["parameter", "default", "valid", "paper", "card", "help"], rows)
     else:
         print("(no parameters)")
+    if m.size_defaults is not None:
+        print(f"\nDefaults {m.size_defaults.describe()} (what you pass wins; the bank records what was used).")
     print("\npublic: printed on the dataset card; secret: kept only in the bank (with the seed).")
     print(f"Set with: uetransforms fit {m.key} DATA --param NAME=VALUE (fractions such as 8/255 work).")
     return 0

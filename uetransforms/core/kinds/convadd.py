@@ -19,7 +19,7 @@ def apply_convadd(app, x: torch.Tensor, rows: np.ndarray, seeds: list[int] | Non
     # The filter's options come from the same reader as a conv bank's: a cudatap bank fitted with
     # padding="reflect" (or a dilation) was crafted on images filtered that way, and is applied so.
     return convolve_add(x, app.rows_of("weight", rows), app.sized_rows("delta", rows, hw(x), mode="bilinear"),
-                        **conv_options(app.bank.params))
+                        **conv_options(app.bank.params, x.shape))
 
 
 def measure_convadd(bank) -> dict[str, float]:
