@@ -268,3 +268,16 @@ def test_card_of_a_label_free_bank_quotes_only_label_free_rows(monkeypatch, tmp_
     assert "a linear probe 0.400 vs 0.800 clean (0.50x)" in labelled and "0.520" not in labelled
     assert "a linear probe 0.520 vs 0.800 clean (0.65x)" in free and "0.400" not in free
     assert "keyed by K-means clusters (K = 10) of a resnet18 encoder" in free
+
+
+def test_card_says_what_dilation_auto_means_and_names_the_photo_filters():
+    # cuda's photo-size defaults store dilation="auto"; the card says what it does instead of printing a bare word.
+    rng = np.random.default_rng(1)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    ds = datasets.Dataset.from_dict({"img": list(rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)),
+                                     "label": [i % 3 for i in range(6)]}, features=features)
+    card = dataset_card({"train": ds}, ue.fit("cuda", ds, image_column="img", seed=2), image_column="img")
+    assert "taps spaced by each image's own size" in card
+    assert "kernel_size=7" in card and "padding=reflect" in card and "dilation=auto" in card
+    small = dataset_card({"train": _ds()}, ue.fit("cuda", _ds(), image_column="img", seed=2), image_column="img")
+    assert "taps spaced" not in small and "kernel_size=3" in small

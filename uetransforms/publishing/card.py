@@ -211,10 +211,12 @@ def _what_changes(kind: str, params: Mapping[str, Any], measured: Mapping[str, f
 
     Where the noise was measured from the bank's tensors, the measured size is what is stated.
     """
+    blur = "every image is filtered with a random per-class blur kernel, a visible change (softer, recoloured)"
+    if params.get("dilation") == "auto":  # a reader of the card would otherwise not know what 'auto' means
+        blur += ", its taps spaced by each image's own size (one pixel per 32 of the shorter side)"
     if kind == "conv":
-        return "every image is filtered with a random per-class blur kernel, a visible change (softer, recoloured)"
+        return blur
     if kind == "convadd":
-        blur = "every image is filtered with a random per-class blur kernel, a visible change (softer, recoloured)"
         if measured and "linf" in measured:
             return f"{blur}, then each pixel changes by at most {_levels(measured['linf'])} more (measured from the noise itself)"
         return f"{blur}, then small noise is added"
