@@ -296,3 +296,24 @@ def test_build_tv_surrogate_refuses_validation_rows_without_a_named_class(tv_scr
     with pytest.raises(SystemExit, match=r"--val-rows 0:5 hold no row of class\(es\) \[7\]"):
         tv_script.main(["--data", cifar_like, "--train-rows", "10000:10060", "--val-rows", "0:5", "--classes", "0,7",
                         "--epochs", "1", "--out", str(tmp_path / "x.safetensors")])
+
+
+def test_fit_bank_on_a_class_subset_at_a_size_is_the_bank_bench_protection_accepts(scripts, cifar_like, tmp_path,
+                                                                                     one_thread):
+    # fit_bank.py --classes --resolution fits on the very rows bench_protection.py --classes --resolution keeps,
+    # so one fit serves several attacks; the bank is keyed by the subset's classes, at the upscaled size.
+    _, bp = scripts
+    import uetransforms as ue
+
+    fb = importlib.import_module("fit_bank")
+    path = str(tmp_path / "cuda.bank.arrow")
+    fb.main(["cuda", "--data", cifar_like, "--train-size", "40", "--classes", "5-9", "--resolution", "64",
+             "--bank-seed", "4", "--out", path])
+    bank = ue.NoiseBank.load(path)
+    assert bank.info["class_names"] == NAMES[5:] and bank.image_shape == (3, 64, 64)
+    assert bank.params["dilation"] == "auto"  # cuda's photo-size defaults at 64 px
+    out = str(tmp_path / "r.json")
+    _bench(bp, cifar_like, out, "--classes", "5-9", "--resolution", "64", "--methods", "cuda", "--bank", f"cuda={path}")
+    with open(out) as f:
+        row = json.load(f)["results"][0]
+    assert row["method"] == "cuda" and row["resolution"] == 64 and row["fit_seconds"] == 0
