@@ -119,6 +119,17 @@ def test_cuda_without_labels_takes_its_label_free_kernel_size(encoder_file):
     assert np.array_equal(free.tensors["centroid"], mine.tensors["centroid"])
 
 
+def test_cuda_without_labels_on_photos_keeps_the_photo_filters(encoder_file):
+    """On 64-px images the photo-size defaults (7 x 7, reflect, taps spaced by the size) come before the
+    label-free kernel_size=5; what the caller passes still wins."""
+    ds = _image_ds(_groups(size=64))
+    free = ue.fit("cuda", ds, label_column=None, encoder=encoder_file, n_clusters=2, seed=3)
+    assert (free.params["kernel_size"], free.params["padding"], free.params["dilation"]) == (7, "reflect", "auto")
+    assert free.keying == "cluster" and free.info["size_defaults"]["values"]["kernel_size"] == 7
+    mine = ue.fit("cuda", ds, label_column=None, encoder=encoder_file, n_clusters=2, seed=3, kernel_size=5)
+    assert (mine.params["kernel_size"], mine.params["padding"]) == (5, "reflect")
+
+
 def test_em_class_wise_without_labels(encoder_file):
     ds = _image_ds(_groups(4))
     bank = ue.fit("em", ds, label_column=None, encoder=encoder_file, n_clusters=2, seed=1, mode="class",

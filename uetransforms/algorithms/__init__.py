@@ -278,7 +278,8 @@ class Method:
             keys that are only partly the classes may need a stronger setting than labels do. A
             parameter the caller passes still wins; the bank records the values used.
         size_defaults: defaults that replace the declared ones on large images
-            (:class:`SizeDefaults`; ``cuda``'s photo-size filters); parameters the caller passes win.
+            (:class:`SizeDefaults`; ``cuda``'s photo-size filters), the ``label_free_defaults`` too where
+            both name a parameter; parameters the caller passes win.
         order: position in listings (built-ins 10, 20...; others after them, by key).
         params: the parameters, in the order listings show them.
         public_extra: names the fit adds to ``bank.params`` that are not parameters but are

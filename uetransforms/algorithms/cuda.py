@@ -62,7 +62,8 @@ Parameters (all stored in ``bank.params``, with the seed):
 * ``center_parameter`` (default 1.0): value of the one random "centre" entry, >= 0, or ``None``
   to leave all entries uniform (the code's ``center_parameter=None``).
 * ``kernel_size`` (default 3; **5 when fitted without labels**, keyed by clusters of an encoder,
-  ``ue.fit("cuda", ds, label_column=None, encoder=...)``): odd integer >= 1. Why 5 there: keys that
+  ``ue.fit("cuda", ds, label_column=None, encoder=...)``; 7 on images of 64 px or more, with or without
+  labels, the photo defaults above): odd integer >= 1. Why 5 there: keys that
   are only partly the classes leave the 3 x 3 filters little grip. Measured on CIFAR-10 (10k rows,
   32 px, a small CNN trained from scratch with the true labels, keys from K = 10 K-means clusters of
   a ResNet-18 encoder trained on other rows; ``benchmarks/RESULTS.md``, "Label-free protection,

@@ -155,13 +155,16 @@ def fit_keyed_by_clusters(module: _methods.Method, data: FitData, *, seed: int, 
             (:func:`uetransforms.models.assign.head_clusters`).
 
     The method's own ``label_free_defaults`` (e.g. ``cuda``'s ``kernel_size=5``) replace its declared
-    defaults here; parameters the caller passes win.
+    defaults here, except where its ``size_defaults`` apply (``cuda`` on photos keeps its 7 x 7 filters);
+    parameters the caller passes win.
     """
     k_given = "n_clusters" in params
     opts = {name: params.pop(name, default) for name, default in KEYING_OPTIONS.items()}
     # Keys that are only partly the classes may need a stronger setting than labels do (the method
-    # declares it; RESULTS.md "Label-free protection, session 8"); what the caller passes wins.
-    params = {**module.label_free_defaults, **params}
+    # declares it; RESULTS.md "Label-free protection, session 8"); what the caller passes wins, and on
+    # large images the method's size defaults (the setting measured at that size) come before these.
+    sized = {} if module.size_defaults is None else module.sized(params, tuple(data.image_shape))
+    params = {**{k: v for k, v in module.label_free_defaults.items() if k not in sized}, **params}
     key = module.key
     if "class" not in module.keyed_by:
         raise ValueError(f"method {key!r} is keyed by {module.keyed_by} and needs labels: pass "
