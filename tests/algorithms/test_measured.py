@@ -407,3 +407,13 @@ def test_the_from_scratch_model_and_a_gpu_run_are_part_of_the_setting(tmp_path):
     assert "victim" not in rows[None, None] and "device" not in rows[None, None]  # older rows keep their bytes
     # a CPU small-CNN clean row is no baseline for a GPU resnet18 row
     assert measured.attack_rows([doc({"cuda": 0.4}, "resnet18", "cuda")], baselines=[doc({"clean": 0.6})]) == {}
+
+
+def test_labelfree_variant_counts_the_size_defaults_of_the_images_size():
+    # cuda fitted without labels on 96-px images takes its photo filters by default: such a fit is "defaults",
+    # and the same filters on 32-px images are a variant (there the defaults are 5 x 5, zero-padded).
+    photo = {"kernel_size": 7, "padding": "reflect", "dilation": "auto"}
+    assert measured.labelfree_variant("cuda", photo, 96) == "defaults"
+    assert measured.labelfree_variant("cuda", photo, 32) == "kernel_size=7, padding=reflect, dilation=auto"
+    assert measured.labelfree_variant("cuda", {"kernel_size": 5}, 96) == "kernel_size=5"
+    assert measured.labelfree_variant("cuda", {"kernel_size": 5}) == "defaults"  # no size known: the declared ones

@@ -439,7 +439,7 @@ def _results(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any
         for row in r["rows"]:
             out.append({**base, "method": r["method"], "bank_name": r.get("name"), "labels": "none", "labelling": row["labelling"],
                         "test_accuracy": row["protected_accuracy"], "train_accuracy": row.get("train_accuracy"),
-                        "quality": r.get("quality"), "fit_variant": labelfree_variant(r["method"], fitted),
+                        "quality": r.get("quality"), "fit_variant": labelfree_variant(r["method"], fitted, base["resolution"]),
                         "keying": r.get("keying"), "n_clusters": r.get("n_clusters"),
                         "encoder": r.get("encoder") or _encoder_from_path(doc.get("encoder"))})
     return config, out
@@ -466,10 +466,11 @@ def _labelfree_params(r: Mapping[str, Any]) -> dict[str, Any] | None:
     return params if pinned else None
 
 
-def labelfree_variant(method: str, params: Mapping[str, Any]) -> str:
+def labelfree_variant(method: str, params: Mapping[str, Any], resolution: int | None = None) -> str:
     """What a label-free fit set apart from the method's label-free defaults (``"defaults"`` when
     nothing): its declared defaults, the ``label_free_defaults`` a class-keyed method takes without
-    labels, and the keying defaults (K-means, K = 10)."""
+    labels, the keying defaults (K-means, K = 10), and on images of ``resolution`` px the method's
+    ``size_defaults`` where they apply (they come before the label-free ones, as in the fit)."""
     from . import get
     from ..models.assign import KEYING_OPTIONS
 
@@ -477,6 +478,8 @@ def labelfree_variant(method: str, params: Mapping[str, Any]) -> str:
     usual = {**m.defaults, **{k: v for k, v in KEYING_OPTIONS.items() if k not in ("encoder", "encoder_checkpoint")}}
     if "class" in m.keyed_by:
         usual.update(m.label_free_defaults)
+    if resolution is not None and m.size_defaults is not None and m.size_defaults.applies((resolution, resolution)):
+        usual.update(m.size_defaults.values)
     missing = object()
     set_apart = [f"{k}={v}" for k, v in params.items() if usual.get(k, missing) != v]
     return ", ".join(set_apart) or "defaults"
