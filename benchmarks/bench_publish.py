@@ -41,6 +41,12 @@ Run:
 
 ``--conv`` times the conv kernel's two paths (shifted adds, library convolution on grid filters)
 by image size, on the same images, and checks their bytes are equal.
+
+``--conv-settings`` times what ``cuda``'s photo-size defaults cost against the paper's filters, by image size:
+``ue.apply`` with a bank of each setting on the same images, and the PNG encode of its output (what
+publishing adds per image after decoding), CPU time per image, best of the repeats:
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_publish.py --conv-settings
 """
 
 from __future__ import annotations
@@ -309,6 +315,41 @@ def compare_conv(sizes: tuple[int, ...] = (32, 64, 96, 128, 256, 384, 512), repe
     return rows
 
 
+def compare_conv_settings(sizes: tuple[int, ...] = (64, 96, 224, 384, 1024), repeats: int = 3) -> list[dict]:
+    """``cuda``'s photo-size defaults (7 x 7, reflect, dilation "auto") against the paper's 3 x 3 zero-padded
+    filters: ``ue.apply`` and ``ue.apply`` + PNG encode per image, on the same random images (3 classes)."""
+    import torch
+
+    import uetransforms as ue
+    from uetransforms.core import codecs
+
+    rng = np.random.default_rng(0)
+    settings = {"paper": {"kernel_size": 3, "padding": "zeros", "dilation": 1},
+                "photo": {"kernel_size": 7, "padding": "reflect", "dilation": "auto"}}
+    rows = []
+    for side in sizes:
+        n = max(4, 6_000_000 // (side * side * 3))
+        imgs = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+        labels = [i % 3 for i in range(n)]
+        x = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
+        row = {"side": side, "images": n}
+        for name, params in settings.items():
+            bank = ue.fit("cuda", {"image": list(imgs[:3]), "label": [0, 1, 2]}, seed=1, **params)
+            best_apply = best_total = float("inf")
+            for _ in range(repeats):
+                start = time.process_time()
+                out = ue.apply(bank, x, labels)
+                mid = time.process_time()
+                for o in out.permute(0, 2, 3, 1).contiguous().numpy():
+                    codecs.encode_png(o)
+                best_apply, best_total = min(best_apply, mid - start), min(best_total, time.process_time() - start)
+            row[f"{name}_apply_ms"], row[f"{name}_total_ms"] = best_apply / n * 1e3, best_total / n * 1e3
+        row["apply_ratio"] = row["photo_apply_ms"] / row["paper_apply_ms"]
+        row["total_ratio"] = row["photo_total_ms"] / row["paper_total_ms"]
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--src", default=DEFAULT_SRC, help="CIFAR-10 train Parquet (img, label)")
@@ -324,6 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--codecs", action="store_true", help="compare the installed candidate codecs instead")
     p.add_argument("--conv", action="store_true", help="compare the conv kernel's two paths by image size instead")
+    p.add_argument("--conv-settings", action="store_true",
+                   help="time cuda's photo-size defaults against the paper's filters by image size instead")
     args = p.parse_args(argv)
 
     import datasets
@@ -333,6 +376,16 @@ def main(argv: list[str] | None = None) -> dict:
     from uetransforms.core import codecs
 
     torch.set_num_threads(args.threads)
+    if args.conv_settings:
+        rows = compare_conv_settings()
+        print(f"load avg {os.getloadavg()}")
+        print("| side px | images | paper apply ms/img | photo apply ms/img | ratio | paper apply+PNG ms/img | "
+              "photo apply+PNG ms/img | ratio |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['side']} | {r['images']} | {r['paper_apply_ms']:.2f} | {r['photo_apply_ms']:.2f} | "
+                  f"{r['apply_ratio']:.2f}x | {r['paper_total_ms']:.2f} | {r['photo_total_ms']:.2f} | {r['total_ratio']:.2f}x |")
+        return {"conv_settings": rows}
     if args.conv:
         rows = compare_conv()
         print(f"load avg {os.getloadavg()}")
