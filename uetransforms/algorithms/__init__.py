@@ -208,9 +208,14 @@ class SizeDefaults:
     min_side: int
     values: Mapping[str, Any]
 
+    @staticmethod
+    def side(image_shape: tuple[int, ...]) -> int:
+        """The shorter side of ``image_shape`` (``[..., H, W]``): what the rule is about."""
+        return min(int(image_shape[-2]), int(image_shape[-1]))
+
     def applies(self, image_shape: tuple[int, ...]) -> bool:
         """Whether images of ``image_shape`` (``[..., H, W]``) take these defaults."""
-        return min(int(image_shape[-2]), int(image_shape[-1])) >= self.min_side
+        return self.side(image_shape) >= self.min_side
 
     def describe(self) -> str:
         return (f"on images of {self.min_side} px or more (shorter side): "
@@ -362,9 +367,9 @@ class Method:
         if not sized:
             return bank
         # which values the size chose, so the card and a reader of the bank can tell them from the caller's
-        side = min(int(data.image_shape[-2]), int(data.image_shape[-1]))
-        return bank.replace(info={**bank.info, "size_defaults": {"side": side, "min_side": self.size_defaults.min_side,
-                                                                 "values": dict(sized)}})
+        sd = self.size_defaults
+        return bank.replace(info={**bank.info, "size_defaults": {"side": sd.side(data.image_shape),
+                                                                 "min_side": sd.min_side, "values": dict(sized)}})
 
     def fitter(self, fn: FitFunction) -> Callable[..., NoiseBank]:
         """Decorator attaching the fitting function; returns the validating :meth:`fit`."""
