@@ -15,6 +15,10 @@ of its linear head), as UC's code uses ResNet-50's input to ``fc``.
 
     OMP_NUM_THREADS=1 python benchmarks/build_surrogate.py --out /tmp/uet-surrogate/small-cnn-w64.safetensors
 
+``--resolution 96`` trains on the rows upscaled to 96 px (Pillow bicubic, as ``bench_protection.py
+--resolution``) with the strided stem the harness's ``cnn-small`` has at that side, and records the side,
+so a bank fitted through it (``cudatap``, ``tap``) reads photo-size images at their own size.
+
 Same arguments, same bytes (seeded, single-threaded, deterministic CPU kernels).
 """
 
@@ -211,7 +215,8 @@ def cifar_meta(tr_rows: range, va_rows: range, val_acc: float, seconds: float, a
                       "from the harness's protected rows [0, 10000) and test rows [0, 2000))",
         "validation": f"CIFAR-10 test rows [{va_rows.start}, {va_rows.stop}){only}: accuracy {val_acc:.4f}",
         "recipe": json.dumps({k: v for k, v in vars(args).items()
-                              if k not in ("out", "data") and not (k == "classes" and v is None)}),
+                              if k not in ("out", "data") and not (k == "classes" and v is None)
+                              and not (k == "resolution" and v == 32)}),  # a 32-px file's recipe as before
         "train_seconds": f"{seconds:.0f}",
     }
     if classes is not None:
@@ -234,13 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", default=None,
                    help="train on these CIFAR-10 classes only, e.g. 0-4 or 0,2,5 (default: all ten); the head "
                         "has one output per class and the validation rows are filtered the same way")
+    p.add_argument("--resolution", type=int, default=32,
+                   help="upscale the rows once to this side (Pillow bicubic, as bench_protection --resolution) and "
+                        "train there, with the strided stem build_model('cnn-small', image_size=SIDE) uses at that "
+                        "side; the file records the side, so its readers resize inputs to it (default 32: as is)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.resolution < 32:
+        p.error(f"--resolution {args.resolution}: the rows are 32 px; pick 32 or more (they are upscaled, never shrunk)")
 
     import torch
 
     from uetransforms.models.encoders import save_small_cnn
-    from uetransforms.models.networks import Normalise, SmallCNN
+    from uetransforms.models.networks import Normalise, SmallCNN, cnn_small_stem_stride
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -252,12 +263,15 @@ def main(argv: list[str] | None = None) -> int:
         xtr, ytr = keep_classes(xtr, ytr, classes, f"--train-rows {args.train_rows}")
         xva, yva = keep_classes(xva, yva, classes, f"--val-rows {args.val_rows}")
         print(f"{describe_classes(classes)}: {len(ytr)} train rows, {len(yva)} validation rows", flush=True)
-    net = SmallCNN(len(classes) if classes is not None else 10, 3, width=args.width)
+    xtr, xva = upscale_rows(xtr, args.resolution), upscale_rows(xva, args.resolution)
+    # the stem the harness's from-scratch cnn-small has at this side (1 up to 64 px: the 32-px network)
+    net = SmallCNN(len(classes) if classes is not None else 10, 3, width=args.width,
+                   stem_stride=cnn_small_stem_stride(args.resolution))
     model = torch.nn.Sequential(Normalise(), net)
     val_acc, seconds = train_cifar(model, model, xtr, ytr, xva, yva, args)
-    meta = cifar_meta(tr_rows, va_rows, val_acc, seconds, args, classes)
+    meta = cifar_meta(tr_rows, va_rows, val_acc, seconds, args, classes, side=args.resolution)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
-    sha = save_small_cnn(net, args.out, extra=meta)
+    sha = save_small_cnn(net, args.out, image_size=args.resolution, extra=meta)
     print(f"wrote {args.out} (sha256 {sha})")
     return 0
 

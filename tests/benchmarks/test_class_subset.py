@@ -114,7 +114,40 @@ def test_build_surrogate_without_classes_records_no_subset(scripts, cifar_like, 
              "--epochs", "1", "--batch-size", "16", "--out", out])
     meta = file_metadata(out)
     assert meta["num_classes"] == "10" and "classes" not in meta and "only" not in meta["trained_on"]
-    assert "classes" not in json.loads(meta["recipe"])  # the recipe of a ten-class file is as before
+    recipe = json.loads(meta["recipe"])
+    assert "classes" not in recipe and "resolution" not in recipe  # the recipe of a 32-px ten-class file is as before
+    assert meta["image_size"] == "32" and "stem_stride" not in meta
+
+
+def test_build_surrogate_at_a_photo_size_trains_the_strided_network_and_records_the_side(scripts, cifar_like, tmp_path,
+                                                                                        one_thread):
+    # a 64-px surrogate read at 32 px would see half the detail it learned from: the file must say 64
+    bs, _ = scripts
+    import torch
+
+    from uetransforms.models.backbones import load_backbone
+    from uetransforms.models.encoders import file_metadata
+
+    out = str(tmp_path / "r64.safetensors")
+    assert bs.main(["--data", cifar_like, "--train-rows", "10000:10030", "--val-rows", "0:20", "--width", "4",
+                    "--epochs", "1", "--batch-size", "16", "--resolution", "72", "--out", out]) == 0
+    meta = file_metadata(out)
+    assert meta["image_size"] == "72" and meta["stem_stride"] == "2"  # cnn_small_stem_stride(72)
+    assert "upscaled to 72 px" in meta["trained_on"]
+    assert json.loads(meta["recipe"])["resolution"] == 72
+    bb = load_backbone(out)
+    assert bb.image_size == 72
+    seen = []
+    bb.net.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        bb(torch.rand(2, 3, 144, 144))
+    assert seen == [(72, 72)]  # a bigger image is resized to the side the network learned at
+
+
+def test_build_surrogate_refuses_a_side_below_the_rows(scripts, cifar_like, tmp_path):
+    bs, _ = scripts
+    with pytest.raises(SystemExit):
+        bs.main(["--data", cifar_like, "--resolution", "16", "--out", str(tmp_path / "x.safetensors")])
 
 
 def test_build_surrogate_refuses_validation_rows_without_a_named_class(scripts, cifar_like, tmp_path):

@@ -108,3 +108,23 @@ def test_small_cnn_file_keeps_the_stem_stride(tmp_path):
     with torch.no_grad():
         expect = net.eval().features((x - 0.5) * 4)
     assert torch.allclose(enc(x), expect, atol=1e-6)
+
+
+def test_small_cnn_file_keeps_the_side_it_was_trained_at(tmp_path):
+    # a 96-px network (strided stem) is read at 96 px: the encoder resizes every input to the recorded side
+    torch.manual_seed(3)
+    net = SmallCNN(10, 3, width=8, stem_stride=3)
+    path = tmp_path / "photo.safetensors"
+    encoders.save_small_cnn(net, path, image_size=96)
+    enc = encoders.load("small-cnn", checkpoint=path)
+    assert enc.image_size == 96
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        expect = net.eval().features((x - 0.5) * 4)
+    assert torch.allclose(enc(x), expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", [0, -32, 32.0, True, "96"])
+def test_save_small_cnn_refuses_a_side_that_is_not_a_positive_int(tmp_path, side):
+    with pytest.raises(ValueError, match="image_size must be a positive int"):
+        encoders.save_small_cnn(SmallCNN(10, 3, width=4), tmp_path / "x.safetensors", image_size=side)

@@ -223,17 +223,25 @@ def resnet50(weights: str | None = "IMAGENET1K_V2", **kwargs: Any) -> Encoder:
 
 
 # ----------------------------------------------------------------------------- small CNN (offline benchmarks)
-def save_small_cnn(net: nn.Module, path: str | os.PathLike, *, extra: dict[str, str] | None = None) -> str:
-    """Write a trained :class:`uetransforms.models.networks.SmallCNN` as a safetensors encoder file; returns its sha256."""
+def save_small_cnn(net: nn.Module, path: str | os.PathLike, *, image_size: int = 32,
+                   extra: dict[str, str] | None = None) -> str:
+    """Write a trained :class:`uetransforms.models.networks.SmallCNN` as a safetensors encoder file; returns its sha256.
+
+    ``image_size``: the side the network was trained at; its readers resize every input to it (a
+    96-px network with a strided stem, ``benchmarks/build_surrogate.py --resolution 96``, must not
+    be read at 32 px, where its stem would see a third of the detail it learned from).
+    """
     from safetensors.torch import save_file
 
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int (the side the network was trained at), got {image_size!r}")
     head = getattr(net, "head", None)
     if not isinstance(head, nn.Linear):
         raise TypeError("save_small_cnn takes a uetransforms.models.networks.SmallCNN")
     width = head.in_features // 8
     first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     meta = {"format": ENCODER_FORMAT, "arch": "small-cnn", "width": str(width), "num_classes": str(head.out_features),
-            "in_channels": str(first.in_channels), "image_size": "32", **(extra or {})}
+            "in_channels": str(first.in_channels), "image_size": str(image_size), **(extra or {})}
     if first.stride[0] != 1:
         # The stride has no weights: without this a photo-size (strided) network would load as the 32-px one.
         meta["stem_stride"] = str(first.stride[0])
