@@ -83,3 +83,14 @@ def test_defaults_are_cudas_and_taps_with_the_measured_shift():
     assert all(d[n] == cuda.PHOTO_DEFAULTS.values.get(n, v) for n, v in cuda.METHOD.defaults.items())
     assert (d["kernel_size"], d["padding"], d["dilation"]) == (7, "reflect", "auto")
     assert all(d[n] == v for n, v in tap.METHOD.defaults.items() if n != "augment")
+
+
+def test_grid_reaches_taps_pgd_and_the_filters_stay_cudas(backbone_file):
+    # tap's grid is cudatap's too: the noise is crafted on coarse blocks, the filters are untouched
+    rng = np.random.default_rng(5)
+    ds = {"image": list(rng.integers(0, 256, (6, 12, 12, 3), dtype=np.uint8)), "label": [0, 1, 2] * 2}
+    bank = ue.fit("cudatap", ds, backbone=backbone_file, grid=4, steps=2, seed=3)
+    assert bank.info["grid"] == 4 and bank.params["grid"] == 4
+    plain = ue.fit("cudatap", ds, backbone=backbone_file, steps=2, seed=3)
+    assert plain.info["grid"] == 1
+    assert np.array_equal(bank.tensors["weight"], plain.tensors["weight"])

@@ -108,3 +108,52 @@ def test_coin_augment_crafts_through_the_coin_defences_re_read(backbone_file, mo
     assert sum(calls) == 2 * len(ds["label"])  # every image, every step
     assert robust.params["augment"] == "flip+crop+coin"
     assert not np.array_equal(plain.tensors["delta"], robust.tensors["delta"])
+
+
+def _blocks_constant(d: np.ndarray, cell: int) -> bool:
+    """Whether ``d`` ``[..., H, W]`` is constant on every ``cell x cell`` block (the last ones may be partial)."""
+    h, w = d.shape[-2:]
+    coarse = d[..., ::cell, ::cell]
+    return np.array_equal(coarse.repeat(cell, -2).repeat(cell, -1)[..., :h, :w], d)
+
+
+@pytest.mark.parametrize("mode", ["sample", "class"])
+def test_grid_makes_the_noise_constant_on_blocks(backbone_file, mode):
+    # mid-grey images: no pixel reaches the box's edge, so the end clamp cannot break a block
+    rng = np.random.default_rng(1)
+    ds = {"image": list(rng.integers(64, 192, (12, 10, 10, 3), dtype=np.uint8)), "label": [i % 3 for i in range(12)]}
+    bank = ue.fit("tap", ds, backbone=backbone_file, grid=3, mode=mode, steps=4, seed=2)
+    d = bank.tensors["delta"].astype(np.float64)
+    assert d.shape[-2:] == (10, 10) and bank.info["grid"] == 3 and bank.params["grid"] == 3
+    assert _blocks_constant(d, 3)  # 10 = 3 + 3 + 3 + 1: the last block is cut to the image
+    assert np.abs(d).max() <= 8 / 255 + 1e-6 and np.abs(d).max() > 0
+    per_pixel = ue.fit("tap", ds, backbone=backbone_file, mode=mode, steps=4, seed=2)
+    assert per_pixel.info["grid"] == 1 and not _blocks_constant(per_pixel.tensors["delta"].astype(np.float64), 3)
+
+
+def test_grid_blocks_near_the_box_edge_stay_inside_it(backbone_file):
+    # black and white images: the sum is clamped into the pixel box, so applying never clips
+    rng = np.random.default_rng(2)
+    ds = {"image": list((rng.integers(0, 2, (8, 8, 8, 3)) * 255).astype(np.uint8)), "label": [i % 2 for i in range(8)]}
+    bank = ue.fit("tap", ds, backbone=backbone_file, grid=2, steps=3, seed=4)
+    x = np.stack(ds["image"]).transpose(0, 3, 1, 2) / 255
+    d = bank.tensors["delta"].astype(np.float64)
+    assert (x + d).min() >= -1e-6 and (x + d).max() <= 1 + 1e-6
+
+
+def test_grid_auto_follows_the_images_size(backbone_file):
+    from uetransforms.algorithms.tap import noise_grid
+
+    assert [noise_grid("auto", s, s) for s in (8, 32, 64, 96, 224)] == [1, 1, 2, 3, 7]
+    assert noise_grid("auto", 96, 200) == 3 and noise_grid(5, 8, 8) == 5
+    rng = np.random.default_rng(3)
+    ds = {"image": list(rng.integers(64, 192, (6, 64, 64, 3), dtype=np.uint8)), "label": [0, 1, 2] * 2}
+    bank = ue.fit("tap", ds, backbone=backbone_file, grid="auto", steps=1, seed=0)
+    assert bank.info["grid"] == 2 and bank.params["grid"] == "auto"
+    assert _blocks_constant(bank.tensors["delta"].astype(np.float64), 2)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "big"])
+def test_a_bad_grid_says_what_is_allowed(backbone_file, bad):
+    with pytest.raises(ValueError, match="grid"):
+        ue.fit("tap", _data(), backbone=backbone_file, grid=bad, steps=1, seed=0)

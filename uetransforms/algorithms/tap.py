@@ -31,7 +31,10 @@ checkpoint; several specs, as a list or joined by ``+``, craft through an ensemb
 cross-entropy of the members, each with its own probe), ``mode`` ("sample"), ``augment`` ("flip";
 "flip+crop" also shifts each image by up to 1/8 of its side at every step, as the attacker's random
 crop does; "flip+crop+coin" then also re-reads every pixel at a random offset of up to 2 px, COIN's
-defence), ``steps`` (20), ``step_size`` (epsilon/4), ``batch_size`` (128), ``progress``.
+defence), ``grid`` (1: one value per pixel; ``g`` > 1 makes the noise constant on ``g x g`` blocks, PGD
+then works on the coarse values; ``"auto"``: ``round(shorter side / 32)``, the scale of a 32-px image's
+pixel on photos upscaled from it), ``steps`` (20), ``step_size`` (epsilon/4), ``batch_size`` (128),
+``progress``.
 ``bank.info`` records the backbone's identity (a list for an ensemble), the head's clean train
 accuracy and the share of perturbed images the crafting model assigns to their target
 (``target_hit_rate``, without augmentation; an ensemble votes by summed probabilities).
@@ -63,10 +66,25 @@ import torch.nn.functional as F
 
 from ..core.bank import NoiseBank
 from ..core.data import FitData
+from ..core.kinds.conv import scaled_dilation
 from ..models import backbones
 from ..models import surrogates as sg
-from . import Choice, Free, Method, Param, _common
+from . import Choice, Free, Method, Number, Param, Rule, _common
 from ._common import quantise
+
+
+def _grid(value: Any) -> Any:
+    """An integer >= 1, or ``"auto"`` (resolved from the fitted images' size: :func:`noise_grid`)."""
+    if isinstance(value, str) and value == "auto":
+        return value
+    return Number(1, integer=True)(value)
+
+
+def noise_grid(value: Any, height: int, width: int) -> int:
+    """The side of the blocks the noise is constant on, for ``grid=value`` on ``height x width`` images.
+    ``"auto"`` is the factor cuda's ``dilation="auto"`` spaces its taps by (one rule for "this image's
+    scale against a 32-px one": :func:`uetransforms.core.kinds.conv.scaled_dilation`)."""
+    return scaled_dilation(height, width) if value == "auto" else int(value)
 
 METHOD = Method(
     key="tap",
@@ -93,6 +111,11 @@ METHOD = Method(
                    "'flip' (a random horizontal flip), 'flip+crop' (also a random shift of up to 1/8 of the side) "
                    "or 'flip+crop+coin' (also COIN's re-read of every pixel at a random offset of up to 2 px, the defence "
                    "that breaks convolution-based noise; measured, it does not defeat COIN and weakens the noise)"),
+        Param("grid", 1, Rule(_grid, "an integer >= 1, or 'auto' (round(shorter side / 32) of the fitted images)"),
+              paper=1, public=True,
+              help="side of the square blocks the noise is constant on (ours; 1: one value per pixel, the paper's): "
+                   "on photos the noise then has the scale of the content, as cuda's dilation spaces its taps; "
+                   "'auto' takes it from the images' size as dilation='auto' does"),
         _common.count("steps", 20, "PGD steps (sample: per batch; class: passes over the data)", public=True),
         _common.positive("step_size", None, "PGD step (None: epsilon/4)", none=True, public=True),
         _common.BATCH_SIZE,
@@ -174,9 +197,16 @@ def craft(data: FitData, *, seed: int, device: torch.device, before: Before | No
     gen = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng([int(seed), 1])
     c, h, w = data.image_shape
+    cell = noise_grid(p["grid"], h, w)
+    ch, cw = -(-h // cell), -(-w // cell)  # the coarse grid PGD works on (the image's own when cell is 1)
+
+    def full(d: torch.Tensor) -> torch.Tensor:
+        # each coarse value repeated over its cell x cell block, cut to the image (the last blocks may be partial)
+        return d if cell == 1 else d.repeat_interleave(cell, -2).repeat_interleave(cell, -1)[..., :h, :w]
+
     hits = 0
     if p["mode"] == "class":
-        table = torch.empty(k, c, h, w).uniform_(-eps, eps, generator=gen).to(device)
+        table = torch.empty(k, c, ch, cw).uniform_(-eps, eps, generator=gen).to(device)
         bar = sg.progress(total=steps, desc="tap (class)", enabled=p["progress"])
         for _ in range(steps):
             for rows, x in src.batches(p["batch_size"], shuffle=True, rng=rng):
@@ -184,12 +214,13 @@ def craft(data: FitData, *, seed: int, device: torch.device, before: Before | No
                 with torch.no_grad():
                     x = prep(x, y)
                 d = table[y].clone().requires_grad_(True)
-                loss = loss_of(view((x + d).clamp(0, 1), gen), perm[y], reduction="sum")
+                loss = loss_of(view((x + full(d)).clamp(0, 1), gen), perm[y], reduction="sum")
                 (g,) = torch.autograd.grad(loss, d)
                 summed = torch.zeros_like(table).index_add_(0, y, g)
                 table = (table - step * summed.sign()).clamp(-eps, eps)
             bar.update(1)
         bar.close()
+        table = full(table)
         with torch.no_grad():
             for rows, x in src.batches(p["batch_size"]):
                 y = labels_all[torch.from_numpy(rows)].to(device)
@@ -204,15 +235,28 @@ def craft(data: FitData, *, seed: int, device: torch.device, before: Before | No
             t = perm[y]
             with torch.no_grad():
                 x = prep(x, y)
-            d = torch.empty(x.shape).uniform_(-eps, eps, generator=gen).to(device)  # random start, seeded
-            d = ((x + d).clamp(0, 1) - x).requires_grad_(True)
-            for _ in range(steps):
-                loss = loss_of(view(x + d, gen), t)
-                (g,) = torch.autograd.grad(loss, d)
+            if cell == 1:
+                d = torch.empty(x.shape).uniform_(-eps, eps, generator=gen).to(device)  # random start, seeded
+                d = ((x + d).clamp(0, 1) - x).requires_grad_(True)
+                for _ in range(steps):
+                    loss = loss_of(view(x + d, gen), t)
+                    (g,) = torch.autograd.grad(loss, d)
+                    with torch.no_grad():
+                        d -= step * g.sign()
+                        d.clamp_(-eps, eps)
+                        d.copy_((x + d).clamp(0, 1) - x)  # stay inside the pixel box: applying never clips
+            else:
+                # PGD on the coarse values: a per-pixel box projection would break the blocks, so the
+                # box is kept by clamping the sum in the loss, and once at the end.
+                d = torch.empty(len(x), c, ch, cw).uniform_(-eps, eps, generator=gen).to(device).requires_grad_(True)
+                for _ in range(steps):
+                    loss = loss_of(view((x + full(d)).clamp(0, 1), gen), t)
+                    (g,) = torch.autograd.grad(loss, d)
+                    with torch.no_grad():
+                        d -= step * g.sign()
+                        d.clamp_(-eps, eps)
                 with torch.no_grad():
-                    d -= step * g.sign()
-                    d.clamp_(-eps, eps)
-                    d.copy_((x + d).clamp(0, 1) - x)  # stay inside the pixel box: applying never clips
+                    d = (x + full(d)).clamp(0, 1) - x
             with torch.no_grad():
                 hits += hit(x + d, t)
             work[rows] = d.detach().cpu().numpy().astype(np.float16)
@@ -224,6 +268,7 @@ def craft(data: FitData, *, seed: int, device: torch.device, before: Before | No
     info = {"backbone": ids[0] if len(ids) == 1 else ids,
             "head_clean_train_accuracy": head_accs[0] if len(head_accs) == 1 else head_accs,
             "target_hit_rate": round(hits / max(1, len(data)), 4),
+            "grid": cell,
             "binding": "a secret derangement of the classes (from the seed)",
             "quantised": "whole grey levels q/255, |q| <= floor(255*epsilon)"}
     return delta, keys, info
