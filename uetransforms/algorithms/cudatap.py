@@ -18,10 +18,15 @@ delta: the delta was kept inside the pixel box of the filtered image, so adding 
 Parameters: ``cuda``'s (``blur_parameter``, ``center_parameter``, ``kernel_size``, ``normalise``,
 ``padding``, ``dilation``)
 and ``tap``'s (``epsilon``, ``backbone``, ``mode``, ``augment``, ``steps``, ``step_size``...), with
-their defaults except ``augment="flip+crop"`` (the setting measured). Measured against pretrained
-attackers in ``benchmarks/RESULTS.md`` ("Surviving the pretrained attacker, session 7"): crafted
-through one small CIFAR CNN, 20 steps, against another one's fine-tune 0.52x clean, linear probe
-0.38x, from scratch 0.30x, PSNR 19.2 dB (cuda's own: 19.5 dB).
+their defaults except ``augment="flip+crop"`` (the setting measured) and cuda's photo-size filters at
+every size (7 x 7, reflect, ``dilation="auto"``). Measured (``benchmarks/RESULTS.md``; CIFAR-10, upscaled
+above 32 px; protected / clean accuracy, fine-tune / linear probe of a small CNN pretrained on other rows
+/ a small CNN from scratch), crafted through another small CNN trained on other rows: 0.25-0.32x /
+0.20-0.25x / 0.13-0.26x at 32 px (three keys, 16.6-16.8 dB PSNR), 0.30-0.32x / 0.22-0.26x / 0.19-0.36x at
+64 px (two keys, 17.0-17.1 dB); at 224 px on a GPU, through a ResNet-34 against a ResNet-18, 0.51x /
+0.50x / 0.34x (one key). At 96 px the per-pixel noise adds nothing from scratch (0.68-0.77x); tap's
+``grid="auto"`` through a surrogate reading the images at 32 px gives 0.47-0.49x there (two keys) and
+0.49x / 0.22x under a 96-px backbone's fine-tune / probe (session 14).
 
 Example:
     >>> import numpy as np, torch, uetransforms as ue
@@ -34,8 +39,9 @@ Example:
     >>> ds = {"image": list(rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)), "label": [0, 1] * 4}
     >>> bank = ue.fit("cudatap", ds, backbone=path, steps=2, seed=1)
     >>> bank.kind, bank.keying, bank.tensors["weight"].shape, bank.tensors["delta"].shape
-    ('convadd', 'sample', (8, 3, 3, 3), (8, 3, 8, 8))
-    >>> bool((bank.tensors["weight"] == ue.fit("cuda", ds, seed=1).tensors["weight"][ds["label"]]).all())
+    ('convadd', 'sample', (8, 3, 7, 7), (8, 3, 8, 8))
+    >>> filters = ue.fit("cuda", ds, seed=1, kernel_size=7, padding="reflect", dilation="auto")  # cudatap's defaults
+    >>> bool((bank.tensors["weight"] == filters.tensors["weight"][ds["label"]]).all())
     True
 """
 

@@ -10,7 +10,7 @@
    written next to the published data.
 
 Example:
-    >>> from uetransforms.demo import run_demo
+    >>> from uetransforms.cli.demo import run_demo
     >>> summary = run_demo("uetransforms-demo", quick=True)  # doctest: +SKIP
     >>> summary["accuracy"]["clean"] > summary["accuracy"]["cuda"]  # doctest: +SKIP
     True

@@ -25,7 +25,7 @@ pass takes about a second on two CPU cores. They have no published weights; use 
 Example:
     >>> import torch
     >>> from uetransforms.models import clip
-    >>> model = clip.load("uet-tiny-vit")  # doctest: +SKIP  (warns: random-init surrogate)
+    >>> model = clip.load("uet-tiny-vit")  # warns: random-init surrogate # doctest: +SKIP
     >>> model.encode_image(torch.rand(2, 3, 32, 32)).shape  # doctest: +SKIP
     torch.Size([2, 256])
     >>> model.encode_text(["a photo of a cat.", "a photo of a dog."]).shape  # doctest: +SKIP
@@ -233,8 +233,8 @@ def load(model: str = "RN50", pretrained: str | None = None, *, device: str | to
 
     Example:
         >>> from uetransforms.models import clip
-        >>> m = clip.load("RN50", "openai")  # doctest: +SKIP  (downloads once)
-        >>> m = clip.load("uet-tiny-rn", "my-tiny-clip.pt")  # doctest: +SKIP  (a local checkpoint)
+        >>> m = clip.load("RN50", "openai")  # downloads once # doctest: +SKIP
+        >>> m = clip.load("uet-tiny-rn", "my-tiny-clip.pt")  # a local checkpoint # doctest: +SKIP
     """
     open_clip = _open_clip()
     device = torch.device(device) if device is not None else torch.device("cpu")

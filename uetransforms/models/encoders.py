@@ -29,8 +29,8 @@ Example:
     >>> enc = encoders.load("resnet18", weights=None, allow_random_surrogate=True, image_size=64)
     >>> enc(torch.rand(2, 3, 32, 32)).shape
     torch.Size([2, 512])
-    >>> encoders.load("resnet50")  # doctest: +SKIP  (ImageNet weights: downloads once)
-    >>> encoders.load("resnet50", checkpoint="resnet50-11ad3fa6.pth")  # doctest: +SKIP  (offline)
+    >>> encoders.load("resnet50")  # ImageNet weights: downloads once # doctest: +SKIP
+    >>> encoders.load("resnet50", checkpoint="resnet50-11ad3fa6.pth")  # offline # doctest: +SKIP
 """
 
 from __future__ import annotations
