@@ -25,8 +25,8 @@ above 32 px; protected / clean accuracy, fine-tune / linear probe of a small CNN
 0.20-0.25x / 0.13-0.26x at 32 px (three keys, 16.6-16.8 dB PSNR), 0.30-0.32x / 0.22-0.26x / 0.19-0.36x at
 64 px (two keys, 17.0-17.1 dB); at 224 px on a GPU, through a ResNet-34 against a ResNet-18, 0.51x /
 0.50x / 0.34x (one key). At 96 px the per-pixel noise adds nothing from scratch (0.68-0.77x); tap's
-``grid="auto"`` through a surrogate reading the images at 32 px gives 0.47-0.49x there (two keys) and
-0.49x / 0.22x under a 96-px backbone's fine-tune / probe (session 14).
+``grid="auto"`` through a surrogate reading the images at 32 px gives 0.31-0.50x there (three keys) and
+0.49-0.56x / 0.22-0.31x under a 96-px backbone's fine-tune / probe (two keys; session 14).
 
 Example:
     >>> import numpy as np, torch, uetransforms as ue
