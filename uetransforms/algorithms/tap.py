@@ -96,6 +96,7 @@ def noise_grid(value: Any, height: int, width: int) -> int:
     scale against a 32-px one": :func:`uetransforms.core.kinds.conv.scaled_dilation`)."""
     return scaled_dilation(height, width) if value == "auto" else int(value)
 
+
 METHOD = Method(
     key="tap",
     paper="Targeted adversarial poisoning through a pretrained backbone (Fowl et al. NeurIPS 2021; BAIT's wrong-target binding)",
