@@ -26,8 +26,8 @@ above 32 px; protected / clean accuracy, fine-tune / linear probe of a small CNN
 64 px (two keys, 17.0-17.1 dB); at 224 px on a GPU, through a ResNet-34 against a ResNet-18, 0.51x /
 0.50x / 0.34x (one key). At 96 px the per-pixel noise adds nothing from scratch (0.68-0.77x); tap's
 ``grid="auto"`` through a surrogate reading the images at 32 px gives 0.31-0.50x there (three keys) and
-0.49-0.56x / 0.22-0.31x under a 96-px backbone's fine-tune / probe (two keys), and 0.44x from scratch at
-160 px (one key; session 14).
+0.49-0.56x / 0.22-0.31x under a 96-px backbone's fine-tune / probe (two keys), and 0.44-0.49x from scratch
+at 160 px (two keys; session 14).
 
 Example:
     >>> import numpy as np, torch, uetransforms as ue
