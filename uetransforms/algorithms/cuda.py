@@ -40,7 +40,7 @@ JPEG 95, every size; key 1234 unless said; ratio = protected / clean test accura
   0.38-0.57x / 0.32-0.48x fine-tuned over three keys and still 0.63-0.68x / 0.48-0.70x from scratch, at 14.0 /
   15.6 dB ("Filter spacing across sizes on the GPU (session 13)");
 * 64 px, CPU (dilation 2): a small CNN pretrained on other CIFAR rows, reading the images at 32 px and
-  fine-tuned, 0.31x, where the paper's filters give 1.00x; a small CNN from scratch 0.56x (0.89x) (same section);
+  fine-tuned, 0.31x, where the paper's filters give 1.00x; a small CNN from scratch 0.56x (the paper's: 0.89x) (same section);
   32 px: the same filters contiguous (``kernel_size=7, padding="reflect"``) 0.31-0.47x under that CNN's
   fine-tune and probe and 0.33-0.50x from scratch.
 

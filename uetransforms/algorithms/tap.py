@@ -246,29 +246,22 @@ def craft(data: FitData, *, seed: int, device: torch.device, before: Before | No
             t = perm[y]
             with torch.no_grad():
                 x = prep(x, y)
+            d = torch.empty(len(x), c, ch, cw).uniform_(-eps, eps, generator=gen).to(device)  # random start, seeded
             if cell == 1:
-                d = torch.empty(x.shape).uniform_(-eps, eps, generator=gen).to(device)  # random start, seeded
-                d = ((x + d).clamp(0, 1) - x).requires_grad_(True)
-                for _ in range(steps):
-                    loss = loss_of(view(x + d, gen), t)
-                    (g,) = torch.autograd.grad(loss, d)
-                    with torch.no_grad():
-                        d -= step * g.sign()
-                        d.clamp_(-eps, eps)
-                        d.copy_((x + d).clamp(0, 1) - x)  # stay inside the pixel box: applying never clips
-            else:
-                # PGD on the coarse values: a per-pixel box projection would break the blocks, so the
-                # box is kept by clamping the sum in the loss, and once at the end.
-                d = torch.empty(len(x), c, ch, cw).uniform_(-eps, eps, generator=gen).to(device).requires_grad_(True)
-                for _ in range(steps):
-                    loss = loss_of(view((x + full(d)).clamp(0, 1), gen), t)
-                    (g,) = torch.autograd.grad(loss, d)
-                    with torch.no_grad():
-                        d -= step * g.sign()
-                        d.clamp_(-eps, eps)
+                d = (x + d).clamp(0, 1) - x
+            d.requires_grad_(True)
+            for _ in range(steps):
+                # per pixel d is kept in the box below; blocks are clamped into it here
+                loss = loss_of(view(x + d if cell == 1 else (x + full(d)).clamp(0, 1), gen), t)
+                (g,) = torch.autograd.grad(loss, d)
                 with torch.no_grad():
-                    d = (x + full(d)).clamp(0, 1) - x
+                    d -= step * g.sign()
+                    d.clamp_(-eps, eps)
+                    if cell == 1:
+                        d.copy_((x + d).clamp(0, 1) - x)  # stay inside the pixel box: applying never clips
             with torch.no_grad():
+                if cell > 1:  # a per-pixel projection would break the blocks: the box is kept once, here
+                    d = (x + full(d)).clamp(0, 1) - x
                 hits += hit(x + d, t)
             work[rows] = d.detach().cpu().numpy().astype(np.float16)
             bar.update(len(rows))
